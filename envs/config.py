@@ -1,0 +1,228 @@
+"""Typed, validated configuration of a GreenGossip scenario.
+
+Every input that is not simulator state lives here as a frozen pydantic model with ``extra="forbid"``,
+so a misspelt key is an error and not a silent default. ``EnvConfig()`` with no arguments *is* the
+default scenario; ``configs/default.yaml`` spells the same values out (a test keeps the two equal).
+
+``load_config`` accepts a path, a dict or a model and turns every validation failure into one
+:class:`ConfigError` whose message names the field, the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envs.devices import DEVICE_PROFILES, LINK_PROFILES, country_energy_mix
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or out of range. The message says how to fix it."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopologyConfig(_Frozen):
+    """Communication graph of the fleet, built with networkx and always connected."""
+
+    kind: Literal["random_geometric", "erdos_renyi", "small_world", "scale_free", "ring", "grid"] = (
+        "random_geometric"
+    )
+    radius: float = Field(0.35, gt=0, le=1.5, description="random_geometric: link range in the unit square")
+    edge_probability: float = Field(0.15, gt=0, le=1, description="erdos_renyi: link probability")
+    neighbours: int = Field(4, ge=2, description="small_world: ring neighbours k; scale_free: m = k // 2")
+    rewire_probability: float = Field(0.1, ge=0, le=1, description="small_world: Watts-Strogatz rewiring")
+
+
+class LearningConfig(_Frozen):
+    """The real learning task every node runs: sklearn's digits, one model per node."""
+
+    model: Literal["softmax", "mlp"] = "softmax"
+    hidden: int = Field(32, ge=1, description="mlp hidden units")
+    local_steps: int = Field(2, ge=1, description="SGD steps per round on a training node")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1.0, gt=0, le=10)
+    samples_per_node: int = Field(64, ge=1, description="size of each node's local shard")
+    dirichlet_alpha: float = Field(1.0, gt=0, description="label skew; small = very non-IID")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of digits for accuracy")
+    eval_samples_per_round: int | None = Field(
+        None, ge=1, description="fixed test subsample used each round (None = whole test split)"
+    )
+    gossip_step: float = Field(1.0, gt=0, le=1, description="CHOCO-SGD consensus step size gamma")
+
+
+class FleetGroup(_Frozen):
+    """A share of the fleet with one hardware set-up."""
+
+    device: str = Field(description="device profile name, see envs/devices.py")
+    link: str = Field("wifi", description="uplink profile name, see envs/devices.py")
+    fraction: float = Field(gt=0, le=1)
+    battery_wh: float = Field(gt=0, description="usable cell capacity, Wh")
+    solar_wp: float = Field(ge=0, description="panel peak power, W")
+    grid_connected: bool = Field(False, description="may draw from the grid when harvest and battery run out")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in DEVICE_PROFILES:
+            raise ValueError(f"unknown device {value!r}; allowed: {sorted(DEVICE_PROFILES)}")
+        return value
+
+    @field_validator("link")
+    @classmethod
+    def _known_link(cls, value: str) -> str:
+        if value not in LINK_PROFILES:
+            raise ValueError(f"unknown link {value!r}; allowed: {sorted(LINK_PROFILES)}")
+        return value
+
+
+class Region(_Frozen):
+    """Where a share of the nodes sits: coordinates for the sun, a country for the grid mix."""
+
+    name: str
+    country_iso: str = Field(min_length=3, max_length=3, description="ISO 3166 alpha-3 code, e.g. DEU")
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    fraction: float = Field(gt=0, le=1)
+
+    @field_validator("country_iso")
+    @classmethod
+    def _known_country(cls, value: str) -> str:
+        if value not in country_energy_mix():
+            raise ValueError(
+                f"no grid data for country {value!r}; use an ISO 3166 alpha-3 code present in codecarbon's "
+                "global_energy_mix.json, e.g. NOR, FRA, DEU, POL, IND, USA, AUS, BRA"
+            )
+        return value
+
+
+class EnergyConfig(_Frozen):
+    battery_min_soc: float = Field(0.1, ge=0, lt=1, description="state of charge never drawn below")
+    initial_soc_low: float = Field(0.3, ge=0, le=1)
+    initial_soc_high: float = Field(0.9, ge=0, le=1)
+    charge_efficiency: float = Field(0.9, gt=0, le=1, description="share of charged energy that is stored")
+    charge_rate_c: float = Field(1.0, gt=0, description="max charge power as a multiple of capacity per hour")
+    performance_ratio: float = Field(0.8, gt=0, le=1, description="PV system losses (IEC 61724 PR)")
+    mean_cloudiness: float = Field(0.3, ge=0, lt=1, description="mean fraction of clear-sky irradiance lost")
+    emulated_model_mb: float = Field(
+        14.0, gt=0, description="size of the emulated on-device model sent as 'full' (MobileNetV2 fp32)"
+    )
+    backbone_year: int = Field(2023, ge=2015, le=2050, description="year for the backbone kWh/GB figure")
+
+    @model_validator(mode="after")
+    def _soc_range(self) -> EnergyConfig:
+        if self.initial_soc_low > self.initial_soc_high:
+            raise ValueError(
+                f"initial_soc_low ({self.initial_soc_low}) must be <= initial_soc_high ({self.initial_soc_high})"
+            )
+        return self
+
+
+class RewardWeights(_Frozen):
+    """Weights of the named reward components (see envs/reward.py for each formula)."""
+
+    accuracy: float = Field(10.0, ge=0)
+    carbon: float = Field(0.2, ge=0)
+    energy: float = Field(0.05, ge=0)
+    security: float = Field(1.0, ge=0)
+    deadline: float = Field(10.0, ge=0)
+
+
+class ObservationConfig(_Frozen):
+    adjacency: bool = Field(True, description="include the (N, N) adjacency matrix; turn off for large N")
+    forecast_rounds: int = Field(4, ge=1, description="horizon of the harvest / carbon forecast features")
+
+
+class EnvConfig(_Frozen):
+    """A whole scenario. Defaults are the project's default config (configs/default.yaml)."""
+
+    n_nodes: int = Field(32, ge=2, le=65536)
+    max_rounds: int = Field(192, ge=1, description="deadline: rounds before truncation")
+    round_minutes: float = Field(15.0, gt=0, le=1440)
+    target_accuracy: float = Field(0.9, gt=0, le=1)
+    year: int = Field(2023, ge=1990, le=2100, description="calendar year of the simulated days")
+    device: str = Field("cpu", description="torch device for the simulator tensors")
+    topology: TopologyConfig = TopologyConfig()
+    learning: LearningConfig = LearningConfig()
+    fleet: tuple[FleetGroup, ...] = (
+        FleetGroup(device="rpi4", link="wifi", fraction=0.4, battery_wh=10.0, solar_wp=5.0),
+        FleetGroup(device="smartphone", link="lte", fraction=0.3, battery_wh=15.0, solar_wp=3.0),
+        FleetGroup(device="jetson_nano", link="wifi", fraction=0.2, battery_wh=10.0, solar_wp=10.0,
+                   grid_connected=True),
+        # mains-powered gateways with a small UPS cell and no panel
+        FleetGroup(device="jetson_orin_nano", link="wifi", fraction=0.1, battery_wh=2.0, solar_wp=0.0,
+                   grid_connected=True),
+    )
+    regions: tuple[Region, ...] = (
+        Region(name="Oslo", country_iso="NOR", latitude=59.91, longitude=10.75, fraction=0.25),
+        Region(name="Berlin", country_iso="DEU", latitude=52.52, longitude=13.40, fraction=0.25),
+        Region(name="Warsaw", country_iso="POL", latitude=52.23, longitude=21.01, fraction=0.25),
+        Region(name="Delhi", country_iso="IND", latitude=28.61, longitude=77.21, fraction=0.25),
+    )
+    energy: EnergyConfig = EnergyConfig()
+    reward: RewardWeights = RewardWeights()
+    observation: ObservationConfig = ObservationConfig()
+
+    @field_validator("fleet", "regions")
+    @classmethod
+    def _fractions_sum_to_one(cls, groups: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not groups:
+            raise ValueError("needs at least one entry")
+        total = sum(group.fraction for group in groups)
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"fractions must sum to 1, got {total:.4f}")
+        return groups
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, value: str) -> str:
+        if value != "cpu" and not value.startswith("cuda"):
+            raise ValueError(f"device {value!r} not supported; allowed: 'cpu', 'cuda', 'cuda:N'")
+        return value
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid GreenGossip config ({source}):"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {field}: unknown key (value {value!r}); check the spelling against envs/config.py")
+        elif item["type"] == "missing":
+            lines.append(f"  - {field}: required field is missing")
+        else:
+            shown = repr(value)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            lines.append(f"  - {field} = {shown}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(config: str | Path | dict | EnvConfig | None = None) -> EnvConfig:
+    """Return a validated :class:`EnvConfig` from a YAML path, a dict, a model or None (the default)."""
+    if config is None:
+        return EnvConfig()
+    if isinstance(config, EnvConfig):
+        return config
+    source = "dict"
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (pass a YAML path, a dict or an EnvConfig)")
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config ({source}) must be a mapping of fields, got {type(config).__name__}")
+    try:
+        return EnvConfig.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

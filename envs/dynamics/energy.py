@@ -1,0 +1,125 @@
+"""Energy model: what each action costs a node, and where the energy of a round comes from.
+
+Costs per round (all Wh), for a node with device profile D and uplink L:
+    compute = D.busy_w · t_train,           t_train = local_steps · batch / D.samples_per_s
+    radio   = bits · L.J/bit + L.tail_s · L.tail_w (+ D.idle_w while sending),  bits = 8 · model_bytes · ratio
+    sleep   = D.sleep_w · (round length - time awake)
+Supply order: harvest first, then battery (down to the min state of charge for actions), then grid
+(grid-connected nodes only). Surplus harvest charges the battery, limited by the charge rate and the
+free capacity; charging loses (1 - efficiency); the rest is spilled. Per node and round:
+
+    harvested + grid = consumed + Δstored + spilled + charge_loss          (tests/test_energy.py)
+
+Receiving is not charged: messages wait in a mailbox (see gossip.py) and the download cost of a few MB
+on Wi-Fi is an order of magnitude below the uplink cost (Huang et al., MobiSys 2012).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS
+
+IDLE, TRAIN = 0, 1
+N_ACTIONS = 2 + len(COMPRESSION_LEVELS)  # idle, train only, train + broadcast at each level
+ACTION_NAMES = ("idle", "train") + tuple(f"train+{name}" for name in COMPRESSION_LEVELS)
+
+
+def decode_action(action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N,) action codes -> train (bool), send (bool), compression level (long, valid where send)."""
+    train = action >= TRAIN
+    send = action >= 2
+    return train, send, (action - 2).clamp_min(0)
+
+
+@dataclass(frozen=True)
+class ActionCosts:
+    """Per node and action, (N, K): energy by kind (Wh) and bytes put on the air."""
+
+    compute_wh: torch.Tensor
+    radio_wh: torch.Tensor
+    base_wh: torch.Tensor  # sleep + awake-idle draw
+    bytes_sent: torch.Tensor
+
+    @property
+    def total_wh(self) -> torch.Tensor:
+        return self.compute_wh + self.radio_wh + self.base_wh
+
+
+def action_costs(
+    *, busy_w, idle_w, sleep_w, samples_per_s, joule_per_bit, uplink_bit_s, tail_j, tail_s,
+    samples_per_round: int, model_bytes: float, round_s: float,
+) -> ActionCosts:
+    """Cost table of every action for every node, computed once per scenario."""
+    ratio = torch.tensor([0.0, 0.0] + [COMPRESSION_BYTE_RATIO[n] for n in COMPRESSION_LEVELS],
+                         device=busy_w.device)
+    trains = torch.tensor([0.0] + [1.0] * (N_ACTIONS - 1), device=busy_w.device)
+    sends = (ratio > 0).to(busy_w.dtype)
+    bytes_sent = model_bytes * ratio.expand(len(busy_w), -1)  # (N, K)
+    bits = 8.0 * bytes_sent
+    train_s = trains * (samples_per_round / samples_per_s).unsqueeze(1)
+    send_s = bits / uplink_bit_s.unsqueeze(1) + sends * tail_s.unsqueeze(1)
+    radio_j = bits * joule_per_bit.unsqueeze(1) + sends * tail_j.unsqueeze(1)
+    awake_s = train_s + send_s
+    base_j = idle_w.unsqueeze(1) * (bits / uplink_bit_s.unsqueeze(1)) + sleep_w.unsqueeze(1) * (
+        round_s - awake_s
+    ).clamp_min(0.0)
+    return ActionCosts(
+        compute_wh=busy_w.unsqueeze(1) * train_s / 3600.0,
+        radio_wh=radio_j / 3600.0,
+        base_wh=base_j / 3600.0,
+        bytes_sent=bytes_sent,
+    )
+
+
+@dataclass(frozen=True)
+class EnergyFlow:
+    """One round's energy, per node (N,), Wh."""
+
+    harvested: torch.Tensor
+    from_harvest: torch.Tensor
+    from_battery: torch.Tensor
+    grid: torch.Tensor
+    consumed: torch.Tensor
+    stored_in: torch.Tensor  # energy that reached the cell
+    charge_loss: torch.Tensor
+    spilled: torch.Tensor
+    unmet: torch.Tensor  # demand no source could cover (a browned-out node)
+    battery_after: torch.Tensor
+
+
+def available_for_actions(battery_wh, capacity_wh, harvest_wh, grid_connected, min_soc: float):
+    """Wh a node may spend on an action this round: harvest + battery above the reserve (+∞ on grid)."""
+    headroom = harvest_wh + (battery_wh - min_soc * capacity_wh).clamp_min(0.0)
+    return torch.where(grid_connected, torch.full_like(headroom, float("inf")), headroom)
+
+
+def settle_energy(
+    demand_wh, battery_wh, capacity_wh, harvest_wh, grid_connected, charge_limit_wh, efficiency: float
+) -> EnergyFlow:
+    """Meet each node's demand from harvest, battery, grid in that order; store or spill the surplus."""
+    from_harvest = torch.minimum(harvest_wh, demand_wh)
+    rest = demand_wh - from_harvest
+    from_battery = torch.minimum(rest, battery_wh)
+    rest = rest - from_battery
+    grid = torch.where(grid_connected, rest, torch.zeros_like(rest))
+    unmet = rest - grid
+    surplus = harvest_wh - from_harvest
+    battery_mid = battery_wh - from_battery
+    charge_in = torch.minimum(surplus, torch.minimum(charge_limit_wh, (capacity_wh - battery_mid) / efficiency))
+    charge_in = charge_in.clamp_min(0.0)
+    stored_in = charge_in * efficiency
+    return EnergyFlow(
+        harvested=harvest_wh,
+        from_harvest=from_harvest,
+        from_battery=from_battery,
+        grid=grid,
+        consumed=demand_wh - unmet,
+        stored_in=stored_in,
+        charge_loss=charge_in - stored_in,
+        spilled=surplus - charge_in,
+        unmet=unmet,
+        battery_after=(battery_mid + stored_in).clamp(max=capacity_wh),
+    )

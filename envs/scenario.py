@@ -1,0 +1,333 @@
+"""Scenario generation: ``make_scenario(config, rng) -> Scenario``.
+
+A scenario is everything about an episode that the agent cannot change: the graph and its gossip
+weights, each node's hardware, region, data shard, and the solar-harvest and grid-carbon traces over the
+whole episode. It is built once per reset (networkx and pvlib run here, never in the step) and then
+only read. All randomness comes from the numpy ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+
+from envs.config import EnvConfig
+from envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
+from envs.dynamics.energy import ActionCosts, action_costs
+from envs.dynamics.gossip import mixing_matrix
+
+N_FEATURES = 64
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Frozen per-episode world. Tensors have the node axis first; ``T`` = rounds covered by traces."""
+
+    n_nodes: int
+    graph: nx.Graph
+    positions: np.ndarray  # (N, 2) layout for rendering
+    # gossip graph as directed edge lists (both directions), with Metropolis-Hastings weights
+    edge_src: torch.Tensor  # (E,) long, sender
+    edge_dst: torch.Tensor  # (E,) long, receiver
+    edge_weight: torch.Tensor  # (E,) mixing weight w_dst,src
+    degree: torch.Tensor  # (N,) neighbours
+    neighbours: torch.Tensor  # (N, D_max) long, padded with the node itself
+    neighbour_valid: torch.Tensor  # (N, D_max) bool
+    # hardware
+    device_names: tuple[str, ...]  # (N,)
+    idle_w: torch.Tensor  # (N,) W
+    busy_w: torch.Tensor  # (N,) W
+    sleep_w: torch.Tensor  # (N,) W
+    samples_per_s: torch.Tensor  # (N,) emulated workload samples/s
+    joule_per_bit: torch.Tensor  # (N,) J/bit uplink
+    uplink_bit_s: torch.Tensor  # (N,) bit/s
+    tail_j: torch.Tensor  # (N,) J per burst (radio tail)
+    tail_s: torch.Tensor  # (N,) s per burst
+    capacity_wh: torch.Tensor  # (N,) Wh
+    charge_limit_wh: torch.Tensor  # (N,) Wh that may enter the cell per round
+    grid_connected: torch.Tensor  # (N,) bool
+    initial_battery_wh: torch.Tensor  # (N,) Wh
+    # place and time
+    region_names: tuple[str, ...]  # (R,)
+    region_index: torch.Tensor  # (N,) long
+    start_utc_hour: float  # hour of day of round 0, UTC
+    round_s: float  # length of a round, s
+    harvest_wh: torch.Tensor  # (N, T) Wh harvested during each round
+    carbon_g_per_kwh: torch.Tensor  # (N, T) grid intensity during each round
+    backbone_kwh_per_byte: float
+    model_bytes: float  # bytes of one full-precision broadcast of the emulated model
+    costs: ActionCosts  # (N, K) energy and bytes of every action on every node
+    mixing: torch.Tensor  # (N, N) Metropolis-Hastings matrix W, dense or sparse CSR
+    honest: torch.Tensor  # (N,) bool, False for attackers (never observed by the agent)
+    # data
+    train_x: torch.Tensor  # (M, 64)
+    train_y: torch.Tensor  # (M,) long
+    shards: torch.Tensor  # (N, S) long, indices into train_x
+    test_x: torch.Tensor  # (M_test, 64)
+    test_y: torch.Tensor  # (M_test,)
+    eval_index: torch.Tensor  # (M_eval,) subsample of the test split used each round
+
+
+# ---------------------------------------------------------------------------------------------- data
+@functools.cache
+def digits_split(test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn's digits (ships with scikit-learn), scaled to [0, 1], split once with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    return tuple(train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=0))
+
+
+def dirichlet_shards(train_y: np.ndarray, n_nodes: int, size: int, alpha: float, rng) -> np.ndarray:
+    """Each node draws a label mix from Dirichlet(alpha) and ``size`` training samples with those labels."""
+    order = np.argsort(train_y, kind="stable")
+    counts = np.bincount(train_y, minlength=N_CLASSES)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    mix = rng.dirichlet(np.full(N_CLASSES, alpha), size=n_nodes)  # (N, C)
+    cdf = np.cumsum(mix, axis=1)
+    labels = (rng.random((n_nodes, size, 1)) > cdf[:, None, :]).sum(-1).clip(0, N_CLASSES - 1)
+    pick = starts[labels] + np.floor(rng.random((n_nodes, size)) * counts[labels]).astype(np.int64)
+    return order[pick]
+
+
+# ---------------------------------------------------------------------------------------------- graph
+def make_graph(config: EnvConfig, rng) -> tuple[nx.Graph, np.ndarray]:
+    """A connected graph of the configured kind and 2-D positions for drawing it."""
+    n, topo = config.n_nodes, config.topology
+    seed = int(rng.integers(2**31 - 1))
+    if topo.kind == "random_geometric":
+        positions = rng.random((n, 2))
+        graph = nx.random_geometric_graph(n, topo.radius, pos=dict(enumerate(positions)))
+    elif topo.kind == "erdos_renyi":
+        graph = nx.gnp_random_graph(n, topo.edge_probability, seed=seed)
+    elif topo.kind == "small_world":
+        graph = nx.watts_strogatz_graph(n, min(topo.neighbours, n - 1), topo.rewire_probability, seed=seed)
+    elif topo.kind == "scale_free":
+        graph = nx.barabasi_albert_graph(n, max(1, min(topo.neighbours // 2, n - 1)), seed=seed)
+    elif topo.kind == "ring":
+        graph = nx.cycle_graph(n)
+    else:  # grid: the most square rows x cols >= n, trimmed to n nodes
+        rows = int(np.floor(np.sqrt(n)))
+        cols = int(np.ceil(n / rows))
+        graph = nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols))
+        graph.remove_nodes_from(range(n, rows * cols))
+    graph = nx.Graph(graph)  # drop generator attributes
+    graph.add_nodes_from(range(n))
+    _connect_components(graph, rng)
+    if topo.kind != "random_geometric":
+        layout = nx.spring_layout(graph, seed=seed) if n <= 512 else nx.circular_layout(graph)
+        positions = np.array([layout[i] for i in range(n)])
+    return graph, np.asarray(positions, dtype=np.float64)
+
+
+def _connect_components(graph: nx.Graph, rng) -> None:
+    """Gossip needs a connected graph: join each component to the next by one random link."""
+    components = [sorted(c) for c in nx.connected_components(graph)]
+    for left, right in zip(components, components[1:]):
+        graph.add_edge(int(rng.choice(left)), int(rng.choice(right)))
+
+
+def metropolis_hastings_edges(graph: nx.Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed edge lists (both directions) with w_ij = 1 / (1 + max(d_i, d_j)) (Xiao & Boyd 2004).
+
+    The full matrix W = diag(1 - sum_j w_ij) + [w_ij] is symmetric and doubly stochastic."""
+    edges = np.array(graph.edges(), dtype=np.int64).reshape(-1, 2)
+    degree = np.array([graph.degree(i) for i in range(graph.number_of_nodes())])
+    weight = 1.0 / (1.0 + np.maximum(degree[edges[:, 0]], degree[edges[:, 1]]))
+    src = np.concatenate([edges[:, 0], edges[:, 1]])
+    dst = np.concatenate([edges[:, 1], edges[:, 0]])
+    return src, dst, np.concatenate([weight, weight])
+
+
+def neighbour_table(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Padded (N, D_max) table of each receiver's senders, for robust aggregation and trust."""
+    degree = np.bincount(dst, minlength=n)
+    width = max(int(degree.max()), 1)
+    order = np.lexsort((src, dst))
+    slot = np.arange(len(dst)) - np.concatenate([[0], np.cumsum(degree)[:-1]])[dst[order]]
+    table = np.tile(np.arange(n)[:, None], (1, width))
+    valid = np.zeros((n, width), dtype=bool)
+    table[dst[order], slot] = src[order]
+    valid[dst[order], slot] = True
+    return table, valid
+
+
+# ---------------------------------------------------------------------------------------------- sun
+@functools.cache
+def clear_sky_ghi_year(latitude: float, longitude: float, year: int, round_minutes: float) -> np.ndarray:
+    """Global horizontal irradiance (W/m2) under a clear sky for every round of a year, from pvlib's
+    Ineichen model with its shipped Linke turbidity climatology (no network)."""
+    import pandas as pd
+    from pvlib.location import Location
+
+    times = pd.date_range(f"{year}-01-01", f"{year + 1}-01-08", freq=f"{round_minutes}min", tz="UTC",
+                          inclusive="left")
+    return Location(latitude, longitude, tz="UTC").get_clearsky(times)["ghi"].to_numpy(dtype=np.float64)
+
+
+def cloud_process(n_regions: int, n_rounds: int, mean: float, round_minutes: float, rng) -> np.ndarray:
+    """Fraction of clear-sky irradiance lost to cloud, per region: an AR(1) with a ~3 h memory."""
+    rho = float(np.exp(-round_minutes / 180.0))
+    sigma = 0.25
+    cloud = np.empty((n_regions, n_rounds))
+    cloud[:, 0] = np.clip(mean + sigma * rng.standard_normal(n_regions), 0.0, 0.95)
+    shocks = rng.standard_normal((n_regions, n_rounds)) * sigma * np.sqrt(1 - rho**2)
+    for t in range(1, n_rounds):  # time recursion at scenario build, not in the step
+        cloud[:, t] = np.clip(mean + rho * (cloud[:, t - 1] - mean) + shocks[:, t], 0.0, 0.95)
+    return cloud
+
+
+# ---------------------------------------------------------------------------------------------- grid
+def carbon_intensity_trace(
+    country_iso: str, longitude: float, utc_hours: np.ndarray, rng, round_minutes: float
+) -> np.ndarray:
+    """gCO2e/kWh for each round: the country's annual mean shaped by local hour of day.
+
+    The daily shape (an assumption of this project, mean 1 over a day) adds an evening-peak bump of 10 %
+    at 19:00 and removes a midday dip proportional to the country's solar share of generation, then a
+    slow AR(1) noise of 5 %. The daily mean stays the published annual figure."""
+    mix = country_energy_mix()
+    if country_iso not in mix:
+        raise KeyError(country_iso)
+    entry = mix[country_iso]
+    annual = float(entry["carbon_intensity"])
+    solar_share = float(entry.get("solar_TWh", 0.0)) / max(float(entry.get("total_TWh", 1.0)), 1e-9)
+
+    def shape(hours: np.ndarray) -> np.ndarray:
+        evening = 0.10 * np.exp(-(((hours - 19.0) / 2.0) ** 2))
+        midday = 2.0 * solar_share * np.exp(-(((hours - 13.0) / 3.0) ** 2))
+        return 1.0 + evening - midday
+
+    day = np.linspace(0, 24, 96, endpoint=False)
+    local = (utc_hours + longitude / 15.0) % 24.0
+    rho = float(np.exp(-round_minutes / 360.0))
+    noise = np.empty(len(utc_hours))
+    noise[0] = rng.standard_normal() * 0.05
+    shocks = rng.standard_normal(len(utc_hours)) * 0.05 * np.sqrt(1 - rho**2)
+    for t in range(1, len(utc_hours)):
+        noise[t] = rho * noise[t - 1] + shocks[t]
+    return np.clip(annual * shape(local) / shape(day).mean() * np.exp(noise), 0.0, None)
+
+
+# ---------------------------------------------------------------------------------------------- all
+def _assign(fractions: list[float], n: int, rng) -> np.ndarray:
+    """Group index per node: counts by largest remainder, then shuffled."""
+    raw = np.array(fractions) * n
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]] += 1
+    return rng.permutation(np.repeat(np.arange(len(fractions)), counts))
+
+
+def trace_length(config: EnvConfig) -> int:
+    return config.max_rounds + config.observation.forecast_rounds + 1
+
+
+def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
+    """Build one episode's world from the config and a numpy generator (the env's ``np_random``)."""
+    n = config.n_nodes
+    device = torch.device(config.device)
+    as_tensor = functools.partial(torch.as_tensor, device=device)
+    f32 = functools.partial(torch.as_tensor, dtype=torch.float32, device=device)
+
+    graph, positions = make_graph(config, rng)
+    src, dst, weight = metropolis_hastings_edges(graph)
+    table, valid = neighbour_table(n, src, dst)
+
+    group = _assign([g.fraction for g in config.fleet], n, rng)
+    groups = [config.fleet[g] for g in group]
+    devices = [DEVICE_PROFILES[g.device] for g in groups]
+    links = [LINK_PROFILES[g.link] for g in groups]
+    capacity = np.array([g.battery_wh for g in groups])
+    round_h = config.round_minutes / 60.0
+    soc = rng.uniform(config.energy.initial_soc_low, config.energy.initial_soc_high, n)
+
+    region = _assign([r.fraction for r in config.regions], n, rng)
+    steps_per_day = int(round(24 * 60 / config.round_minutes))
+    n_rounds = trace_length(config)
+    start_day = int(rng.integers(0, 365))
+    start_step = start_day * steps_per_day + int(rng.integers(0, steps_per_day))
+    utc_hours = ((start_step + np.arange(n_rounds)) * config.round_minutes / 60.0) % 24.0
+    cloud = cloud_process(len(config.regions), n_rounds, config.energy.mean_cloudiness, config.round_minutes, rng)
+    ghi = np.stack([
+        clear_sky_ghi_year(r.latitude, r.longitude, config.year, config.round_minutes)[
+            start_step : start_step + n_rounds
+        ]
+        for r in config.regions
+    ])
+    region_sun = ghi / 1000.0 * config.energy.performance_ratio * (1.0 - cloud)  # kW per kWp
+    solar_wp = np.array([g.solar_wp for g in groups])
+    harvest_wh = solar_wp[:, None] * region_sun[region] * round_h
+    carbon = np.stack([
+        carbon_intensity_trace(r.country_iso, r.longitude, utc_hours, rng, config.round_minutes)
+        for r in config.regions
+    ])[region]
+
+    train_x, test_x, train_y, test_y = digits_split(config.learning.test_fraction)
+    shards = dirichlet_shards(train_y, n, config.learning.samples_per_node, config.learning.dirichlet_alpha, rng)
+    n_eval = config.learning.eval_samples_per_round
+    eval_index = (
+        np.arange(len(test_y)) if n_eval is None or n_eval >= len(test_y)
+        else np.sort(rng.choice(len(test_y), n_eval, replace=False))
+    )
+
+    per_node = {
+        "busy_w": f32([d.busy_w for d in devices]),
+        "idle_w": f32([d.idle_w for d in devices]),
+        "sleep_w": f32([d.sleep_w for d in devices]),
+        "samples_per_s": f32([d.samples_per_s for d in devices]),
+        "joule_per_bit": f32([lk.uplink_joule_per_bit for lk in links]),
+        "uplink_bit_s": f32([lk.uplink_mbit_s * 1e6 for lk in links]),
+        "tail_j": f32([lk.tail_s * lk.tail_w for lk in links]),
+        "tail_s": f32([lk.tail_s for lk in links]),
+    }
+    model_bytes = config.energy.emulated_model_mb * 1e6
+    costs = action_costs(
+        **per_node,
+        samples_per_round=config.learning.local_steps * config.learning.batch_size,
+        model_bytes=model_bytes,
+        round_s=config.round_minutes * 60.0,
+    )
+    edge_src, edge_dst, edge_weight = as_tensor(src), as_tensor(dst), f32(weight)
+
+    return Scenario(
+        n_nodes=n,
+        graph=graph,
+        positions=positions,
+        edge_src=edge_src,
+        edge_dst=edge_dst,
+        edge_weight=edge_weight,
+        degree=f32(np.bincount(dst, minlength=n)),
+        neighbours=as_tensor(table),
+        neighbour_valid=as_tensor(valid),
+        device_names=tuple(g.device for g in groups),
+        **per_node,
+        capacity_wh=f32(capacity),
+        charge_limit_wh=f32(capacity * config.energy.charge_rate_c * round_h),
+        grid_connected=as_tensor(np.array([g.grid_connected for g in groups])),
+        initial_battery_wh=f32(soc * capacity),
+        region_names=tuple(r.name for r in config.regions),
+        region_index=as_tensor(region),
+        start_utc_hour=float(utc_hours[0]),
+        round_s=config.round_minutes * 60.0,
+        harvest_wh=f32(harvest_wh),
+        carbon_g_per_kwh=f32(carbon),
+        backbone_kwh_per_byte=backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
+        model_bytes=model_bytes,
+        costs=costs,
+        mixing=mixing_matrix(n, edge_src, edge_dst, edge_weight),
+        honest=torch.ones(n, dtype=torch.bool, device=device),
+        train_x=f32(train_x),
+        train_y=as_tensor(train_y),
+        shards=as_tensor(shards),
+        test_x=f32(test_x),
+        test_y=as_tensor(test_y),
+        eval_index=as_tensor(eval_index),
+    )

@@ -1,0 +1,62 @@
+"""Simulator state: a dataclass of tensors with the node axis first."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from envs.config import EnvConfig
+from envs.dynamics.learning import ModelSpec, accuracy_per_node
+from envs.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class SimState:
+    params: torch.Tensor  # (N, P) each node's model
+    public: torch.Tensor  # (N, P) CHOCO public copies x̂ held by the neighbours
+    battery_wh: torch.Tensor  # (N,) Wh stored
+    round: int  # rounds played so far
+    last_action: torch.Tensor  # (N,) long, action actually carried out last round
+    staleness: torch.Tensor  # (N,) rounds since the node's model last changed
+    local_loss: torch.Tensor  # (N,) last training loss (initial: loss of the initial model on the shard)
+    node_accuracy: torch.Tensor  # (N,) test accuracy of each node's model
+    accuracy: float  # mean test accuracy over honest nodes
+    dropped: torch.Tensor  # (N,) bool, could not afford last round's action
+
+    def replace(self, **changes) -> SimState:
+        return dataclasses.replace(self, **changes)
+
+
+def model_spec(config: EnvConfig) -> ModelSpec:
+    return ModelSpec(config.learning.model, config.learning.hidden)
+
+
+def honest_mean(values: torch.Tensor, scenario: Scenario) -> float:
+    """Mean over the nodes that are not attackers: the accuracy the fleet actually delivers."""
+    return float(values[scenario.honest].mean())
+
+
+def initial_state(config: EnvConfig, scenario: Scenario, generator: torch.Generator) -> SimState:
+    spec = model_spec(config)
+    device = scenario.capacity_wh.device
+    n = scenario.n_nodes
+    params = spec.init(n, generator, device)
+    shard_x = scenario.train_x[scenario.shards]
+    shard_y = scenario.train_y[scenario.shards]
+    loss, _ = spec.loss_and_grad(params, shard_x, shard_y)
+    eval_x = scenario.test_x[scenario.eval_index]
+    node_accuracy = accuracy_per_node(spec, params, eval_x, scenario.test_y[scenario.eval_index])
+    return SimState(
+        params=params,
+        public=params.clone(),
+        battery_wh=scenario.initial_battery_wh.clone(),
+        round=0,
+        last_action=torch.zeros(n, dtype=torch.long, device=device),
+        staleness=torch.zeros(n, device=device),
+        local_loss=loss,
+        node_accuracy=node_accuracy,
+        accuracy=honest_mean(node_accuracy, scenario),
+        dropped=torch.zeros(n, dtype=torch.bool, device=device),
+    )

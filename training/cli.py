@@ -1,0 +1,47 @@
+"""The ``greengossip`` command. Each subcommand lives in its own module, imported only when used, that
+provides ``add_arguments(parser)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
+    "evaluate": ("training.evaluate", "run schedulers on the same seeds and configs; write CSV, tables, plots"),
+    "render": ("training.render", "write an animation / frame strip of one episode"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="greengossip",
+        description="GreenGossip: train and compare schedulers for green, secure decentralized edge learning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(sub_parser)
+        except ModuleNotFoundError as exc:  # a subcommand whose module is not written yet
+            if exc.name != module:
+                raise
+            sub_parser.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if getattr(args, "_missing", False):
+        parser.error(f"'{args.command}' is not available in this version")
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
