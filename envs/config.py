@@ -124,6 +124,45 @@ class EnergyConfig(_Frozen):
         return self
 
 
+AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry"]
+
+
+class AttackConfig(_Frozen):
+    """Malicious nodes, hidden from the agent. See envs/dynamics/attacks.py for each kind and its source."""
+
+    fraction: float = Field(0.0, ge=0, le=0.9, description="share of nodes that are attackers")
+    kinds: tuple[AttackKind, ...] = Field(("sign_flip",), min_length=1,
+                                          description="attack kinds, dealt to attackers in turn")
+    start_round: int = Field(0, ge=0, description="attacks start after this many rounds")
+    on_probability: float = Field(1.0, gt=0, le=1, description="chance an attacker attacks in a given round")
+    gaussian_std: float = Field(1.0, gt=0, description="gaussian: std of the noise added to the model")
+    ipm_epsilon: float = Field(0.5, gt=0, description="ipm: sends -epsilon x honest mean (Xie et al. 2020)")
+    nonfinite_probability: float = Field(0.0, ge=0, le=1,
+                                         description="chance an active model attacker sends NaN/inf")
+
+
+class DefenceConfig(_Frozen):
+    """How receivers aggregate their neighbours' models, and how they score them."""
+
+    aggregator: Literal["mean", "median", "trimmed_mean", "clipped_gossip"] = "mean"
+    trim_fraction: float = Field(0.25, ge=0, lt=0.5, description="trimmed_mean: share cut from each end")
+    clip_quantile: float = Field(0.3, gt=0, le=1,
+                                 description="clipped_gossip: tau = this quantile of neighbour distances")
+    trust_memory: float = Field(0.8, ge=0, lt=1, description="weight of the old trust score per round")
+    trust_weighting: bool = Field(False, description="mean / clipped_gossip: scale neighbour weights by trust")
+
+
+class PrivacyConfig(_Frozen):
+    """Differentially private telemetry (battery, harvest, load) as the scheduler sees it."""
+
+    mechanism: Literal["none", "laplace", "gaussian"] = "none"
+    epsilon_per_report: float = Field(1.0, gt=0, description="epsilon spent by one report of one node")
+    delta: float = Field(1e-5, gt=0, lt=1, description="gaussian mechanism and RDP conversion delta")
+    budget: float = Field(50.0, gt=0, description="epsilon a node may spend before it stops reporting")
+    accountant: Literal["basic", "rdp"] = "basic"
+    heartbeat_rounds: int = Field(4, ge=1, description="sleeping nodes report every this many rounds")
+
+
 class RewardWeights(_Frozen):
     """Weights of the named reward components (see envs/reward.py for each formula)."""
 
@@ -166,6 +205,9 @@ class EnvConfig(_Frozen):
         Region(name="Delhi", country_iso="IND", latitude=28.61, longitude=77.21, fraction=0.25),
     )
     energy: EnergyConfig = EnergyConfig()
+    attack: AttackConfig = AttackConfig()
+    defence: DefenceConfig = DefenceConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     reward: RewardWeights = RewardWeights()
     observation: ObservationConfig = ObservationConfig()
 
@@ -178,6 +220,12 @@ class EnvConfig(_Frozen):
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"fractions must sum to 1, got {total:.4f}")
         return groups
+
+    @model_validator(mode="after")
+    def _privacy_needs_delta(self) -> EnvConfig:
+        if self.privacy.accountant == "rdp" and self.privacy.mechanism != "gaussian":
+            raise ValueError("privacy.accountant 'rdp' needs privacy.mechanism 'gaussian' (allowed for laplace: 'basic')")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -12,12 +12,14 @@ from gymnasium import spaces
 from envs.config import EnvConfig, load_config
 from envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
 from envs.dynamics.learning import accuracy_per_node
-from envs.observation import adjacency_matrix, observation_space, observe, true_telemetry
+from envs.dynamics import attacks
+from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
+from envs.observation import adjacency_matrix, apply_lies, observation_space, observe, true_telemetry
 from envs.render import draw_network, summary_line
 from envs.reward import reward_components, weighted_reward
 from envs.scenario import Scenario, make_scenario
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
-from envs.state import SimState, honest_mean, initial_state, model_spec
+from envs.state import SimState, honest_mean, initial_state, model_spec, trust_in_nodes
 
 
 class EdgeLearningEnv(gym.Env):
@@ -126,13 +128,15 @@ class EdgeLearningEnv(gym.Env):
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(int(self.np_random.integers(2**63 - 1)))
         self._state = initial_state(self.config, self._scenario, self._generator)
-        self._trust = torch.ones(self.n_nodes, device=self._device)
         self._adjacency = adjacency_matrix(self._scenario) if self.config.observation.adjacency else None
-        self._totals = dict.fromkeys(("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent"), 0.0)
+        self._totals = dict.fromkeys(
+            ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants"), 0.0)
         self._rounds_to_target: int | None = None
         self._carbon_to_target: float | None = None
         self._energy_to_target: float | None = None
         self._last_outcome = None
+        self._accountant = PrivacyAccountant(self.config.privacy, self.n_nodes, self._device)
+        self._reported: dict[str, torch.Tensor] | None = None
         self._refresh_telemetry()
         self._last_info = {"accuracy": self._state.accuracy, "round": 0}
         return self._observation(), dict(self._last_info)
@@ -152,7 +156,8 @@ class EdgeLearningEnv(gym.Env):
             self.config, self._scenario,
             accuracy=outcome.accuracy, previous_accuracy=outcome.previous_accuracy,
             carbon_g=info["carbon_g"], energy_wh=info["energy_wh"],
-            malicious_share=0.0, attack_influence=0.0,
+            malicious_share=outcome.malicious_participants / self.n_nodes,
+            attack_influence=min(outcome.attack_influence, 10.0),
             terminated=terminated, truncated=truncated,
         )
         reward = weighted_reward(self.config, components)
@@ -165,6 +170,9 @@ class EdgeLearningEnv(gym.Env):
         if terminated or truncated:
             info.update(self._episode_info())
         self._refresh_telemetry()
+        spent = self._accountant.spent  # after this round's reports
+        info["epsilon_spent"] = float(spent.max())
+        info["epsilon_spent_mean"] = float(spent.mean())
         self._last_info = info
         return self._observation(), reward, terminated, truncated, info
 
@@ -205,17 +213,33 @@ class EdgeLearningEnv(gym.Env):
         return torch.as_tensor(arr, dtype=torch.long, device=self._device)
 
     def _refresh_telemetry(self) -> None:
-        """What the nodes report for the coming round, and the mask derived from it."""
-        scenario, state = self._scenario, self._state
-        self._telemetry = true_telemetry(scenario, state, self.config.observation.forecast_rounds)
+        """What the nodes report for the coming round (lies and DP noise included), and the action mask
+        derived from it: the scheduler never sees more than the nodes chose to publish."""
+        scenario, state, privacy = self._scenario, self._state, self.config.privacy
+        telemetry = true_telemetry(scenario, state, self.config.observation.forecast_rounds)
+        if state.round >= self.config.attack.start_round:
+            telemetry = apply_lies(telemetry, attacks.is_kind(scenario.attack_kind, "lying_telemetry"))
+        if privacy.mechanism != "none":
+            woke = state.last_action >= 1
+            due = woke | (state.round % privacy.heartbeat_rounds == 0)
+            reporting = due & self._accountant.may_report()
+            noised = privatize(privacy, telemetry, self._generator)
+            previous = self._reported or {name: torch.full_like(value, PRIVATE_RANGES.get(name, 1.0) / 2)
+                                          for name, value in telemetry.items()}
+            telemetry = {name: torch.where(reporting, noised[name], previous[name]) if name in PRIVATE_RANGES
+                         else value for name, value in telemetry.items()}
+            self._accountant.record(reporting)
+        self._reported = telemetry
+        self._telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
+                           for name, value in telemetry.items()}
         reported_battery = self._telemetry["battery_soc"] * scenario.capacity_wh
         reported_harvest = self._telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         self._mask = affordable_actions(self.config, scenario, reported_battery, reported_harvest)
 
     def _observation(self) -> dict[str, np.ndarray]:
         adjacency = None if self._adjacency is None else self._adjacency.copy()
-        return observe(self.config, self._scenario, self._state, self._telemetry, self._trust, self._mask,
-                       adjacency)
+        trust = trust_in_nodes(self._scenario, self._state.trust)
+        return observe(self.config, self._scenario, self._state, self._telemetry, trust, self._mask, adjacency)
 
     def _round_info(self, outcome: RoundOutcome) -> dict[str, Any]:
         flow = outcome.energy
@@ -240,8 +264,11 @@ class EdgeLearningEnv(gym.Env):
             "broadcasting_nodes": int(outcome.sent.sum()),
             "dropped_nodes": int(outcome.dropped.sum()),
             "consensus_distance": outcome.consensus_distance,
+            "malicious_participants": outcome.malicious_participants,
+            "attack_influence": outcome.attack_influence,
         }
-        for key in self._totals:
+        self._totals["malicious_participants"] += outcome.malicious_participants
+        for key in ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent"):
             self._totals[key] += info[key]
         return info
 
@@ -254,6 +281,7 @@ class EdgeLearningEnv(gym.Env):
             "episode_grid_wh": self._totals["grid_wh"],
             "episode_harvested_wh": self._totals["harvested_wh"],
             "episode_bytes_sent": self._totals["bytes_sent"],
+            "episode_malicious_participants": int(self._totals["malicious_participants"]),
             "episode_rounds": self._state.round,
             "rounds_to_target": self._rounds_to_target,
             "carbon_to_target_g": self._carbon_to_target,

@@ -73,8 +73,10 @@ def adjacency_matrix(scenario: Scenario) -> np.ndarray:
 
 
 def true_telemetry(scenario: Scenario, state: SimState, forecast_rounds: int) -> dict[str, torch.Tensor]:
-    """The raw node telemetry a privacy mechanism may noise: battery, harvest, load."""
+    """What an honest node reports about itself: battery, harvest, load (privacy may noise these) and
+    its grid's carbon intensity."""
     t = state.round
+    carbon = scenario.carbon_g_per_kwh
     full_round_wh = scenario.costs.total_wh[:, 2]
     harvest = scenario.harvest_wh[:, t]
     forecast = scenario.harvest_wh[:, t + 1 : t + 1 + forecast_rounds].mean(1)
@@ -84,7 +86,18 @@ def true_telemetry(scenario: Scenario, state: SimState, forecast_rounds: int) ->
         "harvest_now": harvest / full_round_wh,
         "harvest_forecast": forecast / full_round_wh,
         "load": trained_last * scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s,
+        "carbon_now": carbon[:, t] / 1000.0,
+        "carbon_forecast": carbon[:, t + 1 : t + 1 + forecast_rounds].mean(1) / 1000.0,
     }
+
+
+LIES = {"battery_soc": 1.0, "harvest_now": 10.0, "harvest_forecast": 10.0, "load": 0.0,
+        "carbon_now": 0.03, "carbon_forecast": 0.03}  # full cell, plenty of sun, idle, Norway-clean grid
+
+
+def apply_lies(telemetry: dict[str, torch.Tensor], liars: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Lying-telemetry attackers report the most attractive values there are."""
+    return {name: torch.where(liars, torch.full_like(value, LIES[name]), value) for name, value in telemetry.items()}
 
 
 def observe(
@@ -98,13 +111,9 @@ def observe(
 ) -> dict[str, np.ndarray]:
     """Assemble the Dict observation; ``telemetry`` is what the nodes reported (noised or not)."""
     t = state.round
-    horizon = config.observation.forecast_rounds
     full_round_wh = scenario.costs.total_wh[:, 2]
-    carbon = scenario.carbon_g_per_kwh
     columns = {
         **telemetry,
-        "carbon_now": carbon[:, t] / 1000.0,
-        "carbon_forecast": carbon[:, t + 1 : t + 1 + horizon].mean(1) / 1000.0,
         "grid_connected": scenario.grid_connected.float(),
         "trust": trust,
         "staleness": state.staleness / config.max_rounds,

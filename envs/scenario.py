@@ -17,6 +17,7 @@ import torch
 
 from envs.config import EnvConfig
 from envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
+from envs.dynamics.attacks import HONEST, assign_attackers
 from envs.dynamics.energy import ActionCosts, action_costs
 from envs.dynamics.gossip import mixing_matrix
 
@@ -38,6 +39,7 @@ class Scenario:
     degree: torch.Tensor  # (N,) neighbours
     neighbours: torch.Tensor  # (N, D_max) long, padded with the node itself
     neighbour_valid: torch.Tensor  # (N, D_max) bool
+    neighbour_weight: torch.Tensor  # (N, D_max) w_ij of each slot, 0 where unused
     # hardware
     device_names: tuple[str, ...]  # (N,)
     idle_w: torch.Tensor  # (N,) W
@@ -64,6 +66,7 @@ class Scenario:
     costs: ActionCosts  # (N, K) energy and bytes of every action on every node
     mixing: torch.Tensor  # (N, N) Metropolis-Hastings matrix W, dense or sparse CSR
     honest: torch.Tensor  # (N,) bool, False for attackers (never observed by the agent)
+    attack_kind: torch.Tensor  # (N,) long, index into attacks.ATTACK_KINDS, -1 for honest nodes
     # data
     train_x: torch.Tensor  # (M, 64)
     train_y: torch.Tensor  # (M,) long
@@ -147,17 +150,22 @@ def metropolis_hastings_edges(graph: nx.Graph) -> tuple[np.ndarray, np.ndarray, 
     return src, dst, np.concatenate([weight, weight])
 
 
-def neighbour_table(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Padded (N, D_max) table of each receiver's senders, for robust aggregation and trust."""
+def neighbour_table(
+    n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded (N, D_max) tables of each receiver's senders, whether a slot is used, and its weight w_ij;
+    for robust aggregation and trust."""
     degree = np.bincount(dst, minlength=n)
     width = max(int(degree.max()), 1)
     order = np.lexsort((src, dst))
     slot = np.arange(len(dst)) - np.concatenate([[0], np.cumsum(degree)[:-1]])[dst[order]]
     table = np.tile(np.arange(n)[:, None], (1, width))
     valid = np.zeros((n, width), dtype=bool)
+    weights = np.zeros((n, width))
     table[dst[order], slot] = src[order]
     valid[dst[order], slot] = True
-    return table, valid
+    weights[dst[order], slot] = weight[order]
+    return table, valid, weights
 
 
 # ---------------------------------------------------------------------------------------------- sun
@@ -239,7 +247,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
 
     graph, positions = make_graph(config, rng)
     src, dst, weight = metropolis_hastings_edges(graph)
-    table, valid = neighbour_table(n, src, dst)
+    table, valid, slot_weight = neighbour_table(n, src, dst, weight)
 
     group = _assign([g.fraction for g in config.fleet], n, rng)
     groups = [config.fleet[g] for g in group]
@@ -272,6 +280,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
 
     train_x, test_x, train_y, test_y = digits_split(config.learning.test_fraction)
     shards = dirichlet_shards(train_y, n, config.learning.samples_per_node, config.learning.dirichlet_alpha, rng)
+    attack_kind = assign_attackers(config.attack, n, rng)
     n_eval = config.learning.eval_samples_per_round
     eval_index = (
         np.arange(len(test_y)) if n_eval is None or n_eval >= len(test_y)
@@ -307,6 +316,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         degree=f32(np.bincount(dst, minlength=n)),
         neighbours=as_tensor(table),
         neighbour_valid=as_tensor(valid),
+        neighbour_weight=f32(slot_weight),
         device_names=tuple(g.device for g in groups),
         **per_node,
         capacity_wh=f32(capacity),
@@ -323,7 +333,8 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         model_bytes=model_bytes,
         costs=costs,
         mixing=mixing_matrix(n, edge_src, edge_dst, edge_weight),
-        honest=torch.ones(n, dtype=torch.bool, device=device),
+        honest=as_tensor(attack_kind == HONEST),
+        attack_kind=as_tensor(attack_kind),
         train_x=f32(train_x),
         train_y=as_tensor(train_y),
         shards=as_tensor(shards),

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from envs.config import EnvConfig
-from envs.dynamics import gossip
+from envs.dynamics import attacks, gossip
 from envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
 from envs.dynamics.learning import accuracy_per_node, local_sgd
-from envs.scenario import Scenario
+from envs.scenario import N_CLASSES, Scenario
 from envs.state import SimState, honest_mean, model_spec
 
 
@@ -24,13 +24,24 @@ class RoundRandomness:
     """Everything random in a round, drawn up front so the per-node reference can replay it."""
 
     batches: torch.Tensor  # (N, local_steps, batch) positions inside each node's shard
+    attack_on: torch.Tensor | None = None  # (N,) bool, attacker active this round (None: no attackers)
+    attack_noise: torch.Tensor | None = None  # (N, P) standard normal for the gaussian attack
+    nonfinite_draw: torch.Tensor | None = None  # (N,) uniform, below nonfinite_probability -> NaN/inf
 
 
 def draw_randomness(config: EnvConfig, scenario: Scenario, generator: torch.Generator) -> RoundRandomness:
-    shape = (scenario.n_nodes, config.learning.local_steps, config.learning.batch_size)
-    positions = torch.randint(0, scenario.shards.shape[1], shape, generator=generator,
-                              device=scenario.shards.device)
-    return RoundRandomness(batches=positions)
+    device = scenario.shards.device
+    n = scenario.n_nodes
+    shape = (n, config.learning.local_steps, config.learning.batch_size)
+    positions = torch.randint(0, scenario.shards.shape[1], shape, generator=generator, device=device)
+    if bool(scenario.honest.all()):
+        return RoundRandomness(batches=positions)
+    attack_on = torch.rand(n, generator=generator, device=device) < config.attack.on_probability
+    noise = None
+    if "gaussian" in config.attack.kinds:
+        noise = torch.randn((n, model_spec(config).n_params), generator=generator, device=device)
+    nonfinite = torch.rand(n, generator=generator, device=device)
+    return RoundRandomness(batches=positions, attack_on=attack_on, attack_noise=noise, nonfinite_draw=nonfinite)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class RoundOutcome:
     accuracy: float
     previous_accuracy: float
     consensus_distance: float  # mean squared distance of honest models to their mean
+    malicious_participants: int  # attackers that trained or broadcast this round
+    attack_influence: float  # |honest model moves with - without attackers| / mean honest model norm
 
     @property
     def carbon_g(self) -> torch.Tensor:
@@ -85,23 +98,61 @@ def transition(
     flow = settle_energy(compute_wh + radio_wh + base_wh, state.battery_wh, scenario.capacity_wh, harvest,
                          scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency)
 
-    # 2. learning on the trainers only
+    # 2. learning on the trainers only (active free riders skip it; label flippers learn 9 - y)
+    kind = scenario.attack_kind
+    attacking = torch.zeros_like(trained) if noise.attack_on is None else noise.attack_on & ~scenario.honest
+    if t < config.attack.start_round:
+        attacking = torch.zeros_like(attacking)
     params, local_loss = state.params, state.local_loss
-    trainers = trained.nonzero().squeeze(1)
+    trainers = (trained & ~(attacking & attacks.is_kind(kind, "free_rider"))).nonzero().squeeze(1)
     if trainers.numel():
         batches = scenario.shards[trainers].gather(1, noise.batches[trainers].flatten(1)).view(
             noise.batches[trainers].shape)
-        new_params, loss = local_sgd(spec, params[trainers], scenario.train_x, scenario.train_y, batches,
+        labels = scenario.train_y[batches]
+        flip = (attacking & attacks.is_kind(kind, "label_flip"))[trainers]
+        labels = torch.where(flip.view(-1, 1, 1), N_CLASSES - 1 - labels, labels)
+        new_params, loss = local_sgd(spec, params[trainers], scenario.train_x[batches], labels,
                                      config.learning.learning_rate)
         params = params.index_copy(0, trainers, new_params)
         local_loss = local_loss.index_copy(0, trainers, loss)
 
-    # 3. gossip: senders update their public copies, awake nodes mix
-    public = gossip.broadcast(params, state.public, level, sent)
+    # 3. gossip: senders update their public copies, awake nodes move towards their neighbours
+    honest_senders = sent & ~(attacking & ~scenario.honest)
+    public = gossip.broadcast(params, state.public, level, honest_senders)
+    poisoning = sent & attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING)
+    if bool(poisoning.any()):
+        crafted = attacks.crafted_broadcasts(config.attack, kind, scenario.honest, params, noise.attack_noise,
+                                             noise.nonfinite_draw)
+        public = torch.where(poisoning.unsqueeze(1), crafted, public)
     awake = trained | sent
-    params = gossip.mix(params, public, scenario.mixing, awake, config.learning.gossip_step)
+    # active model-poisoning attackers keep their own model out of the consensus step (their public copy
+    # is the crafted one, so following the protocol would only feed their attack back into themselves)
+    mixes = awake & ~(attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING))
+    defence = config.defence
+    usable = gossip.usable_senders(public)
+
+    def pull_from(senders: torch.Tensor) -> torch.Tensor:
+        return gossip.aggregate_pull(public, scenario.mixing, scenario.neighbours, scenario.neighbour_valid,
+                                     scenario.neighbour_weight, defence.aggregator, senders,
+                                     defence.trim_fraction, defence.clip_quantile,
+                                     state.trust if defence.trust_weighting else None)
+
+    step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
+    move = step * pull_from(usable)
+    influence = 0.0
+    if not bool(scenario.honest.all()):
+        clean_move = step * pull_from(usable & scenario.honest)
+        honest = scenario.honest
+        scale = params[honest].norm(dim=1).mean().clamp_min(1e-8)
+        influence = float((move[honest] - clean_move[honest]).norm(dim=1).mean() / scale)
+    params = params + move
+    scores = gossip.neighbour_scores(public, scenario.neighbours, scenario.neighbour_valid, usable)
+    fresh = scenario.neighbour_valid & sent[scenario.neighbours] & awake.unsqueeze(1)
+    memory = defence.trust_memory
+    trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)
 
     # 4. measure
+    malicious = int((awake & ~scenario.honest).sum())
     eval_y = scenario.test_y[scenario.eval_index]
     node_accuracy = accuracy_per_node(spec, params, scenario.test_x[scenario.eval_index], eval_y)
     honest_params = params[scenario.honest]
@@ -122,6 +173,7 @@ def transition(
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),
         dropped=dropped,
+        trust=trust,
     )
     outcome = RoundOutcome(
         action=action,
@@ -138,5 +190,7 @@ def transition(
         accuracy=new_state.accuracy,
         previous_accuracy=state.accuracy,
         consensus_distance=consensus,
+        malicious_participants=malicious,
+        attack_influence=influence,
     )
     return new_state, outcome

@@ -24,6 +24,7 @@ class SimState:
     node_accuracy: torch.Tensor  # (N,) test accuracy of each node's model
     accuracy: float  # mean test accuracy over honest nodes
     dropped: torch.Tensor  # (N,) bool, could not afford last round's action
+    trust: torch.Tensor  # (N, D_max) each receiver's score of the sender in each neighbour slot, [0, 1]
 
     def replace(self, **changes) -> SimState:
         return dataclasses.replace(self, **changes)
@@ -59,4 +60,13 @@ def initial_state(config: EnvConfig, scenario: Scenario, generator: torch.Genera
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),
         dropped=torch.zeros(n, dtype=torch.bool, device=device),
+        trust=scenario.neighbour_valid.float(),
     )
+
+
+def trust_in_nodes(scenario: Scenario, trust: torch.Tensor) -> torch.Tensor:
+    """(N,) each node's mean trust as scored by the neighbours that hear it."""
+    valid = scenario.neighbour_valid
+    senders = scenario.neighbours[valid]
+    total = torch.zeros(scenario.n_nodes, device=trust.device).index_add_(0, senders, trust[valid])
+    return total / scenario.degree.clamp_min(1)

@@ -63,7 +63,75 @@ def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, s
     return public
 
 
-def mix(params: torch.Tensor, public: torch.Tensor, mixing: torch.Tensor, awake: torch.Tensor, step: float):
-    """Consensus step of the awake nodes towards their neighbours' public copies (plain weighted mean)."""
-    pull = mixing @ public - public  # Σ_j w_ij (x̂_j - x̂_i), rows of W sum to one
-    return params + step * awake.unsqueeze(1).to(params.dtype) * pull
+def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) bool: public copies a receiver may use (finite, and not excluded by ``usable``)."""
+    finite = torch.isfinite(public).all(1)
+    return finite if usable is None else finite & usable
+
+
+def aggregate_pull(
+    public: torch.Tensor,
+    mixing: torch.Tensor,
+    neighbours: torch.Tensor,
+    neighbour_valid: torch.Tensor,
+    neighbour_weight: torch.Tensor,
+    aggregator: str,
+    usable: torch.Tensor,
+    trim_fraction: float = 0.25,
+    clip_quantile: float = 0.5,
+    slot_trust: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, P) direction each node moves its model, from its neighbours' usable public copies.
+
+    mean            Σ_j w_ij (x̂_j - x̂_i) over usable senders (unusable ones' weight stays at home)
+    median          coordinate-wise median of {x̂_i} ∪ {x̂_j} minus x̂_i (Yin et al., ICML 2018)
+    trimmed_mean    coordinate-wise mean after cutting trim_fraction of values at each end (Yin et al. 2018)
+    clipped_gossip  Σ_j w_ij CLIP(x̂_j - x̂_i, τ_i), τ_i the clip_quantile of the node's neighbour
+                    distances (He, Karimireddy & Jaggi, "Byzantine-robust decentralized learning via
+                    ClippedGossip", 2022; the adaptive τ is this project's practical choice)
+
+    With ``slot_trust`` (N, D), mean and clipped_gossip scale each neighbour's weight by the receiver's
+    trust in it (the weight it loses stays with the receiver's own model).
+    """
+    safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
+    if aggregator == "mean" and slot_trust is None:
+        weight_used = mixing @ usable.to(public.dtype).unsqueeze(1)  # (N, 1)
+        return mixing @ safe - weight_used * safe
+    valid = neighbour_valid & usable[neighbours]  # (N, D)
+    stack = safe[neighbours]  # (N, D, P)
+    own = safe.unsqueeze(1)
+    weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
+    if aggregator == "mean":
+        return ((weight * valid).unsqueeze(2) * (stack - own)).sum(1)
+    if aggregator == "clipped_gossip":
+        diff = stack - own
+        dist = diff.norm(dim=2)
+        tau = torch.nanquantile(torch.where(valid, dist, torch.full_like(dist, float("nan"))), clip_quantile,
+                                dim=1, keepdim=True)
+        scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0),
+                            torch.zeros_like(dist))
+        return ((weight * scale).unsqueeze(2) * diff).sum(1)
+    values = torch.cat([own, stack], dim=1)  # the node's own copy always takes part
+    valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+    if aggregator == "median":
+        centre = torch.where(valid.unsqueeze(2), values, torch.full_like(values, float("nan"))).nanmedian(1).values
+    else:  # trimmed_mean
+        count = valid.sum(1, keepdim=True)
+        cut = torch.floor(trim_fraction * count)
+        ordered = torch.where(valid.unsqueeze(2), values, torch.full_like(values, float("inf"))).sort(1).values
+        rank = torch.arange(values.shape[1], device=values.device).view(1, -1, 1)
+        keep = (rank >= cut.unsqueeze(2)) & (rank < (count - cut).unsqueeze(2))
+        centre = torch.where(keep, ordered, torch.zeros_like(ordered)).sum(1) / keep.sum(1).clamp_min(1)
+    return centre - safe
+
+
+def neighbour_scores(public: torch.Tensor, neighbours: torch.Tensor, neighbour_valid: torch.Tensor,
+                     usable: torch.Tensor) -> torch.Tensor:
+    """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
+    than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model."""
+    safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
+    dist = (safe[neighbours] - safe.unsqueeze(1)).norm(dim=2)
+    usable_slot = neighbour_valid & usable[neighbours]
+    median = torch.where(usable_slot, dist, torch.full_like(dist, float("nan"))).nanmedian(1, keepdim=True).values
+    score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
+    return torch.where(usable_slot, score, torch.zeros_like(score))

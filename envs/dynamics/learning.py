@@ -87,19 +87,17 @@ class ModelSpec:
 def local_sgd(
     spec: ModelSpec,
     params: torch.Tensor,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    batches: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
     learning_rate: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain SGD on every given node at once.
 
-    params (n, P); batches (n, steps, B) indices into train_x (already mapped through each node's shard);
+    params (n, P); x (n, steps, B, 64) and y (n, steps, B) each node's minibatches;
     returns new params and the mean training loss of each node over its steps."""
     losses = []
-    for step in range(batches.shape[1]):  # loop over SGD steps, never over nodes
-        idx = batches[:, step]
-        loss, grad = spec.loss_and_grad(params, train_x[idx], train_y[idx])
+    for step in range(x.shape[1]):  # loop over SGD steps, never over nodes
+        loss, grad = spec.loss_and_grad(params, x[:, step], y[:, step])
         params = params - learning_rate * grad
         losses.append(loss)
     return params, torch.stack(losses, 1).mean(1)
