@@ -140,7 +140,7 @@ def transition(
     step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
     move = step * pull_from(usable)
     influence = 0.0
-    if not bool(scenario.honest.all()):
+    if t >= config.attack.start_round and not bool(scenario.honest.all()):
         clean_move = step * pull_from(usable & scenario.honest)
         honest = scenario.honest
         scale = params[honest].norm(dim=1).mean().clamp_min(1e-8)
