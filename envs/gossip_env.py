@@ -84,10 +84,33 @@ class EdgeLearningEnv(gym.Env):
     ## Info
     Every step: accuracy, carbon_g (grid + backbone), carbon_grid_g, carbon_backbone_g, energy_wh,
     energy_breakdown_wh (compute / radio / base), grid_wh, harvested_wh, spilled_wh, bytes_sent,
-    participants, trained_nodes, broadcasting_nodes, dropped_nodes, reward_components, cost, round.
+    participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
+    attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round.
     On the last step also: episode_carbon_g, episode_energy_wh, episode_grid_wh, episode_harvested_wh,
-    episode_bytes_sent, rounds_to_target (None if missed), carbon_to_target_g, energy_to_target_wh,
+    episode_bytes_sent, episode_malicious_participants, rounds_to_target (None if missed), carbon_to_target_g, energy_to_target_wh,
     final_accuracy (full test split).
+
+    ## Attacks, defences and privacy
+    ``config.attack.fraction`` of the nodes are attackers; the agent never sees who (accuracy in the
+    observation is over all nodes; the reward and KPIs use honest nodes). Kinds (``envs/dynamics/attacks.py``
+    has the table with sources): sign_flip (sends -x), gaussian (x + noise; Blanchard et al. 2017), alie
+    (mean - z·std; Baruch et al., NeurIPS 2019), ipm (-ε·mean; Xie et al., UAI 2020), label_flip (trains
+    on 9 - y; Tolpegin et al. 2020), free_rider (claims to train, sends its stale model) and
+    lying_telemetry (reports a full battery, sun and a clean grid to get picked, then sends -x). Attacks
+    can start late (``start_round``) and switch on and off (``on_probability``); an attacker may send
+    NaN/inf (``nonfinite_probability``), which receivers drop.
+
+    Receivers aggregate with ``config.defence.aggregator`` (``envs/dynamics/gossip.py``): mean,
+    coordinate-wise median or trimmed mean (Yin et al., ICML 2018), or ClippedGossip (He, Karimireddy &
+    Jaggi 2022), optionally weighting neighbours by trust. Every receiver scores each neighbour's latest
+    model as min(1, median distance / distance)²; the observation's ``trust`` is the mean score a node
+    gets from its neighbours, so liars show up only through behaviour (outlying models, drop-outs).
+
+    With ``config.privacy.mechanism`` laplace or gaussian, the battery, harvest and load values the
+    scheduler sees (and the action mask derived from them) pass through that mechanism with
+    ``epsilon_per_report`` per report; a per-node accountant (basic composition, or opacus' RDP for
+    Gaussian noise) reports ``epsilon_spent`` in ``info``; a node past its budget stops reporting and
+    its telemetry goes stale (``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
 
     ## Arguments
     ``gymnasium.make("GreenGossip/EdgeLearning-v0", config="configs/tiny.yaml", render_mode="ansi")``:
