@@ -64,7 +64,7 @@ class Scenario:
     backbone_kwh_per_byte: float
     model_bytes: float  # bytes of one full-precision broadcast of the emulated model
     costs: ActionCosts  # (N, K) energy and bytes of every action on every node
-    mixing: torch.Tensor  # (N, N) Metropolis-Hastings matrix W, dense or sparse CSR
+    neighbour_mixing: torch.Tensor  # (N, N) Metropolis-Hastings W without its diagonal, dense or sparse CSR
     honest: torch.Tensor  # (N,) bool, False for attackers (never observed by the agent)
     attack_kind: torch.Tensor  # (N,) long, index into attacks.ATTACK_KINDS, -1 for honest nodes
     # data
@@ -332,7 +332,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         backbone_kwh_per_byte=backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
         model_bytes=model_bytes,
         costs=costs,
-        mixing=mixing_matrix(n, edge_src, edge_dst, edge_weight),
+        neighbour_mixing=mixing_matrix(n, edge_src, edge_dst, edge_weight, include_self=False),
         honest=as_tensor(attack_kind == HONEST),
         attack_kind=as_tensor(attack_kind),
         train_x=f32(train_x),

@@ -132,7 +132,7 @@ def transition(
     usable = gossip.usable_senders(public)
 
     def pull_from(senders: torch.Tensor) -> torch.Tensor:
-        return gossip.aggregate_pull(public, scenario.mixing, scenario.neighbours, scenario.neighbour_valid,
+        return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours, scenario.neighbour_valid,
                                      scenario.neighbour_weight, defence.aggregator, senders,
                                      defence.trim_fraction, defence.clip_quantile,
                                      state.trust if defence.trust_weighting else None)
@@ -145,8 +145,8 @@ def transition(
         honest = scenario.honest
         scale = params[honest].norm(dim=1).mean().clamp_min(1e-8)
         influence = float((move[honest] - clean_move[honest]).norm(dim=1).mean() / scale)
+    scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable)
     params = params + move
-    scores = gossip.neighbour_scores(public, scenario.neighbours, scenario.neighbour_valid, usable)
     fresh = scenario.neighbour_valid & sent[scenario.neighbours] & awake.unsqueeze(1)
     memory = defence.trust_memory
     trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)

@@ -146,10 +146,11 @@ def test_robust_aggregators_ignore_an_excluded_neighbour():
     torch.manual_seed(0)
     n, p = 5, 7
     public = torch.randn(n, p)
+    own = torch.randn(n, p)
     src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 4, 0])
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 0, 4])
     weight = torch.full((10,), 1 / 3)
-    mixing = gossip.mixing_matrix(n, src, dst, weight)
+    mixing = gossip.mixing_matrix(n, src, dst, weight, include_self=False)
     from envs.scenario import neighbour_table
 
     table, valid, slot_weight = (torch.as_tensor(a) for a in neighbour_table(n, src.numpy(), dst.numpy(),
@@ -160,7 +161,7 @@ def test_robust_aggregators_ignore_an_excluded_neighbour():
     poisoned = public.clone()
     poisoned[2] = 1e6
     for aggregator in ("mean", "median", "trimmed_mean", "clipped_gossip"):
-        clean = gossip.aggregate_pull(public, mixing, table, valid, slot_weight, aggregator, usable)
-        dirty = gossip.aggregate_pull(poisoned, mixing, table, valid, slot_weight, aggregator, usable)
+        clean = gossip.aggregate_pull(own, public, mixing, table, valid, slot_weight, aggregator, usable)
+        dirty = gossip.aggregate_pull(own, poisoned, mixing, table, valid, slot_weight, aggregator, usable)
         others = torch.tensor([0, 1, 3, 4])
         assert torch.allclose(clean[others], dirty[others]), aggregator

@@ -1,10 +1,15 @@
 """Gossip: compressed broadcast with error feedback (CHOCO-SGD) and consensus mixing.
 
-CHOCO-SGD (Koloskova, Stich & Jaggi, ICML 2019): every node i keeps a public copy x̂_i of its model that
-all its neighbours also hold. A broadcasting node sends q_i = Q(x_i - x̂_i) and everyone adds q_i to x̂_i,
-so what compression drops this round is sent later (error feedback). An awake node then moves towards
-its neighbours' public copies: x_i += γ Σ_j w_ij (x̂_j - x̂_i). With Q = identity and γ = 1 this is
-exactly D-PSGD's x_i = Σ_j w_ij x_j.
+After CHOCO-SGD (Koloskova, Stich & Jaggi, ICML 2019): every node i keeps a public copy x̂_i of its
+model that all its neighbours also hold. A broadcasting node sends q_i = Q(x_i - x̂_i) and everyone adds
+q_i to x̂_i, so what compression drops this round is sent later (error feedback). An awake node then
+moves towards its neighbours' public copies: x_i += γ Σ_{j≠i} w_ij (x̂_j - x_i). With Q = identity and
+γ = 1 this is exactly D-PSGD's x_i = Σ_j w_ij x_j.
+
+One departure from CHOCO: the pull is measured from the node's own model x_i, not from its public copy
+x̂_i. The update is then a convex combination of x_i and the neighbours' copies for any γ ≤ 1, which
+stays stable with γ = 1 under top-1 % compression, where CHOCO's x̂_j - x̂_i form diverges unless γ is
+tuned down to the compression ratio (checked in tests/test_learning.py).
 
 Messages are kept in the receivers' mailboxes (store and forward), so every neighbour's copy of x̂_j is
 the same and one (N, P) tensor holds them all.
@@ -40,14 +45,16 @@ def compress(delta: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def mixing_matrix(n_nodes: int, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """W with W[i, j] = w_ij on edges and the self weight on the diagonal; dense for small fleets,
-    sparse CSR beyond 512 nodes so that a mixing step costs O(edges · P), not O(N² · P)."""
-    self_weight = 1.0 - torch.zeros(n_nodes, device=weight.device).index_add_(0, dst, weight)
-    idx = torch.arange(n_nodes, device=weight.device)
-    rows = torch.cat([dst, idx])
-    cols = torch.cat([src, idx])
-    values = torch.cat([weight, self_weight])
+def mixing_matrix(
+    n_nodes: int, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor, include_self: bool = True
+) -> torch.Tensor:
+    """W with W[i, j] = w_ij on edges and (if include_self) the self weight on the diagonal; dense for
+    small fleets, sparse CSR beyond 512 nodes so that a mixing step costs O(edges · P), not O(N² · P)."""
+    rows, cols, values = dst, src, weight
+    if include_self:
+        self_weight = 1.0 - torch.zeros(n_nodes, device=weight.device).index_add_(0, dst, weight)
+        idx = torch.arange(n_nodes, device=weight.device)
+        rows, cols, values = torch.cat([dst, idx]), torch.cat([src, idx]), torch.cat([weight, self_weight])
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
                                   check_invariants=False).coalesce()
     return coo.to_dense() if n_nodes <= 512 else coo.to_sparse_csr()
@@ -70,8 +77,9 @@ def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> 
 
 
 def aggregate_pull(
+    own: torch.Tensor,
     public: torch.Tensor,
-    mixing: torch.Tensor,
+    neighbour_mixing: torch.Tensor,
     neighbours: torch.Tensor,
     neighbour_valid: torch.Tensor,
     neighbour_weight: torch.Tensor,
@@ -81,10 +89,11 @@ def aggregate_pull(
     clip_quantile: float = 0.5,
     slot_trust: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N, P) direction each node moves its model, from its neighbours' usable public copies.
+    """(N, P) direction each node moves its own model ``own`` (x_i), from its neighbours' usable public
+    copies; ``neighbour_mixing`` is W without its diagonal.
 
-    mean            Σ_j w_ij (x̂_j - x̂_i) over usable senders (unusable ones' weight stays at home)
-    median          coordinate-wise median of {x̂_i} ∪ {x̂_j} minus x̂_i (Yin et al., ICML 2018)
+    mean            Σ_j w_ij (x̂_j - x_i) over usable senders (unusable ones' weight stays at home)
+    median          coordinate-wise median of {x_i} ∪ {x̂_j} minus x_i (Yin et al., ICML 2018)
     trimmed_mean    coordinate-wise mean after cutting trim_fraction of values at each end (Yin et al. 2018)
     clipped_gossip  Σ_j w_ij CLIP(x̂_j - x̂_i, τ_i), τ_i the clip_quantile of the node's neighbour
                     distances (He, Karimireddy & Jaggi, "Byzantine-robust decentralized learning via
@@ -95,23 +104,23 @@ def aggregate_pull(
     """
     safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
     if aggregator == "mean" and slot_trust is None:
-        weight_used = mixing @ usable.to(public.dtype).unsqueeze(1)  # (N, 1)
-        return mixing @ safe - weight_used * safe
+        weight_used = neighbour_mixing @ usable.to(public.dtype).unsqueeze(1)  # (N, 1)
+        return neighbour_mixing @ safe - weight_used * own
     valid = neighbour_valid & usable[neighbours]  # (N, D)
     stack = safe[neighbours]  # (N, D, P)
-    own = safe.unsqueeze(1)
+    own_row = own.unsqueeze(1)
     weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
     if aggregator == "mean":
-        return ((weight * valid).unsqueeze(2) * (stack - own)).sum(1)
+        return ((weight * valid).unsqueeze(2) * (stack - own_row)).sum(1)
     if aggregator == "clipped_gossip":
-        diff = stack - own
+        diff = stack - own_row
         dist = diff.norm(dim=2)
         tau = torch.nanquantile(torch.where(valid, dist, torch.full_like(dist, float("nan"))), clip_quantile,
                                 dim=1, keepdim=True)
         scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0),
                             torch.zeros_like(dist))
         return ((weight * scale).unsqueeze(2) * diff).sum(1)
-    values = torch.cat([own, stack], dim=1)  # the node's own copy always takes part
+    values = torch.cat([own_row, stack], dim=1)  # the node's own model always takes part
     valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
     if aggregator == "median":
         centre = torch.where(valid.unsqueeze(2), values, torch.full_like(values, float("nan"))).nanmedian(1).values
@@ -122,15 +131,15 @@ def aggregate_pull(
         rank = torch.arange(values.shape[1], device=values.device).view(1, -1, 1)
         keep = (rank >= cut.unsqueeze(2)) & (rank < (count - cut).unsqueeze(2))
         centre = torch.where(keep, ordered, torch.zeros_like(ordered)).sum(1) / keep.sum(1).clamp_min(1)
-    return centre - safe
+    return centre - own
 
 
-def neighbour_scores(public: torch.Tensor, neighbours: torch.Tensor, neighbour_valid: torch.Tensor,
-                     usable: torch.Tensor) -> torch.Tensor:
+def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.Tensor,
+                     neighbour_valid: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model."""
     safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
-    dist = (safe[neighbours] - safe.unsqueeze(1)).norm(dim=2)
+    dist = (safe[neighbours] - own.unsqueeze(1)).norm(dim=2)
     usable_slot = neighbour_valid & usable[neighbours]
     median = torch.where(usable_slot, dist, torch.full_like(dist, float("nan"))).nanmedian(1, keepdim=True).values
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
