@@ -18,6 +18,7 @@ FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v0"
 if ENV_ID not in registry:
     # The env truncates itself at config.max_rounds (with the deadline penalty); no TimeLimit on top,
     # so that max_rounds from the config is the one deadline.
-    register(id=ENV_ID, entry_point="envs.gossip_env:EdgeLearningEnv")
+    register(id=ENV_ID, entry_point="envs.gossip_env:EdgeLearningEnv",
+             vector_entry_point="envs.vector_env:EdgeLearningVectorEnv")
 if FLAT_ENV_ID not in registry:
     register(id=FLAT_ENV_ID, entry_point="envs.wrappers:make_flat_env")

@@ -11,15 +11,11 @@ from gymnasium import spaces
 
 from envs.config import EnvConfig, load_config
 from envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
-from envs.dynamics.learning import accuracy_per_node
-from envs.dynamics import attacks
-from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
-from envs.observation import adjacency_matrix, apply_lies, observation_space, observe, true_telemetry
+from envs.fleet_batch import FleetBatch
+from envs.observation import observation_space
 from envs.render import draw_network, summary_line
-from envs.reward import reward_components, weighted_reward
 from envs.scenario import Scenario, make_scenario
-from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
-from envs.state import SimState, honest_mean, initial_state, model_spec, trust_in_nodes
+from envs.state import SimState
 
 
 class EdgeLearningEnv(gym.Env):
@@ -138,176 +134,100 @@ class EdgeLearningEnv(gym.Env):
         self.action_space = spaces.MultiDiscrete(np.full(self.n_nodes, N_ACTIONS, dtype=np.int64))
         self.observation_space = observation_space(self.config)
         self._device = torch.device(self.config.device)
-        self._spec = model_spec(self.config)
-        self._scenario: Scenario | None = None
-        self._state: SimState | None = None
-        self._last_outcome: RoundOutcome | None = None
+        self._fleet = FleetBatch(self.config)
         self._last_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._scenario = make_scenario(self.config, self.np_random)
-        self._generator = torch.Generator(device=self._device)
-        self._generator.manual_seed(int(self.np_random.integers(2**63 - 1)))
-        self._state = initial_state(self.config, self._scenario, self._generator)
-        self._adjacency = adjacency_matrix(self._scenario) if self.config.observation.adjacency else None
-        self._totals = dict.fromkeys(
-            ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants"), 0.0)
-        self._rounds_to_target: int | None = None
-        self._carbon_to_target: float | None = None
-        self._energy_to_target: float | None = None
-        self._last_outcome = None
-        self._accountant = PrivacyAccountant(self.config.privacy, self.n_nodes, self._device)
-        self._reported: dict[str, torch.Tensor] | None = None
-        self._refresh_telemetry()
-        self._last_info = {"accuracy": self._state.accuracy, "round": 0}
+        self._fleet.reset([make_scenario(self.config, self.np_random)])
+        self._last_info = {"accuracy": float(self._fleet.state.accuracy[0]), "round": 0}
         return self._observation(), dict(self._last_info)
 
     def step(self, action):
-        if self._state is None:
+        if self._fleet.state is None:
             raise RuntimeError("call reset() before step()")
-        action_t = self._validate_action(action)
-        noise = draw_randomness(self.config, self._scenario, self._generator)
-        self._state, outcome = transition(self.config, self._scenario, self._state, action_t, noise)
-        self._last_outcome = outcome
-        state = self._state
-        terminated = state.accuracy >= self.config.target_accuracy
-        truncated = (not terminated) and state.round >= self.config.max_rounds
-        info = self._round_info(outcome)
-        components = reward_components(
-            self.config, self._scenario,
-            accuracy=outcome.accuracy, previous_accuracy=outcome.previous_accuracy,
-            carbon_g=info["carbon_g"], energy_wh=info["energy_wh"],
-            malicious_share=outcome.malicious_participants / self.n_nodes,
-            attack_influence=min(outcome.attack_influence, 10.0),
-            terminated=terminated, truncated=truncated,
-        )
-        reward = weighted_reward(self.config, components)
-        info["reward_components"] = components
-        info["cost"] = info["carbon_g"]
-        if terminated and self._rounds_to_target is None:
-            self._rounds_to_target = state.round
-            self._carbon_to_target = self._totals["carbon_g"]
-            self._energy_to_target = self._totals["energy_wh"]
-        if terminated or truncated:
-            info.update(self._episode_info())
-        self._refresh_telemetry()
-        spent = self._accountant.spent  # after this round's reports
-        info["epsilon_spent"] = float(spent.max())
-        info["epsilon_spent_mean"] = float(spent.mean())
+        reward, terminated, truncated, batched = self._fleet.step(self._validate_action(action))
+        info = single_env_info(batched, 0, bool(terminated[0] or truncated[0]))
         self._last_info = info
-        return self._observation(), reward, terminated, truncated, info
+        return self._observation(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def action_masks(self) -> np.ndarray:
         """(N, K) bool: actions each node can afford according to what it reported (MaskablePPO)."""
-        return self._mask.cpu().numpy()
+        return self._fleet.action_masks()[0]
 
     def render(self):
-        if self.render_mode is None or self._state is None:
+        if self.render_mode is None or self._fleet.state is None:
             return None
+        state = self._fleet.state
+        accuracy, round_index = float(state.accuracy[0]), int(state.round[0])
         if self.render_mode == "ansi":
-            return summary_line(self._state.round, self._state.accuracy, self._last_info)
-        sent = None if self._last_outcome is None else self._last_outcome.sent.cpu().numpy()
-        title = (f"round {self._state.round}  accuracy {self._state.accuracy:.3f}  "
-                 f"carbon {self._totals['carbon_g']:.1f} g")
-        return draw_network(self._scenario, self._state, sent, title)
+            return summary_line(round_index, accuracy, self._last_info)
+        outcome = self._fleet.last_outcome
+        sent = None if outcome is None else outcome.sent.cpu().numpy()
+        title = f"round {round_index}  accuracy {accuracy:.3f}  carbon {self._fleet.totals['carbon_g'][0]:.1f} g"
+        return draw_network(self.scenario, state, sent, title)
 
     # ------------------------------------------------------------------ helpers
     @property
     def scenario(self) -> Scenario:
-        return self._scenario
+        return self._fleet.scenario
 
     @property
     def sim_state(self) -> SimState:
-        return self._state
+        return self._fleet.state
+
+    @property
+    def accountant(self):
+        return self._fleet.accountant
 
     def _validate_action(self, action) -> torch.Tensor:
-        arr = np.asarray(action)
-        if arr.shape != (self.n_nodes,):
-            raise ValueError(f"action must have shape ({self.n_nodes},) (one code per node), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.equal(np.mod(arr, 1), 0)):
-                raise ValueError(f"action codes must be integers in 0..{N_ACTIONS - 1}, got {arr}")
-            arr = arr.astype(np.int64)
-        if arr.min() < 0 or arr.max() >= N_ACTIONS:
-            raise ValueError(f"action codes must be in 0..{N_ACTIONS - 1} ({', '.join(ACTION_NAMES)}); "
-                             f"got min {arr.min()}, max {arr.max()}")
-        return torch.as_tensor(arr, dtype=torch.long, device=self._device)
-
-    def _refresh_telemetry(self) -> None:
-        """What the nodes report for the coming round (lies and DP noise included), and the action mask
-        derived from it: the scheduler never sees more than the nodes chose to publish."""
-        scenario, state, privacy = self._scenario, self._state, self.config.privacy
-        telemetry = true_telemetry(scenario, state, self.config.observation.forecast_rounds)
-        if state.round >= self.config.attack.start_round:
-            telemetry = apply_lies(telemetry, attacks.is_kind(scenario.attack_kind, "lying_telemetry"))
-        if privacy.mechanism != "none":
-            woke = state.last_action >= 1
-            due = woke | (state.round % privacy.heartbeat_rounds == 0)
-            reporting = due & self._accountant.may_report()
-            noised = privatize(privacy, telemetry, self._generator)
-            previous = self._reported or {name: torch.full_like(value, PRIVATE_RANGES.get(name, 1.0) / 2)
-                                          for name, value in telemetry.items()}
-            telemetry = {name: torch.where(reporting, noised[name], previous[name]) if name in PRIVATE_RANGES
-                         else value for name, value in telemetry.items()}
-            self._accountant.record(reporting)
-        self._reported = telemetry
-        self._telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
-                           for name, value in telemetry.items()}
-        reported_battery = self._telemetry["battery_soc"] * scenario.capacity_wh
-        reported_harvest = self._telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
-        self._mask = affordable_actions(self.config, scenario, reported_battery, reported_harvest)
+        return validate_actions(action, (self.n_nodes,), self._device)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        adjacency = None if self._adjacency is None else self._adjacency.copy()
-        trust = trust_in_nodes(self._scenario, self._state.trust)
-        return observe(self.config, self._scenario, self._state, self._telemetry, trust, self._mask, adjacency)
+        return {key: value[0] for key, value in self._fleet.observation().items()}
 
-    def _round_info(self, outcome: RoundOutcome) -> dict[str, Any]:
-        flow = outcome.energy
-        info = {
-            "round": self._state.round,
-            "accuracy": outcome.accuracy,
-            "carbon_g": float(outcome.carbon_g.sum()),
-            "carbon_grid_g": float(outcome.carbon_grid_g.sum()),
-            "carbon_backbone_g": float(outcome.carbon_backbone_g.sum()),
-            "energy_wh": float(flow.consumed.sum()),
-            "energy_breakdown_wh": {
-                "compute": float(outcome.compute_wh.sum()),
-                "radio": float(outcome.radio_wh.sum()),
-                "base": float(outcome.base_wh.sum()),
-            },
-            "grid_wh": float(flow.grid.sum()),
-            "harvested_wh": float(flow.harvested.sum()),
-            "spilled_wh": float(flow.spilled.sum()),
-            "bytes_sent": float(outcome.bytes_sent.sum()),
-            "participants": int((outcome.trained | outcome.sent).sum()),
-            "trained_nodes": int(outcome.trained.sum()),
-            "broadcasting_nodes": int(outcome.sent.sum()),
-            "dropped_nodes": int(outcome.dropped.sum()),
-            "consensus_distance": outcome.consensus_distance,
-            "malicious_participants": outcome.malicious_participants,
-            "attack_influence": outcome.attack_influence,
-        }
-        self._totals["malicious_participants"] += outcome.malicious_participants
-        for key in ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent"):
-            self._totals[key] += info[key]
-        return info
 
-    def _episode_info(self) -> dict[str, Any]:
-        scenario = self._scenario
-        final = accuracy_per_node(self._spec, self._state.params, scenario.test_x, scenario.test_y)
-        return {
-            "episode_carbon_g": self._totals["carbon_g"],
-            "episode_energy_wh": self._totals["energy_wh"],
-            "episode_grid_wh": self._totals["grid_wh"],
-            "episode_harvested_wh": self._totals["harvested_wh"],
-            "episode_bytes_sent": self._totals["bytes_sent"],
-            "episode_malicious_participants": int(self._totals["malicious_participants"]),
-            "episode_rounds": self._state.round,
-            "rounds_to_target": self._rounds_to_target,
-            "carbon_to_target_g": self._carbon_to_target,
-            "energy_to_target_wh": self._energy_to_target,
-            "final_accuracy": honest_mean(final, scenario),
-        }
+REWARD_PREFIX = "reward_"
+BREAKDOWN_KEYS = ("energy_compute_wh", "energy_radio_wh", "energy_base_wh")
+EPISODE_KEYS = ("episode_carbon_g", "episode_energy_wh", "episode_grid_wh", "episode_harvested_wh",
+                "episode_bytes_sent", "episode_malicious_participants", "episode_rounds", "rounds_to_target",
+                "carbon_to_target_g", "energy_to_target_wh", "final_accuracy")
+
+
+def single_env_info(batched: dict[str, np.ndarray], index: int, done: bool) -> dict[str, Any]:
+    """The info dict of environment ``index``: plain Python numbers, reward components and the energy
+    breakdown as sub-dicts, episode totals only on the last step (rounds_to_target None if missed)."""
+    info: dict[str, Any] = {}
+    components, breakdown = {}, {}
+    for key, values in batched.items():
+        value = values[index].item()
+        if key in EPISODE_KEYS:
+            if done:
+                missed = key in ("rounds_to_target", "carbon_to_target_g", "energy_to_target_wh") and (
+                    value < 0 or value != value)
+                info[key] = None if missed else value
+        elif key.startswith(REWARD_PREFIX):
+            components[key[len(REWARD_PREFIX):]] = value
+        elif key in BREAKDOWN_KEYS:
+            breakdown[key[len("energy_"):-len("_wh")]] = value
+        else:
+            info[key] = value
+    info["reward_components"] = components
+    info["energy_breakdown_wh"] = breakdown
+    return info
+
+
+def validate_actions(action, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Actions as a flat long tensor, or a ValueError that names the expected shape and codes."""
+    arr = np.asarray(action)
+    if arr.shape != shape:
+        raise ValueError(f"action must have shape {shape} (one code per node), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"action codes must be integers in 0..{N_ACTIONS - 1}, got {arr}")
+        arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= N_ACTIONS:
+        raise ValueError(f"action codes must be in 0..{N_ACTIONS - 1} ({', '.join(ACTION_NAMES)}); "
+                         f"got min {arr.min()}, max {arr.max()}")
+    return torch.as_tensor(arr.reshape(-1), dtype=torch.long, device=device)

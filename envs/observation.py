@@ -15,7 +15,7 @@ from gymnasium import spaces
 from envs.config import EnvConfig
 from envs.dynamics.energy import N_ACTIONS
 from envs.scenario import Scenario
-from envs.state import SimState
+from envs.state import SimState, per_env, time_index
 
 # name, low, high, meaning (unit)
 NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
@@ -67,27 +67,36 @@ def observation_space(config: EnvConfig) -> spaces.Dict:
 
 
 def adjacency_matrix(scenario: Scenario) -> np.ndarray:
-    adjacency = np.zeros((scenario.n_nodes, scenario.n_nodes), dtype=np.float32)
-    adjacency[scenario.edge_dst.cpu().numpy(), scenario.edge_src.cpu().numpy()] = 1.0
+    """(B, N, N) 0/1 adjacency of each environment's graph."""
+    n = scenario.nodes_per_env
+    adjacency = np.zeros((scenario.n_envs, n, n), dtype=np.float32)
+    src, dst = scenario.edge_src.cpu().numpy(), scenario.edge_dst.cpu().numpy()
+    adjacency[dst // n, dst % n, src % n] = 1.0
     return adjacency
+
+
+def window_mean(trace: torch.Tensor, t: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B·N,) mean of each node's trace over the ``horizon`` rounds after its round ``t``."""
+    index = t.unsqueeze(1) + 1 + torch.arange(horizon, device=t.device)
+    return trace.gather(1, index).mean(1)
 
 
 def true_telemetry(scenario: Scenario, state: SimState, forecast_rounds: int) -> dict[str, torch.Tensor]:
     """What an honest node reports about itself: battery, harvest, load (privacy may noise these) and
     its grid's carbon intensity."""
-    t = state.round
+    t = time_index(scenario, state.round)
+    nodes = torch.arange(scenario.n_nodes, device=t.device)
     carbon = scenario.carbon_g_per_kwh
     full_round_wh = scenario.costs.total_wh[:, 2]
-    harvest = scenario.harvest_wh[:, t]
-    forecast = scenario.harvest_wh[:, t + 1 : t + 1 + forecast_rounds].mean(1)
+    harvest = scenario.harvest_wh[nodes, t]
     trained_last = (state.last_action >= 1).to(harvest.dtype)
     return {
         "battery_soc": state.battery_wh / scenario.capacity_wh,
         "harvest_now": harvest / full_round_wh,
-        "harvest_forecast": forecast / full_round_wh,
+        "harvest_forecast": window_mean(scenario.harvest_wh, t, forecast_rounds) / full_round_wh,
         "load": trained_last * scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s,
-        "carbon_now": carbon[:, t] / 1000.0,
-        "carbon_forecast": carbon[:, t + 1 : t + 1 + forecast_rounds].mean(1) / 1000.0,
+        "carbon_now": carbon[nodes, t] / 1000.0,
+        "carbon_forecast": window_mean(carbon, t, forecast_rounds) / 1000.0,
     }
 
 
@@ -109,16 +118,17 @@ def observe(
     action_mask: torch.Tensor,
     adjacency: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Assemble the Dict observation; ``telemetry`` is what the nodes reported (noised or not)."""
-    t = state.round
+    """Assemble the Dict observation of every environment, batched: nodes (B, N, F), global (B, G),
+    action_mask (B, N, K), adjacency (B, N, N). ``telemetry`` is what the nodes reported."""
     full_round_wh = scenario.costs.total_wh[:, 2]
+    degree = per_env(scenario.degree, scenario)
     columns = {
         **telemetry,
         "grid_connected": scenario.grid_connected.float(),
         "trust": trust,
         "staleness": state.staleness / config.max_rounds,
         "local_loss": state.local_loss,
-        "degree": scenario.degree / scenario.degree.max(),
+        "degree": (degree / degree.max(1, keepdim=True).values).view(-1),
         "last_action": state.last_action.float() / (N_ACTIONS - 1),
         "dropped": state.dropped.float(),
         "round_cost": full_round_wh / scenario.capacity_wh,
@@ -129,23 +139,23 @@ def observe(
     high = torch.tensor([f[2] for f in NODE_FEATURES], device=nodes.device)
     nodes = torch.nan_to_num(nodes, nan=0.0, posinf=0.0, neginf=0.0).clamp(low, high)
 
-    hour = (scenario.start_utc_hour + t * config.round_minutes / 60.0) % 24.0
-    mean_accuracy = float(state.node_accuracy.mean())
-    consensus = float((state.params - state.params.mean(0)).pow(2).sum(1).mean())
-    awake = float((state.last_action >= 1).float().mean())
-    glob = np.array(
-        [
-            math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24), t / config.max_rounds,
-            mean_accuracy, config.target_accuracy - mean_accuracy, consensus,
-            float(state.dropped.float().mean()), awake,
-        ],
-        dtype=np.float32,
-    )
-    glob = np.clip(np.nan_to_num(glob), [f[1] for f in GLOBAL_FEATURES], [f[2] for f in GLOBAL_FEATURES])
+    hour = (scenario.start_utc_hour + state.round * (config.round_minutes / 60.0)) % 24.0
+    accuracy = per_env(state.node_accuracy, scenario).mean(1)
+    grouped = per_env(state.params, scenario)
+    consensus = (grouped - grouped.mean(1, keepdim=True)).pow(2).sum(2).mean(1)
+    glob = torch.stack([
+        torch.sin(2 * math.pi * hour / 24), torch.cos(2 * math.pi * hour / 24), state.round / config.max_rounds,
+        accuracy, config.target_accuracy - accuracy, consensus,
+        per_env(state.dropped.float(), scenario).mean(1),
+        per_env((state.last_action >= 1).float(), scenario).mean(1),
+    ], dim=1)
+    glob_low = torch.tensor([f[1] for f in GLOBAL_FEATURES], device=glob.device)
+    glob_high = torch.tensor([f[2] for f in GLOBAL_FEATURES], device=glob.device)
+    glob = torch.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clamp(glob_low, glob_high)
     obs = {
-        "nodes": nodes.cpu().numpy().astype(np.float32),
-        "global": glob.astype(np.float32),
-        "action_mask": action_mask.cpu().numpy().astype(np.float32),
+        "nodes": per_env(nodes, scenario).cpu().numpy().astype(np.float32),
+        "global": glob.cpu().numpy().astype(np.float32),
+        "action_mask": per_env(action_mask, scenario).cpu().numpy().astype(np.float32),
     }
     if adjacency is not None:
         obs["adjacency"] = adjacency

@@ -14,40 +14,42 @@ round's device Wh, carbon_scale that round's device + backbone Wh at the world-a
 
 from __future__ import annotations
 
+import numpy as np
+
 from envs.config import EnvConfig
 from envs.scenario import Scenario
+from envs.state import per_env
 
 WORLD_MEAN_G_PER_KWH = 481.0  # Ember, Global Electricity Review 2023
 COMPONENTS = ("accuracy", "carbon", "energy", "security", "deadline")
 
 
-def reward_scales(scenario: Scenario) -> tuple[float, float]:
-    """(energy_scale_wh, carbon_scale_g) of one full round of the whole fleet."""
-    full_round_wh = float(scenario.costs.total_wh[:, 2].sum())
-    backbone_wh = float((scenario.costs.bytes_sent[:, 2] * scenario.degree).sum()) * scenario.backbone_kwh_per_byte * 1e3
-    return full_round_wh, (full_round_wh + backbone_wh) * WORLD_MEAN_G_PER_KWH / 1000.0
+def reward_scales(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """(energy_scale_wh, carbon_scale_g), each (B,): one full round of each environment's fleet."""
+    full_round_wh = per_env(scenario.costs.total_wh[:, 2], scenario).sum(1)
+    backbone_wh = per_env(scenario.costs.bytes_sent[:, 2] * scenario.degree, scenario).sum(1) * (
+        scenario.backbone_kwh_per_byte * 1e3)
+    energy = full_round_wh.double().cpu().numpy()
+    return energy, (energy + backbone_wh.double().cpu().numpy()) * WORLD_MEAN_G_PER_KWH / 1000.0
 
 
 def reward_components(
     config: EnvConfig,
-    scenario: Scenario,
+    scales: tuple[np.ndarray, np.ndarray],
     *,
-    accuracy: float,
-    previous_accuracy: float,
-    carbon_g: float,
-    energy_wh: float,
-    malicious_share: float,
-    attack_influence: float,
-    terminated: bool,
-    truncated: bool,
-) -> dict[str, float]:
-    energy_scale, carbon_scale = reward_scales(scenario)
-    if terminated:
-        deadline = 1.0
-    elif truncated:
-        deadline = -max(0.0, config.target_accuracy - accuracy) / config.target_accuracy
-    else:
-        deadline = 0.0
+    accuracy: np.ndarray,
+    previous_accuracy: np.ndarray,
+    carbon_g: np.ndarray,
+    energy_wh: np.ndarray,
+    malicious_share: np.ndarray,
+    attack_influence: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Each component as a (B,) array (one entry per environment); ``scales`` from reward_scales."""
+    energy_scale, carbon_scale = scales
+    shortfall = np.maximum(0.0, config.target_accuracy - accuracy) / config.target_accuracy
+    deadline = np.where(terminated, 1.0, np.where(truncated, -shortfall, 0.0))
     return {
         "accuracy": accuracy - previous_accuracy,
         "carbon": -carbon_g / carbon_scale,
@@ -57,6 +59,6 @@ def reward_components(
     }
 
 
-def weighted_reward(config: EnvConfig, components: dict[str, float]) -> float:
+def weighted_reward(config: EnvConfig, components: dict[str, np.ndarray]) -> np.ndarray:
     weights = config.reward
-    return float(sum(getattr(weights, name) * value for name, value in components.items()))
+    return sum(getattr(weights, name) * value for name, value in components.items())

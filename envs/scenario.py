@@ -8,6 +8,7 @@ only read. All randomness comes from the numpy ``rng`` passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -27,10 +28,16 @@ N_CLASSES = 10
 
 @dataclass(frozen=True)
 class Scenario:
-    """Frozen per-episode world. Tensors have the node axis first; ``T`` = rounds covered by traces."""
+    """Frozen per-episode world. Tensors have the node axis first; ``T`` = rounds covered by traces.
 
-    n_nodes: int
-    graph: nx.Graph
+    A batch of B environments with N nodes each is one Scenario of B·N nodes (``stack_scenarios``):
+    node b·N + i is node i of environment b, and the graph is the disjoint union of the B graphs."""
+
+    n_nodes: int  # nodes in total, B·N
+    n_envs: int  # B
+    nodes_per_env: int  # N
+    stream_key: torch.Tensor  # (B,) long, episode key of the counter-based random streams
+    graph: nx.Graph | None  # None for a stack of several environments
     positions: np.ndarray  # (N, 2) layout for rendering
     # gossip graph as directed edge lists (both directions), with Metropolis-Hastings weights
     edge_src: torch.Tensor  # (E,) long, sender
@@ -57,7 +64,7 @@ class Scenario:
     # place and time
     region_names: tuple[str, ...]  # (R,)
     region_index: torch.Tensor  # (N,) long
-    start_utc_hour: float  # hour of day of round 0, UTC
+    start_utc_hour: torch.Tensor  # (B,) hour of day of round 0, UTC
     round_s: float  # length of a round, s
     harvest_wh: torch.Tensor  # (N, T) Wh harvested during each round
     carbon_g_per_kwh: torch.Tensor  # (N, T) grid intensity during each round
@@ -87,6 +94,17 @@ def digits_split(test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     return tuple(train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=0))
+
+
+def fixed_eval_subsample(test_y: np.ndarray, size: int | None) -> np.ndarray:
+    """The test points evaluated every round: all, or a fixed class-stratified subsample that is the same
+    in every episode and environment (the full split is still evaluated at episode end)."""
+    if size is None or size >= len(test_y):
+        return np.arange(len(test_y))
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(test_y)), train_size=size, stratify=test_y, random_state=0)
+    return np.sort(keep)
 
 
 def dirichlet_shards(train_y: np.ndarray, n_nodes: int, size: int, alpha: float, rng) -> np.ndarray:
@@ -281,11 +299,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     train_x, test_x, train_y, test_y = digits_split(config.learning.test_fraction)
     shards = dirichlet_shards(train_y, n, config.learning.samples_per_node, config.learning.dirichlet_alpha, rng)
     attack_kind = assign_attackers(config.attack, n, rng)
-    n_eval = config.learning.eval_samples_per_round
-    eval_index = (
-        np.arange(len(test_y)) if n_eval is None or n_eval >= len(test_y)
-        else np.sort(rng.choice(len(test_y), n_eval, replace=False))
-    )
+    eval_index = fixed_eval_subsample(test_y, config.learning.eval_samples_per_round)
 
     per_node = {
         "busy_w": f32([d.busy_w for d in devices]),
@@ -308,6 +322,9 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
 
     return Scenario(
         n_nodes=n,
+        n_envs=1,
+        nodes_per_env=n,
+        stream_key=as_tensor([int(rng.integers(2**31 - 1))]),
         graph=graph,
         positions=positions,
         edge_src=edge_src,
@@ -325,7 +342,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         initial_battery_wh=f32(soc * capacity),
         region_names=tuple(r.name for r in config.regions),
         region_index=as_tensor(region),
-        start_utc_hour=float(utc_hours[0]),
+        start_utc_hour=f32([utc_hours[0]]),
         round_s=config.round_minutes * 60.0,
         harvest_wh=f32(harvest_wh),
         carbon_g_per_kwh=f32(carbon),
@@ -341,4 +358,57 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         test_x=f32(test_x),
         test_y=as_tensor(test_y),
         eval_index=as_tensor(eval_index),
+    )
+
+
+def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
+    """One Scenario of B·N nodes from B scenarios of N nodes each (same config): node tensors are
+    concatenated, node indices in edges and neighbour tables shifted by b·N, neighbour tables padded to
+    the widest, and the mixing matrix is block diagonal (sparse CSR beyond 512 nodes)."""
+    if len(scenarios) == 1:
+        return scenarios[0]
+    first = scenarios[0]
+    n = first.nodes_per_env
+    offsets = [b * n for b in range(len(scenarios))]
+    width = max(s.neighbours.shape[1] for s in scenarios)
+
+    def pad(table: torch.Tensor, fill, offset: int = 0) -> torch.Tensor:
+        padded = torch.full((table.shape[0], width), fill, dtype=table.dtype, device=table.device)
+        padded[:, : table.shape[1]] = table + offset if offset else table
+        return padded
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(s, name) for s in scenarios])
+
+    neighbours = torch.cat([
+        torch.where(pad(s.neighbour_valid, False), pad(s.neighbours, 0, off),
+                    torch.arange(off, off + n, device=s.neighbours.device).unsqueeze(1).expand(n, width))
+        for s, off in zip(scenarios, offsets)
+    ])
+    edge_src = torch.cat([s.edge_src + off for s, off in zip(scenarios, offsets)])
+    edge_dst = torch.cat([s.edge_dst + off for s, off in zip(scenarios, offsets)])
+    edge_weight = cat("edge_weight")
+    total = n * len(scenarios)
+    per_node = {name: cat(name) for name in (
+        "degree", "idle_w", "busy_w", "sleep_w", "samples_per_s", "joule_per_bit", "uplink_bit_s", "tail_j",
+        "tail_s", "capacity_wh", "charge_limit_wh", "grid_connected", "initial_battery_wh", "region_index",
+        "harvest_wh", "carbon_g_per_kwh", "honest", "attack_kind", "shards", "stream_key", "start_utc_hour",
+    )}
+    return dataclasses.replace(
+        first,
+        n_nodes=total,
+        n_envs=len(scenarios),
+        graph=None,
+        positions=np.concatenate([s.positions for s in scenarios]),
+        edge_src=edge_src,
+        edge_dst=edge_dst,
+        edge_weight=edge_weight,
+        neighbours=neighbours,
+        neighbour_valid=torch.cat([pad(s.neighbour_valid, False) for s in scenarios]),
+        neighbour_weight=torch.cat([pad(s.neighbour_weight, 0.0) for s in scenarios]),
+        device_names=tuple(name for s in scenarios for name in s.device_names),
+        costs=ActionCosts(*(torch.cat([getattr(s.costs, f.name) for s in scenarios])
+                            for f in dataclasses.fields(ActionCosts))),
+        neighbour_mixing=mixing_matrix(total, edge_src, edge_dst, edge_weight, include_self=False),
+        **per_node,
     )

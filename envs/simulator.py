@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from envs.config import EnvConfig
-from envs.dynamics import attacks, gossip
+from envs.dynamics import attacks, gossip, streams
 from envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
 from envs.dynamics.learning import accuracy_per_node, local_sgd
 from envs.scenario import N_CLASSES, Scenario
-from envs.state import SimState, honest_mean, model_spec
+from envs.state import SimState, honest_mean, model_spec, per_env, time_index
 
 
 @dataclass(frozen=True)
@@ -29,24 +29,27 @@ class RoundRandomness:
     nonfinite_draw: torch.Tensor | None = None  # (N,) uniform, below nonfinite_probability -> NaN/inf
 
 
-def draw_randomness(config: EnvConfig, scenario: Scenario, generator: torch.Generator) -> RoundRandomness:
-    device = scenario.shards.device
-    n = scenario.n_nodes
+def draw_randomness(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor) -> RoundRandomness:
+    """The random numbers of round ``rounds`` (B,) of every environment, from its counter-based streams."""
+    key, n, total = scenario.stream_key, scenario.nodes_per_env, scenario.n_nodes
+    shard_size = scenario.shards.shape[1]
     shape = (n, config.learning.local_steps, config.learning.batch_size)
-    positions = torch.randint(0, scenario.shards.shape[1], shape, generator=generator, device=device)
+    positions = (streams.uniform(key, rounds, streams.BATCHES, shape) * shard_size).long().clamp_(max=shard_size - 1)
+    positions = positions.view(total, *shape[1:])
     if bool(scenario.honest.all()):
         return RoundRandomness(batches=positions)
-    attack_on = torch.rand(n, generator=generator, device=device) < config.attack.on_probability
+    attack_on = streams.uniform(key, rounds, streams.ATTACK_ON, (n,)).view(total) < config.attack.on_probability
     noise = None
     if "gaussian" in config.attack.kinds:
-        noise = torch.randn((n, model_spec(config).n_params), generator=generator, device=device)
-    nonfinite = torch.rand(n, generator=generator, device=device)
+        p = model_spec(config).n_params
+        noise = streams.normal(key, rounds, streams.ATTACK_NOISE, (n, p)).view(total, p)
+    nonfinite = streams.uniform(key, rounds, streams.NONFINITE, (n,)).view(total)
     return RoundRandomness(batches=positions, attack_on=attack_on, attack_noise=noise, nonfinite_draw=nonfinite)
 
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """What a round did, per node (N,) tensors and fleet totals (floats)."""
+    """What a round did: per node (B·N,) tensors and per environment (B,) tensors."""
 
     action: torch.Tensor  # (N,) action carried out (dropped nodes -> idle)
     trained: torch.Tensor  # (N,) bool
@@ -59,11 +62,11 @@ class RoundOutcome:
     bytes_sent: torch.Tensor  # (N,) bytes on the air
     carbon_grid_g: torch.Tensor  # (N,) gCO2e from grid energy
     carbon_backbone_g: torch.Tensor  # (N,) gCO2e of carrying the broadcast over the core network
-    accuracy: float
-    previous_accuracy: float
-    consensus_distance: float  # mean squared distance of honest models to their mean
-    malicious_participants: int  # attackers that trained or broadcast this round
-    attack_influence: float  # |honest model moves with - without attackers| / mean honest model norm
+    accuracy: torch.Tensor  # (B,)
+    previous_accuracy: torch.Tensor  # (B,)
+    consensus_distance: torch.Tensor  # (B,) mean squared distance of honest models to their mean
+    malicious_participants: torch.Tensor  # (B,) long, attackers that trained or broadcast this round
+    attack_influence: torch.Tensor  # (B,) |honest model moves with - without attackers| / mean honest norm
 
     @property
     def carbon_g(self) -> torch.Tensor:
@@ -84,9 +87,9 @@ def transition(
     config: EnvConfig, scenario: Scenario, state: SimState, action: torch.Tensor, noise: RoundRandomness
 ) -> tuple[SimState, RoundOutcome]:
     spec = model_spec(config)
-    t = state.round
+    t = time_index(scenario, state.round)  # (B·N,) each node's round
     nodes = torch.arange(scenario.n_nodes, device=action.device)
-    harvest = scenario.harvest_wh[:, t]
+    harvest = scenario.harvest_wh[nodes, t]
 
     # 1. energy: drop what cannot be afforded, then settle every node's round
     affordable = affordable_actions(config, scenario, state.battery_wh, harvest)[nodes, action]
@@ -100,9 +103,8 @@ def transition(
 
     # 2. learning on the trainers only (active free riders skip it; label flippers learn 9 - y)
     kind = scenario.attack_kind
-    attacking = torch.zeros_like(trained) if noise.attack_on is None else noise.attack_on & ~scenario.honest
-    if t < config.attack.start_round:
-        attacking = torch.zeros_like(attacking)
+    attacking = torch.zeros_like(trained) if noise.attack_on is None else (
+        noise.attack_on & ~scenario.honest & (t >= config.attack.start_round))
     params, local_loss = state.params, state.local_loss
     trainers = (trained & ~(attacking & attacks.is_kind(kind, "free_rider"))).nonzero().squeeze(1)
     if trainers.numel():
@@ -121,8 +123,8 @@ def transition(
     public = gossip.broadcast(params, state.public, level, honest_senders)
     poisoning = sent & attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING)
     if bool(poisoning.any()):
-        crafted = attacks.crafted_broadcasts(config.attack, kind, scenario.honest, params, noise.attack_noise,
-                                             noise.nonfinite_draw)
+        crafted = attacks.crafted_broadcasts(config.attack, kind, per_env(scenario.honest, scenario),
+                                             per_env(params, scenario), noise.attack_noise, noise.nonfinite_draw)
         public = torch.where(poisoning.unsqueeze(1), crafted, public)
     awake = trained | sent
     # active model-poisoning attackers keep their own model out of the consensus step (their public copy
@@ -139,12 +141,12 @@ def transition(
 
     step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
     move = step * pull_from(usable)
-    influence = 0.0
-    if t >= config.attack.start_round and not bool(scenario.honest.all()):
+    influence = torch.zeros(scenario.n_envs, device=params.device)
+    if not bool(scenario.honest.all()):
         clean_move = step * pull_from(usable & scenario.honest)
-        honest = scenario.honest
-        scale = params[honest].norm(dim=1).mean().clamp_min(1e-8)
-        influence = float((move[honest] - clean_move[honest]).norm(dim=1).mean() / scale)
+        started = state.round >= config.attack.start_round
+        scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
+        influence = torch.where(started, honest_mean((move - clean_move).norm(dim=1), scenario) / scale, influence)
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable)
     params = params + move
     fresh = scenario.neighbour_valid & sent[scenario.neighbours] & awake.unsqueeze(1)
@@ -152,12 +154,14 @@ def transition(
     trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)
 
     # 4. measure
-    malicious = int((awake & ~scenario.honest).sum())
+    malicious = per_env(awake & ~scenario.honest, scenario).sum(1)
     eval_y = scenario.test_y[scenario.eval_index]
     node_accuracy = accuracy_per_node(spec, params, scenario.test_x[scenario.eval_index], eval_y)
-    honest_params = params[scenario.honest]
-    consensus = float((honest_params - honest_params.mean(0)).pow(2).sum(1).mean())
-    intensity_g_per_wh = scenario.carbon_g_per_kwh[:, t] / 1000.0
+    honest = per_env(scenario.honest, scenario).unsqueeze(2).to(params.dtype)  # (B, N, 1)
+    grouped = per_env(params, scenario)
+    centre = (grouped * honest).sum(1, keepdim=True) / honest.sum(1, keepdim=True).clamp_min(1)
+    consensus = honest_mean((grouped - centre).pow(2).sum(2).view(-1), scenario)
+    intensity_g_per_wh = scenario.carbon_g_per_kwh[nodes, t] / 1000.0
     bytes_sent = costs.bytes_sent[nodes, action]
     backbone_wh = bytes_sent * scenario.degree * scenario.backbone_kwh_per_byte * 1000.0
 
@@ -166,7 +170,7 @@ def transition(
         params=params,
         public=public,
         battery_wh=flow.battery_after,
-        round=t + 1,
+        round=state.round + 1,
         last_action=action,
         staleness=torch.where(changed, torch.zeros_like(state.staleness), state.staleness + 1),
         local_loss=local_loss,

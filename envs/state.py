@@ -1,4 +1,7 @@
-"""Simulator state: a dataclass of tensors with the node axis first."""
+"""Simulator state: a dataclass of tensors with the node axis first.
+
+Node tensors are (B·N, ...) for a batch of B environments of N nodes (B = 1 for a single env); the few
+per-environment quantities are (B,)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from envs.config import EnvConfig
+from envs.dynamics import streams
 from envs.dynamics.learning import ModelSpec, accuracy_per_node
 from envs.scenario import Scenario
 
@@ -17,12 +21,12 @@ class SimState:
     params: torch.Tensor  # (N, P) each node's model
     public: torch.Tensor  # (N, P) CHOCO public copies x̂ held by the neighbours
     battery_wh: torch.Tensor  # (N,) Wh stored
-    round: int  # rounds played so far
+    round: torch.Tensor  # (B,) long, rounds played so far
     last_action: torch.Tensor  # (N,) long, action actually carried out last round
     staleness: torch.Tensor  # (N,) rounds since the node's model last changed
     local_loss: torch.Tensor  # (N,) last training loss (initial: loss of the initial model on the shard)
     node_accuracy: torch.Tensor  # (N,) test accuracy of each node's model
-    accuracy: float  # mean test accuracy over honest nodes
+    accuracy: torch.Tensor  # (B,) mean test accuracy over honest nodes
     dropped: torch.Tensor  # (N,) bool, could not afford last round's action
     trust: torch.Tensor  # (N, D_max) each receiver's score of the sender in each neighbour slot, [0, 1]
 
@@ -34,16 +38,29 @@ def model_spec(config: EnvConfig) -> ModelSpec:
     return ModelSpec(config.learning.model, config.learning.hidden)
 
 
-def honest_mean(values: torch.Tensor, scenario: Scenario) -> float:
-    """Mean over the nodes that are not attackers: the accuracy the fleet actually delivers."""
-    return float(values[scenario.honest].mean())
+def per_env(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
+    """(B·N, ...) node values viewed as (B, N, ...)."""
+    return values.view(scenario.n_envs, scenario.nodes_per_env, *values.shape[1:])
 
 
-def initial_state(config: EnvConfig, scenario: Scenario, generator: torch.Generator) -> SimState:
+def honest_mean(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
+    """(B,) mean over each environment's nodes that are not attackers: the accuracy the fleet delivers."""
+    honest = per_env(scenario.honest, scenario).to(values.dtype)
+    return (per_env(values, scenario) * honest).sum(1) / honest.sum(1).clamp_min(1)
+
+
+def time_index(scenario: Scenario, rounds: torch.Tensor) -> torch.Tensor:
+    """(B·N,) the round each node is in, from the (B,) rounds of the environments."""
+    return rounds.repeat_interleave(scenario.nodes_per_env)
+
+
+def initial_state(config: EnvConfig, scenario: Scenario) -> SimState:
     spec = model_spec(config)
     device = scenario.capacity_wh.device
     n = scenario.n_nodes
-    params = spec.init(n, generator, device)
+    start = torch.zeros(scenario.n_envs, dtype=torch.long, device=device)
+    params = spec.init(streams.uniform(scenario.stream_key, start, streams.MODEL_INIT, (spec.n_params,)),
+                       scenario.nodes_per_env)
     shard_x = scenario.train_x[scenario.shards]
     shard_y = scenario.train_y[scenario.shards]
     loss, _ = spec.loss_and_grad(params, shard_x, shard_y)
@@ -53,7 +70,7 @@ def initial_state(config: EnvConfig, scenario: Scenario, generator: torch.Genera
         params=params,
         public=params.clone(),
         battery_wh=scenario.initial_battery_wh.clone(),
-        round=0,
+        round=start,
         last_action=torch.zeros(n, dtype=torch.long, device=device),
         staleness=torch.zeros(n, device=device),
         local_loss=loss,

@@ -36,7 +36,7 @@ MODEL_POISONING = ("sign_flip", "gaussian", "alie", "ipm", "lying_telemetry")
 def assign_attackers(attack: AttackConfig, n_nodes: int, rng: np.random.Generator) -> np.ndarray:
     """(N,) attack code per node, HONEST for honest nodes; kinds are dealt to attackers in turn."""
     kind = np.full(n_nodes, HONEST, dtype=np.int64)
-    n_attackers = int(round(attack.fraction * n_nodes))
+    n_attackers = min(int(round(attack.fraction * n_nodes)), n_nodes - 1)  # at least one honest node
     if n_attackers:
         chosen = rng.choice(n_nodes, n_attackers, replace=False)
         kind[chosen] = [CODE[attack.kinds[i % len(attack.kinds)]] for i in range(n_attackers)]
@@ -61,18 +61,28 @@ def crafted_broadcasts(
     attack: AttackConfig,
     kind: torch.Tensor,
     honest: torch.Tensor,
-    params: torch.Tensor,
+    grouped_params: torch.Tensor,
     gaussian_noise: torch.Tensor | None,
     nonfinite_draw: torch.Tensor,
 ) -> torch.Tensor:
-    """(N, P) what each model-poisoning attacker would broadcast this round (rows of others unused)."""
-    honest_params = params[honest]
-    mean_h = honest_params.mean(0)
-    std_h = honest_params.std(0, unbiased=False)
-    z = alie_z(len(kind), int((~honest).sum()))
+    """(B·N, P) what each model-poisoning attacker would broadcast this round (rows of others unused).
+
+    ``honest`` (B, N) and ``grouped_params`` (B, N, P) are per environment: attackers only know the
+    honest models of their own fleet."""
+    n_envs, n_nodes, n_params = grouped_params.shape
+    weight = honest.unsqueeze(2).to(grouped_params.dtype)
+    count = weight.sum(1, keepdim=True).clamp_min(1)
+    mean_h = (grouped_params * weight).sum(1, keepdim=True) / count  # (B, 1, P)
+    std_h = (((grouped_params - mean_h) ** 2 * weight).sum(1, keepdim=True) / count).sqrt()
+    z = alie_z(n_nodes, int((~honest[0]).sum()))  # same attacker count in every environment
+    params = grouped_params.reshape(-1, n_params)
+
+    def per_node(value: torch.Tensor) -> torch.Tensor:
+        return value.expand(n_envs, n_nodes, n_params).reshape(-1, n_params)
+
     out = -params  # sign_flip and lying_telemetry
-    out = torch.where(is_kind(kind, "alie").unsqueeze(1), (mean_h - z * std_h).expand_as(params), out)
-    out = torch.where(is_kind(kind, "ipm").unsqueeze(1), (-attack.ipm_epsilon * mean_h).expand_as(params), out)
+    out = torch.where(is_kind(kind, "alie").unsqueeze(1), per_node(mean_h - z * std_h), out)
+    out = torch.where(is_kind(kind, "ipm").unsqueeze(1), per_node(-attack.ipm_epsilon * mean_h), out)
     if gaussian_noise is not None:
         out = torch.where(is_kind(kind, "gaussian").unsqueeze(1), params + attack.gaussian_std * gaussian_noise, out)
     # a NaN on even, +inf on odd coordinates: both kinds of non-finite value reach the receivers

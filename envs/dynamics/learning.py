@@ -38,16 +38,17 @@ class ModelSpec:
             start += size
         return views
 
-    def init(self, n_nodes: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """The same starting point on every node (D-PSGD convention): zeros for softmax, a scaled
-        uniform (Glorot) draw for the MLP's weights."""
-        params = torch.zeros(1, self.n_params, device=device)
+    def init(self, uniform: torch.Tensor, nodes_per_env: int) -> torch.Tensor:
+        """The same starting point on every node of an environment (D-PSGD convention): zeros for
+        softmax, a scaled uniform (Glorot) draw for the MLP's weights. ``uniform`` is (B, P) in [0, 1)."""
+        params = torch.zeros_like(uniform)
         if self.kind == "mlp":
             w1, _, w2, _ = self.unpack(params)
-            for w in (w1, w2):
+            u1, _, u2, _ = self.unpack(uniform)
+            for w, u in ((w1, u1), (w2, u2)):
                 bound = (6.0 / (w.shape[1] + w.shape[2])) ** 0.5
-                w.copy_((torch.rand(w.shape, generator=generator, device=device) * 2 - 1) * bound)
-        return params.expand(n_nodes, -1).clone()
+                w.copy_((u * 2 - 1) * bound)
+        return params.repeat_interleave(nodes_per_env, dim=0)
 
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(n, P) params, (n, B, 64) inputs -> (n, B, 10) logits. ``x`` may be (B, 64), shared by all."""

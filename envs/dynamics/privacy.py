@@ -24,6 +24,7 @@ import math
 import torch
 
 from envs.config import PrivacyConfig
+from envs.dynamics import streams
 
 PRIVATE_RANGES = {"battery_soc": 1.0, "harvest_now": 10.0, "harvest_forecast": 10.0, "load": 1.0}
 L1_SENSITIVITY = float(len(PRIVATE_RANGES))
@@ -78,18 +79,18 @@ class PrivacyAccountant:
         self.reports = self.reports + reporting.long()
 
 
-def privatize(privacy: PrivacyConfig, values: dict[str, torch.Tensor], generator: torch.Generator
+def privatize(privacy: PrivacyConfig, values: dict[str, torch.Tensor], key: torch.Tensor, rounds: torch.Tensor
               ) -> dict[str, torch.Tensor]:
-    """Noised copies of the private telemetry values (in their own units); other keys pass through."""
+    """Noised copies of the private telemetry values (in their own units); other keys pass through.
+
+    ``key`` and ``rounds`` (B,) select each environment's counter-based noise stream for this round."""
     scale = noise_scale(privacy)
+    n_nodes = len(values["battery_soc"]) // len(key)
+    shape = (n_nodes, len(PRIVATE_RANGES))
+    draw = streams.laplace if privacy.mechanism == "laplace" else streams.normal
+    noise = scale * draw(key, rounds, streams.PRIVACY, shape).view(-1, len(PRIVATE_RANGES))
     out = dict(values)
-    for name, value_range in PRIVATE_RANGES.items():
+    for column, (name, value_range) in enumerate(PRIVATE_RANGES.items()):
         clean = values[name].clamp(0.0, value_range) / value_range
-        if privacy.mechanism == "laplace":
-            # Laplace as the difference of two exponentials, drawn from the env's generator
-            noise = scale * (torch.empty_like(clean).exponential_(generator=generator)
-                             - torch.empty_like(clean).exponential_(generator=generator))
-        else:
-            noise = scale * torch.randn(clean.shape, generator=generator, device=clean.device)
-        out[name] = (clean + noise) * value_range
+        out[name] = (clean + noise[:, column]) * value_range
     return out

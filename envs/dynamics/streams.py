@@ -1,0 +1,67 @@
+"""Counter-based random numbers: every draw is a hash of (episode key, round, stream, element).
+
+A stateful generator would tie a round's random numbers to how many environments share a batch; a
+counter-based one makes node i of environment b in round t see the same numbers whether it is stepped
+alone or inside a batch of 64, which is what lets the vector env match single envs exactly. The hash is
+Chris Wellons' "lowbias32" integer mixer, evaluated on int64 tensors with the 32-bit products split so
+that nothing overflows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9
+
+# stream ids: one per use, so draws never collide
+BATCHES, ATTACK_ON, ATTACK_NOISE, NONFINITE, PRIVACY, MODEL_INIT = range(1, 7)
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for 0 <= x < 2**32, without int64 overflow."""
+    low, high = x & 0xFFFF, x >> 16
+    return ((((high * constant) & 0xFFFF) << 16) + low * constant) & MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x & MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _bits(key: torch.Tensor, round_index: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) 32-bit hashes for B environments with episode keys ``key`` (B,) at rounds (B,)."""
+    prefix = mix32(mix32(mix32(key.long()) ^ round_index.long()) ^ ((stream * GOLDEN) & MASK32))
+    count = math.prod(shape)
+    counter = torch.arange(count, device=key.device, dtype=torch.long)
+    bits = mix32(mix32(prefix.unsqueeze(1) ^ counter) + GOLDEN)
+    return bits.view(len(key), *shape)
+
+
+def uniform(key, round_index, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) float32 uniform in [0, 1) with 24 random bits."""
+    return (_bits(key, round_index, stream, shape) >> 8).float() * 2.0**-24
+
+
+def open_uniform(key, round_index, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) float32 uniform in (0, 1]."""
+    return ((_bits(key, round_index, stream, shape) >> 8) + 1).float() * 2.0**-24
+
+
+def normal(key, round_index, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) standard normal by Box-Muller from two independent uniform streams."""
+    u1 = open_uniform(key, round_index, stream, shape)
+    u2 = uniform(key, round_index, stream + 1000, shape)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def laplace(key, round_index, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) standard Laplace (scale 1) by inverting its CDF."""
+    u = open_uniform(key, round_index, stream, shape) - 0.5  # (-0.5, 0.5]
+    return -torch.sign(u) * torch.log1p(-2.0 * u.abs()).clamp(min=-80.0)

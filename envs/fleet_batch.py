@@ -1,0 +1,221 @@
+"""B environments of one config stepped as one tensor program.
+
+``FleetBatch`` is what both the single env (B = 1) and the vector env (B > 1) drive: it holds the
+stacked scenario and state, settles a round for all B·N nodes at once, and returns per-environment
+rewards, flags and KPIs as (B,) arrays. Building scenarios (networkx, pvlib) stays outside, per episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.config import EnvConfig
+from envs.dynamics import attacks
+from envs.dynamics.learning import accuracy_per_node
+from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
+from envs.observation import adjacency_matrix, apply_lies, observe, true_telemetry
+from envs.reward import reward_components, reward_scales, weighted_reward
+from envs.scenario import Scenario, stack_scenarios
+from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
+from envs.state import SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
+
+TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants")
+
+
+class FleetBatch:
+    def __init__(self, config: EnvConfig):
+        self.config = config
+        self.spec = model_spec(config)
+        self.scenarios: list[Scenario] = []
+        self.scenario: Scenario | None = None
+        self.state: SimState | None = None
+        self.last_outcome: RoundOutcome | None = None
+
+    # ------------------------------------------------------------------ episodes
+    def reset(self, scenarios: list[Scenario]) -> None:
+        """Start a new episode in every environment."""
+        self.scenarios = list(scenarios)
+        self.scenario = stack_scenarios(self.scenarios)
+        self.state = initial_state(self.config, self.scenario)
+        n_envs, device = len(scenarios), self.scenario.capacity_wh.device
+        self.accountant = PrivacyAccountant(self.config.privacy, self.scenario.n_nodes, device)
+        self.totals = {key: np.zeros(n_envs) for key in TOTALS}
+        self.rounds_to_target = np.full(n_envs, -1, dtype=np.int64)
+        self.carbon_to_target = np.full(n_envs, np.nan)
+        self.energy_to_target = np.full(n_envs, np.nan)
+        self.last_outcome = None
+        self._after_new_scenario()
+        self.reported = None
+        self._refresh_telemetry(torch.ones(self.scenario.n_nodes, dtype=torch.bool, device=device))
+
+    def replace(self, envs: np.ndarray, scenarios: list[Scenario]) -> None:
+        """Start a new episode in environments ``envs`` only (autoreset); the others carry on."""
+        for index, scenario in zip(envs, scenarios):
+            self.scenarios[int(index)] = scenario
+        old_width = self.scenario.neighbours.shape[1]
+        self.scenario = stack_scenarios(self.scenarios)
+        fresh = initial_state(self.config, stack_scenarios(list(scenarios)))
+        n = self.scenario.nodes_per_env
+        env_index = torch.as_tensor(np.asarray(envs), dtype=torch.long, device=self.state.params.device)
+        rows = (env_index.unsqueeze(1) * n + torch.arange(n, device=env_index.device)).view(-1)
+        width = self.scenario.neighbours.shape[1]
+        trust = torch.zeros(self.scenario.n_nodes, width, device=rows.device)
+        keep = min(old_width, width)
+        trust[:, :keep] = self.state.trust[:, :keep]
+        trust[rows, : fresh.trust.shape[1]] = fresh.trust
+        trust[rows, fresh.trust.shape[1]:] = 0.0
+        changes: dict[str, Any] = {"trust": trust}
+        for field in dataclasses.fields(SimState):
+            name = field.name
+            if name == "trust":
+                continue
+            value = getattr(self.state, name).clone()
+            value[env_index if name in ("round", "accuracy") else rows] = getattr(fresh, name)
+            changes[name] = value
+        self.state = self.state.replace(**changes)
+        self.accountant.reports[rows] = 0
+        for key in TOTALS:
+            self.totals[key][envs] = 0.0
+        self.rounds_to_target[envs] = -1
+        self.carbon_to_target[envs] = np.nan
+        self.energy_to_target[envs] = np.nan
+        self._after_new_scenario()
+        replaced = torch.zeros(self.scenario.n_nodes, dtype=torch.bool, device=rows.device)
+        replaced[rows] = True
+        self._refresh_telemetry(replaced)
+
+    def _after_new_scenario(self) -> None:
+        self.scales = reward_scales(self.scenario)
+        self.adjacency = adjacency_matrix(self.scenario) if self.config.observation.adjacency else None
+
+    # ------------------------------------------------------------------ one round
+    def step(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Play one round in every environment: (B·N,) actions -> rewards, terminated, truncated (each (B,))
+        and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
+        config, scenario = self.config, self.scenario
+        noise = draw_randomness(config, scenario, self.state.round)
+        self.state, outcome = transition(config, scenario, self.state, action, noise)
+        self.last_outcome = outcome
+        state = self.state
+        accuracy = state.accuracy.double().cpu().numpy()
+        rounds = state.round.cpu().numpy()
+        terminated = accuracy >= config.target_accuracy
+        truncated = ~terminated & (rounds >= config.max_rounds)
+        info = self._round_info(outcome, rounds)
+        components = reward_components(
+            config, self.scales,
+            accuracy=accuracy, previous_accuracy=outcome.previous_accuracy.double().cpu().numpy(),
+            carbon_g=info["carbon_g"], energy_wh=info["energy_wh"],
+            malicious_share=info["malicious_participants"] / scenario.nodes_per_env,
+            attack_influence=np.minimum(info["attack_influence"], 10.0),
+            terminated=terminated, truncated=truncated,
+        )
+        reward = weighted_reward(config, components)
+        info.update({f"reward_{name}": value for name, value in components.items()})
+        info["cost"] = info["carbon_g"]
+        reached = terminated & (self.rounds_to_target < 0)
+        self.rounds_to_target[reached] = rounds[reached]
+        self.carbon_to_target[reached] = self.totals["carbon_g"][reached]
+        self.energy_to_target[reached] = self.totals["energy_wh"][reached]
+        done = terminated | truncated
+        info.update(self._episode_info(done))
+        self._refresh_telemetry(torch.ones(scenario.n_nodes, dtype=torch.bool, device=action.device))
+        spent = per_env(self.accountant.spent, scenario)
+        info["epsilon_spent"] = spent.max(1).values.double().cpu().numpy()
+        info["epsilon_spent_mean"] = spent.mean(1).double().cpu().numpy()
+        return reward, terminated, truncated, info
+
+    def _round_info(self, outcome: RoundOutcome, rounds: np.ndarray) -> dict[str, np.ndarray]:
+        scenario, flow = self.scenario, outcome.energy
+
+        def total(values: torch.Tensor) -> np.ndarray:
+            return per_env(values, scenario).sum(1).double().cpu().numpy()
+
+        info = {
+            "round": rounds,
+            "accuracy": outcome.accuracy.double().cpu().numpy(),
+            "carbon_g": total(outcome.carbon_g),
+            "carbon_grid_g": total(outcome.carbon_grid_g),
+            "carbon_backbone_g": total(outcome.carbon_backbone_g),
+            "energy_wh": total(flow.consumed),
+            "energy_compute_wh": total(outcome.compute_wh),
+            "energy_radio_wh": total(outcome.radio_wh),
+            "energy_base_wh": total(outcome.base_wh),
+            "grid_wh": total(flow.grid),
+            "harvested_wh": total(flow.harvested),
+            "spilled_wh": total(flow.spilled),
+            "bytes_sent": total(outcome.bytes_sent),
+            "participants": total((outcome.trained | outcome.sent).long()).astype(np.int64),
+            "trained_nodes": total(outcome.trained.long()).astype(np.int64),
+            "broadcasting_nodes": total(outcome.sent.long()).astype(np.int64),
+            "dropped_nodes": total(outcome.dropped.long()).astype(np.int64),
+            "consensus_distance": outcome.consensus_distance.double().cpu().numpy(),
+            "malicious_participants": outcome.malicious_participants.cpu().numpy().astype(np.int64),
+            "attack_influence": outcome.attack_influence.double().cpu().numpy(),
+        }
+        for key in TOTALS:
+            self.totals[key] += info[key]
+        return info
+
+    def _episode_info(self, done: np.ndarray) -> dict[str, np.ndarray]:
+        scenario = self.scenario
+        final = np.full(len(done), np.nan)
+        if done.any():
+            node_accuracy = accuracy_per_node(self.spec, self.state.params, scenario.test_x, scenario.test_y)
+            final = np.where(done, honest_mean(node_accuracy, scenario).double().cpu().numpy(), np.nan)
+        return {
+            "episode_carbon_g": self.totals["carbon_g"].copy(),
+            "episode_energy_wh": self.totals["energy_wh"].copy(),
+            "episode_grid_wh": self.totals["grid_wh"].copy(),
+            "episode_harvested_wh": self.totals["harvested_wh"].copy(),
+            "episode_bytes_sent": self.totals["bytes_sent"].copy(),
+            "episode_malicious_participants": self.totals["malicious_participants"].astype(np.int64),
+            "episode_rounds": self.state.round.cpu().numpy(),
+            "rounds_to_target": self.rounds_to_target.copy(),
+            "carbon_to_target_g": self.carbon_to_target.copy(),
+            "energy_to_target_wh": self.energy_to_target.copy(),
+            "final_accuracy": final,
+        }
+
+    # ------------------------------------------------------------------ what the scheduler sees
+    def _refresh_telemetry(self, rows: torch.Tensor) -> None:
+        """What the nodes in ``rows`` report for the coming round (lies and DP noise included), and the
+        action mask derived from it: the scheduler never sees more than the nodes chose to publish."""
+        scenario, state, config = self.scenario, self.state, self.config
+        privacy = config.privacy
+        telemetry = true_telemetry(scenario, state, config.observation.forecast_rounds)
+        n = scenario.nodes_per_env
+        started = (state.round >= config.attack.start_round).repeat_interleave(n)
+        telemetry = apply_lies(telemetry, attacks.is_kind(scenario.attack_kind, "lying_telemetry") & started)
+        if privacy.mechanism != "none":
+            woke = state.last_action >= 1
+            due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
+            reporting = due & self.accountant.may_report() & rows
+            noised = privatize(privacy, telemetry, scenario.stream_key, state.round)
+            previous = {name: torch.full_like(value, PRIVATE_RANGES.get(name, 1.0) / 2)
+                        for name, value in telemetry.items()}
+            if self.reported is not None:
+                previous = {name: torch.where(rows, previous[name], self.reported[name]) for name in previous}
+            telemetry = {name: torch.where(reporting, noised[name], previous[name]) if name in PRIVATE_RANGES
+                         else value for name, value in telemetry.items()}
+            self.accountant.record(reporting)
+        self.reported = telemetry
+        self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
+                          for name, value in telemetry.items()}
+        reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
+        reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
+        self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest)
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """Batched Dict observation: every array has the environment axis first."""
+        adjacency = None if self.adjacency is None else self.adjacency.copy()
+        trust = trust_in_nodes(self.scenario, self.state.trust)
+        return observe(self.config, self.scenario, self.state, self.telemetry, trust, self.mask, adjacency)
+
+    def action_masks(self) -> np.ndarray:
+        """(B, N, K) bool."""
+        return per_env(self.mask, self.scenario).cpu().numpy()
