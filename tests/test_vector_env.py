@@ -1,0 +1,80 @@
+"""The native vector env: B environments stepped as one program, equal to B single envs (up to float32
+summation order in batched matmuls, hence atol 1e-4)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs  # noqa: F401
+from envs.config import load_config
+
+
+def short_tiny() -> dict:
+    config = load_config("configs/tiny.yaml").model_dump()
+    config["max_rounds"] = 12
+    return config
+
+
+def attack_config() -> dict:
+    config = short_tiny()
+    config["attack"] = {"fraction": 0.25, "kinds": ["sign_flip", "gaussian"], "nonfinite_probability": 0.2}
+    config["privacy"] = {"mechanism": "laplace", "epsilon_per_report": 4.0, "budget": 20.0}
+    return config
+
+
+@pytest.mark.parametrize("config", [short_tiny(), attack_config()], ids=["tiny", "attacks+privacy"])
+def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config):
+    n_envs, seed = 3, 5
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
+                          config=config)
+    singles = [gym.make("GreenGossip/EdgeLearning-v0", config=config) for _ in range(n_envs)]
+    obs, _ = vector.reset(seed=seed)
+    single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
+    for key in obs:
+        np.testing.assert_allclose(obs[key], np.stack([o[key] for o in single_obs]), atol=1e-4)
+    rng = np.random.default_rng(0)
+    n_nodes = singles[0].unwrapped.n_nodes
+    episodes_ended = 0
+    for _ in range(30):
+        actions = rng.integers(0, 6, (n_envs, n_nodes))
+        obs, rewards, terminated, truncated, info = vector.step(actions)
+        for i, env in enumerate(singles):
+            s_obs, s_reward, s_term, s_trunc, s_info = env.step(actions[i])
+            assert rewards[i] == pytest.approx(s_reward, abs=1e-4)
+            assert (terminated[i], truncated[i]) == (s_term, s_trunc)
+            if s_term or s_trunc:
+                episodes_ended += 1
+                assert info["_final_obs"][i] and info["_final_info"][i]
+                for key in s_obs:
+                    np.testing.assert_allclose(info["final_obs"][i][key], s_obs[key], atol=1e-4)
+                assert info["final_info"]["episode_carbon_g"][i] == pytest.approx(s_info["episode_carbon_g"])
+                s_obs, _ = env.reset()
+            for key in s_obs:
+                np.testing.assert_allclose(obs[key][i], s_obs[key], atol=1e-4)
+    assert episodes_ended >= n_envs  # autoreset really happened
+
+
+def test_vector_spaces_are_batched_single_spaces():
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                          config="configs/tiny.yaml")
+    obs, _ = vector.reset(seed=0)
+    assert obs in vector.observation_space
+    assert vector.action_masks().shape == (4, 8, 6)
+    with pytest.raises(ValueError, match=r"shape \(4, 8\)"):
+        vector.step(np.zeros((3, 8), dtype=np.int64))
+
+
+def test_maskable_ppo_trains_on_the_sb3_adapter():
+    from sb3_contrib import MaskablePPO
+
+    from envs.sb3_vec_env import GossipVecEnv
+
+    venv = GossipVecEnv(num_envs=4, config="configs/tiny.yaml", seed=0)
+    model = MaskablePPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=128)
+    assert model.num_timesteps >= 128
+    obs = venv.reset()
+    actions, _ = model.predict(obs, action_masks=venv.action_masks())
+    assert actions.shape == (4, 8)
