@@ -3,19 +3,35 @@
 ``reference_transition(config, scenario, state, action, noise)`` has the semantics of
 :func:`envs.simulator.transition` but is written the long way: a Python loop over nodes, torch autograd
 (``cross_entropy`` + ``backward``) for each node's SGD steps, each node's compression on its own row,
-mixing over the directed edge list (never the matrix), and the energy of every node settled with plain
-Python floats and ``if``/``else``. Action costs are recomputed here from the device and link figures of
-each node rather than read from ``scenario.costs``.
+each receiver's neighbours taken from the directed edge list (never the mixing matrix), and the energy
+of every node settled with plain Python floats and ``if``/``else``. Action costs are recomputed from
+each node's device and link figures rather than read from ``scenario.costs``.
 
-It uses only public pieces (the ``Scenario`` fields, ``SimState``, the config, the compression figures of
-``envs.devices``) and none of the batched helpers it checks (``settle_energy``, ``action_costs``,
-``compress``, ``mix``, ``local_sgd``, ``loss_and_grad``), so that ``tests/test_reference.py`` compares two
-independent implementations. ``benchmarks/bench_step.py`` times it against the batched step.
+A round, as the batched simulator defines it:
+1. nodes that cannot pay for their action from harvest + battery above the reserve (grid nodes always
+   can) sleep instead and are reported dropped; every node's energy is settled (harvest, battery, grid);
+2. trainers run SGD on their minibatches (active free riders skip it, active label flippers learn 9 - y);
+3. senders add Q(x_i - x̂_i) to their public copy x̂_i (CHOCO-SGD error feedback), label flippers
+   included (envs/dynamics/attacks.py: they "broadcast honestly"); an active free rider's copy stays
+   stale; an active model poisoner's copy becomes its crafted message; non-finite copies are not usable;
+4. every awake node that is not an active poisoner moves x_i += γ · pull, the pull measured from its own
+   model: Σ_j w_ij (x̂_j - x_i) (mean, optionally trust-weighted), the same with each term clipped at a
+   quantile τ of the distances (clipped_gossip), or the coordinate-wise median / trimmed mean of
+   {x_i} ∪ {x̂_j} minus x_i; awake receivers rescore the neighbours that broadcast (trust);
+5. accuracy of every node on the evaluation split, mean over honest nodes.
+
+It uses only public pieces (``Scenario`` fields, ``SimState``, the config, the figures of
+``envs.devices``, the attack names of ``envs.dynamics.attacks``) and none of the batched helpers it
+checks (``settle_energy``, ``action_costs``, ``compress``, ``broadcast``, ``aggregate_pull``,
+``neighbour_scores``, ``crafted_broadcasts``, ``local_sgd``, ``loss_and_grad``), so that
+``tests/test_reference.py`` compares two independent implementations. ``benchmarks/bench_step.py``
+times it against the batched step.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import torch
@@ -23,6 +39,7 @@ import torch.nn.functional as F
 
 from envs.config import EnvConfig
 from envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS, TOPK_FRACTION
+from envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
 from envs.scenario import N_CLASSES, N_FEATURES, Scenario
 from envs.state import SimState
 
@@ -188,12 +205,99 @@ def compress_row(delta: torch.Tensor, level: int) -> torch.Tensor:
     return kept
 
 
+# ------------------------------------------------------------------------------------------ attacks
+def _alie_z(n_nodes: int, n_attackers: int) -> float:
+    """Baruch et al. 2019: with s = floor(n/2 + 1) - f supporters needed, z = Phi^-1((n - s) / n)."""
+    supporters = math.floor(n_nodes / 2 + 1) - n_attackers
+    quantile = (n_nodes - supporters) / n_nodes
+    quantile = min(max(quantile, 1e-6), 1 - 1e-6)
+    return NormalDist().inv_cdf(quantile)
+
+
+def crafted_message(config: EnvConfig, kind: str, own: torch.Tensor, honest_models: list[torch.Tensor],
+                    n_nodes: int, n_attackers: int, noise_row: torch.Tensor | None, nonfinite: bool
+                    ) -> torch.Tensor:
+    """What one active model-poisoning attacker puts in its neighbours' mailboxes."""
+    if nonfinite:  # NaN on even, +inf on odd coordinates
+        message = torch.full_like(own, float("nan"))
+        message[1::2] = float("inf")
+        return message
+    if kind in ("sign_flip", "lying_telemetry"):
+        return -own
+    if kind == "gaussian":
+        return own + config.attack.gaussian_std * noise_row
+    mean_h = sum(honest_models) / len(honest_models)
+    if kind == "ipm":
+        return -config.attack.ipm_epsilon * mean_h
+    if kind == "alie":
+        var_h = sum((m - mean_h) ** 2 for m in honest_models) / len(honest_models)
+        return mean_h - _alie_z(n_nodes, n_attackers) * var_h.sqrt()
+    raise ValueError(f"{kind!r} is not a model-poisoning attack")
+
+
+# ------------------------------------------------------------------------------------------ defences
+def _lower_median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default 'linear' method)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def node_pull(config: EnvConfig, own: torch.Tensor, senders: list[tuple[torch.Tensor, float, float]]
+              ) -> torch.Tensor:
+    """Direction one node moves its model x_i, from its usable neighbours' public copies.
+
+    ``senders`` holds (x̂_j, w_ij, trust in j) for every usable neighbour j."""
+    defence = config.defence
+    aggregator = defence.aggregator
+    if aggregator in ("mean", "clipped_gossip"):
+        scale = [1.0] * len(senders)
+        if aggregator == "clipped_gossip" and senders:
+            dists = [float((x - own).norm()) for x, _, _ in senders]
+            tau = _quantile(dists, defence.clip_quantile)
+            scale = [min(1.0, tau / max(d, 1e-12)) for d in dists]
+        pull = torch.zeros_like(own)
+        for (x, w, trust), c in zip(senders, scale):
+            weight = w * trust if defence.trust_weighting else w
+            pull = pull + weight * c * (x - own)
+        return pull
+    values = torch.stack([own] + [x for x, _, _ in senders])  # the node's own model always takes part
+    ordered = values.sort(dim=0).values  # per coordinate
+    k = values.shape[0]
+    if aggregator == "median":
+        centre = ordered[(k - 1) // 2]
+    elif aggregator == "trimmed_mean":
+        cut = math.floor(defence.trim_fraction * k)
+        centre = ordered[cut : k - cut].mean(0)
+    else:
+        raise ValueError(f"unknown aggregator {aggregator!r}")
+    return centre - own
+
+
+def node_scores(own: torch.Tensor, neighbour_models: list[torch.Tensor | None]) -> list[float]:
+    """Receiver's score of each neighbour slot: min(1, median distance / distance)², 0 if unusable."""
+    dists = [None if x is None else float((x - own).norm()) for x in neighbour_models]
+    usable = [d for d in dists if d is not None]
+    if not usable:
+        return [0.0] * len(dists)
+    median = _lower_median(usable)
+    return [0.0 if d is None else min(1.0, median / max(d, 1e-12)) ** 2 for d in dists]
+
+
 # ------------------------------------------------------------------------------------------ round
 def reference_transition(
     config: EnvConfig, scenario: Scenario, state: SimState, action: torch.Tensor, noise: Any
 ) -> tuple[SimState, dict[str, Any]]:
     """One round, node by node. ``noise`` is a ``RoundRandomness`` (its ``batches`` are positions inside
-    each node's shard). Returns the new state and per-node lists of what happened."""
+    each node's shard; ``attack_on`` / ``attack_noise`` / ``nonfinite_draw`` drive the attackers).
+    Returns the new state and per-node lists and fleet figures of what happened."""
     n = scenario.n_nodes
     t = state.round
     eff = config.energy.charge_efficiency
@@ -225,35 +329,94 @@ def reference_transition(
 
     trained = [a >= 1 for a in carried]
     sent = [a >= 2 for a in carried]
+    awake = [trained[i] or sent[i] for i in range(n)]
+
+    # who attacks this round, and how (attackers are hidden from the agent, not from the reference)
+    honest = [bool(h) for h in scenario.honest.tolist()]
+    kinds = [None if h else ATTACK_KINDS[int(k)] for h, k in zip(honest, scenario.attack_kind.tolist())]
+    attacking = [False] * n
+    if noise.attack_on is not None and t >= config.attack.start_round:
+        attacking = [not honest[i] and bool(noise.attack_on[i]) for i in range(n)]
+    poisoner = [attacking[i] and kinds[i] in MODEL_POISONING for i in range(n)]
 
     # 2. local SGD on every trainer, one node at a time
+    #    (active free riders skip it, active label flippers learn 9 - y)
     params = [state.params[i].detach().clone() for i in range(n)]
     local_loss = [float(state.local_loss[i]) for i in range(n)]
     for i in range(n):
-        if not trained[i]:
+        if not trained[i] or (attacking[i] and kinds[i] == "free_rider"):
             continue
         xs, ys = [], []
         for step in range(noise.batches.shape[1]):
-            positions = noise.batches[i, step]
-            sample_ids = scenario.shards[i][positions]
+            sample_ids = scenario.shards[i][noise.batches[i, step]]
             xs.append(scenario.train_x[sample_ids])
-            ys.append(scenario.train_y[sample_ids])
+            labels = scenario.train_y[sample_ids]
+            ys.append(N_CLASSES - 1 - labels if attacking[i] and kinds[i] == "label_flip" else labels)
         params[i], local_loss[i] = node_sgd(config, params[i], xs, ys)
 
-    # 3. CHOCO: senders add their compressed difference to their public copy ...
+    # 3. CHOCO: senders add their compressed difference to their public copy (label flippers too: they
+    #    broadcast their poisoned model honestly); an active free rider's copy stays stale and an active
+    #    model poisoner's copy becomes its crafted message
     public = [state.public[i].detach().clone() for i in range(n)]
+    honest_models = [params[i] for i in range(n) if honest[i]]
+    n_attackers = honest.count(False)
     for i in range(n):
-        if sent[i]:
+        if not sent[i]:
+            continue
+        free_riding = attacking[i] and kinds[i] == "free_rider"
+        if not free_riding and not poisoner[i]:
             public[i] = public[i] + compress_row(params[i] - public[i], carried[i] - 2)
-    # ... then every awake node moves towards its neighbours' public copies, edge by edge
-    pull = [torch.zeros_like(params[i]) for i in range(n)]
-    for src, dst, w in zip(scenario.edge_src.tolist(), scenario.edge_dst.tolist(),
-                           scenario.edge_weight.tolist()):
-        pull[dst] = pull[dst] + w * (public[src] - public[dst])
-    gamma = config.learning.gossip_step
+        if poisoner[i]:
+            noise_row = None if noise.attack_noise is None else noise.attack_noise[i]
+            nonfinite = float(noise.nonfinite_draw[i]) < config.attack.nonfinite_probability
+            public[i] = crafted_message(config, kinds[i], params[i], honest_models, n, n_attackers,
+                                        noise_row, nonfinite)
+    usable = [bool(torch.isfinite(public[i]).all()) for i in range(n)]
+
+    # neighbour lists from the edge list; trust slots from the neighbour table
+    incoming: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    edges = zip(scenario.edge_src.tolist(), scenario.edge_dst.tolist(), scenario.edge_weight.tolist())
+    for src, dst, w in edges:
+        incoming[dst].append((src, w))
+    slots: list[dict[int, int]] = [{} for _ in range(n)]
     for i in range(n):
-        if trained[i] or sent[i]:
-            params[i] = params[i] + gamma * pull[i]
+        for slot, (j, valid) in enumerate(zip(scenario.neighbours[i].tolist(),
+                                              scenario.neighbour_valid[i].tolist())):
+            if valid:
+                slots[i][j] = slot
+
+    # ... every awake node (not an active poisoner) moves towards its usable neighbours' public copies
+    gamma = config.learning.gossip_step
+    moves, clean_moves = [], []
+    for i in range(n):
+        if not awake[i] or poisoner[i]:
+            moves.append(torch.zeros_like(params[i]))
+            clean_moves.append(torch.zeros_like(params[i]))
+            continue
+        senders = [(public[j], w, float(state.trust[i, slots[i][j]])) for j, w in incoming[i] if usable[j]]
+        honest_only = [(public[j], w, float(state.trust[i, slots[i][j]])) for j, w in incoming[i]
+                       if usable[j] and honest[j]]
+        moves.append(gamma * node_pull(config, params[i], senders))
+        clean_moves.append(gamma * node_pull(config, params[i], honest_only))
+    influence = 0.0
+    if t >= config.attack.start_round and n_attackers:
+        scale = sum(float(params[i].norm()) for i in range(n) if honest[i]) / (n - n_attackers)
+        gap = sum(float((moves[i] - clean_moves[i]).norm()) for i in range(n) if honest[i])
+        gap /= n - n_attackers
+        influence = gap / max(scale, 1e-8)
+
+    # trust: a receiver that is awake rescores every neighbour that broadcast, against its pre-mixing model
+    memory = config.defence.trust_memory
+    trust = state.trust.detach().clone()
+    for i in range(n):
+        slot_models: list[torch.Tensor | None] = [None] * trust.shape[1]
+        for j, slot in slots[i].items():
+            slot_models[slot] = public[j] if usable[j] else None
+        scores = node_scores(params[i], slot_models)
+        for j, slot in slots[i].items():
+            if awake[i] and sent[j]:
+                trust[i, slot] = memory * float(state.trust[i, slot]) + (1 - memory) * scores[slot]
+    params = [params[i] + moves[i] for i in range(n)]
 
     # 4. measure each node's model on the evaluation split
     eval_x = scenario.test_x[scenario.eval_index]
@@ -263,32 +426,35 @@ def reference_transition(
         with torch.no_grad():
             predicted = node_logits(config, params[i], eval_x).argmax(-1)
         node_accuracy.append(float((predicted == eval_y).float().mean()))
-    honest = [bool(h) for h in scenario.honest.tolist()]
     honest_acc = [a for a, h in zip(node_accuracy, honest) if h]
     accuracy = sum(honest_acc) / len(honest_acc)
+    honest_final = [params[i] for i in range(n) if honest[i]]
+    centre = sum(honest_final) / len(honest_final)
+    consensus = sum(float(((p - centre) ** 2).sum()) for p in honest_final) / len(honest_final)
 
     carbon_grid, carbon_backbone = [], []
     for i in range(n):
         g_per_wh = float(scenario.carbon_g_per_kwh[i, t]) / 1000.0
         carbon_grid.append(flows[i]["grid"] * g_per_wh)
-        backbone_wh = costs[i]["bytes_sent"] * float(scenario.degree[i]) * scenario.backbone_kwh_per_byte * 1000.0
+        backbone_kwh = costs[i]["bytes_sent"] * float(scenario.degree[i]) * scenario.backbone_kwh_per_byte
+        backbone_wh = backbone_kwh * 1000.0
         carbon_backbone.append(backbone_wh * g_per_wh)
 
     device = state.params.device
     f32 = dict(dtype=torch.float32, device=device)
-    changed = [trained[i] or sent[i] for i in range(n)]
     new_state = state.replace(
         params=torch.stack(params),
         public=torch.stack(public),
         battery_wh=torch.tensor([f["battery_after"] for f in flows], **f32),
         round=t + 1,
         last_action=torch.tensor(carried, dtype=torch.long, device=device),
-        staleness=torch.tensor([0.0 if changed[i] else float(state.staleness[i]) + 1.0 for i in range(n)],
+        staleness=torch.tensor([0.0 if awake[i] else float(state.staleness[i]) + 1.0 for i in range(n)],
                                **f32),
         local_loss=torch.tensor(local_loss, **f32),
         node_accuracy=torch.tensor(node_accuracy, **f32),
         accuracy=accuracy,
         dropped=torch.tensor(dropped, dtype=torch.bool, device=device),
+        trust=trust,
     )
     outcome: dict[str, Any] = {
         "action": carried,
@@ -303,6 +469,9 @@ def reference_transition(
         "carbon_backbone_g": carbon_backbone,
         "accuracy": accuracy,
         "previous_accuracy": state.accuracy,
+        "consensus_distance": consensus,
+        "malicious_participants": sum(1 for i in range(n) if awake[i] and not honest[i]),
+        "attack_influence": influence,
     }
     for key in flows[0]:
         outcome[key] = [f[key] for f in flows]

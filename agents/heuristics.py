@@ -1,0 +1,291 @@
+"""Hand-written schedulers, each a short rule over the observation that cites the idea it borrows.
+
+Every class reads only the ``Dict`` observation (node features, global features, ``action_mask``), the
+information a learned policy gets, and never the simulator. Actions are the env's codes
+(``envs.dynamics.energy``): 0 idle, 1 train only, 2 train + full broadcast, 3 train + 8-bit,
+4 train + top-10 %, 5 train + top-1 %. The base class turns anything a rule picks that the node cannot
+afford into idle, so every action respects ``observation["action_mask"]``.
+
+Two properties of the simulator shape the rules (see docs/evaluation.md):
+
+* Accuracy is the mean over all honest nodes, and a node that never wakes keeps its initial model, so a
+  rule that always leaves the same nodes out cannot reach the target: selection must rotate.
+* Gossip is CHOCO-SGD (``envs/dynamics/gossip.py``): neighbours mix with each node's *public* copy,
+  which only moves when the node broadcasts. A node that trains without broadcasting drifts from its
+  public copy and holds its neighbours back; so rules fall back from "train + broadcast" to idle, not
+  to "train only", and rules that compress use 8-bit (near lossless here) rather than top-k.
+
+``HEURISTICS`` maps each name (as used by ``greengossip evaluate --schedulers``) to its class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from agents.base import (
+    IDLE,
+    SEND_FULL,
+    SEND_Q8,
+    TRAIN,
+    HeuristicScheduler,
+    first_affordable,
+    node_feature,
+    sent_last_round,
+)
+
+
+class _IdleCounter:
+    """Rounds each node has been idle, from the ``last_action`` feature (Oort's "last participated")."""
+
+    def __init__(self):
+        self.rounds: np.ndarray | None = None
+
+    def update(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        awake = node_feature(observation, "last_action") > 0
+        if self.rounds is None:
+            self.rounds = np.zeros(len(awake))
+        self.rounds = np.where(awake, 0.0, self.rounds + 1)
+        return self.rounds
+
+
+def _staleness_bonus(idle_rounds: np.ndarray, round_index: int, weight: float) -> np.ndarray:
+    """Oort's incentive for clients left out a long time: sqrt(weight x log(round) x rounds idle)
+    (Lai et al. 2021 use sqrt(0.1 log R / L_i) with L_i the round the client last took part)."""
+    return np.sqrt(weight * math.log(1 + round_index) * idle_rounds)
+
+
+def _top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: the ``k`` highest scores; ties go to the lower node index (deterministic)."""
+    chosen = np.zeros(len(score), dtype=bool)
+    if k > 0:
+        chosen[np.argsort(-score, kind="stable")[:k]] = True
+    return chosen
+
+
+def _count(fraction: float, n: int) -> int:
+    return min(n, max(1, math.ceil(fraction * n)))
+
+
+def _low_energy(observation: dict[str, np.ndarray], low_soc: float) -> np.ndarray:
+    """(N,) bool: a battery-only node below ``low_soc`` whose harvest this round does not pay for a
+    full round (``harvest_now`` is in units of a full round). Grid-connected nodes are never low."""
+    battery_only = node_feature(observation, "grid_connected") < 0.5
+    return battery_only & (node_feature(observation, "battery_soc") < low_soc) & (
+        node_feature(observation, "harvest_now") < 1.0)
+
+
+class AllNodes(HeuristicScheduler):
+    """Every node trains and broadcasts its full model every round: decentralized parallel SGD
+    (D-PSGD; Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms?",
+    NeurIPS 2017). Energy- and carbon-blind; the reference the others are measured against."""
+
+    name = "all_nodes"
+
+    def act(self, observation, mask):
+        return first_affordable(mask, SEND_FULL, IDLE)
+
+
+class RandomK(HeuristicScheduler):
+    """A uniformly random ``fraction`` of the nodes that can afford it trains and broadcasts; the rest
+    sleep. FedAvg's client sampling (McMahan et al., AISTATS 2017) applied to gossip rounds."""
+
+    name = "random_k"
+
+    def __init__(self, seed: int = 0, fraction: float = 0.5):
+        super().__init__(seed)
+        self.fraction = fraction
+
+    def act(self, observation, mask):
+        n = mask.shape[0]
+        available = np.flatnonzero(mask[:, SEND_FULL])
+        k = min(len(available), _count(self.fraction, n))
+        chosen = np.zeros(n, dtype=bool)
+        chosen[self.rng.choice(available, size=k, replace=False)] = True
+        return np.where(chosen, SEND_FULL, IDLE)
+
+
+class BatteryGreedy(HeuristicScheduler):
+    """Energy-aware selection after EAFL (Arouj & Abdelmoniem, "Towards Energy-Aware Federated Learning
+    on Battery-Powered Clients", FedEdge @ MobiCom 2022): EAFL ranks clients by Oort's utility mixed
+    with their remaining battery, so that nearly drained clients rest and recharge instead of dropping
+    out mid-round. Score = (1 - ``battery_weight``) x loss / max loss + ``battery_weight`` x energy in
+    hand (battery + this round's harvest, as a share of capacity) + Oort's staleness bonus; the top
+    ``fraction`` trains and broadcasts. Battery-only nodes below ``low_soc`` that the sun does not pay
+    for never take part."""
+
+    name = "battery_greedy"
+
+    def __init__(self, seed: int = 0, fraction: float = 0.5, battery_weight: float = 0.5,
+                 low_soc: float = 0.2, staleness_bonus: float = 0.1):
+        super().__init__(seed)
+        self.fraction = fraction
+        self.battery_weight = battery_weight
+        self.low_soc = low_soc
+        self.staleness_bonus = staleness_bonus
+        self._idle = _IdleCounter()
+
+    def reset_episode(self):
+        self._idle = _IdleCounter()
+
+    def act(self, observation, mask):
+        n = mask.shape[0]
+        idle_rounds = self._idle.update(observation)
+        energy = np.minimum(1.0, node_feature(observation, "battery_soc") + node_feature(
+            observation, "harvest_now") * node_feature(observation, "round_cost"))
+        loss = node_feature(observation, "local_loss")
+        loss = loss / max(float(loss.max()), 1e-9)
+        score = (1 - self.battery_weight) * loss + self.battery_weight * energy + _staleness_bonus(
+            idle_rounds, self.round_index, self.staleness_bonus)
+        eligible = ~_low_energy(observation, self.low_soc) & mask[:, SEND_FULL]
+        chosen = _top_k(np.where(eligible, score, -np.inf), _count(self.fraction, n)) & eligible
+        return np.where(chosen, SEND_FULL, IDLE)
+
+
+class CarbonAware(HeuristicScheduler):
+    """Lowest carbon intensity first, like Flower's lowcarb plug-in (carbon-aware client selection from
+    grid-intensity forecasts; Carbon Hack 2022): nodes are ranked by the intensity of their grid now
+    and over the forecast window, and the greenest ``fraction`` broadcasts its full model. Every byte
+    the others send costs more carbon (backbone energy x their grid intensity), so they send the
+    8-bit model instead; they still broadcast, because a silent node holds its neighbours back."""
+
+    name = "carbon_aware"
+
+    def __init__(self, seed: int = 0, fraction: float = 0.5, forecast_weight: float = 0.5):
+        super().__init__(seed)
+        self.fraction = fraction
+        self.forecast_weight = forecast_weight
+
+    def act(self, observation, mask):
+        n = mask.shape[0]
+        w = self.forecast_weight
+        intensity = (1 - w) * node_feature(observation, "carbon_now") + w * node_feature(
+            observation, "carbon_forecast")
+        greenest = _top_k(-intensity, _count(self.fraction, n))
+        return first_affordable(mask, np.where(greenest, SEND_FULL, SEND_Q8), SEND_Q8, IDLE)
+
+
+class OortUtility(HeuristicScheduler):
+    """Guided participant selection after Oort (Lai et al., OSDI 2021): utility = statistical utility
+    (the node's training loss) x a system penalty (T / t_i)^alpha for nodes slower than the preferred
+    duration T (here the median compute time of the fleet), plus Oort's staleness bonus so that
+    long-idle nodes are explored again. The top ``fraction`` trains and broadcasts."""
+
+    name = "oort"
+
+    def __init__(self, seed: int = 0, fraction: float = 0.5, alpha: float = 2.0,
+                 staleness_bonus: float = 0.1):
+        super().__init__(seed)
+        self.fraction = fraction
+        self.alpha = alpha
+        self.staleness_bonus = staleness_bonus
+        self._idle = _IdleCounter()
+
+    def reset_episode(self):
+        self._idle = _IdleCounter()
+
+    def act(self, observation, mask):
+        n = mask.shape[0]
+        idle_rounds = self._idle.update(observation)
+        loss = node_feature(observation, "local_loss")
+        duration = np.maximum(node_feature(observation, "compute_time"), 1e-9)
+        preferred = float(np.median(duration))
+        penalty = np.where(duration > preferred, (preferred / duration) ** self.alpha, 1.0)
+        utility = loss * penalty + _staleness_bonus(idle_rounds, self.round_index, self.staleness_bonus)
+        eligible = mask[:, SEND_FULL]
+        chosen = _top_k(np.where(eligible, utility, -np.inf), _count(self.fraction, n)) & eligible
+        return np.where(chosen, SEND_FULL, IDLE)
+
+
+class TrustThreshold(HeuristicScheduler):
+    """Reputation-based selection (Kang et al., "Incentive Mechanism for Reliable Federated Learning: A
+    Joint Optimization Approach to Combining Reputation and Contract Theory", IEEE IoT Journal 2019):
+    only nodes whose neighbours trust them at least ``threshold`` train and broadcast; the others
+    sleep, so a suspected attacker's model is not spread."""
+
+    name = "trust_threshold"
+
+    def __init__(self, seed: int = 0, threshold: float = 0.5):
+        super().__init__(seed)
+        self.threshold = threshold
+
+    def act(self, observation, mask):
+        trusted = node_feature(observation, "trust") >= self.threshold
+        return np.where(trusted, first_affordable(mask, SEND_FULL, IDLE), IDLE)
+
+
+class EventTriggered(HeuristicScheduler):
+    """Event-triggered gossip after SPARQ-SGD (Singh, Data, George & Diggavi, "SPARQ-SGD:
+    Event-Triggered and Compressed Communication in Decentralized Optimization", IEEE TAC 2022): a node
+    broadcasts only when its model has moved enough since its last broadcast. The env does not expose
+    model deltas, so the trigger is the relative change of the node's training loss since it last sent,
+    ``|loss - loss_at_send| / loss_at_send > threshold``; a node also sends after ``max_silence``
+    rounds without one. Every affordable node trains each round."""
+
+    name = "event_triggered"
+
+    def __init__(self, seed: int = 0, threshold: float = 0.02, max_silence: int = 2):
+        super().__init__(seed)
+        self.threshold = threshold
+        self.max_silence = max_silence
+        self._loss_at_send: np.ndarray | None = None
+        self._silent: np.ndarray | None = None
+
+    def reset_episode(self):
+        self._loss_at_send = None
+        self._silent = None
+
+    def act(self, observation, mask):
+        loss = node_feature(observation, "local_loss")
+        if self._loss_at_send is None:
+            self._loss_at_send = np.full(len(loss), np.nan)  # nothing sent yet: trigger at once
+            self._silent = np.zeros(len(loss))
+        else:
+            self._silent = np.where(sent_last_round(observation), 0.0, self._silent + 1)
+        moved = np.abs(loss - self._loss_at_send) > self.threshold * np.maximum(self._loss_at_send, 1e-6)
+        trigger = np.isnan(self._loss_at_send) | moved | (self._silent >= self.max_silence)
+        action = first_affordable(mask, np.where(trigger, SEND_FULL, TRAIN), TRAIN, IDLE)
+        sends = action >= SEND_FULL
+        # Remember the loss the model had when it was last published (kept if the send is dropped:
+        # the next observation's last_action then shows no broadcast and the node triggers again).
+        self._loss_at_send = np.where(sends, loss, self._loss_at_send)
+        return action
+
+
+class EnergyCarbonTrust(HeuristicScheduler):
+    """The combined rule, meant as the strongest hand-written baseline.
+
+    * Trust (Kang et al. 2019): nodes whose neighbours trust them less than ``trust_threshold`` sleep.
+    * Carbon (lowcarb's "greenest first", applied to bytes): a broadcast's carbon is the backbone energy
+      of its bytes times the sender's grid intensity, so every node sends the 8-bit model (a quarter
+      of the bytes at near-identical accuracy; CHOCO-SGD error feedback carries the rounding) and only
+      nodes on grids cleaner than ``green_intensity`` kgCO2e/kWh send the full model.
+    * Energy (EAFL, Arouj & Abdelmoniem 2022): the cheapest broadcast keeps battery nodes in the gossip
+      longest; a node that cannot afford it sleeps rather than training without broadcasting (a silent
+      trainer's stale public copy holds its neighbours back). Battery-only nodes below ``low_soc`` that
+      the sun does not pay for rest; ``low_soc`` is 0 (off) by default, because in this simulator a
+      resting node costs the fleet more rounds, hence more carbon, than its rest saves.
+    """
+
+    name = "energy_carbon_trust"
+
+    def __init__(self, seed: int = 0, trust_threshold: float = 0.5, green_intensity: float = 0.05,
+                 low_soc: float = 0.0):
+        super().__init__(seed)
+        self.trust_threshold = trust_threshold
+        self.green_intensity = green_intensity
+        self.low_soc = low_soc
+
+    def act(self, observation, mask):
+        trusted = node_feature(observation, "trust") >= self.trust_threshold
+        rest = ~trusted | _low_energy(observation, self.low_soc)
+        send = np.where(node_feature(observation, "carbon_now") <= self.green_intensity, SEND_FULL, SEND_Q8)
+        return np.where(rest, IDLE, first_affordable(mask, send, SEND_Q8, IDLE))
+
+
+HEURISTICS: dict[str, type[HeuristicScheduler]] = {
+    cls.name: cls
+    for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
+                EnergyCarbonTrust)
+}

@@ -1,0 +1,199 @@
+"""Saved Stable-Baselines3 models as schedulers, and :func:`make_scheduler` for any scheduler spec.
+
+``load_scheduler("runs/ppo.zip")`` reads the zip's metadata, picks the algorithm that saved it
+(MaskablePPO, RecurrentPPO, PPO, A2C, TRPO; see :func:`detect_algorithm`), loads it on the CPU and wraps
+it in a :class:`LearnedScheduler`, which has the same ``predict`` as every other scheduler and says
+whether it wants the ``Dict`` or the flattened observation.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from agents.base import ObservationKind, Scheduler
+from agents.heuristics import HEURISTICS
+
+# Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
+# are the specific ones (a MaskablePPO zip would also load as a plain PPO and then ignore masks).
+ALGORITHMS = ("MaskablePPO", "RecurrentPPO", "PPO", "A2C", "TRPO")
+
+
+def _algorithm_class(name: str):
+    if name in ("PPO", "A2C"):
+        import stable_baselines3
+
+        return getattr(stable_baselines3, name)
+    import sb3_contrib
+
+    return getattr(sb3_contrib, name)
+
+
+def model_path(spec: str | Path) -> Path | None:
+    """The saved model ``spec`` names (SB3 also accepts the path without ``.zip``), or None."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    with_suffix = path.with_name(path.name + ".zip")
+    return with_suffix if with_suffix.is_file() else None
+
+
+def detect_algorithm(path: str | Path) -> str:
+    """Name of the algorithm that saved ``path``, from the policy class and hyperparameters it stored.
+
+    Masked and recurrent policies subclass sb3-contrib's ``MaskableActorCriticPolicy`` /
+    ``RecurrentActorCriticPolicy``; among plain actor-critic policies PPO stores ``clip_range``, TRPO
+    ``cg_max_steps`` and A2C neither.
+    """
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    data, _params, _variables = load_from_zip_file(path, device="cpu", load_data=True,
+                                                   print_system_info=False)
+    if not data or "policy_class" not in data:
+        raise ValueError(f"{path} is not a Stable-Baselines3 model zip (no policy_class in its data)")
+    policy_class = data["policy_class"]
+    if isinstance(policy_class, type):
+        if issubclass(policy_class, MaskableActorCriticPolicy):
+            return "MaskablePPO"
+        if issubclass(policy_class, RecurrentActorCriticPolicy):
+            return "RecurrentPPO"
+    if "cg_max_steps" in data:
+        return "TRPO"
+    if "clip_range" in data:
+        return "PPO"
+    return "A2C"
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: float, algorithm: str | None):
+    """The model itself, cached per process (evaluation runs one model on many seeds)."""
+    names = [algorithm] if algorithm else [detect_algorithm(path)] + list(ALGORITHMS)
+    errors = []
+    for name in dict.fromkeys(names):
+        try:
+            return name, _algorithm_class(name).load(path, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - try the next algorithm, report all at the end
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise ValueError(f"could not load {path} with any of {names}:\n  " + "\n  ".join(errors))
+
+
+class LearnedScheduler:
+    """A trained SB3 model behind the scheduler interface.
+
+    ``predict`` forwards to the model; ``action_masks`` (the env's ``action_masks()``) reaches
+    MaskablePPO, the other algorithms ignore it. ``observation_kind`` is ``"flat"`` when the model
+    was trained on a ``Box`` observation (``GreenGossip/EdgeLearningFlat-v0``), else ``"dict"``.
+    """
+
+    def __init__(self, model: Any, algorithm: str, path: str | Path | None = None, seed: int = 0):
+        self.model = model
+        self.algorithm = algorithm
+        self.path = None if path is None else Path(path)
+        self.seed = int(seed)
+        self.observation_kind: ObservationKind = (
+            "flat" if isinstance(model.observation_space, spaces.Box) else "dict")
+        self._takes_masks = "action_masks" in inspect.signature(model.predict).parameters
+
+    def __repr__(self) -> str:
+        return f"LearnedScheduler({self.algorithm}, {self.path})"
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else self.algorithm
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        kwargs = {"action_masks": action_masks} if self._takes_masks and action_masks is not None else {}
+        return self.model.predict(observation, state=state, episode_start=episode_start,
+                                  deterministic=deterministic, **kwargs)
+
+    def check_env(self, env) -> None:
+        """Fail early, and say why, when the model cannot read this env's observations."""
+        if self.observation_kind != "flat":
+            return  # Dict policies (agents/policies.py) adapt to the fleet size themselves
+        expected = self.model.observation_space.shape
+        flat = spaces.flatdim(env.observation_space) if isinstance(env.observation_space, spaces.Dict) \
+            else int(np.prod(env.observation_space.shape))
+        if (flat,) != tuple(expected):
+            raise ValueError(
+                f"{self.path} expects a flat observation of shape {expected}, but this env's flattened "
+                f"observation has {flat} values; the model was trained on another fleet size or observation "
+                "layout. Evaluate it on the config it was trained on, or train a node-set policy "
+                "(agents/policies.py), which runs on any number of nodes.")
+
+
+def load_scheduler(
+    path: str | Path, env=None, seed: int = 0, algorithm: str | None = None
+) -> LearnedScheduler:
+    """Load a saved SB3 model (PPO, MaskablePPO, A2C, RecurrentPPO, TRPO) as a scheduler.
+
+    ``algorithm`` skips detection. With ``env`` the model's observation space is checked against it.
+    """
+    found = model_path(path)
+    if found is None:
+        raise FileNotFoundError(f"no saved model at {path} (nor {path}.zip)")
+    resolved = found.resolve()
+    name, model = _load(str(resolved), resolved.stat().st_mtime, algorithm)
+    if seed is not None:
+        model.set_random_seed(int(seed))
+    scheduler = LearnedScheduler(model, name, found, seed)
+    if env is not None:
+        scheduler.check_env(env)
+    return scheduler
+
+
+# ---------------------------------------------------------------------------------------------- any spec
+def _parse_parameters(spec: str, text: str) -> dict:
+    params = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"scheduler {spec!r}: parameter {item!r} must look like key=value")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return params
+
+
+def is_model_spec(spec: str | Path) -> bool:
+    """True when ``spec`` names a saved model rather than a heuristic."""
+    return model_path(spec) is not None and str(spec).split(":", 1)[0] not in HEURISTICS
+
+
+def scheduler_label(spec: str | Path) -> str:
+    """Short name for tables and plots: the heuristic spec, or a model file's stem."""
+    return Path(spec).name.removesuffix(".zip") if is_model_spec(spec) else str(spec)
+
+
+def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
+    """A scheduler from a heuristic name (optionally ``name:key=value,...``) or a saved SB3 model path.
+
+    ``seed`` seeds randomised heuristics and the model's sampling; ``env`` (optional) lets a model
+    check that it can read the env's observations.
+    """
+    text = str(spec)
+    if is_model_spec(text):
+        return load_scheduler(text, env=env, seed=seed)
+    name, _, params = text.partition(":")
+    if name not in HEURISTICS:
+        raise ValueError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
+                         "saved model at that path. Use a heuristic name, 'all', or the path of an SB3 .zip")
+    try:
+        return HEURISTICS[name](seed=seed, **_parse_parameters(text, params))
+    except TypeError as exc:
+        raise ValueError(f"scheduler {text!r}: {exc}") from None

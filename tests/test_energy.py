@@ -1,0 +1,229 @@
+"""Property tests on the pure energy and gossip pieces (house style 16), and energy over whole episodes.
+
+The identity pinned here is read off ``settle_energy``: per node and round,
+
+    harvested + grid + from_battery = consumed + stored_in + charge_loss + spilled,
+
+and since the cell changes by Δstored = stored_in - from_battery,
+
+    harvested + grid = consumed + Δstored + spilled + charge_loss.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import make_env, tiny_variant
+from envs.dynamics.energy import available_for_actions, settle_energy
+from envs.dynamics.gossip import mixing_matrix
+from envs.dynamics.learning import ModelSpec
+from envs.reference import settle_node
+from envs.scenario import make_scenario, metropolis_hastings_edges
+
+TOL = 1e-9  # float64 throughout the property tests
+FLOWS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", "stored_in", "charge_loss",
+         "spilled", "unmet")
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+wh = st.floats(0.0, 50.0, allow_nan=False)
+
+
+@st.composite
+def fleets(draw):
+    """Node arrays for one round: demand, battery in [0, capacity], harvest, grid flag, charge limit."""
+    n = draw(st.integers(1, 12))
+    column = lambda strategy: torch.tensor(draw(st.lists(strategy, min_size=n, max_size=n)),  # noqa: E731
+                                           dtype=torch.float64)
+    capacity = column(st.floats(0.1, 50.0, allow_nan=False))
+    # demand, harvest and battery often land exactly on each other's boundaries
+    demand = column(st.one_of(wh, st.just(0.0)))
+    battery = column(unit) * capacity
+    harvest = column(st.one_of(wh, st.just(0.0)))
+    harvest = torch.where(column(unit) < 0.2, demand, harvest)
+    grid = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    charge_limit = column(st.floats(0.0, 20.0, allow_nan=False))
+    efficiency = draw(st.floats(0.05, 1.0, allow_nan=False))
+    return demand, battery, capacity, harvest, grid, charge_limit, efficiency
+
+
+@given(fleets())
+def test_energy_is_conserved_per_node(fleet):
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    supplied = flow.harvested + flow.grid + flow.from_battery
+    used = flow.consumed + flow.stored_in + flow.charge_loss + flow.spilled
+    torch.testing.assert_close(supplied, used, atol=TOL, rtol=TOL)
+    delta_stored = flow.battery_after - battery
+    torch.testing.assert_close(flow.harvested + flow.grid,
+                               flow.consumed + delta_stored + flow.spilled + flow.charge_loss,
+                               atol=TOL, rtol=TOL)
+    torch.testing.assert_close(flow.consumed + flow.unmet, demand, atol=TOL, rtol=TOL)
+
+
+@given(fleets())
+def test_flows_are_non_negative_and_battery_stays_in_range(fleet):
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    for name in FLOWS:
+        assert (getattr(flow, name) >= -TOL).all(), f"{name} negative: {getattr(flow, name)}"
+    assert (flow.battery_after >= -TOL).all()
+    assert (flow.battery_after <= capacity + TOL).all()
+    assert (flow.stored_in <= limit * eff + TOL).all()
+
+
+@given(fleets())
+def test_supply_order_harvest_then_battery_then_grid(fleet):
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    uses_battery = flow.from_battery > TOL
+    assert torch.allclose(flow.from_harvest[uses_battery], harvest[uses_battery], atol=TOL)
+    uses_grid = flow.grid > TOL
+    assert torch.allclose(flow.from_battery[uses_grid], battery[uses_grid], atol=TOL)
+    assert (flow.grid[~grid] == 0).all(), "only grid-connected nodes may draw from the grid"
+    assert (flow.unmet[grid] <= TOL).all(), "a grid-connected node is never short"
+    # surplus is only spilled when the cell is full or the charge rate is used up
+    spills = flow.spilled > 1e-6
+    full = flow.battery_after >= capacity - 1e-6
+    at_rate = (flow.stored_in + flow.charge_loss) >= limit - 1e-6
+    assert (full | at_rate)[spills].all()
+
+
+@given(fleets())
+def test_settle_energy_matches_per_node_reference(fleet):
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    for i in range(len(demand)):
+        ref = settle_node(float(demand[i]), float(battery[i]), float(capacity[i]), float(harvest[i]),
+                          bool(grid[i]), float(limit[i]), eff)
+        for name, value in ref.items():
+            assert float(getattr(flow, name)[i]) == pytest.approx(value, abs=TOL), name
+
+
+@given(fleets(), st.floats(0.0, 0.5, allow_nan=False))
+def test_affordable_demand_never_browns_out_or_digs_into_the_reserve(fleet, min_soc):
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    budget = available_for_actions(battery, capacity, harvest, grid, min_soc)
+    demand = torch.minimum(demand, budget)  # the node only attempts what it can afford
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    assert (flow.unmet <= TOL).all()
+    reserve = min_soc * capacity
+    off_grid = ~grid
+    floor = torch.minimum(battery, reserve)
+    assert (flow.battery_after[off_grid] >= floor[off_grid] - TOL).all()
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+def _episode_energy(config, seed: int, rounds: int):
+    """Per-round (info, battery before, battery after) over a random-action episode."""
+    env = make_env(config)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    capacity = env.unwrapped.scenario.capacity_wh
+    records = []
+    for _ in range(rounds):
+        before = env.unwrapped.sim_state.battery_wh.clone()
+        *_, terminated, truncated, info = env.step(env.action_space.sample())
+        after = env.unwrapped.sim_state.battery_wh
+        assert (after >= 0).all() and (after <= capacity + 1e-5).all()
+        records.append((info, float(before.sum()), float(after.sum())))
+        if terminated or truncated:
+            break
+    return records, env.unwrapped.config.energy.charge_efficiency
+
+
+@pytest.mark.parametrize("efficiency", [1.0, 0.9])
+def test_fleet_energy_balances_every_round_of_an_episode(efficiency):
+    config = tiny_variant(max_rounds=24, energy__charge_efficiency=efficiency,
+                          energy__initial_soc_low=0.05, energy__initial_soc_high=0.5)
+    records, eff = _episode_energy(config, seed=1, rounds=24)
+    assert len(records) >= 10
+    charged = any(after > before for _, before, after in records)
+    assert charged, "no round charged a battery: pick another seed"
+    for info, before, after in records:
+        for key in ("energy_wh", "grid_wh", "harvested_wh", "spilled_wh", "carbon_g", "bytes_sent"):
+            assert info[key] >= 0, key
+        # harvested + grid - consumed - Δstored - spilled is the charging loss: zero at efficiency 1,
+        # at most (1 - eff) of the harvest that was not spilled otherwise
+        supplied = info["harvested_wh"] + info["grid_wh"]
+        loss = supplied - info["energy_wh"] - (after - before) - info["spilled_wh"]
+        tol = 1e-4 * (1 + info["harvested_wh"] + info["energy_wh"])
+        assert loss >= -tol
+        assert loss <= (1 - eff) * (info["harvested_wh"] - info["spilled_wh"]) + tol
+
+
+def test_episode_totals_are_sums_of_rounds():
+    records, _ = _episode_energy(tiny_variant(max_rounds=8), seed=3, rounds=8)
+    last = records[-1][0]
+    assert last["episode_energy_wh"] == pytest.approx(sum(r[0]["energy_wh"] for r in records))
+    assert last["episode_carbon_g"] == pytest.approx(sum(r[0]["carbon_g"] for r in records))
+
+
+# ---------------------------------------------------------------------------------------------- mixing
+@st.composite
+def connected_graphs(draw, min_nodes: int, max_nodes: int, mean_degree: float | None = None):
+    n = draw(st.integers(min_nodes, max_nodes))
+    seed = draw(st.integers(0, 2**31 - 1))
+    p = draw(st.floats(0.0, 1.0)) if mean_degree is None else mean_degree / n
+    graph = nx.gnp_random_graph(n, p, seed=seed)
+    components = [sorted(c) for c in nx.connected_components(graph)]
+    for left, right in zip(components, components[1:]):
+        graph.add_edge(left[0], right[-1])
+    return graph
+
+
+def _check_mixing(graph: nx.Graph, sparse_expected: bool) -> None:
+    n = graph.number_of_nodes()
+    src, dst, weight = (torch.as_tensor(a) for a in metropolis_hastings_edges(graph))
+    w = mixing_matrix(n, src, dst, weight.float())
+    assert (w.layout == torch.sparse_csr) == sparse_expected
+    dense = w.to_dense().double()
+    torch.testing.assert_close(dense, dense.T, atol=1e-7, rtol=0)
+    torch.testing.assert_close(dense.sum(0), torch.ones(n, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense.sum(1), torch.ones(n, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert (dense >= -1e-7).all()
+    # support = the graph plus self loops
+    adjacency = torch.as_tensor(nx.to_numpy_array(graph, nodelist=range(n)) > 0)
+    support = adjacency | torch.eye(n, dtype=torch.bool)
+    assert not (dense.abs() > 1e-9)[~support].any()
+    assert (dense[support & ~torch.eye(n, dtype=torch.bool)] > 0).all()
+
+
+@given(connected_graphs(2, 60))
+def test_mixing_matrix_is_symmetric_and_doubly_stochastic(graph):
+    _check_mixing(graph, sparse_expected=False)
+
+
+@settings(max_examples=5)
+@given(connected_graphs(513, 700, mean_degree=6.0))
+def test_sparse_mixing_matrix_beyond_512_nodes_is_symmetric_and_doubly_stochastic(graph):
+    _check_mixing(graph, sparse_expected=True)
+
+
+@pytest.mark.parametrize("n_nodes", [8, 600], ids=["dense", "sparse"])
+def test_scenario_neighbour_mixing_completes_to_a_doubly_stochastic_matrix(n_nodes):
+    """The scenario stores W without its diagonal; adding the self weights back gives W."""
+    config = tiny_variant(n_nodes=n_nodes, topology={"kind": "random_geometric", "radius": 0.1},
+                          observation={"adjacency": False})
+    scenario = make_scenario(config, np.random.default_rng(0))
+    off = scenario.neighbour_mixing.to_dense().double()
+    assert (off.diagonal() == 0).all()
+    full = off + torch.diag(1.0 - off.sum(1))
+    assert (full >= -1e-7).all()
+    torch.testing.assert_close(full, full.T, atol=1e-7, rtol=0)
+    torch.testing.assert_close(full.sum(0), torch.ones(n_nodes, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+@given(connected_graphs(2, 40), st.integers(0, 2**31 - 1))
+def test_full_gossip_round_keeps_the_fleet_mean(graph, seed):
+    """Doubly stochastic mixing of the public copies preserves the average model (D-PSGD invariant)."""
+    n = graph.number_of_nodes()
+    src, dst, weight = (torch.as_tensor(a) for a in metropolis_hastings_edges(graph))
+    w = mixing_matrix(n, src, dst, weight.float()).double()
+    x = torch.randn(n, ModelSpec("softmax").n_params, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    torch.testing.assert_close((w @ x).mean(0), x.mean(0), atol=1e-5, rtol=1e-5)

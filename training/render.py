@@ -1,0 +1,108 @@
+"""``greengossip render``: a short animation of one episode under one scheduler.
+
+    greengossip render --scheduler energy_carbon_trust --config configs/tiny.yaml --out episode.gif
+
+Frames come from the env's ``render_mode="rgb_array"`` (node colour = state of charge, big = awake,
+dark edges = carried a broadcast; see ``envs/render.py``). The result is a GIF written with
+matplotlib's ``PillowWriter`` when Pillow is installed, otherwise (or when ``--out`` ends in ``.png``)
+a PNG strip of up to ``--strip-frames`` evenly spaced frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheduler", default="energy_carbon_trust",
+                        help="heuristic name or saved SB3 model path (default energy_carbon_trust)")
+    parser.add_argument("--config", default="configs/tiny.yaml",
+                        help="env config (default configs/tiny.yaml)")
+    parser.add_argument("--out", required=True, help="output file: .gif (animation) or .png (frame strip)")
+    parser.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
+    parser.add_argument("--max-frames", type=int, default=48,
+                        help="stop after this many rounds (default 48; the episode may end sooner)")
+    parser.add_argument("--fps", type=float, default=4.0, help="GIF frames per second (default 4)")
+    parser.add_argument("--strip-frames", type=int, default=8, help="frames in a PNG strip (default 8)")
+
+
+def run(args: argparse.Namespace) -> int:
+    frames = episode_frames(args.scheduler, args.config, seed=args.seed, max_frames=args.max_frames)
+    path = write_animation(frames, args.out, fps=args.fps, strip_frames=args.strip_frames)
+    print(f"wrote {path} ({len(frames)} frames)")
+    return 0
+
+
+def episode_frames(scheduler: str, config, seed: int = 0, max_frames: int = 48) -> list[np.ndarray]:
+    """RGB frames of one episode: the state after reset, then after every round (at most ``max_frames``)."""
+    import gymnasium as gym
+
+    import envs
+    from agents.learned import make_scheduler
+    from envs.wrappers import FlattenGossipObservation
+    from training.evaluate import _accepts_action_masks, _one_torch_thread
+
+    with _one_torch_thread():
+        env = gym.make(envs.ENV_ID, config=config, render_mode="rgb_array")
+        policy = make_scheduler(scheduler, env=env, seed=seed)
+        if getattr(policy, "observation_kind", "dict") == "flat":
+            env = FlattenGossipObservation(env)
+        takes_masks = _accepts_action_masks(policy)
+        obs, _ = env.reset(seed=seed)
+        frames = [env.render()]
+        state, episode_start = None, np.ones((1,), dtype=bool)
+        done = False
+        while not done and len(frames) <= max_frames:
+            kwargs = {"action_masks": env.unwrapped.action_masks()} if takes_masks else {}
+            action, state = policy.predict(obs, state=state, episode_start=episode_start, deterministic=True,
+                                           **kwargs)
+            episode_start = np.zeros((1,), dtype=bool)
+            obs, _, terminated, truncated, _ = env.step(np.asarray(action).reshape(-1))
+            frames.append(env.render())
+            done = terminated or truncated
+        env.close()
+    return frames
+
+
+def write_animation(
+    frames: list[np.ndarray], out: str | Path, fps: float = 4.0, strip_frames: int = 8
+) -> Path:
+    """GIF (matplotlib ``PillowWriter``) if Pillow is there and ``out`` is not a .png; else a PNG strip.
+    Returns the path written (a ``.png`` next to ``out`` when a GIF was asked for without Pillow)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not frames:
+        raise ValueError("no frames to write")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() != ".png" and importlib.util.find_spec("PIL") is not None:
+        from matplotlib.animation import FuncAnimation, PillowWriter
+
+        height, width = frames[0].shape[:2]
+        fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.axis("off")
+        image = ax.imshow(frames[0])
+
+        def show(i: int):
+            image.set_data(frames[i])
+            return (image,)
+
+        animation = FuncAnimation(fig, show, frames=len(frames), blit=True)
+        try:
+            animation.save(out, writer=PillowWriter(fps=fps))
+        finally:
+            plt.close(fig)
+        return out
+    path = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(strip_frames, len(frames))).round().astype(int))
+    strip = np.concatenate([frames[i] for i in picks], axis=1)
+    plt.imsave(path, strip)
+    return path
