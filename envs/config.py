@@ -227,6 +227,15 @@ class EnvConfig(_Frozen):
             raise ValueError("privacy.accountant 'rdp' needs privacy.mechanism 'gaussian' (allowed for laplace: 'basic')")
         return self
 
+    @field_validator("round_minutes")
+    @classmethod
+    def _whole_rounds_per_day(cls, value: float) -> float:
+        rounds_per_day = 24 * 60 / value
+        if abs(rounds_per_day - round(rounds_per_day)) > 1e-9:
+            raise ValueError(f"a day must hold a whole number of rounds; {value} min gives {rounds_per_day:.3f} "
+                             "(allowed e.g. 5, 10, 15, 20, 30, 60)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _torch_device(cls, value: str) -> str:

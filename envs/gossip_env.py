@@ -201,6 +201,8 @@ def single_env_info(batched: dict[str, np.ndarray], index: int, done: bool) -> d
     info: dict[str, Any] = {}
     components, breakdown = {}, {}
     for key, values in batched.items():
+        if key.startswith("_") or key in ("final_obs", "final_info"):  # vector-env bookkeeping
+            continue
         value = values[index].item()
         if key in EPISODE_KEYS:
             if done:

@@ -187,16 +187,28 @@ def neighbour_table(
 
 
 # ---------------------------------------------------------------------------------------------- sun
-@functools.cache
-def clear_sky_ghi_year(latitude: float, longitude: float, year: int, round_minutes: float) -> np.ndarray:
-    """Global horizontal irradiance (W/m2) under a clear sky for every round of a year, from pvlib's
-    Ineichen model with its shipped Linke turbidity climatology (no network)."""
+@functools.lru_cache(maxsize=4096)
+def clear_sky_ghi_day(latitude: float, longitude: float, year: int, day: int, round_minutes: float) -> np.ndarray:
+    """Global horizontal irradiance (W/m2) under a clear sky for every round of one day (UTC) of a year,
+    from pvlib's Ineichen model with its shipped Linke turbidity climatology (no network)."""
     import pandas as pd
     from pvlib.location import Location
 
-    times = pd.date_range(f"{year}-01-01", f"{year + 1}-01-08", freq=f"{round_minutes}min", tz="UTC",
-                          inclusive="left")
+    start = pd.Timestamp(f"{year}-01-01", tz="UTC") + pd.Timedelta(days=day)
+    times = pd.date_range(start, periods=int(round(24 * 60 / round_minutes)), freq=f"{round_minutes}min")
     return Location(latitude, longitude, tz="UTC").get_clearsky(times)["ghi"].to_numpy(dtype=np.float64)
+
+
+def clear_sky_ghi(latitude: float, longitude: float, year: int, round_minutes: float, start_step: int,
+                  n_rounds: int) -> np.ndarray:
+    """Clear-sky GHI for ``n_rounds`` rounds from round ``start_step`` of the year, assembled from cached
+    days so that a new episode only computes the days it has not seen."""
+    per_day = int(round(24 * 60 / round_minutes))
+    first, last = start_step // per_day, (start_step + n_rounds - 1) // per_day
+    days = np.concatenate([clear_sky_ghi_day(latitude, longitude, year, day % 365, round_minutes)
+                           for day in range(first, last + 1)])
+    offset = start_step - first * per_day
+    return days[offset : offset + n_rounds]
 
 
 def cloud_process(n_regions: int, n_rounds: int, mean: float, round_minutes: float, rng) -> np.ndarray:
@@ -283,9 +295,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     utc_hours = ((start_step + np.arange(n_rounds)) * config.round_minutes / 60.0) % 24.0
     cloud = cloud_process(len(config.regions), n_rounds, config.energy.mean_cloudiness, config.round_minutes, rng)
     ghi = np.stack([
-        clear_sky_ghi_year(r.latitude, r.longitude, config.year, config.round_minutes)[
-            start_step : start_step + n_rounds
-        ]
+        clear_sky_ghi(r.latitude, r.longitude, config.year, config.round_minutes, start_step, n_rounds)
         for r in config.regions
     ])
     region_sun = ghi / 1000.0 * config.energy.performance_ratio * (1.0 - cloud)  # kW per kWp

@@ -131,7 +131,9 @@ def transition(
     # is the crafted one, so following the protocol would only feed their attack back into themselves)
     mixes = awake & ~(attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING))
     defence = config.defence
-    usable = gossip.usable_senders(public)
+    # only this round's links carry anything: a receiver mixes with the neighbours that broadcast now
+    # (DESIGN §3), never with copies that went stale in its mailbox; non-finite messages are dropped
+    usable = gossip.usable_senders(public, sent)
 
     def pull_from(senders: torch.Tensor) -> torch.Tensor:
         return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours, scenario.neighbour_valid,

@@ -12,7 +12,8 @@ stays stable with γ = 1 under top-1 % compression, where CHOCO's x̂_j - x̂_i 
 tuned down to the compression ratio (checked in tests/test_learning.py).
 
 Messages are kept in the receivers' mailboxes (store and forward), so every neighbour's copy of x̂_j is
-the same and one (N, P) tensor holds them all.
+the same and one (N, P) tensor holds them all; a receiver mixes only with the copies that arrived this
+round (the round's active links), the others' weight stays with its own model.
 """
 
 from __future__ import annotations
