@@ -298,8 +298,10 @@ def reference_transition(
     """One round, node by node. ``noise`` is a ``RoundRandomness`` (its ``batches`` are positions inside
     each node's shard; ``attack_on`` / ``attack_noise`` / ``nonfinite_draw`` drive the attackers).
     Returns the new state and per-node lists and fleet figures of what happened."""
+    if scenario.n_envs != 1:
+        raise ValueError("the reference steps one environment at a time")
     n = scenario.n_nodes
-    t = state.round
+    t = int(state.round[0])
     eff = config.energy.charge_efficiency
     requested = [int(a) for a in action.tolist()]
     for a in requested:
@@ -385,7 +387,8 @@ def reference_transition(
             if valid:
                 slots[i][j] = slot
 
-    # ... every awake node (not an active poisoner) moves towards its usable neighbours' public copies
+    # ... every awake node (not an active poisoner) moves towards the public copies its neighbours
+    #     broadcast this round (finite ones only)
     gamma = config.learning.gossip_step
     moves, clean_moves = [], []
     for i in range(n):
@@ -393,9 +396,10 @@ def reference_transition(
             moves.append(torch.zeros_like(params[i]))
             clean_moves.append(torch.zeros_like(params[i]))
             continue
-        senders = [(public[j], w, float(state.trust[i, slots[i][j]])) for j, w in incoming[i] if usable[j]]
+        senders = [(public[j], w, float(state.trust[i, slots[i][j]])) for j, w in incoming[i]
+                   if usable[j] and sent[j]]
         honest_only = [(public[j], w, float(state.trust[i, slots[i][j]])) for j, w in incoming[i]
-                       if usable[j] and honest[j]]
+                       if usable[j] and sent[j] and honest[j]]
         moves.append(gamma * node_pull(config, params[i], senders))
         clean_moves.append(gamma * node_pull(config, params[i], honest_only))
     influence = 0.0
@@ -411,7 +415,7 @@ def reference_transition(
     for i in range(n):
         slot_models: list[torch.Tensor | None] = [None] * trust.shape[1]
         for j, slot in slots[i].items():
-            slot_models[slot] = public[j] if usable[j] else None
+            slot_models[slot] = public[j] if usable[j] and sent[j] else None
         scores = node_scores(params[i], slot_models)
         for j, slot in slots[i].items():
             if awake[i] and sent[j]:
@@ -446,13 +450,13 @@ def reference_transition(
         params=torch.stack(params),
         public=torch.stack(public),
         battery_wh=torch.tensor([f["battery_after"] for f in flows], **f32),
-        round=t + 1,
+        round=state.round + 1,
         last_action=torch.tensor(carried, dtype=torch.long, device=device),
         staleness=torch.tensor([0.0 if awake[i] else float(state.staleness[i]) + 1.0 for i in range(n)],
                                **f32),
         local_loss=torch.tensor(local_loss, **f32),
         node_accuracy=torch.tensor(node_accuracy, **f32),
-        accuracy=accuracy,
+        accuracy=torch.tensor([accuracy], dtype=torch.float32, device=device),
         dropped=torch.tensor(dropped, dtype=torch.bool, device=device),
         trust=trust,
     )
@@ -468,7 +472,7 @@ def reference_transition(
         "carbon_grid_g": carbon_grid,
         "carbon_backbone_g": carbon_backbone,
         "accuracy": accuracy,
-        "previous_accuracy": state.accuracy,
+        "previous_accuracy": float(state.accuracy[0]),
         "consensus_distance": consensus,
         "malicious_participants": sum(1 for i in range(n) if awake[i] and not honest[i]),
         "attack_influence": influence,

@@ -119,7 +119,8 @@ def transition(
         local_loss = local_loss.index_copy(0, trainers, loss)
 
     # 3. gossip: senders update their public copies, awake nodes move towards their neighbours
-    honest_senders = sent & ~(attacking & ~scenario.honest)
+    # label flippers broadcast their poisoned model honestly; an active free rider's copy stays stale
+    honest_senders = sent & ~(attacking & attacks.is_kind(kind, "free_rider"))
     public = gossip.broadcast(params, state.public, level, honest_senders)
     poisoning = sent & attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING)
     if bool(poisoning.any()):

@@ -216,7 +216,7 @@ def test_info_keys_and_reward_over_an_episode_that_reaches_the_target():
     assert terminated, "all-full training on tiny should reach the target"
     for key in EPISODE_KEYS:
         assert key in info
-    assert info["rounds_to_target"] == env.unwrapped.sim_state.round
+    assert info["rounds_to_target"] == int(env.unwrapped.sim_state.round[0])
     assert info["reward_components"]["deadline"] == 1.0
 
 

@@ -87,7 +87,7 @@ def test_different_seeds_give_different_scenarios():
     assert not torch.equal(a.carbon_g_per_kwh, b.carbon_g_per_kwh)
     assert not torch.equal(a.shards, b.shards)
     assert not torch.equal(a.initial_battery_wh, b.initial_battery_wh)
-    assert a.start_utc_hour != b.start_utc_hour or not np.array_equal(a.positions, b.positions)
+    assert float(a.start_utc_hour[0]) != float(b.start_utc_hour[0]) or not np.array_equal(a.positions, b.positions)
 
 
 def test_different_seeds_give_different_rollouts():
