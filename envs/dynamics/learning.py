@@ -105,5 +105,16 @@ def local_sgd(
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n,) share of the test points each node's model classifies correctly."""
-    return (spec.logits(params, x).argmax(-1) == y).float().mean(-1)
+    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right.
+
+    The first layer of every node runs as one (M, 64) x (64, n·width) matrix product rather than n
+    batched ones over a broadcast copy of the test set: same arithmetic, a fraction of the time."""
+    n = params.shape[0]
+    if spec.kind == "softmax":
+        w, b = spec.unpack(params)
+        logits = (x @ w.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, N_CLASSES) + b
+    else:
+        w1, b1, w2, b2 = spec.unpack(params)
+        hidden = torch.relu((x @ w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, spec.hidden) + b1)
+        logits = torch.baddbmm(b2.unsqueeze(1), hidden.transpose(0, 1), w2).transpose(0, 1)
+    return (logits.argmax(-1) == y.unsqueeze(1)).float().mean(0)
