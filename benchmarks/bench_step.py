@@ -10,11 +10,18 @@ the per-node ``reference_transition`` on the same states and the same round rand
 reference / batched, and the largest parameter difference between the two (a sanity check that both
 computed the same round). Times are medians over the rounds: the machine may be shared.
 
+"bare learning" is the learning work of the same round and nothing else: local SGD on every node, the
+full broadcast, the mixing step and the accuracy evaluation, called directly on the dynamics functions;
+env step / bare learning is the overhead of everything the env adds (energy, carbon, trust, randomness,
+observation, info). The vector table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes
+(node-rounds/s = B·N / step time), and the last table compares B = 64, N = 32 in one batched program
+with 64 single envs in Gymnasium's ``SyncVectorEnv``. ``--out`` writes all tables as Markdown.
+
 ``--threads`` (default 1) sets torch's intra-op threads. The tensors of one round are small, and on a
 machine whose cores are busy with other work two OpenMP threads that wait for each other make a step
 tens of times slower than one thread does.
 
-    python benchmarks/bench_step.py --rounds 10 --sizes 8 32 128 512
+    python benchmarks/bench_step.py --rounds 10 --sizes 8 32 128 512 2048 --batches 1 8 64 --out bench.md
 """
 
 from __future__ import annotations
@@ -28,10 +35,16 @@ import time
 import numpy as np
 import torch
 
+import gymnasium as gym
+
 from envs.config import EnvConfig
+from envs.dynamics import gossip
+from envs.dynamics.learning import accuracy_per_node, local_sgd
 from envs.gossip_env import EdgeLearningEnv
 from envs.reference import reference_transition
 from envs.simulator import draw_randomness, transition
+from envs.state import model_spec
+from envs.vector_env import EdgeLearningVectorEnv
 
 ACTION_FULL = 2
 
@@ -85,35 +98,132 @@ def time_transitions(
     return batched, reference, worst, int(scenario.edge_src.numel()) // 2
 
 
+def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]:
+    """The learning work of a round alone: SGD, full broadcast, mixing and evaluation of every node."""
+    env = EdgeLearningEnv(config)
+    env.reset(seed=seed)
+    scenario, state, spec = env.scenario, env.sim_state, model_spec(config)
+    everyone = torch.ones(scenario.n_nodes, dtype=torch.bool)
+    full = torch.zeros(scenario.n_nodes, dtype=torch.long)
+    eval_x, eval_y = scenario.test_x[scenario.eval_index], scenario.test_y[scenario.eval_index]
+
+    def bare_round(params, public, batches):
+        samples = scenario.shards.gather(1, batches.flatten(1)).view(batches.shape)
+        params, _ = local_sgd(spec, params, scenario.train_x[samples], scenario.train_y[samples],
+                              config.learning.learning_rate)
+        public = gossip.broadcast(params, public, full, everyone)
+        params = params + gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,
+                                                scenario.neighbour_valid, scenario.neighbour_weight, "mean",
+                                                everyone)
+        accuracy_per_node(spec, params, eval_x, eval_y)
+        return params, public
+
+    params, public = state.params, state.public
+    params, public = bare_round(params, public, draw_randomness(config, scenario, state.round).batches)
+    times = []
+    for r in range(rounds):
+        batches = draw_randomness(config, scenario, state.round + r + 1).batches
+        start = time.perf_counter()
+        params, public = bare_round(params, public, batches)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_vector_steps(config: EnvConfig, n_envs: int, rounds: int, seed: int) -> list[float]:
+    env = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
+    env.reset(seed=seed)
+    action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
+    env.step(action)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        env.step(action)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_sync_vector_steps(config: EnvConfig, n_envs: int, rounds: int, seed: int) -> list[float]:
+    env = gym.vector.SyncVectorEnv([lambda: EdgeLearningEnv(config) for _ in range(n_envs)])
+    env.reset(seed=seed)
+    action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
+    env.step(action)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        env.step(action)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per size (after one warm-up)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512], help="fleet sizes N")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64], help="vector env sizes B")
+    parser.add_argument("--max-node-rounds", type=int, default=40_000,
+                        help="skip vector runs with B·N above this (memory and time)")
+    parser.add_argument("--reference-up-to", type=int, default=512, help="largest N timed with the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--out", default=None, help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    lines: list[str] = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}; {args.rounds} rounds per size, all nodes train + full broadcast\n")
-
+    emit(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+         f"load average {load:.1f}; {args.rounds} rounds per size, all nodes train + full broadcast")
+    emit()
     default_steps = time_env_steps(EnvConfig(), args.rounds, args.seed)
     median_ms, mean_ms = 1e3 * statistics.median(default_steps), 1e3 * statistics.mean(default_steps)
-    print(f"default config (N = {EnvConfig().n_nodes}): env.step median {median_ms:.2f} ms, "
-          f"mean {mean_ms:.2f} ms\n")
-
-    print("| N | edges | env steps/s | env step ms | batched round ms | reference round ms | speed-up "
-          "| max abs Δparams |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    emit(f"default config (N = {EnvConfig().n_nodes}): env.step median {median_ms:.2f} ms, mean {mean_ms:.2f} ms")
+    emit()
+    emit("| N | edges | env steps/s | env step ms | batched round ms | bare learning ms | env / bare "
+         "| reference round ms | speed-up vs reference | max abs Δparams |")
+    emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         config = config_for(n, args.rounds)
         steps = statistics.median(time_env_steps(config, args.rounds, args.seed))
-        batched, reference, worst, edges = time_transitions(config, args.rounds, args.seed)
-        fast, slow = statistics.median(batched), statistics.median(reference)
-        print(f"| {n} | {edges} | {1 / steps:.1f} | {1e3 * steps:.2f} | {1e3 * fast:.2f} | {1e3 * slow:.1f} "
-              f"| {slow / fast:.1f}x | {worst:.1e} |", flush=True)
+        bare = statistics.median(time_bare_learning(config, args.rounds, args.seed))
+        if n <= args.reference_up_to:
+            batched, reference, worst, edges = time_transitions(config, args.rounds, args.seed)
+            fast, slow = statistics.median(batched), statistics.median(reference)
+            tail = f"{1e3 * slow:.1f} | {slow / fast:.1f}x | {worst:.1e}"
+        else:
+            env = EdgeLearningEnv(config)
+            env.reset(seed=args.seed)
+            edges, tail = int(env.scenario.edge_src.numel()) // 2, "— | — | —"
+            fast = float("nan")
+        emit(f"| {n} | {edges} | {1 / steps:.1f} | {1e3 * steps:.2f} | {1e3 * fast:.2f} | {1e3 * bare:.2f} "
+             f"| {steps / bare:.2f} | {tail} |")
+    emit()
+    emit("| N | B | vector step ms | env-steps/s | node-rounds/s |")
+    emit("|---:|---:|---:|---:|---:|")
+    for n in args.sizes:
+        config = config_for(n, args.rounds)
+        for b in args.batches:
+            if b * n > args.max_node_rounds:
+                emit(f"| {n} | {b} | skipped (B·N > {args.max_node_rounds}) | | |")
+                continue
+            step = statistics.median(time_vector_steps(config, b, args.rounds, args.seed))
+            emit(f"| {n} | {b} | {1e3 * step:.2f} | {b / step:.1f} | {b * n / step:.0f} |")
+    emit()
+    config = config_for(32, args.rounds)
+    vector = statistics.median(time_vector_steps(config, 64, args.rounds, args.seed))
+    sync = statistics.median(time_sync_vector_steps(config, 64, args.rounds, args.seed))
+    emit("| B = 64, N = 32 | step ms | env-steps/s |")
+    emit("|---|---:|---:|")
+    emit(f"| EdgeLearningVectorEnv (one batched program) | {1e3 * vector:.1f} | {64 / vector:.0f} |")
+    emit(f"| SyncVectorEnv of 64 EdgeLearningEnv | {1e3 * sync:.1f} | {64 / sync:.0f} |")
+    emit(f"| ratio | | {sync / vector:.1f}x |")
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

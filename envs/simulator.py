@@ -150,7 +150,8 @@ def transition(
         started = state.round >= config.attack.start_round
         scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
         influence = torch.where(started, honest_mean((move - clean_move).norm(dim=1), scenario) / scale, influence)
-    scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable)
+    scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
+                                     scenario.nodes_per_env)
     params = params + move
     fresh = scenario.neighbour_valid & sent[scenario.neighbours] & awake.unsqueeze(1)
     memory = defence.trust_memory

@@ -136,12 +136,30 @@ def aggregate_pull(
 
 
 def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.Tensor,
-                     neighbour_valid: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+                     neighbour_valid: torch.Tensor, usable: torch.Tensor, nodes_per_env: int) -> torch.Tensor:
     """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model."""
     safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
-    dist = (safe[neighbours] - own.unsqueeze(1)).norm(dim=2)
+    dist = neighbour_distances(own, safe, neighbours, nodes_per_env)
     usable_slot = neighbour_valid & usable[neighbours]
     median = torch.where(usable_slot, dist, torch.full_like(dist, float("nan"))).nanmedian(1, keepdim=True).values
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
     return torch.where(usable_slot, score, torch.zeros_like(score))
+
+
+def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torch.Tensor,
+                        nodes_per_env: int) -> torch.Tensor:
+    """(N, D) ||other[neighbours[i, d]] - own[i]||.
+
+    For fleets of up to 256 nodes per environment all pairs of an environment come from one batched
+    Gram matrix (|a|² + |b|² - 2 a·b), far cheaper than gathering an (N, D, P) block; larger fleets
+    gather the neighbours' rows, which costs O(N · D · P) memory but no O(N²) work."""
+    if nodes_per_env > 256:
+        return (other[neighbours] - own.unsqueeze(1)).norm(dim=2)
+    n_params = own.shape[1]
+    mine = own.view(-1, nodes_per_env, n_params)
+    theirs = other.view(-1, nodes_per_env, n_params)
+    gram = torch.bmm(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
+    squared = (mine.pow(2).sum(2).unsqueeze(2) + theirs.pow(2).sum(2).unsqueeze(1) - 2 * gram).clamp_min(0.0)
+    local = neighbours % nodes_per_env  # neighbours never cross environments
+    return squared.view(-1, nodes_per_env).gather(1, local).sqrt()
