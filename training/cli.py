@@ -7,6 +7,10 @@ import argparse
 import importlib
 import sys
 
+import torch
+
+from envs.config import ConfigError
+
 SUBCOMMANDS = {
     "train": ("training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
     "evaluate": ("training.evaluate", "run schedulers on the same seeds and configs; write CSV, tables, plots"),
@@ -40,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if getattr(args, "_missing", False):
         parser.error(f"'{args.command}' is not available in this version")
-    return int(importlib.import_module(args._module).run(args) or 0)
+    # one thread per process: the tensors of a round are small, and two OpenMP threads on a 2-core
+    # machine that is busy with anything else make a step many times slower
+    torch.set_num_threads(1)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"greengossip {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
