@@ -175,9 +175,15 @@ def is_model_spec(spec: str | Path) -> bool:
     return model_path(spec) is not None and str(spec).split(":", 1)[0] not in HEURISTICS
 
 
+DECENTRALIZED_PREFIX = "decentralized:"
+
+
 def scheduler_label(spec: str | Path) -> str:
     """Short name for tables and plots: the heuristic spec, or a model file's stem."""
-    return Path(spec).name.removesuffix(".zip") if is_model_spec(spec) else str(spec)
+    text = str(spec)
+    if text.startswith(DECENTRALIZED_PREFIX):
+        return "decentralized-" + Path(text.split(":", 1)[1]).name.removesuffix(".zip")
+    return Path(spec).name.removesuffix(".zip") if is_model_spec(spec) else text
 
 
 def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
@@ -187,6 +193,10 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     check that it can read the env's observations.
     """
     text = str(spec)
+    if text.startswith(DECENTRALIZED_PREFIX):  # a per-node policy shared by all nodes (PettingZoo training)
+        from training.multi_agent import load_decentralized_scheduler
+
+        return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
     name, _, params = text.partition(":")

@@ -178,6 +178,11 @@ class EdgeLearningEnv(gym.Env):
         return self._fleet.state
 
     @property
+    def last_outcome(self):
+        """The last round's RoundOutcome (per-node tensors), None right after reset."""
+        return self._fleet.last_outcome
+
+    @property
     def accountant(self):
         return self._fleet.accountant
 
