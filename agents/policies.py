@@ -1,0 +1,580 @@
+"""Stable-Baselines3 policies that work for any number of nodes (DeepSets with one round of message passing).
+
+The scheduler's action is one choice out of ``K`` per node, so the natural policy is *one* network
+applied to every node, with what the fleet as a whole looks like fed back in as context (Zaheer et al.,
+"Deep Sets", NeurIPS 2017; one mean-aggregation message-passing step over the communication graph as in
+GraphSAGE, Hamilton et al., NeurIPS 2017). Nothing in it has a dimension that depends on ``N``, so a
+model trained on 32 nodes runs unchanged on 128::
+
+    per node i:  x_i = [nodes_i (F), action_mask_i (K), global (G)]   (heavy-tailed features log1p-squashed)
+                 h_i = MLP_enc(x_i)                                     (B, N, H)
+                 h_i = h_i + MLP_msg([h_i, mean_{j -> i} h_j])          (if the obs has ``adjacency``)
+    fleet:       c   = [mean_i h_i, max_i h_i]                          (B, 2H)
+    actor:       logits_i = Linear(MLP_pi([h_i, c]))                    (B, N, K) -> flattened N*K
+    critic:      V = Linear(MLP_vf([c, global]))                        (B, 1)
+
+Logits of actions the observation's ``action_mask`` forbids are set to -1e8 inside the network
+(``mask_logits``), so even plain PPO / A2C and a ``predict`` without ``action_masks`` never choose
+them; MaskablePPO applies the env's masks on top (the same masks). The recurrent variant runs an LSTM
+over the fleet context ``c`` and feeds its output to the per-node head instead of ``c``.
+
+Classes: :class:`MaskableNodeSetPolicy` (sb3-contrib MaskablePPO, the default),
+:class:`NodeSetPolicy` (SB3 PPO / A2C), :class:`RecurrentNodeSetPolicy` (sb3-contrib RecurrentPPO).
+:func:`load_for_nodes` loads a saved model for an env with a different ``N`` (to evaluate or go on
+training); :func:`load_policy` loads just the policy, which already satisfies the scheduler interface.
+A policy also adapts by itself when ``predict`` receives observations of another fleet size.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategorical, MaskableDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
+PER_NODE_KEYS = ("nodes", "action_mask")
+
+__all__ = [
+    "MaskableNodeSetPolicy",
+    "NodeCategoricalDistribution",
+    "NodeSetEncoder",
+    "NodeSetPolicy",
+    "RecurrentNodeSetPolicy",
+    "ALGORITHMS",
+    "algorithm_class",
+    "detect_algorithm",
+    "load_for_nodes",
+    "load_policy",
+    "policy_class",
+    "spaces_for_nodes",
+]
+
+
+# ---------------------------------------------------------------------------------------------- spaces
+def spaces_for_nodes(
+    observation_space: spaces.Dict, action_space: spaces.MultiDiscrete, n_nodes: int
+) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
+    """The GreenGossip observation and action spaces of the same scenario family with ``n_nodes`` nodes.
+
+    Per-node bounds are the same for every node, so the first row of each per-node Box is tiled.
+    """
+    parts: dict[str, spaces.Space] = {}
+    for key, box in observation_space.spaces.items():
+        if key in PER_NODE_KEYS:
+            parts[key] = spaces.Box(
+                np.tile(box.low[:1], (n_nodes, 1)), np.tile(box.high[:1], (n_nodes, 1)), dtype=box.dtype
+            )
+        elif key == "adjacency":
+            parts[key] = spaces.Box(0.0, 1.0, (n_nodes, n_nodes), dtype=box.dtype)
+        else:
+            parts[key] = box
+    n_actions = int(action_space.nvec[0])
+    return spaces.Dict(parts), spaces.MultiDiscrete(np.full(n_nodes, n_actions, dtype=np.int64))
+
+
+def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    if not isinstance(observation_space, spaces.Dict) or not {"nodes", "global", "action_mask"} <= set(
+        observation_space.spaces
+    ):
+        raise TypeError(
+            "the node-set policies read the GreenGossip Dict observation (keys nodes, global, action_mask); "
+            "got "
+            f"{observation_space}. Do not wrap the env with FlattenGossipObservation when training them."
+        )
+    if not isinstance(action_space, spaces.MultiDiscrete) or len(set(action_space.nvec.tolist())) != 1:
+        raise TypeError(f"expected MultiDiscrete([K] * N) actions, got {action_space}")
+
+
+# ---------------------------------------------------------------------------------------------- network
+def _mlp(in_dim: int, sizes: list[int], activation: type[nn.Module]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for size in sizes:
+        layers += [nn.Linear(in_dim, size), activation()]
+        in_dim = size
+    return nn.Sequential(*layers), in_dim
+
+
+class NodeSetEncoder(BaseFeaturesExtractor):
+    """Per-node encoder (shared weights) plus message passing: Dict observation -> (B, N, hidden).
+
+    ``features_dim`` is the size of the pooled fleet context ``[mean, max]`` (2 * hidden), which is
+    what the recurrent policy's LSTM reads.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        hidden: int = 64,
+        layers: int = 2,
+        message_passing: int = 1,
+        activation_fn: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__(observation_space, features_dim=2 * hidden)
+        node_space, global_space = observation_space["nodes"], observation_space["global"]
+        n_features = node_space.shape[-1]
+        n_actions = observation_space["action_mask"].shape[-1]
+        n_global = global_space.shape[0]
+        self.hidden = hidden
+        self.n_global = n_global
+        # Features whose range reaches beyond 1 (harvest in units of a round's cost, losses, consensus
+        # distance) are heavy-tailed; log1p keeps them on the scale of the others without needing N.
+        self.register_buffer("node_log", th.as_tensor(node_space.high[0] > 1.0), persistent=False)
+        self.register_buffer("global_log", th.as_tensor(global_space.high > 1.0), persistent=False)
+        self.encoder, out = _mlp(n_features + n_actions + n_global, [hidden] * layers, activation_fn)
+        assert out == hidden
+        self.uses_graph = "adjacency" in observation_space.spaces and message_passing > 0
+        self.message = nn.ModuleList(
+            [
+                _mlp(2 * hidden, [hidden], activation_fn)[0]
+                for _ in range(message_passing if self.uses_graph else 0)
+            ]
+        )
+
+    def squash_global(self, glob: th.Tensor) -> th.Tensor:
+        return th.where(self.global_log, th.log1p(glob.clamp_min(0.0)), glob)
+
+    def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
+        nodes = observations["nodes"]
+        nodes = th.where(self.node_log, th.log1p(nodes.clamp_min(0.0)), nodes)
+        n = nodes.shape[1]
+        glob = self.squash_global(observations["global"]).unsqueeze(1).expand(-1, n, -1)
+        h = self.encoder(th.cat([nodes, observations["action_mask"], glob], dim=-1))
+        if self.uses_graph:
+            if "adjacency" not in observations:
+                raise ValueError(
+                    "this policy was trained with message passing over the graph but the observation has no "
+                    "'adjacency'; set observation.adjacency: true in the env config"
+                )
+            adjacency = observations["adjacency"]  # row i = nodes whose models reach node i
+            degree = adjacency.sum(-1, keepdim=True).clamp_min(1.0)
+            for layer in self.message:
+                h = h + layer(th.cat([h, th.bmm(adjacency, h) / degree], dim=-1))
+        return h
+
+
+def pool(h: th.Tensor) -> th.Tensor:
+    """(B, N, H) -> (B, 2H): mean and max over nodes, both independent of N."""
+    return th.cat([h.mean(1), h.amax(1)], dim=-1)
+
+
+class NodeSetHeads(nn.Module):
+    """Actor MLP applied to every node's ``[h_i, context]``; critic MLP over one fleet-level vector.
+
+    Plays the role of SB3's ``mlp_extractor`` (``latent_dim_pi`` / ``latent_dim_vf``).
+    """
+
+    def __init__(
+        self,
+        node_dim: int,
+        context_dim: int,
+        critic_dim: int,
+        pi: list[int],
+        vf: list[int],
+        activation_fn: type[nn.Module],
+    ):
+        super().__init__()
+        self.policy_net, self.latent_dim_pi = _mlp(node_dim + context_dim, pi, activation_fn)
+        self.value_net, self.latent_dim_vf = _mlp(critic_dim, vf, activation_fn)
+
+    def forward_actor(self, h: th.Tensor, context: th.Tensor) -> th.Tensor:
+        context = context.unsqueeze(1).expand(-1, h.shape[1], -1)
+        return self.policy_net(th.cat([h, context], dim=-1))
+
+    def forward_critic(self, critic_input: th.Tensor) -> th.Tensor:
+        return self.value_net(critic_input)
+
+
+class NodeCategoricalDistribution(MaskableDistribution):
+    """``N`` independent categoricals over ``K`` actions as one batched (B, N, K) distribution.
+
+    SB3's MultiCategorical splits the logits into ``N`` Python objects, fixed at construction; this one
+    takes ``N`` from the logits, so the same policy serves any fleet size. Supports sb3-contrib masking.
+    """
+
+    def __init__(self, n_actions: int):
+        super().__init__()
+        self.n_actions = n_actions
+        self.distribution = None
+
+    def proba_distribution_net(self, latent_dim: int) -> nn.Module:
+        return nn.Linear(latent_dim, self.n_actions)  # applied per node
+
+    def proba_distribution(self, action_logits: th.Tensor) -> NodeCategoricalDistribution:
+        logits = action_logits.reshape(action_logits.shape[0], -1, self.n_actions)
+        self.distribution = MaskableCategorical(logits=logits)
+        return self
+
+    def apply_masking(self, masks) -> None:
+        if masks is not None:
+            masks = th.as_tensor(masks, device=self.distribution.logits.device).reshape(
+                self.distribution.logits.shape
+            )
+        self.distribution.apply_masking(masks)
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        actions = actions.reshape(self.distribution.logits.shape[:2]).long()
+        return self.distribution.log_prob(actions).sum(dim=1)
+
+    def entropy(self) -> th.Tensor:
+        return self.distribution.entropy().sum(dim=1)
+
+    def sample(self) -> th.Tensor:
+        return self.distribution.sample()
+
+    def mode(self) -> th.Tensor:
+        return th.argmax(self.distribution.probs, dim=-1)
+
+    def actions_from_params(self, action_logits: th.Tensor, deterministic: bool = False) -> th.Tensor:
+        self.proba_distribution(action_logits)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(self, action_logits: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        actions = self.actions_from_params(action_logits)
+        return actions, self.log_prob(actions)
+
+
+# ---------------------------------------------------------------------------------------------- policies
+def _resolve_arch(net_arch) -> tuple[list[int], list[int]]:
+    if net_arch is None:
+        return [64], [64]
+    if isinstance(net_arch, dict):
+        return list(net_arch.get("pi", [64])), list(net_arch.get("vf", [64]))
+    return list(net_arch), list(net_arch)
+
+
+class _NodeSetCore:
+    """What the three policies share: the heads, the masked per-node logits, adapting to the fleet size."""
+
+    mask_logits: bool
+
+    # critic input and actor context size; the recurrent policy overrides both with the LSTM width
+    def _head_dims(self) -> tuple[int, int]:
+        extractor: NodeSetEncoder = self.features_extractor
+        return extractor.features_dim, extractor.features_dim + extractor.n_global
+
+    def _build(self, lr_schedule) -> None:
+        if not self.share_features_extractor:
+            raise ValueError(
+                "the node-set policies share one encoder between actor and critic; "
+                "leave share_features_extractor=True"
+            )
+        n_actions = int(self.action_space.nvec[0])
+        self.action_dist = NodeCategoricalDistribution(n_actions)
+        pi, vf = _resolve_arch(self.net_arch)
+        context_dim, critic_dim = self._head_dims()
+        self.mlp_extractor = NodeSetHeads(
+            self.features_extractor.hidden, context_dim, critic_dim, pi, vf, self.activation_fn
+        )
+        self.action_net = nn.Linear(self.mlp_extractor.latent_dim_pi, n_actions)
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        if self.ortho_init:  # SB3's gains: sqrt(2) hidden, 0.01 policy output, 1 value output
+            for module, gain in (
+                (self.features_extractor, np.sqrt(2)),
+                (self.mlp_extractor, np.sqrt(2)),
+                (self.action_net, 0.01),
+                (self.value_net, 1.0),
+            ):
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _distribution(
+        self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
+    ) -> NodeCategoricalDistribution:
+        logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
+        if self.mask_logits:
+            logits = logits.masked_fill(obs["action_mask"] < 0.5, MASKED_LOGIT)
+        distribution = self.action_dist.proba_distribution(logits)
+        if action_masks is not None:
+            distribution.apply_masking(action_masks)
+        return distribution
+
+    def node_logits(self, obs: dict[str, th.Tensor]) -> th.Tensor:
+        """(B, N * K) action logits (after the observation's mask) for a batch of observations."""
+        h = self.extract_features(obs)
+        context = self._actor_context(obs, h)
+        return self._distribution(obs, h, context).distribution.logits.flatten(1)
+
+    def _actor_context(self, obs, h):  # feed-forward: the pooled fleet context
+        return pool(h)
+
+    # -- any fleet size at predict time: SB3 reshapes observations and actions with the stored spaces
+    def resize(self, n_nodes: int) -> None:
+        """Point the policy's spaces at a fleet of ``n_nodes`` (the weights do not change)."""
+        self.observation_space, self.action_space = spaces_for_nodes(
+            self.observation_space, self.action_space, n_nodes
+        )
+
+    def obs_to_tensor(self, observation):
+        if isinstance(observation, dict) and "nodes" in observation:
+            n_nodes = np.shape(observation["nodes"])[-2]
+            if n_nodes != self.action_space.shape[0]:
+                self.resize(n_nodes)
+        return super().obs_to_tensor(observation)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["mask_logits"] = self.mask_logits
+        return data
+
+
+class _FeedForwardMethods:
+    """forward / evaluate_actions / get_distribution / predict_values for PPO, A2C and MaskablePPO.
+
+    ``action_masks`` is accepted (and applied) when MaskablePPO passes it, ignored otherwise.
+    """
+
+    def _critic(self, obs, context: th.Tensor) -> th.Tensor:
+        glob = self.features_extractor.squash_global(obs["global"])
+        return self.value_net(self.mlp_extractor.forward_critic(th.cat([context, glob], dim=-1)))
+
+    def forward(self, obs, deterministic: bool = False, action_masks=None):
+        h = self.extract_features(obs)
+        context = pool(h)
+        values = self._critic(obs, context)
+        distribution = self._distribution(obs, h, context, action_masks)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        return actions, values, log_prob
+
+    def evaluate_actions(self, obs, actions: th.Tensor, action_masks=None):
+        h = self.extract_features(obs)
+        context = pool(h)
+        distribution = self._distribution(obs, h, context, action_masks)
+        return self._critic(obs, context), distribution.log_prob(actions), distribution.entropy()
+
+    def get_distribution(self, obs, action_masks=None):
+        h = self.extract_features(obs)
+        return self._distribution(obs, h, pool(h), action_masks)
+
+    def predict_values(self, obs) -> th.Tensor:
+        return self._critic(obs, pool(self.extract_features(obs)))
+
+
+_DEFAULTS = dict(activation_fn=nn.ReLU, features_extractor_class=NodeSetEncoder)
+
+
+class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCriticPolicy):
+    """Node-set actor-critic for sb3-contrib's MaskablePPO (the default learned scheduler)."""
+
+    def __init__(
+        self,
+        observation_space,
+        action_space,
+        lr_schedule,
+        net_arch=None,
+        *,
+        mask_logits: bool = True,
+        **kwargs,
+    ):
+        _check_spaces(observation_space, action_space)
+        self.mask_logits = mask_logits
+        super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
+
+
+class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
+    """Node-set actor-critic for SB3's PPO and A2C (masking through the observation only)."""
+
+    def __init__(
+        self,
+        observation_space,
+        action_space,
+        lr_schedule,
+        net_arch=None,
+        *,
+        mask_logits: bool = True,
+        **kwargs,
+    ):
+        _check_spaces(observation_space, action_space)
+        if kwargs.get("use_sde"):
+            raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
+        self.mask_logits = mask_logits
+        super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
+
+
+class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
+    """Node-set actor-critic for sb3-contrib's RecurrentPPO: an LSTM over the pooled fleet context.
+
+    The per-node head reads ``[h_i, LSTM(c)]``; the critic reads its own LSTM's output (or the actor's,
+    with ``shared_lstm``). The LSTM width does not depend on N either.
+    """
+
+    def __init__(
+        self,
+        observation_space,
+        action_space,
+        lr_schedule,
+        net_arch=None,
+        *,
+        mask_logits: bool = True,
+        lstm_hidden_size: int = 64,
+        **kwargs,
+    ):
+        _check_spaces(observation_space, action_space)
+        self.mask_logits = mask_logits
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            lstm_hidden_size=lstm_hidden_size,
+            **{**_DEFAULTS, **kwargs},
+        )
+
+    def _head_dims(self) -> tuple[int, int]:
+        return self.lstm_output_dim, self.lstm_output_dim
+
+    def _critic_latent(self, context, lstm_states_vf, latent_pi, episode_starts):
+        if self.lstm_critic is not None:
+            return self._process_sequence(context, lstm_states_vf, episode_starts, self.lstm_critic)
+        if self.shared_lstm:
+            return latent_pi.detach(), None
+        return self.critic(context), lstm_states_vf
+
+    def forward(self, obs, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False):
+        h = self.extract_features(obs)
+        context = pool(h)
+        latent_pi, states_pi = self._process_sequence(
+            context, lstm_states.pi, episode_starts, self.lstm_actor
+        )
+        latent_vf, states_vf = self._critic_latent(context, lstm_states.vf, latent_pi, episode_starts)
+        if self.shared_lstm:
+            states_vf = (states_pi[0].detach(), states_pi[1].detach())
+        elif states_vf is None:
+            states_vf = states_pi
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        distribution = self._distribution(obs, h, latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        return actions, values, log_prob, RNNStates(states_pi, states_vf)
+
+    def get_distribution(self, obs, lstm_states, episode_starts):
+        h = self.extract_features(obs)
+        latent_pi, lstm_states = self._process_sequence(pool(h), lstm_states, episode_starts, self.lstm_actor)
+        return self._distribution(obs, h, latent_pi), lstm_states
+
+    def predict_values(self, obs, lstm_states, episode_starts) -> th.Tensor:
+        context = pool(self.extract_features(obs))
+        if self.lstm_critic is not None:
+            latent_vf, _ = self._process_sequence(context, lstm_states, episode_starts, self.lstm_critic)
+        elif self.shared_lstm:
+            latent_vf, _ = self._process_sequence(context, lstm_states, episode_starts, self.lstm_actor)
+        else:
+            latent_vf = self.critic(context)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    def evaluate_actions(self, obs, actions, lstm_states: RNNStates, episode_starts):
+        h = self.extract_features(obs)
+        context = pool(h)
+        latent_pi, _ = self._process_sequence(context, lstm_states.pi, episode_starts, self.lstm_actor)
+        latent_vf, _ = self._critic_latent(context, lstm_states.vf, latent_pi, episode_starts)
+        distribution = self._distribution(obs, h, latent_pi)
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def node_logits(self, obs, lstm_states=None, episode_starts=None) -> th.Tensor:
+        h = self.extract_features(obs)
+        batch = h.shape[0]
+        if lstm_states is None:
+            zeros = th.zeros((self.lstm_actor.num_layers, batch, self.lstm_output_dim), device=h.device)
+            lstm_states = (zeros, zeros.clone())
+        if episode_starts is None:
+            episode_starts = th.ones(batch, device=h.device)
+        latent_pi, _ = self._process_sequence(pool(h), lstm_states, episode_starts, self.lstm_actor)
+        return self._distribution(obs, h, latent_pi).distribution.logits.flatten(1)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "recurrent_ppo")
+
+
+def algorithm_class(name: str):
+    """The SB3 / sb3-contrib algorithm class for ``name`` (one of ``ALGORITHMS``)."""
+    from sb3_contrib import MaskablePPO, RecurrentPPO
+    from stable_baselines3 import A2C, PPO
+
+    classes = {"maskable_ppo": MaskablePPO, "ppo": PPO, "a2c": A2C, "recurrent_ppo": RecurrentPPO}
+    if name not in classes:
+        raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
+    return classes[name]
+
+
+def policy_class(algo: str):
+    """The node-set policy class that goes with ``algo``."""
+    return {
+        "maskable_ppo": MaskableNodeSetPolicy,
+        "ppo": NodeSetPolicy,
+        "a2c": NodeSetPolicy,
+        "recurrent_ppo": RecurrentNodeSetPolicy,
+    }[algo]
+
+
+def detect_algorithm(path: str | Path) -> str:
+    """Which algorithm saved the model at ``path`` (read from the policy class and hyperparameters)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    data, _, _ = load_from_zip_file(
+        path,
+        device="cpu",
+        load_data=True,
+        custom_objects={
+            "observation_space": None,
+            "action_space": None,
+            "lr_schedule": None,
+            "learning_rate": 0.0,
+            "clip_range": None,
+        },
+    )
+    cls = data.get("policy_class")
+    if isinstance(cls, type) and issubclass(cls, RecurrentActorCriticPolicy):
+        return "recurrent_ppo"
+    if isinstance(cls, type) and issubclass(cls, MaskableActorCriticPolicy):
+        return "maskable_ppo"
+    # PPO and A2C share the policy; A2C stores RMSprop's epsilon, PPO its epochs
+    return "ppo" if "n_epochs" in data else "a2c"
+
+
+def _target_spaces(env_or_spaces) -> tuple[spaces.Space, spaces.Space]:
+    if isinstance(env_or_spaces, tuple):
+        return env_or_spaces
+    return env_or_spaces.observation_space, env_or_spaces.action_space
+
+
+def load_for_nodes(path: str | Path, env, algo: str | None = None, device: str = "cpu", **kwargs):
+    """Load a saved model (any of ``ALGORITHMS``) for ``env``, whose fleet size may differ from training's.
+
+    SB3 checks an env's spaces against the saved ones; the node-set policies have no N-sized weight, so
+    the saved spaces are simply replaced by the env's (``custom_objects``). ``env`` may be a Gymnasium
+    env, a VecEnv, or ``None`` with ``(observation_space, action_space)`` given as ``spaces``.
+    """
+    algo = algo or detect_algorithm(path)
+    target = kwargs.pop("spaces", None) or _target_spaces(env)
+    observation_space, action_space = target
+    custom = {
+        "observation_space": observation_space,
+        "action_space": action_space,
+        **kwargs.pop("custom_objects", {}),
+    }
+    return algorithm_class(algo).load(path, env=env, device=device, custom_objects=custom, **kwargs)
+
+
+def load_policy(path: str | Path, env_or_spaces=None, device: str = "cpu"):
+    """Only the policy of a saved model, for acting: ``policy.predict(obs, state, episode_start,
+    deterministic)`` is the scheduler interface. Any fleet size works (also without ``env_or_spaces``:
+    the policy resizes on the first observation)."""
+    if env_or_spaces is None:
+        model = algorithm_class(detect_algorithm(path)).load(path, device=device)
+    else:
+        model = load_for_nodes(path, None, device=device, spaces=_target_spaces(env_or_spaces))
+    model.policy.set_training_mode(False)
+    return model.policy

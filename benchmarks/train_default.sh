@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml, compare it
+# with every heuristic on held-out test seeds, then run the same model unchanged on a fleet four times as
+# large. Not part of CI: about 30 minutes on a 2-core machine (training is time-boxed by TRAIN_MINUTES).
+#
+#   benchmarks/train_default.sh                      # defaults below
+#   OUT=runs/b1 TRAIN_MINUTES=8 benchmarks/train_default.sh   # a shortened run
+#
+# What it prints / leaves in $OUT: the training log with the held-out evaluations and the training run's
+# own footprint (codecarbon), comparison/results.md (model vs. heuristics on test seeds 20000.., never
+# used in training or model selection), x4/results.md (the model on 4x the nodes vs. a few heuristics).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-runs/bench-default}
+TRAIN_MINUTES=${TRAIN_MINUTES:-22}   # wall-clock budget of the learner; the rest is evaluation
+TIMESTEPS=${TIMESTEPS:-500000}       # upper bound; the time limit normally stops training first
+SEED=${SEED:-0}
+N_ENVS=${N_ENVS:-2}
+X4_SEEDS=${X4_SEEDS:-5}
+PYTHON=${PYTHON:-python}
+
+start=$(date +%s)
+"$PYTHON" -m training.cli train --config configs/default.yaml --timesteps "$TIMESTEPS" --time-limit "$TRAIN_MINUTES" \
+  --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress
+trained=$(date +%s)
+
+OUT="$OUT" X4_SEEDS="$X4_SEEDS" "$PYTHON" - <<'PY'
+"""The model trained on 32 nodes, unchanged, on the default scenario with 128 nodes."""
+import os
+from pathlib import Path
+
+import yaml
+
+from training.evaluate import run_evaluation
+from training.settings import FIRST_TEST_SEED
+
+out = Path(os.environ["OUT"])
+config = yaml.safe_load(Path("configs/default.yaml").read_text())
+config["n_nodes"] = 4 * config["n_nodes"]
+x4 = out / "default_x4.yaml"
+x4.write_text(yaml.safe_dump(config, sort_keys=False))
+seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["X4_SEEDS"])))
+run_evaluation([str(out / "best_model.zip"), "all_nodes", "carbon_aware", "energy_carbon_trust"], [str(x4)],
+               seeds, out / "x4", workers=2, progress=False)
+print((out / "x4" / "results.md").read_text())
+PY
+end=$(date +%s)
+echo "benchmark: training + comparison $((trained - start)) s, 4x-nodes run $((end - trained)) s, total $((end - start)) s"

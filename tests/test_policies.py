@@ -1,0 +1,162 @@
+"""The node-set policies: one set of weights for any fleet size, masks respected, permutation symmetry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from sb3_contrib import MaskablePPO
+
+from agents.policies import (
+    MaskableNodeSetPolicy,
+    NodeSetPolicy,
+    RecurrentNodeSetPolicy,
+    algorithm_class,
+    detect_algorithm,
+    load_for_nodes,
+    load_policy,
+    policy_class,
+)
+from envs.dynamics.energy import N_ACTIONS
+from tests.conftest import make_env, tiny_variant
+
+POLICIES = [MaskableNodeSetPolicy, NodeSetPolicy, RecurrentNodeSetPolicy]
+
+
+def _constant_lr(_progress: float) -> float:
+    return 3e-4
+
+
+SMALL = dict(features_extractor_kwargs=dict(hidden=16), net_arch=dict(pi=[16], vf=[16]))
+
+
+def _policy(cls, env, seed: int = 0):
+    th.manual_seed(seed)
+    kwargs = dict(SMALL, lstm_hidden_size=16) if cls is RecurrentNodeSetPolicy else SMALL
+    return cls(env.observation_space, env.action_space, _constant_lr, **kwargs)
+
+
+def _batch(obs: dict[str, np.ndarray]) -> dict[str, th.Tensor]:
+    return {key: th.as_tensor(value, dtype=th.float32)[None] for key, value in obs.items()}
+
+
+@pytest.fixture(scope="module")
+def envs_8_and_32():
+    small, large = make_env(), make_env(tiny_variant(n_nodes=32))
+    yield small, large
+    small.close()
+    large.close()
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
+def test_same_weights_give_n_times_k_logits_for_8_and_32_nodes(cls, envs_8_and_32):
+    small, large = envs_8_and_32
+    policy = _policy(cls, small)
+    for env in (small, large):
+        obs, _ = env.reset(seed=3)
+        with th.no_grad():
+            logits = policy.node_logits(_batch(obs))
+        assert logits.shape == (1, env.unwrapped.n_nodes * N_ACTIONS)
+        action, _ = policy.predict(obs, deterministic=True)
+        assert action.shape == (env.unwrapped.n_nodes,)
+        assert env.action_space.contains(action)
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
+def test_no_parameter_shape_depends_on_the_number_of_nodes(cls, envs_8_and_32):
+    small, large = envs_8_and_32
+    shapes_small = {k: v.shape for k, v in _policy(cls, small).state_dict().items()}
+    shapes_large = {k: v.shape for k, v in _policy(cls, large).state_dict().items()}
+    assert shapes_small == shapes_large
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
+def test_masked_actions_are_never_chosen(cls, envs_8_and_32):
+    small, _ = envs_8_and_32
+    policy = _policy(cls, small)
+    obs, _ = small.reset(seed=0)
+    rng = np.random.default_rng(0)
+    n = small.unwrapped.n_nodes
+    batch = 64
+    masks = rng.random((batch, n, N_ACTIONS)) < 0.4
+    masks[..., 0] = True  # idle is always allowed by the env
+    tensors = {
+        key: th.as_tensor(np.repeat(value[None], batch, 0), dtype=th.float32) for key, value in obs.items()
+    }
+    tensors["action_mask"] = th.as_tensor(masks, dtype=th.float32)
+    with th.no_grad():
+        for _ in range(5):  # stochastic sampling, and the mode
+            if cls is RecurrentNodeSetPolicy:
+                zeros = th.zeros((1, batch, 16))
+                dist, _ = policy.get_distribution(tensors, (zeros, zeros), th.ones(batch))
+            else:
+                dist = policy.get_distribution(tensors)
+            for actions in (dist.sample(), dist.mode()):
+                chosen = np.take_along_axis(masks, actions.numpy()[..., None], axis=-1)
+                assert chosen.all()
+
+
+def test_permuting_nodes_permutes_logits_and_keeps_the_value(envs_8_and_32):
+    small, _ = envs_8_and_32
+    policy = _policy(MaskableNodeSetPolicy, small)
+    obs, _ = small.reset(seed=1)
+    perm = np.random.default_rng(1).permutation(small.unwrapped.n_nodes)
+    permuted = dict(
+        obs,
+        nodes=obs["nodes"][perm],
+        action_mask=obs["action_mask"][perm],
+        adjacency=obs["adjacency"][perm][:, perm],
+    )
+    with th.no_grad():
+        logits = policy.node_logits(_batch(obs)).reshape(-1, N_ACTIONS)
+        logits_p = policy.node_logits(_batch(permuted)).reshape(-1, N_ACTIONS)
+        value, value_p = policy.predict_values(_batch(obs)), policy.predict_values(_batch(permuted))
+    th.testing.assert_close(logits[perm], logits_p)
+    th.testing.assert_close(value, value_p)
+
+
+@pytest.mark.parametrize("algo", ["maskable_ppo", "ppo", "a2c", "recurrent_ppo"])
+def test_saved_model_loads_and_acts_on_four_times_the_nodes(algo, tmp_path, envs_8_and_32):
+    small, large = envs_8_and_32
+    kwargs = dict(n_steps=16, batch_size=16, n_epochs=1) if algo != "a2c" else dict(n_steps=16)
+    policy_kwargs = dict(SMALL, lstm_hidden_size=16) if algo == "recurrent_ppo" else SMALL
+    model = algorithm_class(algo)(policy_class(algo), small, seed=0, policy_kwargs=policy_kwargs, **kwargs)
+    model.learn(16)
+    path = tmp_path / f"{algo}.zip"
+    model.save(path)
+    assert detect_algorithm(path) == algo
+
+    # a full model on the big env (to evaluate or go on training) ...
+    big = load_for_nodes(path, large)
+    obs, _ = large.reset(seed=2)
+    state, start = None, np.ones(1, dtype=bool)
+    for _ in range(3):
+        action, state = big.predict(obs, state=state, episode_start=start, deterministic=True)
+        assert action.shape == (32,)
+        obs, *_ = large.step(action)
+        start = np.zeros(1, dtype=bool)
+    # ... just the policy, told the spaces or resizing itself on the first observation
+    for policy in (load_policy(path, large), load_policy(path)):
+        action, _ = policy.predict(obs, deterministic=True)
+        assert action.shape == (32,)
+        assert obs["action_mask"][np.arange(32), action].all()
+
+
+def test_plain_sb3_load_resizes_on_a_bigger_observation(tmp_path, envs_8_and_32):
+    small, large = envs_8_and_32
+    model = MaskablePPO(MaskableNodeSetPolicy, small, seed=0, n_steps=16, batch_size=16, policy_kwargs=SMALL)
+    model.save(tmp_path / "m.zip")
+    loaded = MaskablePPO.load(tmp_path / "m.zip")  # what a harness without load_for_nodes would do
+    obs, _ = large.reset(seed=0)
+    action, _ = loaded.predict(obs, deterministic=True, action_masks=large.unwrapped.action_masks())
+    assert action.shape == (32,)
+    obs_small, _ = small.reset(seed=0)
+    assert loaded.predict(obs_small, deterministic=True)[0].shape == (8,)
+
+
+def test_flattened_observation_is_rejected_with_a_hint():
+    from envs.wrappers import FlattenGossipObservation
+
+    env = FlattenGossipObservation(make_env())
+    with pytest.raises(TypeError, match="FlattenGossipObservation"):
+        MaskableNodeSetPolicy(env.observation_space, env.action_space, _constant_lr)

@@ -1,0 +1,208 @@
+"""``greengossip train``: smoke run on the tiny scenario, resuming, reproducibility, settings errors."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch as th
+
+from tests.conftest import ROOT, TINY
+from training.cli import main
+from training.settings import SettingsError, load_settings
+from training.train import latest_checkpoint, train
+
+TINY_SETTINGS = ROOT / "configs" / "train" / "tiny.yaml"
+HARNESS = importlib.util.find_spec("training.evaluate") is not None
+
+
+def _settings(**overrides):
+    quick = dict(
+        maskable_ppo={"n_steps": 64, "batch_size": 64, "n_epochs": 2},
+        eval_episodes=1,
+        eval_freq=10_000,
+        compare=False,
+        track_carbon=False,
+        progress_bar=False,
+    )
+    return load_settings(TINY_SETTINGS, **{**quick, **overrides})
+
+
+def _scalar_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in log_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
+def _progress(run: Path) -> list[dict[str, str]]:
+    with (run / "logs" / "progress.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_train_on_tiny_leaves_model_checkpoints_env_scalars_and_comparison(tmp_path):
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            "--settings",
+            str(TINY_SETTINGS),
+            "--timesteps",
+            "512",
+            "--n-envs",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert time.perf_counter() - started < 120
+    for name in (
+        "model.zip",
+        "best_model.zip",
+        "best_model.json",
+        "evaluations.csv",
+        "monitor.csv",
+        "train.log",
+        "settings.yaml",
+        "env_config.yaml",
+        "emissions.csv",
+    ):
+        assert (out / name).is_file(), name
+    assert latest_checkpoint(out / "checkpoints") == out / "checkpoints" / "model_512_steps.zip"
+    tags = _scalar_tags(out / "logs")
+    for tag in (
+        "env/accuracy",
+        "env/carbon_g",
+        "env/malicious_participants",
+        "env/reward_accuracy",
+        "env/reward_carbon",
+        "rollout/ep_rew_mean",
+        "train/value_loss",
+        "eval/return",
+        "charts/steps_per_second",
+        "carbon/training_emissions_g",
+    ):
+        assert tag in tags, tag
+    assert "training footprint" in (out / "train.log").read_text()
+    if HARNESS:
+        assert (out / "comparison" / "results.md").is_file()
+
+
+def test_resume_goes_on_from_the_latest_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = train(TINY, _settings(total_timesteps=128, checkpoint_freq=64), out)
+    assert first.timesteps == 128
+    assert latest_checkpoint(out / "checkpoints").name == "model_128_steps.zip"
+    resumed = train(TINY, _settings(total_timesteps=256, checkpoint_freq=64), out, resume="latest")
+    assert resumed.timesteps == 256
+    assert latest_checkpoint(out / "checkpoints").name == "model_256_steps.zip"
+    steps = [int(row["time/total_timesteps"]) for row in _progress(out) if row.get("time/total_timesteps")]
+    assert steps[-1] == 256
+    # an explicit checkpoint path works too, and a finished run has nothing left to do
+    again = train(
+        TINY,
+        _settings(total_timesteps=192, checkpoint_freq=64),
+        tmp_path / "other",
+        resume=str(out / "checkpoints" / "model_128_steps.zip"),
+    )
+    assert again.timesteps == 192
+    with pytest.raises(ValueError, match="--algo maskable_ppo"):
+        train(
+            TINY,
+            _settings(total_timesteps=256, algo="ppo", ppo={"n_steps": 64, "batch_size": 64}),
+            out,
+            resume="latest",
+        )
+
+
+def test_same_seed_gives_the_same_learning_curve(tmp_path):
+    runs = [
+        train(TINY, _settings(total_timesteps=128, seed=seed), tmp_path / name)
+        for seed, name in ((3, "a"), (3, "b"), (4, "c"))
+    ]
+    curves = [_progress(run.out_dir) for run in runs]
+
+    def learning(rows):  # everything but wall-clock figures
+        return [{k: v for k, v in row.items() if not k.startswith(("time/", "charts/"))} for row in rows]
+
+    assert learning(curves[0]) == learning(curves[1])
+    assert any(row.get("train/value_loss") for row in curves[0])
+    assert learning(curves[0]) != learning(curves[2])
+    from sb3_contrib import MaskablePPO
+
+    a, b = (MaskablePPO.load(run.model_path).policy.state_dict() for run in runs[:2])
+    for key in a:
+        th.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "recurrent_ppo"])
+def test_every_algorithm_trains_briefly(algo, tmp_path):
+    result = train(
+        TINY,
+        _settings(
+            algo=algo,
+            total_timesteps=64,
+            **{algo: {"n_steps": 32, "batch_size": 32} if algo != "a2c" else {"n_steps": 8}},
+        ),
+        tmp_path / algo,
+    )
+    assert result.timesteps >= 64
+    assert result.best_model_path.is_file()
+
+
+def test_misspelt_setting_is_named_in_the_error():
+    with pytest.raises(SettingsError, match="n_env: unknown setting"):
+        load_settings(TINY_SETTINGS, n_env=2)
+    with pytest.raises(SettingsError, match="batch_size .* larger than a rollout"):
+        load_settings(TINY_SETTINGS, maskable_ppo={"n_steps": 16, "batch_size": 64})
+    with pytest.raises(SettingsError, match="seed"):
+        load_settings(TINY_SETTINGS, seed=10_000)  # would overlap the held-out seeds
+
+
+def test_settings_files_are_valid_and_hyperparameters_render_as_text():
+    for path in sorted((ROOT / "configs" / "train").glob("*.yaml")):
+        settings = load_settings(path)
+        text = settings.markdown()
+        assert f"| algo | {settings.algo} |" in text
+        assert "maskable_ppo.n_steps" in text and "ppo.n_steps |" not in text.replace("maskable_ppo.", "")
+
+
+@pytest.mark.slow
+def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
+    """The issue's acceptance run: default training settings, 2048 steps on tiny, via the console script."""
+    started = time.perf_counter()
+    command = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "train",
+        "--config",
+        str(TINY),
+        "--timesteps",
+        "2048",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert (tmp_path / "run" / "model.zip").is_file()
+    assert "env/accuracy" in _scalar_tags(tmp_path / "run" / "logs")
+    if HARNESS:
+        assert (tmp_path / "run" / "comparison" / "results.md").is_file()
+    assert elapsed < 180, f"took {elapsed:.0f} s"

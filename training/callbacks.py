@@ -1,0 +1,326 @@
+"""SB3 callbacks of ``greengossip train``, one purpose each (after SB3's ``common/callbacks.py``).
+
+* :class:`SettingsTextCallback` - the run's settings as TensorBoard text, once.
+* :class:`EnvKpiCallback` - the env's KPIs from ``info`` (``env/*``, ``episode/*``) next to SB3's own.
+* :class:`StepsPerSecondCallback` - ``charts/steps_per_second`` of every rollout.
+* :class:`HeldOutEvalCallback` - deterministic episodes on fixed held-out seeds; keeps the best model.
+* :class:`TrainingEmissionsCallback` - the training run's own footprint with codecarbon, offline.
+* :class:`WallClockLimitCallback` - stops training after a wall-clock budget (benchmarks).
+
+Episode outcomes are read from ``info`` of the step that ended the episode (``episode_*`` keys the
+env adds there, and VecMonitor's ``episode``), never from the observation SB3 returns with ``done``:
+the VecEnv has already reset that env by then.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+TEXT_ONLY = ("stdout", "log", "json", "csv")  # formats that should not receive a Markdown blob
+
+# Per-step info KPIs averaged over each rollout (0.0 when the env does not report one yet).
+STEP_KPIS = (
+    "accuracy",
+    "carbon_g",
+    "energy_wh",
+    "grid_wh",
+    "harvested_wh",
+    "bytes_sent",
+    "participants",
+    "dropped_nodes",
+    "malicious_participants",
+    "attack_influence",
+    "epsilon_spent",
+    "consensus_distance",
+)
+# Episode outcomes present in the info of the last step.
+EPISODE_KPIS = (
+    "final_accuracy",
+    "episode_carbon_g",
+    "episode_energy_wh",
+    "episode_rounds",
+    "carbon_to_target_g",
+    "rounds_to_target",
+    "episode_malicious_participants",
+)
+
+
+def _number(value: Any) -> float | None:
+    """A scalar from an info value (scalars, per-node arrays -> mean); None when absent or not numeric."""
+    if value is None:
+        return None
+    try:
+        number = float(np.mean(np.asarray(value, dtype=np.float64)))
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class SettingsTextCallback(BaseCallback):
+    """Writes the run's settings (Markdown tables) to TensorBoard's text tab at the start of training."""
+
+    def __init__(self, texts: dict[str, str]):
+        super().__init__()
+        self.texts = texts
+
+    def _on_training_start(self) -> None:
+        for tag, text in self.texts.items():
+            self.logger.record(tag, text, exclude=TEXT_ONLY)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class EnvKpiCallback(BaseCallback):
+    """Averages the env's per-step KPIs and reward components over each rollout (``env/...``) and
+    records episode outcomes as they happen (``episode/...``), ready for SB3's next log dump."""
+
+    def __init__(self):
+        super().__init__()
+        self._sums: dict[str, float] = defaultdict(float)
+        self._steps = 0
+        self._episodes: dict[str, list[float]] = defaultdict(list)
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            self._steps += 1
+            for key in STEP_KPIS:
+                self._sums[key] += _number(info.get(key, 0.0)) or 0.0
+            for name, value in info.get("reward_components", {}).items():
+                self._sums[f"reward_{name}"] += float(value)
+            if done and "final_accuracy" in info:
+                for key in EPISODE_KPIS:
+                    number = _number(info.get(key))
+                    if number is not None:
+                        self._episodes[key].append(number)
+                self._episodes["target_reached"].append(float(info.get("rounds_to_target") is not None))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._steps:
+            for key, total in self._sums.items():
+                self.logger.record(f"env/{key}", total / self._steps)
+        for key, values in self._episodes.items():
+            self.logger.record(f"episode/{key.removeprefix('episode_')}", float(np.mean(values)))
+        self._sums.clear()
+        self._episodes.clear()
+        self._steps = 0
+
+
+class StepsPerSecondCallback(BaseCallback):
+    """``charts/steps_per_second``: env steps per wall-clock second over the last rollout plus update."""
+
+    def __init__(self):
+        super().__init__()
+        self._last: tuple[float, int] | None = None
+
+    def _on_rollout_end(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None and now > self._last[0]:
+            self.logger.record(
+                "charts/steps_per_second", (self.num_timesteps - self._last[1]) / (now - self._last[0])
+            )
+        self._last = (now, self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def run_episode(model, env: gym.Env, seed: int, deterministic: bool = True) -> dict[str, Any]:
+    """One episode of an SB3 model on a plain (non-vector) env; the last step's info plus the return.
+
+    Passes the env's action masks to models that take them and carries a recurrent model's state.
+    """
+    obs, _ = env.reset(seed=seed)
+    takes_masks = "action_masks" in inspect.signature(model.predict).parameters
+    state, episode_start, total = None, np.ones((1,), dtype=bool), 0.0
+    while True:
+        extra = {"action_masks": env.unwrapped.action_masks()} if takes_masks else {}
+        action, state = model.predict(
+            obs, state=state, episode_start=episode_start, deterministic=deterministic, **extra
+        )
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        episode_start = np.zeros((1,), dtype=bool)
+        if terminated or truncated:
+            return {**info, "return": total, "target_reached": bool(terminated)}
+
+
+class HeldOutEvalCallback(BaseCallback):
+    """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
+    seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves.
+
+    Unlike SB3's EvalCallback the seed list is fixed, so successive evaluations are comparable, and the
+    best score survives a resume (``<best_model_path>.json``).
+    """
+
+    SCORE = "return"
+
+    def __init__(
+        self,
+        env: gym.Env,
+        seeds: Sequence[int],
+        eval_freq: int,
+        best_model_path: str | Path,
+        log_path: str | Path,
+        on_log: Callable[[str], None] | None = None,
+    ):
+        super().__init__()
+        self.env = env
+        self.seeds = list(seeds)
+        self.eval_freq = eval_freq
+        self.best_model_path = Path(best_model_path)
+        self.best_record = self.best_model_path.with_suffix(".json")
+        self.log_path = Path(log_path)
+        self.on_log = on_log or (lambda message: None)
+        self.best_score = -math.inf
+        if self.best_record.is_file() and self.best_model_path.is_file():
+            self.best_score = float(json.loads(self.best_record.read_text())["score"])
+        self._last_eval = None
+
+    def _on_training_start(self) -> None:
+        self._last_eval = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last_eval >= self.eval_freq:
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._last_eval != self.num_timesteps or not self.best_model_path.is_file():
+            self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        self._last_eval = self.num_timesteps
+        episodes = [run_episode(self.model, self.env, seed) for seed in self.seeds]
+        summary = {
+            "return": float(np.mean([e["return"] for e in episodes])),
+            "final_accuracy": float(np.mean([e["final_accuracy"] for e in episodes])),
+            "carbon_g": float(np.mean([e["episode_carbon_g"] for e in episodes])),
+            "energy_wh": float(np.mean([e["episode_energy_wh"] for e in episodes])),
+            "rounds": float(np.mean([e["episode_rounds"] for e in episodes])),
+            "target_reached": float(np.mean([e["target_reached"] for e in episodes])),
+        }
+        for key, value in summary.items():
+            self.logger.record(f"eval/{key}", value)
+        improved = summary[self.SCORE] > self.best_score
+        if improved:
+            self.best_score = summary[self.SCORE]
+            self.model.save(self.best_model_path)
+            self.best_record.write_text(
+                json.dumps({"score": self.best_score, "timesteps": self.num_timesteps, **summary}, indent=2)
+            )
+        self.logger.record("eval/best_return", self.best_score)
+        self.logger.dump(self.num_timesteps)
+        new_file = not self.log_path.is_file()
+        with self.log_path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["timesteps", *summary, "best"])
+            if new_file:
+                writer.writeheader()
+            writer.writerow({"timesteps": self.num_timesteps, **summary, "best": improved})
+        self.on_log(
+            f"eval @ {self.num_timesteps} steps on seeds {self.seeds[0]}..{self.seeds[-1]}: return "
+            f"{summary['return']:.3f}, accuracy {summary['final_accuracy']:.3f}, "
+            f"carbon {summary['carbon_g']:.2f} g, "
+            f"target reached {summary['target_reached']:.0%}, rounds {summary['rounds']:.1f}"
+            + ("  (new best)" if improved else "")
+        )
+        return summary
+
+
+class TrainingEmissionsCallback(BaseCallback):
+    """Measures the training run's own energy and emissions with codecarbon's OfflineEmissionsTracker
+    (no network: the grid intensity comes from ``country_iso_code``), from the start of ``learn`` to its
+    end; logs ``carbon/*``, appends codecarbon's ``emissions.csv`` in ``output_dir`` and keeps the
+    figures in ``self.result``."""
+
+    def __init__(
+        self, country_iso_code: str, output_dir: str | Path, on_log: Callable[[str], None] | None = None
+    ):
+        super().__init__()
+        self.country_iso_code = country_iso_code
+        self.output_dir = Path(output_dir)
+        self.on_log = on_log or (lambda message: None)
+        self.result: dict[str, float] | None = None
+        self._tracker = None
+
+    def _on_training_start(self) -> None:
+        import logging
+
+        from codecarbon import OfflineEmissionsTracker
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        self._tracker = OfflineEmissionsTracker(
+            country_iso_code=self.country_iso_code,
+            output_dir=str(self.output_dir),
+            project_name="greengossip-train",
+            log_level="error",
+            save_to_file=True,
+            measure_power_secs=15,
+            allow_multiple_runs=True,
+        )
+        self._tracker.start()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._tracker is None:
+            return
+        self._tracker.stop()
+        data = getattr(self._tracker, "final_emissions_data", None)
+        self._tracker = None
+        if data is None:  # codecarbon swallows its own errors; say so instead of logging zeros
+            self.on_log("codecarbon could not measure this run (see its warnings above)")
+            return
+        self.result = {
+            "emissions_g": float(data.emissions) * 1000.0,
+            "energy_kwh": float(data.energy_consumed),
+            "duration_s": float(data.duration),
+            "cpu_power_w": float(data.cpu_power),
+            "country_iso_code": self.country_iso_code,
+        }
+        self.logger.record("carbon/training_emissions_g", self.result["emissions_g"])
+        self.logger.record("carbon/training_energy_kwh", self.result["energy_kwh"])
+        self.logger.dump(self.num_timesteps)
+        self.on_log(
+            f"training footprint (codecarbon, offline, {self.country_iso_code}): "
+            f"{self.result['emissions_g']:.3f} gCO2e, "
+            f"{self.result['energy_kwh'] * 1000:.3f} Wh over {self.result['duration_s']:.0f} s"
+        )
+
+
+class WallClockLimitCallback(BaseCallback):
+    """Stops ``learn`` once ``minutes`` of wall-clock time have passed since training started (a run
+    stopped this way is not reproducible in length; use it for time-boxed benchmarks, not for tests)."""
+
+    def __init__(self, minutes: float, on_log: Callable[[str], None] | None = None):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.on_log = on_log or (lambda message: None)
+        self._started = 0.0
+
+    def _on_training_start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if time.perf_counter() - self._started < self.seconds:
+            return True
+        self.on_log(
+            f"wall-clock budget of {self.seconds / 60:.1f} min reached at {self.num_timesteps} steps; "
+            "stopping"
+        )
+        return False

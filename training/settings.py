@@ -1,0 +1,220 @@
+"""Training settings: a typed, validated model loaded from YAML (``configs/train/default.yaml``).
+
+The env scenario is *not* here (that is an ``EnvConfig``, ``--config``); this is everything about how
+the scheduler is trained: algorithm, hyperparameters per algorithm, policy size, seeds, evaluation,
+checkpoints, logging. Every field carries its meaning in ``description``; ``TrainSettings.markdown()``
+renders them for TensorBoard's text tab. Like the env config, a misspelt key is an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SETTINGS = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
+FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (best-model selection)
+FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heuristics
+
+Algorithm = Literal["maskable_ppo", "ppo", "a2c", "recurrent_ppo"]
+ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # agents.policies.ALGORITHMS, kept importable without torch
+
+
+class SettingsError(ValueError):
+    """A training setting is missing, misspelt or out of range; the message says which and how to fix it."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PPOSettings(_Frozen):
+    """PPO / MaskablePPO hyperparameters (SB3 names; Schulman et al. 2017)."""
+
+    learning_rate: float = Field(3e-4, gt=0, description="Adam step size")
+    n_steps: int = Field(256, ge=2, description="rollout length per env before each update")
+    batch_size: int = Field(64, ge=2, description="minibatch size of the PPO epochs")
+    n_epochs: int = Field(5, ge=1, description="passes over each rollout")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE bias-variance trade-off")
+    clip_range: float = Field(0.2, gt=0, description="PPO ratio clipping")
+    ent_coef: float = Field(0.0, ge=0, description="entropy bonus (summed over nodes, so keep it small)")
+    vf_coef: float = Field(0.5, ge=0, description="value-loss weight")
+    max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping")
+    target_kl: float | None = Field(None, gt=0, description="stop an update's epochs early above this KL")
+    normalize_advantage: bool = Field(True, description="standardise advantages per minibatch")
+
+
+class RecurrentPPOSettings(PPOSettings):
+    """RecurrentPPO hyperparameters: PPO's plus the LSTM over the pooled fleet context."""
+
+    lstm_hidden_size: int = Field(64, ge=1, description="LSTM width (independent of the number of nodes)")
+    enable_critic_lstm: bool = Field(True, description="give the critic its own LSTM")
+
+
+class A2CSettings(_Frozen):
+    """A2C hyperparameters (SB3 names; Mnih et al. 2016)."""
+
+    learning_rate: float = Field(7e-4, gt=0, description="optimiser step size")
+    n_steps: int = Field(16, ge=1, description="rollout length per env before each update")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    gae_lambda: float = Field(1.0, ge=0, le=1, description="GAE lambda (1 = plain n-step returns)")
+    ent_coef: float = Field(0.0, ge=0, description="entropy bonus")
+    vf_coef: float = Field(0.5, ge=0, description="value-loss weight")
+    max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping")
+    use_rms_prop: bool = Field(True, description="RMSprop (SB3's default for A2C) instead of Adam")
+    normalize_advantage: bool = Field(False, description="standardise advantages")
+
+
+class PolicySettings(_Frozen):
+    """Size of the node-set policy (agents/policies.py); nothing here depends on the number of nodes."""
+
+    hidden: int = Field(64, ge=4, description="width of the per-node embedding")
+    encoder_layers: int = Field(2, ge=1, description="layers of the per-node encoder MLP")
+    message_passing: int = Field(
+        1, ge=0, description="rounds of mean aggregation over the graph (0 = pure DeepSets)"
+    )
+    pi: list[int] = Field([64], description="hidden layers of the per-node actor head")
+    vf: list[int] = Field([64], description="hidden layers of the critic head")
+    activation: Literal["relu", "tanh"] = Field("relu", description="activation of every hidden layer")
+    mask_logits: bool = Field(True, description="mask infeasible actions inside the network (all algorithms)")
+    ortho_init: bool = Field(True, description="orthogonal initialisation with SB3's gains")
+
+
+class TrainSettings(_Frozen):
+    """How a scheduler is trained. Command-line flags override ``algo``, ``total_timesteps``, ``seed``,
+    ``n_envs`` and ``time_limit_minutes``."""
+
+    algo: Algorithm = Field("maskable_ppo", description="learning algorithm")
+    total_timesteps: int = Field(200_000, ge=1, description="env steps (rounds) summed over all envs")
+    seed: int = Field(
+        0,
+        ge=0,
+        lt=FIRST_VALIDATION_SEED,
+        description="seeds the networks, SB3 and training env i with seed + i; below 10,000 so "
+        "training never meets the held-out seeds",
+    )
+    n_envs: int = Field(2, ge=1, description="parallel training envs")
+    vec_env: Literal["auto", "dummy", "subprocess"] = Field(
+        "auto", description="auto = subprocess workers when n_envs > 1, else in-process"
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch CPU threads of the learner (1 = reproducible, leaves cores to the env workers)",
+    )
+    device: str = Field("cpu", description="torch device of the policy")
+    policy: PolicySettings = PolicySettings()
+    maskable_ppo: PPOSettings = PPOSettings()
+    ppo: PPOSettings = PPOSettings()
+    a2c: A2CSettings = A2CSettings()
+    recurrent_ppo: RecurrentPPOSettings = RecurrentPPOSettings()
+    eval_freq: int = Field(10_000, ge=1, description="env steps between held-out evaluations")
+    eval_episodes: int = Field(
+        5, ge=1, description="held-out validation seeds 10,000.. used by each evaluation"
+    )
+    test_episodes: int = Field(10, ge=1, description="held-out test seeds 20,000.. of the final comparison")
+    checkpoint_freq: int = Field(25_000, ge=1, description="env steps between checkpoints")
+    time_limit_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop training after this much wall-clock time (time-boxed benchmarks; None = "
+        "run all total_timesteps)",
+    )
+    log_interval: int = Field(1, ge=1, description="updates between log dumps")
+    progress_bar: bool = Field(True, description="show SB3's progress bar")
+    compare: bool = Field(True, description="at the end, evaluate the best model against all heuristics")
+    compare_workers: int = Field(1, ge=1, description="processes of the final comparison")
+    track_carbon: bool = Field(True, description="measure the training run's own emissions with codecarbon")
+    country_iso_code: str = Field(
+        "DEU",
+        min_length=3,
+        max_length=3,
+        description="where the training machine draws power (codecarbon, offline)",
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TrainSettings:
+        for name in ("maskable_ppo", "ppo", "recurrent_ppo"):
+            ppo: PPOSettings = getattr(self, name)
+            if self.algo == name and ppo.batch_size > ppo.n_steps * self.n_envs:
+                raise ValueError(
+                    f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
+                    f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
+                )
+        return self
+
+    @property
+    def hyperparameters(self) -> BaseModel:
+        """The section of the chosen algorithm."""
+        return getattr(self, self.algo)
+
+    @property
+    def validation_seeds(self) -> list[int]:
+        return list(range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + self.eval_episodes))
+
+    @property
+    def test_seeds(self) -> list[int]:
+        return list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + self.test_episodes))
+
+    def markdown(self) -> str:
+        """The settings that matter for this run as a Markdown table (TensorBoard text)."""
+        rows = ["| setting | value | meaning |", "|---|---|---|"]
+
+        def add(prefix: str, model: BaseModel) -> None:
+            for name, field in type(model).model_fields.items():
+                value = getattr(model, name)
+                if isinstance(value, BaseModel):
+                    if name in ALGORITHMS and name != self.algo:
+                        continue
+                    add(f"{prefix}{name}.", value)
+                else:
+                    rows.append(f"| {prefix}{name} | {value} | {field.description or ''} |")
+
+        add("", self)
+        return "\n".join(rows)
+
+
+def settings_for_config(config: str | Path | None) -> Path | None:
+    """The default settings file for an env config: ``configs/train/<config stem>.yaml`` when there is
+    one (e.g. ``tiny.yaml`` for ``configs/tiny.yaml``: small rollouts for quick runs), else
+    ``configs/train/default.yaml`` (None if neither exists)."""
+    if config is not None:
+        specific = DEFAULT_SETTINGS.parent / f"{Path(config).stem}.yaml"
+        if specific.is_file():
+            return specific
+    return DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> TrainSettings:
+    """Settings from a YAML file (None = ``configs/train/default.yaml`` if present, else the defaults),
+    with top-level ``overrides`` (None values are ignored) applied on top."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and DEFAULT_SETTINGS.is_file():
+        path = DEFAULT_SETTINGS
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise SettingsError(f"training settings file not found: {path} (see configs/train/default.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"training settings file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"invalid training settings ({source}):"]
+        for item in exc.errors():
+            field = ".".join(str(part) for part in item["loc"]) or "<root>"
+            if item["type"] == "extra_forbidden":
+                lines.append(f"  - {field}: unknown setting; check the spelling against training/settings.py")
+            else:
+                lines.append(f"  - {field} = {item.get('input')!r}: {item['msg']}")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,415 @@
+"""``greengossip train``: train a learned scheduler with stable-baselines3 and compare it with the heuristics.
+
+    greengossip train --config configs/default.yaml [--settings configs/train/default.yaml]
+                      [--algo maskable_ppo|ppo|a2c|recurrent_ppo] [--timesteps T] [--seed S] [--n-envs E]
+                      [--out DIR] [--resume latest|PATH]
+
+``--config`` is the env scenario (an ``EnvConfig`` YAML), ``--settings`` the training settings
+(``training/settings.py``, one section per algorithm). What a run leaves in ``--out``::
+
+    model.zip                 the final model          best_model.zip (+ .json)  best on held-out seeds
+    checkpoints/              periodic checkpoints (``--resume latest`` goes on from the newest)
+    logs/                     TensorBoard events (SB3's rollout/ train/ time/, plus env/ episode/ eval/
+                              charts/ carbon/ and the settings as text), progress.csv, log.txt
+    monitor.csv               VecMonitor's episodes (resumeN.monitor.csv after a resume)
+    evaluations.csv           every held-out evaluation
+    emissions.csv             codecarbon's measurement of this training run
+    settings.yaml, env_config.yaml, train.log
+    comparison/               the harness's results.csv / results.md / plots (model vs. every heuristic)
+
+Seeds: training env ``i`` starts from ``seed + i`` (``seed`` < 10,000); the evaluation callback uses
+validation seeds 10,000.. to pick the best model and the final comparison test seeds 20,000.., so the
+reported comparison is on scenarios that neither trained nor selected the model. The same seed and
+settings give the same learning curve in one process (``--n-envs 1``, ``torch_threads: 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.settings import ALGORITHMS, TrainSettings, load_settings, settings_for_config
+
+ENV_ID = "GreenGossip/EdgeLearning-v0"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+LOG = logging.getLogger("greengossip.train")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="env scenario YAML (default: configs/default.yaml)"
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="training settings YAML (default: configs/train/<config name>.yaml if it exists, e.g. "
+        "tiny.yaml for configs/tiny.yaml, else configs/train/default.yaml)",
+    )
+    parser.add_argument(
+        "--algo",
+        choices=ALGORITHMS,
+        default=None,
+        help="learning algorithm (default from settings: maskable_ppo)",
+    )
+    parser.add_argument("--timesteps", type=int, default=None, help="total env steps over all envs")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (< 10000)")
+    parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (subprocesses when > 1)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<algo>-<config>-s<seed>)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop training after this many minutes of wall-clock time",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="latest|PATH",
+        help="go on from a checkpoint: 'latest' in OUT/checkpoints, or a model .zip",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the final comparison with the heuristics"
+    )
+    parser.add_argument("--multi-agent", action="store_true",
+                        help="decentralized: one PPO policy shared by every node (PettingZoo + SuperSuit)")
+    parser.add_argument("--local-reward-weight", type=float, default=0.0,
+                        help="(--multi-agent) weight of each node's local reward component (0 = team reward only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.multi_agent:
+        from training import multi_agent
+
+        return multi_agent.run(args)
+    settings_path = args.settings or settings_for_config(args.config)
+    settings = load_settings(
+        settings_path,
+        algo=args.algo,
+        total_timesteps=args.timesteps,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        time_limit_minutes=args.time_limit,
+        progress_bar=False if args.no_progress else None,
+        compare=False if args.no_compare else None,
+    )
+    out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
+    result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path)
+    return 1 if result.comparison_error else 0
+
+
+# ---------------------------------------------------------------------------------------------- result
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_path: Path
+    best_model_path: Path
+    timesteps: int
+    seconds: float
+    emissions: dict[str, Any] | None = None
+    comparison: list[dict] | None = None
+    comparison_table: str | None = None
+    comparison_error: str | None = None
+    best_eval: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def _setup_logging(out: Path) -> None:
+    LOG.setLevel(logging.INFO)
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
+        handler.setFormatter(formatter)
+        LOG.addHandler(handler)
+    LOG.propagate = False
+
+
+def make_env(config, worker: bool = True):
+    """One env; a training worker gets one torch thread (the envs are small and run side by side)."""
+    import gymnasium as gym
+    import torch
+
+    import envs  # noqa: F401  (registers the id in a fresh worker process)
+
+    if worker:
+        torch.set_num_threads(1)
+    return gym.make(ENV_ID, config=config)
+
+
+def make_vec_env(config, settings: TrainSettings, monitor_file: Path):
+    from functools import partial
+
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+
+    factories = [partial(make_env, config) for _ in range(settings.n_envs)]
+    subprocess = settings.vec_env == "subprocess" or (settings.vec_env == "auto" and settings.n_envs > 1)
+    # fork: workers inherit the imported modules (torch, pvlib, sklearn) instead of importing them again,
+    # which costs several seconds per worker; no torch thread pool has run in this process yet.
+    venv = SubprocVecEnv(factories, start_method="fork") if subprocess else DummyVecEnv(factories)
+    return VecMonitor(venv, filename=str(monitor_file))
+
+
+def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
+    from torch import nn
+
+    policy = settings.policy
+    activation = {"relu": nn.ReLU, "tanh": nn.Tanh}[policy.activation]
+    kwargs: dict[str, Any] = dict(
+        net_arch=dict(pi=list(policy.pi), vf=list(policy.vf)),
+        activation_fn=activation,
+        ortho_init=policy.ortho_init,
+        mask_logits=policy.mask_logits,
+        features_extractor_kwargs=dict(
+            hidden=policy.hidden,
+            layers=policy.encoder_layers,
+            message_passing=policy.message_passing,
+            activation_fn=activation,
+        ),
+    )
+    if settings.algo == "recurrent_ppo":
+        kwargs["lstm_hidden_size"] = settings.recurrent_ppo.lstm_hidden_size
+        kwargs["enable_critic_lstm"] = settings.recurrent_ppo.enable_critic_lstm
+    if settings.algo == "a2c" and not settings.a2c.use_rms_prop:
+        kwargs["optimizer_kwargs"] = {"eps": 1e-5}
+    return kwargs
+
+
+def algorithm_kwargs(settings: TrainSettings) -> dict[str, Any]:
+    kwargs = settings.hyperparameters.model_dump()
+    kwargs.pop("lstm_hidden_size", None)
+    kwargs.pop("enable_critic_lstm", None)
+    return kwargs
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = []
+    for path in folder.glob("model_*_steps.zip"):
+        match = re.fullmatch(r"model_(\d+)_steps\.zip", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
+    from agents.policies import algorithm_class, detect_algorithm, load_for_nodes, policy_class
+
+    if resume:
+        path = latest_checkpoint(out / "checkpoints") if resume == "latest" else Path(resume)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(
+                f"--resume {resume}: no checkpoint found (looked for "
+                f"{out / 'checkpoints'}/model_<steps>_steps.zip)"
+                if resume == "latest"
+                else f"--resume {resume}: file not found"
+            )
+        algo = detect_algorithm(path)
+        if algo != settings.algo:
+            raise ValueError(
+                f"--resume {path} holds a {algo} model but the settings ask for {settings.algo}; "
+                f"pass --algo {algo}"
+            )
+        model = load_for_nodes(path, venv, algo=algo, device=settings.device)
+        # SB3 does not save RNG states: reseed deterministically from where the run stopped
+        model.set_random_seed(settings.seed + model.num_timesteps)
+        LOG.info("resumed from %s at %d steps", path, model.num_timesteps)
+        return model
+    cls = algorithm_class(settings.algo)
+    return cls(
+        policy_class(settings.algo),
+        venv,
+        seed=settings.seed,
+        device=settings.device,
+        verbose=0,
+        policy_kwargs=policy_kwargs(settings),
+        **algorithm_kwargs(settings),
+    )
+
+
+def compare_with_heuristics(
+    model_path: Path, config_path: Path, settings: TrainSettings, out: Path
+) -> tuple[list[dict] | None, str | None, str | None]:
+    """The harness on the held-out test seeds, the model against every heuristic: (rows, table, error)."""
+    try:
+        from training.evaluate import run_evaluation
+    except ImportError as exc:
+        LOG.info("comparison skipped: the evaluation harness is not available (%s)", exc)
+        return None, None, None
+    target = out / "comparison"
+    LOG.info(
+        "comparing %s with all heuristics on %s, test seeds %d..%d",
+        model_path.name,
+        config_path,
+        settings.test_seeds[0],
+        settings.test_seeds[-1],
+    )
+    try:
+        rows = run_evaluation(
+            [str(model_path), "all"],
+            [str(config_path)],
+            settings.test_seeds,
+            target,
+            workers=settings.compare_workers,
+            progress=settings.progress_bar,
+        )
+    except Exception as exc:  # training is saved already; report the harness failure, don't lose the run
+        LOG.exception("comparison failed")
+        return None, None, f"{type(exc).__name__}: {exc}"
+    table_path = target / "results.md"
+    table = table_path.read_text() if table_path.is_file() else None
+    if table:
+        LOG.info("comparison (%s):\n%s", table_path, table)
+    return rows, table, None
+
+
+# ---------------------------------------------------------------------------------------------- main
+def train(
+    config,
+    settings: TrainSettings,
+    out_dir: str | Path,
+    resume: str | None = None,
+    settings_source: str | Path | None = None,
+) -> TrainResult:
+    """Train a scheduler on ``config`` (path, dict or EnvConfig) with ``settings`` (see the module doc)."""
+    import torch
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.logger import configure
+
+    from envs.config import load_config
+    from training.callbacks import (
+        EnvKpiCallback,
+        HeldOutEvalCallback,
+        SettingsTextCallback,
+        StepsPerSecondCallback,
+        TrainingEmissionsCallback,
+        WallClockLimitCallback,
+    )
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(out)
+    env_config = load_config(config)
+    config_path = out / "env_config.yaml"
+    config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
+    if isinstance(config, (str, Path)):
+        config_path = Path(config)  # the harness names the scenario after the file
+    (out / "settings.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    torch.set_num_threads(settings.torch_threads)
+    LOG.info(
+        "training %s (settings %s) on %s (%d nodes) for %d steps, seed %d, %d env(s) -> %s",
+        settings.algo,
+        settings_source or "given",
+        config if isinstance(config, (str, Path)) else "<config>",
+        env_config.n_nodes,
+        settings.total_timesteps,
+        settings.seed,
+        settings.n_envs,
+        out,
+    )
+
+    # The evaluation env comes first: its first reset imports the simulator's modules and fills its
+    # caches (clear-sky years), which forked training workers then inherit instead of redoing.
+    eval_env = make_env(env_config, worker=False)
+    eval_env.reset(seed=settings.validation_seeds[0])
+    monitor, part = out / "monitor.csv", 1
+    while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
+        monitor, part = out / f"resume{part}.monitor.csv", part + 1
+    venv = make_vec_env(env_config, settings, monitor)
+    try:
+        model = build_model(settings, venv, out, resume)
+        model.set_logger(configure(str(out / "logs"), ["csv", "tensorboard", "log"]))
+        best_model_path = out / "best_model.zip"
+        evaluation = HeldOutEvalCallback(
+            eval_env,
+            settings.validation_seeds,
+            settings.eval_freq,
+            best_model_path,
+            out / "evaluations.csv",
+            on_log=LOG.info,
+        )
+        callbacks = [
+            SettingsTextCallback(
+                {
+                    "settings/training": settings.markdown(),
+                    "settings/env": "```yaml\n" + config_path.read_text() + "\n```",
+                }
+            ),
+            EnvKpiCallback(),
+            StepsPerSecondCallback(),
+            CheckpointCallback(
+                max(settings.checkpoint_freq // settings.n_envs, 1),
+                str(out / "checkpoints"),
+                name_prefix="model",
+            ),
+            evaluation,
+        ]
+        if settings.time_limit_minutes is not None:
+            callbacks.append(WallClockLimitCallback(settings.time_limit_minutes, on_log=LOG.info))
+        emissions = None
+        if settings.track_carbon:
+            emissions = TrainingEmissionsCallback(settings.country_iso_code, out, on_log=LOG.info)
+            callbacks.append(emissions)
+        remaining = settings.total_timesteps - (model.num_timesteps if resume else 0)
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                log_interval=settings.log_interval,
+                progress_bar=settings.progress_bar,
+                reset_num_timesteps=not resume,
+            )
+        else:
+            LOG.info(
+                "nothing to do: the checkpoint is at %d of %d steps",
+                model.num_timesteps,
+                settings.total_timesteps,
+            )
+        model_path = out / "model.zip"
+        model.save(model_path)
+    finally:
+        venv.close()
+        eval_env.close()
+    if not best_model_path.is_file():
+        best_model_path = model_path
+    learn_seconds = time.perf_counter() - started
+    LOG.info(
+        "trained %d steps in %.1f s; final model %s, best model %s (score %.3f)",
+        model.num_timesteps,
+        learn_seconds,
+        model_path,
+        best_model_path,
+        evaluation.best_score,
+    )
+
+    result = TrainResult(
+        out,
+        model_path,
+        best_model_path,
+        model.num_timesteps,
+        learn_seconds,
+        emissions=emissions.result if emissions else None,
+    )
+    best_record = best_model_path.with_suffix(".json")
+    if best_record.is_file():
+        import json
+
+        result.best_eval = json.loads(best_record.read_text())
+    if settings.compare:
+        result.comparison, result.comparison_table, result.comparison_error = compare_with_heuristics(
+            best_model_path, config_path, settings, out
+        )
+    result.seconds = time.perf_counter() - started
+    LOG.info("done in %.1f s", result.seconds)
+    return result
