@@ -23,6 +23,7 @@ from envs.scenario import Scenario, stack_scenarios
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
 from envs.state import SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
 
+COUNTS = ("participants", "trained_nodes", "broadcasting_nodes", "dropped_nodes", "malicious_participants")
 TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants")
 
 
@@ -131,32 +132,36 @@ class FleetBatch:
 
     def _round_info(self, outcome: RoundOutcome, rounds: np.ndarray) -> dict[str, np.ndarray]:
         scenario, flow = self.scenario, outcome.energy
-
-        def total(values: torch.Tensor) -> np.ndarray:
-            return per_env(values, scenario).sum(1).double().cpu().numpy()
-
-        info = {
-            "round": rounds,
-            "accuracy": outcome.accuracy.double().cpu().numpy(),
-            "carbon_g": total(outcome.carbon_g),
-            "carbon_grid_g": total(outcome.carbon_grid_g),
-            "carbon_backbone_g": total(outcome.carbon_backbone_g),
-            "energy_wh": total(flow.consumed),
-            "energy_compute_wh": total(outcome.compute_wh),
-            "energy_radio_wh": total(outcome.radio_wh),
-            "energy_base_wh": total(outcome.base_wh),
-            "grid_wh": total(flow.grid),
-            "harvested_wh": total(flow.harvested),
-            "spilled_wh": total(flow.spilled),
-            "bytes_sent": total(outcome.bytes_sent),
-            "participants": total((outcome.trained | outcome.sent).long()).astype(np.int64),
-            "trained_nodes": total(outcome.trained.long()).astype(np.int64),
-            "broadcasting_nodes": total(outcome.sent.long()).astype(np.int64),
-            "dropped_nodes": total(outcome.dropped.long()).astype(np.int64),
-            "consensus_distance": outcome.consensus_distance.double().cpu().numpy(),
-            "malicious_participants": outcome.malicious_participants.cpu().numpy().astype(np.int64),
-            "attack_influence": outcome.attack_influence.double().cpu().numpy(),
+        sums = {  # per-node quantities summed per environment in one pass
+            "carbon_g": outcome.carbon_g,
+            "carbon_grid_g": outcome.carbon_grid_g,
+            "carbon_backbone_g": outcome.carbon_backbone_g,
+            "energy_wh": flow.consumed,
+            "energy_compute_wh": outcome.compute_wh,
+            "energy_radio_wh": outcome.radio_wh,
+            "energy_base_wh": outcome.base_wh,
+            "grid_wh": flow.grid,
+            "harvested_wh": flow.harvested,
+            "spilled_wh": flow.spilled,
+            "bytes_sent": outcome.bytes_sent,
+            "participants": outcome.trained | outcome.sent,
+            "trained_nodes": outcome.trained,
+            "broadcasting_nodes": outcome.sent,
+            "dropped_nodes": outcome.dropped,
         }
+        per_env_values = {
+            "accuracy": outcome.accuracy,
+            "consensus_distance": outcome.consensus_distance,
+            "malicious_participants": outcome.malicious_participants,
+            "attack_influence": outcome.attack_influence,
+        }
+        totals = per_env(torch.stack([v.double() for v in sums.values()], dim=1), scenario).sum(1)  # (B, K)
+        table = torch.cat([totals, torch.stack([v.double() for v in per_env_values.values()], dim=1)], dim=1)
+        table = table.cpu().numpy()
+        info: dict[str, np.ndarray] = {"round": rounds}
+        for column, key in enumerate([*sums, *per_env_values]):
+            value = table[:, column]
+            info[key] = value.astype(np.int64) if key in COUNTS else value
         for key in TOTALS:
             self.totals[key] += info[key]
         return info

@@ -6,6 +6,7 @@ attackers (accuracy in the global features is the mean over all nodes, not over 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -46,6 +47,13 @@ GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("awake_share", 0.0, 1.0, "share of nodes that trained or sent last round"),
 )
 NODE_INDEX = {name: i for i, (name, *_rest) in enumerate(NODE_FEATURES)}
+
+
+@functools.cache
+def _bounds(features: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low and high of each feature as tensors, built once per device."""
+    return (torch.tensor([f[1] for f in features], device=device),
+            torch.tensor([f[2] for f in features], device=device))
 
 
 def observation_space(config: EnvConfig) -> spaces.Dict:
@@ -135,8 +143,7 @@ def observe(
         "compute_time": scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s,
     }
     nodes = torch.stack([columns[name] for name, *_ in NODE_FEATURES], dim=1)
-    low = torch.tensor([f[1] for f in NODE_FEATURES], device=nodes.device)
-    high = torch.tensor([f[2] for f in NODE_FEATURES], device=nodes.device)
+    low, high = _bounds(NODE_FEATURES, nodes.device)
     nodes = torch.nan_to_num(nodes, nan=0.0, posinf=0.0, neginf=0.0).clamp(low, high)
 
     hour = (scenario.start_utc_hour + state.round * (config.round_minutes / 60.0)) % 24.0
@@ -149,8 +156,7 @@ def observe(
         per_env(state.dropped.float(), scenario).mean(1),
         per_env((state.last_action >= 1).float(), scenario).mean(1),
     ], dim=1)
-    glob_low = torch.tensor([f[1] for f in GLOBAL_FEATURES], device=glob.device)
-    glob_high = torch.tensor([f[2] for f in GLOBAL_FEATURES], device=glob.device)
+    glob_low, glob_high = _bounds(GLOBAL_FEATURES, glob.device)
     glob = torch.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clamp(glob_low, glob_high)
     obs = {
         "nodes": per_env(nodes, scenario).cpu().numpy().astype(np.float32),

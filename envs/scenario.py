@@ -187,28 +187,25 @@ def neighbour_table(
 
 
 # ---------------------------------------------------------------------------------------------- sun
-@functools.lru_cache(maxsize=4096)
-def clear_sky_ghi_day(latitude: float, longitude: float, year: int, day: int, round_minutes: float) -> np.ndarray:
-    """Global horizontal irradiance (W/m2) under a clear sky for every round of one day (UTC) of a year,
-    from pvlib's Ineichen model with its shipped Linke turbidity climatology (no network)."""
+@functools.cache
+def clear_sky_ghi_year(latitude: float, longitude: float, year: int, round_minutes: float) -> np.ndarray:
+    """Global horizontal irradiance (W/m2) under a clear sky for every round of a 365-day year, from
+    pvlib's Ineichen model with its shipped Linke turbidity climatology (no network). Computed once per
+    place and process (about a second), after which a new episode costs a slice."""
     import pandas as pd
     from pvlib.location import Location
 
-    start = pd.Timestamp(f"{year}-01-01", tz="UTC") + pd.Timedelta(days=day)
-    times = pd.date_range(start, periods=int(round(24 * 60 / round_minutes)), freq=f"{round_minutes}min")
+    start = pd.Timestamp(f"{year}-01-01", tz="UTC")
+    times = pd.date_range(start, start + pd.Timedelta(days=365), freq=f"{round_minutes}min", inclusive="left")
     return Location(latitude, longitude, tz="UTC").get_clearsky(times)["ghi"].to_numpy(dtype=np.float64)
 
 
 def clear_sky_ghi(latitude: float, longitude: float, year: int, round_minutes: float, start_step: int,
                   n_rounds: int) -> np.ndarray:
-    """Clear-sky GHI for ``n_rounds`` rounds from round ``start_step`` of the year, assembled from cached
-    days so that a new episode only computes the days it has not seen."""
-    per_day = int(round(24 * 60 / round_minutes))
-    first, last = start_step // per_day, (start_step + n_rounds - 1) // per_day
-    days = np.concatenate([clear_sky_ghi_day(latitude, longitude, year, day % 365, round_minutes)
-                           for day in range(first, last + 1)])
-    offset = start_step - first * per_day
-    return days[offset : offset + n_rounds]
+    """Clear-sky GHI for ``n_rounds`` rounds from round ``start_step`` of the year (wrapping into the
+    next January as the same calendar days)."""
+    ghi = clear_sky_ghi_year(latitude, longitude, year, round_minutes)
+    return ghi[(start_step + np.arange(n_rounds)) % len(ghi)]
 
 
 def cloud_process(n_regions: int, n_rounds: int, mean: float, round_minutes: float, rng) -> np.ndarray:

@@ -103,34 +103,49 @@ def transition(
 
     # 2. learning on the trainers only (active free riders skip it; label flippers learn 9 - y)
     kind = scenario.attack_kind
-    attacking = torch.zeros_like(trained) if noise.attack_on is None else (
-        noise.attack_on & ~scenario.honest & (t >= config.attack.start_round))
+    if noise.attack_on is None:  # no attackers in this batch: none of the attack masks are needed
+        free_riding = flipping = poisoner = None
+    else:
+        attacking = noise.attack_on & ~scenario.honest & (t >= config.attack.start_round)
+        free_riding = attacking & attacks.is_kind(kind, "free_rider")
+        flipping = attacking & attacks.is_kind(kind, "label_flip")
+        poisoner = attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING)
+    learners = trained if free_riding is None else trained & ~free_riding
     params, local_loss = state.params, state.local_loss
-    trainers = (trained & ~(attacking & attacks.is_kind(kind, "free_rider"))).nonzero().squeeze(1)
+    trainers = learners.nonzero().squeeze(1)
+    everyone = trainers.numel() == scenario.n_nodes  # the common D-PSGD case: no subset copies
     if trainers.numel():
-        batches = scenario.shards[trainers].gather(1, noise.batches[trainers].flatten(1)).view(
-            noise.batches[trainers].shape)
+        positions = noise.batches if everyone else noise.batches[trainers]
+        shards = scenario.shards if everyone else scenario.shards[trainers]
+        batches = shards.gather(1, positions.flatten(1)).view(positions.shape)
         labels = scenario.train_y[batches]
-        flip = (attacking & attacks.is_kind(kind, "label_flip"))[trainers]
-        labels = torch.where(flip.view(-1, 1, 1), N_CLASSES - 1 - labels, labels)
-        new_params, loss = local_sgd(spec, params[trainers], scenario.train_x[batches], labels,
-                                     config.learning.learning_rate)
-        params = params.index_copy(0, trainers, new_params)
-        local_loss = local_loss.index_copy(0, trainers, loss)
+        if flipping is not None:
+            flip = flipping if everyone else flipping[trainers]
+            labels = torch.where(flip.view(-1, 1, 1), N_CLASSES - 1 - labels, labels)
+        new_params, loss = local_sgd(spec, params if everyone else params[trainers], scenario.train_x[batches],
+                                     labels, config.learning.learning_rate)
+        if everyone:
+            params, local_loss = new_params, loss
+        else:
+            params = params.index_copy(0, trainers, new_params)
+            local_loss = local_loss.index_copy(0, trainers, loss)
 
     # 3. gossip: senders update their public copies, awake nodes move towards their neighbours
     # label flippers broadcast their poisoned model honestly; an active free rider's copy stays stale
-    honest_senders = sent & ~(attacking & attacks.is_kind(kind, "free_rider"))
+    honest_senders = sent if free_riding is None else sent & ~free_riding
     public = gossip.broadcast(params, state.public, level, honest_senders)
-    poisoning = sent & attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING)
-    if bool(poisoning.any()):
-        crafted = attacks.crafted_broadcasts(config.attack, kind, per_env(scenario.honest, scenario),
-                                             per_env(params, scenario), noise.attack_noise, noise.nonfinite_draw)
-        public = torch.where(poisoning.unsqueeze(1), crafted, public)
     awake = trained | sent
-    # active model-poisoning attackers keep their own model out of the consensus step (their public copy
-    # is the crafted one, so following the protocol would only feed their attack back into themselves)
-    mixes = awake & ~(attacking & attacks.is_kind(kind, *attacks.MODEL_POISONING))
+    mixes = awake
+    if poisoner is not None:
+        poisoning = sent & poisoner
+        if bool(poisoning.any()):
+            crafted = attacks.crafted_broadcasts(config.attack, kind, per_env(scenario.honest, scenario),
+                                                 per_env(params, scenario), noise.attack_noise,
+                                                 noise.nonfinite_draw)
+            public = torch.where(poisoning.unsqueeze(1), crafted, public)
+        # active model-poisoning attackers keep their own model out of the consensus step (their public
+        # copy is the crafted one, so following the protocol would only feed their attack back into them)
+        mixes = awake & ~poisoner
     defence = config.defence
     # only this round's links carry anything: a receiver mixes with the neighbours that broadcast now
     # (DESIGN §3), never with copies that went stale in its mailbox; non-finite messages are dropped

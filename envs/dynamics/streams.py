@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -35,9 +36,22 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_np(x: np.ndarray) -> np.ndarray:
+    """mix32 on a small uint64 numpy array (per-environment prefixes: cheaper than tensor operations)."""
+    x = x & MASK32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(MASK32)
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(MASK32)
+    return x ^ (x >> np.uint64(16))
+
+
 def _bits(key: torch.Tensor, round_index: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
     """(B, *shape) 32-bit hashes for B environments with episode keys ``key`` (B,) at rounds (B,)."""
-    prefix = mix32(mix32(mix32(key.long()) ^ round_index.long()) ^ ((stream * GOLDEN) & MASK32))
+    keys = key.cpu().numpy().astype(np.uint64)
+    rounds = round_index.cpu().numpy().astype(np.uint64)
+    prefixes = _mix32_np(_mix32_np(_mix32_np(keys) ^ rounds) ^ np.uint64((stream * GOLDEN) & MASK32))
+    prefix = torch.from_numpy(prefixes.astype(np.int64)).to(key.device)
     count = math.prod(shape)
     counter = torch.arange(count, device=key.device, dtype=torch.long)
     bits = mix32(mix32(prefix.unsqueeze(1) ^ counter) + GOLDEN)
