@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|")
     for name, defence in DEFENCES.items():
         for attacked in (False, True):
-            config = {**base, "defence": {**base["defence"], **defence}}
+            config = {**base, "defence": defence}  # every other defence setting at its default
             if not attacked:
                 config["attack"] = {**base["attack"], "fraction": 0.0}
             runs = [episode(config, seed, target) for seed in args.seeds]
