@@ -206,3 +206,10 @@ def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
     if HARNESS:
         assert (tmp_path / "run" / "comparison" / "results.md").is_file()
     assert elapsed < 180, f"took {elapsed:.0f} s"
+
+
+def test_training_runs_on_the_batched_vector_env(tmp_path):
+    settings = _settings(vec_env="batched", n_envs=4, total_timesteps=256)
+    result = train(TINY, settings, tmp_path / "batched")
+    assert result.timesteps >= 256
+    assert (tmp_path / "batched" / "monitor.csv").exists()

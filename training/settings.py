@@ -97,8 +97,10 @@ class TrainSettings(_Frozen):
         "training never meets the held-out seeds",
     )
     n_envs: int = Field(2, ge=1, description="parallel training envs")
-    vec_env: Literal["auto", "dummy", "subprocess"] = Field(
-        "auto", description="auto = subprocess workers when n_envs > 1, else in-process"
+    vec_env: Literal["auto", "dummy", "subprocess", "batched"] = Field(
+        "auto",
+        description="auto = subprocess workers when n_envs > 1, else in-process; batched = all n_envs "
+        "stepped as one tensor program in this process (envs.sb3_vec_env.GossipVecEnv)",
     )
     torch_threads: int = Field(
         1,

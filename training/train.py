@@ -153,6 +153,10 @@ def make_vec_env(config, settings: TrainSettings, monitor_file: Path):
 
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
+    if settings.vec_env == "batched":
+        from envs.sb3_vec_env import GossipVecEnv
+
+        return VecMonitor(GossipVecEnv(settings.n_envs, config=config), filename=str(monitor_file))
     factories = [partial(make_env, config) for _ in range(settings.n_envs)]
     subprocess = settings.vec_env == "subprocess" or (settings.vec_env == "auto" and settings.n_envs > 1)
     # fork: workers inherit the imported modules (torch, pvlib, sklearn) instead of importing them again,
