@@ -96,12 +96,12 @@ def local_sgd(
 
     params (n, P); x (n, steps, B, 64) and y (n, steps, B) each node's minibatches;
     returns new params and the mean training loss of each node over its steps."""
-    losses = []
+    loss_sum = torch.zeros(params.shape[0], device=params.device)
     for step in range(x.shape[1]):  # loop over SGD steps, never over nodes
         loss, grad = spec.loss_and_grad(params, x[:, step], y[:, step])
-        params = params - learning_rate * grad
-        losses.append(loss)
-    return params, torch.stack(losses, 1).mean(1)
+        params = torch.add(params, grad, alpha=-learning_rate)
+        loss_sum += loss
+    return params, loss_sum / x.shape[1]
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
