@@ -32,10 +32,9 @@ import os
 import statistics
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
-
-import gymnasium as gym
 
 from envs.config import EnvConfig
 from envs.dynamics import gossip
@@ -129,21 +128,12 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     return times
 
 
-def time_vector_steps(config: EnvConfig, n_envs: int, rounds: int, seed: int) -> list[float]:
-    env = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
-    env.reset(seed=seed)
-    action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
-    env.step(action)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        env.step(action)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def time_sync_vector_steps(config: EnvConfig, n_envs: int, rounds: int, seed: int) -> list[float]:
-    env = gym.vector.SyncVectorEnv([lambda: EdgeLearningEnv(config) for _ in range(n_envs)])
+def time_vector_steps(config: EnvConfig, n_envs: int, rounds: int, seed: int, batched: bool = True) -> list[float]:
+    """Step times of B envs: the native batched vector env, or Gymnasium's SyncVectorEnv of single envs."""
+    if batched:
+        env = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
+    else:
+        env = gym.vector.SyncVectorEnv([lambda: EdgeLearningEnv(config) for _ in range(n_envs)])
     env.reset(seed=seed)
     action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
     env.step(action)
@@ -215,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     emit()
     config = config_for(32, args.rounds)
     vector = statistics.median(time_vector_steps(config, 64, args.rounds, args.seed))
-    sync = statistics.median(time_sync_vector_steps(config, 64, args.rounds, args.seed))
+    sync = statistics.median(time_vector_steps(config, 64, args.rounds, args.seed, batched=False))
     emit("| B = 64, N = 32 | step ms | env-steps/s |")
     emit("|---|---:|---:|")
     emit(f"| EdgeLearningVectorEnv (one batched program) | {1e3 * vector:.1f} | {64 / vector:.0f} |")

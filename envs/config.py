@@ -224,7 +224,9 @@ class EnvConfig(_Frozen):
     @model_validator(mode="after")
     def _privacy_needs_delta(self) -> EnvConfig:
         if self.privacy.accountant == "rdp" and self.privacy.mechanism != "gaussian":
-            raise ValueError("privacy.accountant 'rdp' needs privacy.mechanism 'gaussian' (allowed for laplace: 'basic')")
+            raise ValueError(
+                "privacy.accountant 'rdp' needs privacy.mechanism 'gaussian' (allowed for laplace: 'basic')"
+            )
         return self
 
     @field_validator("round_minutes")

@@ -83,7 +83,8 @@ class EdgeLearningEnv(gym.Env):
     participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
     attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round.
     On the last step also: episode_carbon_g, episode_energy_wh, episode_grid_wh, episode_harvested_wh,
-    episode_bytes_sent, episode_malicious_participants, rounds_to_target (None if missed), carbon_to_target_g, energy_to_target_wh,
+    episode_bytes_sent, episode_malicious_participants, rounds_to_target (None if missed),
+    carbon_to_target_g, energy_to_target_wh,
     final_accuracy (full test split).
 
     ## Attacks, defences and privacy

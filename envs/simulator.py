@@ -152,7 +152,8 @@ def transition(
     usable = gossip.usable_senders(public, sent)
 
     def pull_from(senders: torch.Tensor) -> torch.Tensor:
-        return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours, scenario.neighbour_valid,
+        return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,
+                                     scenario.neighbour_valid,
                                      scenario.neighbour_weight, defence.aggregator, senders,
                                      defence.trim_fraction, defence.clip_quantile,
                                      state.trust if defence.trust_weighting else None)

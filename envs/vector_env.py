@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -27,7 +28,6 @@ from envs.fleet_batch import FleetBatch
 from envs.gossip_env import validate_actions
 from envs.observation import observation_space
 from envs.scenario import make_scenario
-from gymnasium import spaces
 
 
 class EdgeLearningVectorEnv(VectorEnv):

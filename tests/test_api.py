@@ -8,10 +8,10 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import ENV_ID, FLAT_ENV_ID, TINY, all_nodes, config_id, env_config_paths, make_env, tiny_variant
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from conftest import ENV_ID, FLAT_ENV_ID, TINY, all_nodes, config_id, env_config_paths, make_env, tiny_variant
 from envs.dynamics.energy import IDLE, N_ACTIONS
 from envs.reward import COMPONENTS
 from envs.wrappers import FlattenGossipObservation

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import torch
-
 from conftest import all_nodes, make_env
+
 from envs.dynamics.energy import N_ACTIONS
 
 ROUNDS = 12

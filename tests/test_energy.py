@@ -15,10 +15,10 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from conftest import make_env, tiny_variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_env, tiny_variant
 from envs.dynamics.energy import available_for_actions, settle_energy
 from envs.dynamics.gossip import mixing_matrix
 from envs.dynamics.learning import ModelSpec

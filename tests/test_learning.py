@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import DEFAULT, all_nodes, make_env
 
 CHANCE = 0.1

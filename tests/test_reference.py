@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_variant
+
 from envs.dynamics.energy import N_ACTIONS
 from envs.dynamics.learning import ModelSpec
 from envs.reference import node_action_cost, reference_transition

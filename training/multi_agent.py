@@ -351,18 +351,6 @@ def run_episode(scheduler, env, seed: int) -> dict[str, float]:
             }
 
 
-def _setup_logging(out: Path) -> None:
-    LOG.setLevel(logging.INFO)
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
-        handler.close()
-    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
-        handler.setFormatter(formatter)
-        LOG.addHandler(handler)
-    LOG.propagate = False
-
-
 def train_multi_agent(
     config, settings, out_dir: str | Path, local_reward_weight: float = 0.0, resume: str | None = None
 ) -> MultiAgentResult:
@@ -381,7 +369,9 @@ def train_multi_agent(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out)
+    from training.train import setup_logging
+
+    setup_logging(out, LOG)
     env_config = load_config(config)
     n_nodes = env_config.n_nodes
     config_path = out / "env_config.yaml"

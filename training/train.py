@@ -124,16 +124,17 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def _setup_logging(out: Path) -> None:
-    LOG.setLevel(logging.INFO)
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
+def setup_logging(out: Path, logger: logging.Logger = LOG) -> None:
+    """Send ``logger`` to OUT/train.log and stdout, replacing handlers of an earlier run in this process."""
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stdout)):
         handler.setFormatter(formatter)
-        LOG.addHandler(handler)
-    LOG.propagate = False
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 def make_env(config, worker: bool = True):
@@ -303,7 +304,7 @@ def train(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out)
+    setup_logging(out)
     env_config = load_config(config)
     config_path = out / "env_config.yaml"
     config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
