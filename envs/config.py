@@ -167,7 +167,7 @@ class RewardWeights(_Frozen):
     """Weights of the named reward components (see envs/reward.py for each formula)."""
 
     accuracy: float = Field(10.0, ge=0)
-    carbon: float = Field(0.2, ge=0)
+    carbon: float = Field(1.0, ge=0)
     energy: float = Field(0.05, ge=0)
     security: float = Field(1.0, ge=0)
     deadline: float = Field(10.0, ge=0)
