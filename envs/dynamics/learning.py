@@ -51,15 +51,31 @@ class ModelSpec:
         return params.repeat_interleave(nodes_per_env, dim=0)
 
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n, P) params, (n, B, 64) inputs -> (n, B, 10) logits. ``x`` may be (B, 64), shared by all."""
+        """(n, P) params, (n, B, 64) inputs -> (n, B, 10) logits. ``x`` may be (B, 64), shared by all.
+
+        Shared inputs go through ``shared_input_logits``."""
         if x.dim() == 2:
-            x = x.expand(params.shape[0], *x.shape)
+            return self.shared_input_logits(params, x).transpose(0, 1)
         if self.kind == "softmax":
             w, b = self.unpack(params)
             return torch.baddbmm(b.unsqueeze(1), x, w)
         w1, b1, w2, b2 = self.unpack(params)
         hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), x, w1))
         return torch.baddbmm(b2.unsqueeze(1), hidden, w2)
+
+    def shared_input_logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(n, P) params, (B, 64) inputs seen by every node -> (B, n, 10) logits, sample-major.
+
+        The first layer of every node runs as one (B, 64) x (64, n·width) matrix product rather than n
+        batched ones over a broadcast copy of the inputs: same arithmetic, a fraction of the time; the
+        sample-major layout keeps the argmax over classes on contiguous memory."""
+        n = params.shape[0]
+        if self.kind == "softmax":
+            w, b = self.unpack(params)
+            return (x @ w.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, N_CLASSES) + b
+        w1, b1, w2, b2 = self.unpack(params)
+        hidden = torch.relu((x @ w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
+        return torch.baddbmm(b2.unsqueeze(1), hidden.transpose(0, 1), w2).transpose(0, 1)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """Mean cross-entropy per node (n,) and its gradient (n, P)."""
@@ -105,16 +121,5 @@ def local_sgd(
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right.
-
-    The first layer of every node runs as one (M, 64) x (64, n·width) matrix product rather than n
-    batched ones over a broadcast copy of the test set: same arithmetic, a fraction of the time."""
-    n = params.shape[0]
-    if spec.kind == "softmax":
-        w, b = spec.unpack(params)
-        logits = (x @ w.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, N_CLASSES) + b
-    else:
-        w1, b1, w2, b2 = spec.unpack(params)
-        hidden = torch.relu((x @ w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, spec.hidden) + b1)
-        logits = torch.baddbmm(b2.unsqueeze(1), hidden.transpose(0, 1), w2).transpose(0, 1)
-    return (logits.argmax(-1) == y.unsqueeze(1)).float().mean(0)
+    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right."""
+    return (spec.shared_input_logits(params, x).argmax(-1) == y.unsqueeze(1)).float().mean(0)
