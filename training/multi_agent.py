@@ -359,12 +359,11 @@ def train_multi_agent(
     import gymnasium as gym
     import torch
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
 
     import envs
     from envs.config import load_config
-    from training.callbacks import EnvKpiCallback, SettingsTextCallback, StepsPerSecondCallback
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -443,31 +442,13 @@ def train_multi_agent(
         evaluation = _decentralized_eval_callback()(
             eval_env, settings.validation_seeds, settings.eval_freq, n_nodes, out
         )
-        callbacks = [
-            SettingsTextCallback(
-                {
-                    "settings/training": settings.markdown(),
-                    "settings/env": "```yaml\n" + (out / "env_config.yaml").read_text() + "\n```",
-                    "settings/multi_agent": (out / "multi_agent.json").read_text(),
-                }
-            ),
-            EnvKpiCallback(),
-            StepsPerSecondCallback(),
-            CheckpointCallback(
-                max(settings.checkpoint_freq // settings.n_envs, 1),
-                str(out / "checkpoints"),
-                name_prefix="model",
-            ),
-            evaluation,
-        ]
-        if getattr(settings, "time_limit_minutes", None) is not None:
-            from training.callbacks import WallClockLimitCallback
+        from training.train import training_callbacks
 
-            callbacks.append(WallClockLimitCallback(settings.time_limit_minutes, on_log=LOG.info))
-        if settings.track_carbon:
-            from training.callbacks import TrainingEmissionsCallback
-
-            callbacks.append(TrainingEmissionsCallback(settings.country_iso_code, out, on_log=LOG.info))
+        texts = {
+            "settings/env": "```yaml\n" + (out / "env_config.yaml").read_text() + "\n```",
+            "settings/multi_agent": (out / "multi_agent.json").read_text(),
+        }
+        callbacks, _ = training_callbacks(settings, out, texts, evaluation, LOG)
         remaining = settings.total_timesteps * n_nodes - (model.num_timesteps if resume else 0)
         if remaining > 0:
             model.learn(

@@ -137,6 +137,39 @@ def setup_logging(out: Path, logger: logging.Logger = LOG) -> None:
     logger.propagate = False
 
 
+def training_callbacks(settings: TrainSettings, out: Path, texts: dict[str, str], evaluation, logger):
+    """The callbacks every training run has (settings as text, env KPIs, steps/s, checkpoints, held-out
+    evaluation, wall-clock limit, codecarbon), and the emissions callback if carbon is tracked."""
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    from training.callbacks import (
+        EnvKpiCallback,
+        SettingsTextCallback,
+        StepsPerSecondCallback,
+        TrainingEmissionsCallback,
+        WallClockLimitCallback,
+    )
+
+    callbacks = [
+        SettingsTextCallback({"settings/training": settings.markdown(), **texts}),
+        EnvKpiCallback(),
+        StepsPerSecondCallback(),
+        CheckpointCallback(
+            max(settings.checkpoint_freq // settings.n_envs, 1),
+            str(out / "checkpoints"),
+            name_prefix="model",
+        ),
+        evaluation,
+    ]
+    if settings.time_limit_minutes is not None:
+        callbacks.append(WallClockLimitCallback(settings.time_limit_minutes, on_log=logger.info))
+    emissions = None
+    if settings.track_carbon:
+        emissions = TrainingEmissionsCallback(settings.country_iso_code, out, on_log=logger.info)
+        callbacks.append(emissions)
+    return callbacks, emissions
+
+
 def make_env(config, worker: bool = True):
     """One env; a training worker gets one torch thread (the envs are small and run side by side)."""
     import gymnasium as gym
@@ -288,18 +321,11 @@ def train(
 ) -> TrainResult:
     """Train a scheduler on ``config`` (path, dict or EnvConfig) with ``settings`` (see the module doc)."""
     import torch
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
 
     from envs.config import load_config
-    from training.callbacks import (
-        EnvKpiCallback,
-        HeldOutEvalCallback,
-        SettingsTextCallback,
-        StepsPerSecondCallback,
-        TrainingEmissionsCallback,
-        WallClockLimitCallback,
-    )
+    from training.callbacks import HeldOutEvalCallback
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -344,28 +370,9 @@ def train(
             out / "evaluations.csv",
             on_log=LOG.info,
         )
-        callbacks = [
-            SettingsTextCallback(
-                {
-                    "settings/training": settings.markdown(),
-                    "settings/env": "```yaml\n" + config_path.read_text() + "\n```",
-                }
-            ),
-            EnvKpiCallback(),
-            StepsPerSecondCallback(),
-            CheckpointCallback(
-                max(settings.checkpoint_freq // settings.n_envs, 1),
-                str(out / "checkpoints"),
-                name_prefix="model",
-            ),
-            evaluation,
-        ]
-        if settings.time_limit_minutes is not None:
-            callbacks.append(WallClockLimitCallback(settings.time_limit_minutes, on_log=LOG.info))
-        emissions = None
-        if settings.track_carbon:
-            emissions = TrainingEmissionsCallback(settings.country_iso_code, out, on_log=LOG.info)
-            callbacks.append(emissions)
+        callbacks, emissions = training_callbacks(
+            settings, out, {"settings/env": "```yaml\n" + config_path.read_text() + "\n```"}, evaluation, LOG
+        )
         remaining = settings.total_timesteps - (model.num_timesteps if resume else 0)
         if remaining > 0:
             model.learn(
