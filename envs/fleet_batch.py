@@ -17,7 +17,7 @@ from envs.config import EnvConfig
 from envs.dynamics import attacks
 from envs.dynamics.learning import accuracy_per_node
 from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
-from envs.observation import adjacency_matrix, apply_lies, observe, true_telemetry
+from envs.observation import adjacency_matrix, apply_lies, observe, scenario_features, true_telemetry
 from envs.reward import reward_components, reward_scales, weighted_reward
 from envs.scenario import Scenario, stack_scenarios
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
@@ -92,6 +92,9 @@ class FleetBatch:
     def _after_new_scenario(self) -> None:
         self.scales = reward_scales(self.scenario)
         self.adjacency = adjacency_matrix(self.scenario) if self.config.observation.adjacency else None
+        self.features = scenario_features(self.scenario, self.config.observation.forecast_rounds)
+        self.liars = attacks.is_kind(self.scenario.attack_kind, "lying_telemetry")
+        self.any_liars = bool(self.liars.any())
 
     # ------------------------------------------------------------------ one round
     def step(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -125,9 +128,12 @@ class FleetBatch:
         done = terminated | truncated
         info.update(self._episode_info(done))
         self._refresh_telemetry(torch.ones(scenario.n_nodes, dtype=torch.bool, device=action.device))
-        spent = per_env(self.accountant.spent, scenario)
-        info["epsilon_spent"] = spent.max(1).values.double().cpu().numpy()
-        info["epsilon_spent_mean"] = spent.mean(1).double().cpu().numpy()
+        if config.privacy.mechanism == "none":
+            info["epsilon_spent"] = info["epsilon_spent_mean"] = np.zeros(scenario.n_envs)
+        else:
+            spent = per_env(self.accountant.spent, scenario)
+            info["epsilon_spent"] = spent.max(1).values.double().cpu().numpy()
+            info["epsilon_spent_mean"] = spent.mean(1).double().cpu().numpy()
         return reward, terminated, truncated, info
 
     def _round_info(self, outcome: RoundOutcome, rounds: np.ndarray) -> dict[str, np.ndarray]:
@@ -155,9 +161,10 @@ class FleetBatch:
             "malicious_participants": outcome.malicious_participants,
             "attack_influence": outcome.attack_influence,
         }
-        totals = per_env(torch.stack([v.double() for v in sums.values()], dim=1), scenario).sum(1)  # (B, K)
-        table = torch.cat([totals, torch.stack([v.double() for v in per_env_values.values()], dim=1)], dim=1)
-        table = table.cpu().numpy()
+        columns = torch.stack([v if v.is_floating_point() else v.float() for v in sums.values()], dim=1)
+        totals = per_env(columns.double(), scenario).sum(1)  # (B, K), summed in double like the episode totals
+        figures = torch.stack([v if v.is_floating_point() else v.float() for v in per_env_values.values()], dim=1)
+        table = torch.cat([totals, figures.double()], dim=1).cpu().numpy()
         info: dict[str, np.ndarray] = {"round": rounds}
         for column, key in enumerate([*sums, *per_env_values]):
             value = table[:, column]
@@ -192,10 +199,11 @@ class FleetBatch:
         action mask derived from it: the scheduler never sees more than the nodes chose to publish."""
         scenario, state, config = self.scenario, self.state, self.config
         privacy = config.privacy
-        telemetry = true_telemetry(scenario, state, config.observation.forecast_rounds)
+        telemetry = true_telemetry(scenario, self.features, state)
         n = scenario.nodes_per_env
-        started = (state.round >= config.attack.start_round).repeat_interleave(n)
-        telemetry = apply_lies(telemetry, attacks.is_kind(scenario.attack_kind, "lying_telemetry") & started)
+        if self.any_liars:
+            started = (state.round >= config.attack.start_round).repeat_interleave(n)
+            telemetry = apply_lies(telemetry, self.liars & started)
         if privacy.mechanism != "none":
             woke = state.last_action >= 1
             due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
@@ -219,7 +227,8 @@ class FleetBatch:
         """Batched Dict observation: every array has the environment axis first."""
         adjacency = None if self.adjacency is None else self.adjacency.copy()
         trust = trust_in_nodes(self.scenario, self.state.trust)
-        return observe(self.config, self.scenario, self.state, self.telemetry, trust, self.mask, adjacency)
+        return observe(self.config, self.scenario, self.features, self.state, self.telemetry, trust, self.mask,
+                       adjacency)
 
     def action_masks(self) -> np.ndarray:
         """(B, N, K) bool."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from gymnasium import spaces
 from envs.config import EnvConfig
 from envs.dynamics.energy import N_ACTIONS
 from envs.scenario import Scenario
-from envs.state import SimState, per_env, time_index
+from envs.state import SimState, at_round, per_env, time_index
 
 # name, low, high, meaning (unit)
 NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
@@ -83,28 +84,54 @@ def adjacency_matrix(scenario: Scenario) -> np.ndarray:
     return adjacency
 
 
-def window_mean(trace: torch.Tensor, t: torch.Tensor, horizon: int) -> torch.Tensor:
-    """(B·N,) mean of each node's trace over the ``horizon`` rounds after its round ``t``."""
-    index = t.unsqueeze(1) + 1 + torch.arange(horizon, device=t.device)
-    return trace.gather(1, index).mean(1)
+@dataclass(frozen=True)
+class ScenarioFeatures:
+    """Everything the observation reads from a scenario that is fixed for the episode, computed once
+    per scenario (at reset) so that a step only gathers each node's value at its round."""
+
+    harvest_now: torch.Tensor  # (N, T) harvest of the round / the node's full-round cost
+    harvest_forecast: torch.Tensor  # (N, T') mean of the next forecast_rounds of harvest_now's trace
+    carbon_now: torch.Tensor  # (N, T) kgCO2e/kWh
+    carbon_forecast: torch.Tensor  # (N, T')
+    load_when_training: torch.Tensor  # (N,) share of a round spent computing when the node trains
+    static_columns: dict[str, torch.Tensor]  # (N,) node features that never change within an episode
 
 
-def true_telemetry(scenario: Scenario, state: SimState, forecast_rounds: int) -> dict[str, torch.Tensor]:
+def forward_window_means(trace: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(N, T - horizon) column t: mean of each row over the ``horizon`` entries after t."""
+    return trace.unfold(1, horizon, 1)[:, 1:].mean(2)
+
+
+def scenario_features(scenario: Scenario, forecast_rounds: int) -> ScenarioFeatures:
+    full_round_wh = scenario.costs.total_wh[:, 2]
+    compute_time = scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s
+    degree = per_env(scenario.degree, scenario)
+    return ScenarioFeatures(
+        harvest_now=scenario.harvest_wh / full_round_wh.unsqueeze(1),
+        harvest_forecast=forward_window_means(scenario.harvest_wh, forecast_rounds) / full_round_wh.unsqueeze(1),
+        carbon_now=scenario.carbon_g_per_kwh / 1000.0,
+        carbon_forecast=forward_window_means(scenario.carbon_g_per_kwh, forecast_rounds) / 1000.0,
+        load_when_training=compute_time,
+        static_columns={
+            "grid_connected": scenario.grid_connected.float(),
+            "degree": (degree / degree.max(1, keepdim=True).values).view(-1),
+            "round_cost": full_round_wh / scenario.capacity_wh,
+            "compute_time": compute_time,
+        },
+    )
+
+
+def true_telemetry(scenario: Scenario, features: ScenarioFeatures, state: SimState) -> dict[str, torch.Tensor]:
     """What an honest node reports about itself: battery, harvest, load (privacy may noise these) and
     its grid's carbon intensity."""
     t = time_index(scenario, state.round)
-    nodes = torch.arange(scenario.n_nodes, device=t.device)
-    carbon = scenario.carbon_g_per_kwh
-    full_round_wh = scenario.costs.total_wh[:, 2]
-    harvest = scenario.harvest_wh[nodes, t]
-    trained_last = (state.last_action >= 1).to(harvest.dtype)
     return {
         "battery_soc": state.battery_wh / scenario.capacity_wh,
-        "harvest_now": harvest / full_round_wh,
-        "harvest_forecast": window_mean(scenario.harvest_wh, t, forecast_rounds) / full_round_wh,
-        "load": trained_last * scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s,
-        "carbon_now": carbon[nodes, t] / 1000.0,
-        "carbon_forecast": window_mean(carbon, t, forecast_rounds) / 1000.0,
+        "harvest_now": at_round(features.harvest_now, t),
+        "harvest_forecast": at_round(features.harvest_forecast, t),
+        "load": torch.where(state.last_action >= 1, features.load_when_training, 0.0),
+        "carbon_now": at_round(features.carbon_now, t),
+        "carbon_forecast": at_round(features.carbon_forecast, t),
     }
 
 
@@ -120,6 +147,7 @@ def apply_lies(telemetry: dict[str, torch.Tensor], liars: torch.Tensor) -> dict[
 def observe(
     config: EnvConfig,
     scenario: Scenario,
+    features: ScenarioFeatures,
     state: SimState,
     telemetry: dict[str, torch.Tensor],
     trust: torch.Tensor,
@@ -128,39 +156,37 @@ def observe(
 ) -> dict[str, np.ndarray]:
     """Assemble the Dict observation of every environment, batched: nodes (B, N, F), global (B, G),
     action_mask (B, N, K), adjacency (B, N, N). ``telemetry`` is what the nodes reported."""
-    full_round_wh = scenario.costs.total_wh[:, 2]
-    degree = per_env(scenario.degree, scenario)
     columns = {
         **telemetry,
-        "grid_connected": scenario.grid_connected.float(),
+        **features.static_columns,
         "trust": trust,
         "staleness": state.staleness / config.max_rounds,
         "local_loss": state.local_loss,
-        "degree": (degree / degree.max(1, keepdim=True).values).view(-1),
-        "last_action": state.last_action.float() / (N_ACTIONS - 1),
+        "last_action": state.last_action / (N_ACTIONS - 1),
         "dropped": state.dropped.float(),
-        "round_cost": full_round_wh / scenario.capacity_wh,
-        "compute_time": scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s,
     }
     nodes = torch.stack([columns[name] for name, *_ in NODE_FEATURES], dim=1)
     low, high = _bounds(NODE_FEATURES, nodes.device)
     nodes = torch.nan_to_num(nodes, nan=0.0, posinf=0.0, neginf=0.0).clamp(low, high)
 
-    hour = (scenario.start_utc_hour + state.round * (config.round_minutes / 60.0)) % 24.0
-    accuracy = per_env(state.node_accuracy, scenario).mean(1)
+    # per-environment figures: the tensor work, then the few (B,) numbers in numpy
     grouped = per_env(state.params, scenario)
     consensus = (grouped - grouped.mean(1, keepdim=True)).pow(2).sum(2).mean(1)
-    glob = torch.stack([
-        torch.sin(2 * math.pi * hour / 24), torch.cos(2 * math.pi * hour / 24), state.round / config.max_rounds,
-        accuracy, config.target_accuracy - accuracy, consensus,
-        per_env(state.dropped.float(), scenario).mean(1),
-        per_env((state.last_action >= 1).float(), scenario).mean(1),
-    ], dim=1)
-    glob_low, glob_high = _bounds(GLOBAL_FEATURES, glob.device)
-    glob = torch.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clamp(glob_low, glob_high)
+    shares = per_env(torch.stack([state.node_accuracy, state.dropped.float(), (state.last_action >= 1).float()],
+                                 dim=1), scenario).mean(1)  # (B, 3)
+    per_environment = torch.cat([shares, consensus.unsqueeze(1)], dim=1).double().cpu().numpy()
+    accuracy, dropped_share, awake_share, consensus = per_environment.T
+    rounds = state.round.cpu().numpy()
+    hour = (scenario.start_utc_hour.cpu().numpy() + rounds * (config.round_minutes / 60.0)) % 24.0
+    glob = np.stack([
+        np.sin(2 * math.pi * hour / 24), np.cos(2 * math.pi * hour / 24), rounds / config.max_rounds,
+        accuracy, config.target_accuracy - accuracy, consensus, dropped_share, awake_share,
+    ], axis=1)
+    glob_low, glob_high = (np.array(bound) for bound in zip(*((f[1], f[2]) for f in GLOBAL_FEATURES)))
+    glob = np.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clip(glob_low, glob_high)
     obs = {
         "nodes": per_env(nodes, scenario).cpu().numpy().astype(np.float32),
-        "global": glob.cpu().numpy().astype(np.float32),
+        "global": glob.astype(np.float32),
         "action_mask": per_env(action_mask, scenario).cpu().numpy().astype(np.float32),
     }
     if adjacency is not None:

@@ -82,6 +82,25 @@ class Scenario:
     test_y: torch.Tensor  # (M_test,)
     eval_index: torch.Tensor  # (M_eval,) subsample of the test split used each round
 
+    # derived, read every round: computed on first use (dataclasses.replace starts a fresh cache)
+    @functools.cached_property
+    def eval_x(self) -> torch.Tensor:
+        return self.test_x[self.eval_index]
+
+    @functools.cached_property
+    def eval_y(self) -> torch.Tensor:
+        return self.test_y[self.eval_index]
+
+    @functools.cached_property
+    def honest_share(self) -> torch.Tensor:
+        """(B, N) 1 / (honest nodes of the environment) for honest nodes, 0 for attackers."""
+        honest = self.honest.view(self.n_envs, self.nodes_per_env).float()
+        return honest / honest.sum(1, keepdim=True).clamp_min(1)
+
+    @functools.cached_property
+    def all_honest(self) -> bool:
+        return bool(self.honest.all())
+
 
 # ---------------------------------------------------------------------------------------------- data
 @functools.cache

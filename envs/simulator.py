@@ -16,7 +16,7 @@ from envs.dynamics import attacks, gossip, streams
 from envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
 from envs.dynamics.learning import accuracy_per_node, local_sgd
 from envs.scenario import N_CLASSES, Scenario
-from envs.state import SimState, honest_mean, model_spec, per_env, time_index
+from envs.state import SimState, at_round, honest_mean, model_spec, per_env, time_index
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def draw_randomness(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor)
     shape = (n, config.learning.local_steps, config.learning.batch_size)
     positions = (streams.uniform(key, rounds, streams.BATCHES, shape) * shard_size).long().clamp_(max=shard_size - 1)
     positions = positions.view(total, *shape[1:])
-    if bool(scenario.honest.all()):
+    if scenario.all_honest:
         return RoundRandomness(batches=positions)
     attack_on = streams.uniform(key, rounds, streams.ATTACK_ON, (n,)).view(total) < config.attack.on_probability
     noise = None
@@ -83,22 +83,31 @@ def affordable_actions(config: EnvConfig, scenario: Scenario, battery_wh: torch.
     return mask
 
 
+def affordable(config: EnvConfig, scenario: Scenario, battery_wh: torch.Tensor, harvest_wh: torch.Tensor,
+               action: torch.Tensor, total_wh: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: whether each node can cover the energy ``total_wh`` of its chosen ``action``; the
+    same test as ``affordable_actions`` for one action per node."""
+    budget = available_for_actions(battery_wh, scenario.capacity_wh, harvest_wh, scenario.grid_connected,
+                                   config.energy.battery_min_soc)
+    return (total_wh <= budget) | (action == IDLE)
+
+
 def transition(
     config: EnvConfig, scenario: Scenario, state: SimState, action: torch.Tensor, noise: RoundRandomness
 ) -> tuple[SimState, RoundOutcome]:
     spec = model_spec(config)
     t = time_index(scenario, state.round)  # (B·N,) each node's round
-    nodes = torch.arange(scenario.n_nodes, device=action.device)
-    harvest = scenario.harvest_wh[nodes, t]
+    harvest = at_round(scenario.harvest_wh, t)
 
     # 1. energy: drop what cannot be afforded, then settle every node's round
-    affordable = affordable_actions(config, scenario, state.battery_wh, harvest)[nodes, action]
-    dropped = ~affordable
-    action = torch.where(affordable, action, torch.full_like(action, IDLE))
-    trained, sent, level = decode_action(action)
     costs = scenario.costs
-    compute_wh, radio_wh, base_wh = (c[nodes, action] for c in (costs.compute_wh, costs.radio_wh, costs.base_wh))
-    flow = settle_energy(compute_wh + radio_wh + base_wh, state.battery_wh, scenario.capacity_wh, harvest,
+    *_, total_wh, _ = costs.of(action)
+    can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh)
+    dropped = ~can_afford
+    action = torch.where(can_afford, action, IDLE)
+    trained, sent, level = decode_action(action)
+    compute_wh, radio_wh, base_wh, total_wh, bytes_sent = costs.of(action)
+    flow = settle_energy(total_wh, state.battery_wh, scenario.capacity_wh, harvest,
                          scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency)
 
     # 2. learning on the trainers only (active free riders skip it; label flippers learn 9 - y)
@@ -161,7 +170,7 @@ def transition(
     step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
     move = step * pull_from(usable)
     influence = torch.zeros(scenario.n_envs, device=params.device)
-    if not bool(scenario.honest.all()):
+    if not scenario.all_honest:
         clean_move = step * pull_from(usable & scenario.honest)
         started = state.round >= config.attack.start_round
         scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
@@ -169,20 +178,17 @@ def transition(
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
                                      scenario.nodes_per_env)
     params = params + move
-    fresh = scenario.neighbour_valid & sent[scenario.neighbours] & awake.unsqueeze(1)
+    fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory
     trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)
 
     # 4. measure
     malicious = per_env(awake & ~scenario.honest, scenario).sum(1)
-    eval_y = scenario.test_y[scenario.eval_index]
-    node_accuracy = accuracy_per_node(spec, params, scenario.test_x[scenario.eval_index], eval_y)
-    honest = per_env(scenario.honest, scenario).unsqueeze(2).to(params.dtype)  # (B, N, 1)
+    node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
     grouped = per_env(params, scenario)
-    centre = (grouped * honest).sum(1, keepdim=True) / honest.sum(1, keepdim=True).clamp_min(1)
+    centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
     consensus = honest_mean((grouped - centre).pow(2).sum(2).view(-1), scenario)
-    intensity_g_per_wh = scenario.carbon_g_per_kwh[nodes, t] / 1000.0
-    bytes_sent = costs.bytes_sent[nodes, action]
+    intensity_g_per_wh = at_round(scenario.carbon_g_per_kwh, t) / 1000.0
     backbone_wh = bytes_sent * scenario.degree * scenario.backbone_kwh_per_byte * 1000.0
 
     changed = awake

@@ -45,8 +45,12 @@ def per_env(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
 
 def honest_mean(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
     """(B,) mean over each environment's nodes that are not attackers: the accuracy the fleet delivers."""
-    honest = per_env(scenario.honest, scenario).to(values.dtype)
-    return (per_env(values, scenario) * honest).sum(1) / honest.sum(1).clamp_min(1)
+    return (per_env(values, scenario) * scenario.honest_share.to(values.dtype)).sum(1)
+
+
+def at_round(trace: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B·N,) each node's value of an (B·N, T) trace at its round ``t`` (B·N,)."""
+    return trace.gather(1, t.unsqueeze(1)).squeeze(1)
 
 
 def time_index(scenario: Scenario, rounds: torch.Tensor) -> torch.Tensor:
@@ -64,8 +68,7 @@ def initial_state(config: EnvConfig, scenario: Scenario) -> SimState:
     shard_x = scenario.train_x[scenario.shards]
     shard_y = scenario.train_y[scenario.shards]
     loss, _ = spec.loss_and_grad(params, shard_x, shard_y)
-    eval_x = scenario.test_x[scenario.eval_index]
-    node_accuracy = accuracy_per_node(spec, params, eval_x, scenario.test_y[scenario.eval_index])
+    node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
     return SimState(
         params=params,
         public=params.clone(),

@@ -94,3 +94,16 @@ def test_different_seeds_give_different_rollouts():
     actions = _actions(2)
     first, second = _rollout(0, actions), _rollout(1, actions)
     assert any(not np.array_equal(x[0]["nodes"], y[0]["nodes"]) for x, y in zip(first, second))
+
+
+def test_numpy_and_torch_stream_hashes_agree():
+    """The CPU path hashes in NumPy, other devices in torch: both must give the same random bits."""
+    from envs.dynamics import streams
+
+    key = torch.tensor([0, 12345, 2**31 + 7, 2**32 - 1])
+    rounds = torch.tensor([0, 5, 191, 3])
+    prefixes = torch.from_numpy(streams._prefixes(key, rounds, streams.BATCHES).astype(np.int64))
+    expected = streams._bits_torch(prefixes, 3 * 700).view(4, 3, 700)
+    assert torch.equal(streams._bits(key, rounds, streams.BATCHES, (3, 700)), expected)
+    assert int(expected.min()) >= 0 and int(expected.max()) < 2**32
+    assert len(torch.unique(expected)) > 0.99 * expected.numel()

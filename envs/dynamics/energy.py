@@ -16,6 +16,8 @@ on Wi-Fi is an order of magnitude below the uplink cost (Huang et al., MobiSys 2
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +45,19 @@ class ActionCosts:
     base_wh: torch.Tensor  # sleep + awake-idle draw
     bytes_sent: torch.Tensor
 
-    @property
+    @functools.cached_property
     def total_wh(self) -> torch.Tensor:
         return self.compute_wh + self.radio_wh + self.base_wh
+
+    @functools.cached_property
+    def table(self) -> torch.Tensor:
+        """(N, K, 5) compute, radio, base, total Wh and bytes: one gather reads a node's whole action."""
+        return torch.stack([self.compute_wh, self.radio_wh, self.base_wh, self.total_wh, self.bytes_sent], 2)
+
+    def of(self, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """compute, radio, base, total Wh and bytes (each (N,)) of each node's ``action`` (N,)."""
+        index = action.view(-1, 1, 1).expand(-1, 1, 5)
+        return self.table.gather(1, index).squeeze(1).unbind(1)
 
 
 def action_costs(

@@ -27,23 +27,29 @@ from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
 
 def compress(delta: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """Apply each row's compression level (index into COMPRESSION_LEVELS) to (n, P) ``delta``."""
-    out = torch.zeros_like(delta)
-    n_params = delta.shape[1]
+    counts = torch.bincount(level, minlength=len(COMPRESSION_LEVELS)).tolist()
+    out = None
     for code, name in enumerate(COMPRESSION_LEVELS):  # loop over the four levels, not over nodes
-        rows = (level == code).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        if counts[code] == 0:
             continue
-        part = delta[rows]
-        if name == "full":
-            out[rows] = part
-        elif name == "q8":
-            scale = part.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-            out[rows] = torch.round(part / scale) * scale
-        else:
-            k = max(1, math.ceil(TOPK_FRACTION[name] * n_params))
-            top = part.abs().topk(k, dim=1).indices
-            out[rows] = torch.zeros_like(part).scatter_(1, top, part.gather(1, top))
-    return out
+        if counts[code] == delta.shape[0]:  # one level for every row (the usual case): no row copies
+            return _compress_rows(delta, name)
+        rows = (level == code).nonzero().squeeze(1)
+        if out is None:
+            out = torch.zeros_like(delta)
+        out[rows] = _compress_rows(delta[rows], name)
+    return torch.zeros_like(delta) if out is None else out
+
+
+def _compress_rows(part: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "full":
+        return part
+    if name == "q8":
+        scale = part.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
+        return torch.round(part / scale) * scale
+    k = max(1, math.ceil(TOPK_FRACTION[name] * part.shape[1]))
+    top = part.abs().topk(k, dim=1).indices
+    return torch.zeros_like(part).scatter_(1, top, part.gather(1, top))
 
 
 def mixing_matrix(
@@ -63,12 +69,20 @@ def mixing_matrix(
 
 def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, send: torch.Tensor) -> torch.Tensor:
     """New public copies after the senders broadcast their compressed difference."""
-    rows = send.nonzero().squeeze(1)
-    if rows.numel() == 0:
+    senders = int(send.sum())
+    if senders == 0:
         return public
+    if senders == send.shape[0]:
+        return public + compress(params - public, level)
+    rows = send.nonzero().squeeze(1)
     public = public.clone()
     public[rows] += compress(params[rows] - public[rows], level[rows])
     return public
+
+
+def slots(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """(N, D) ``values`` (N,) of the node in each neighbour slot (index_select: cheaper than indexing)."""
+    return values.index_select(0, neighbours.view(-1)).view(neighbours.shape)
 
 
 def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,7 +121,7 @@ def aggregate_pull(
     if aggregator == "mean" and slot_trust is None:
         weight_used = neighbour_mixing @ usable.to(public.dtype).unsqueeze(1)  # (N, 1)
         return neighbour_mixing @ safe - weight_used * own
-    valid = neighbour_valid & usable[neighbours]  # (N, D)
+    valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
     stack = safe[neighbours]  # (N, D, P)
     own_row = own.unsqueeze(1)
     weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
@@ -141,7 +155,7 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model."""
     safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
     dist = neighbour_distances(own, safe, neighbours, nodes_per_env)
-    usable_slot = neighbour_valid & usable[neighbours]
+    usable_slot = neighbour_valid & slots(usable, neighbours)
     median = torch.where(usable_slot, dist, torch.full_like(dist, float("nan"))).nanmedian(1, keepdim=True).values
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
     return torch.where(usable_slot, score, torch.zeros_like(score))

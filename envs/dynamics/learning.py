@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from envs.scenario import N_CLASSES, N_FEATURES
+
+
+def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, i, k) @ (n, k, j) (+ bias (n, 1, j)): one small product per node.
+
+    On the CPU the products go through NumPy's stacked ``matmul`` on views of the same memory: for
+    these shapes (a few dozen rows, 64 features, 10 classes) torch.bmm spends ~4 us per matrix in MKL's
+    small-matrix path on AMD cores, NumPy's OpenBLAS about a third of that (benchmarks/bench_step.py).
+    Autograd (the gradient tests) and other devices keep torch.bmm."""
+    if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
+        product = torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+        return product if bias is None else product.add_(bias)
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
 
 
 @dataclass(frozen=True)
@@ -55,27 +69,28 @@ class ModelSpec:
 
         Shared inputs go through ``shared_input_logits``."""
         if x.dim() == 2:
-            return self.shared_input_logits(params, x).transpose(0, 1)
+            return self.shared_input_logits(params, x).permute(2, 0, 1)
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            return torch.baddbmm(b.unsqueeze(1), x, w)
+            return batched_matmul(x, w, b.unsqueeze(1))
         w1, b1, w2, b2 = self.unpack(params)
-        hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), x, w1))
-        return torch.baddbmm(b2.unsqueeze(1), hidden, w2)
+        hidden = torch.relu(batched_matmul(x, w1, b1.unsqueeze(1)))
+        return batched_matmul(hidden, w2, b2.unsqueeze(1))
 
     def shared_input_logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n, P) params, (B, 64) inputs seen by every node -> (B, n, 10) logits, sample-major.
+        """(n, P) params, (M, 64) inputs seen by every node -> (M, 10, n) logits, class-major.
 
-        The first layer of every node runs as one (B, 64) x (64, n·width) matrix product rather than n
-        batched ones over a broadcast copy of the inputs: same arithmetic, a fraction of the time; the
-        sample-major layout keeps the argmax over classes on contiguous memory."""
+        The first layer of every node runs as one (M, 64) x (64, n·width) matrix product rather than n
+        batched ones over a broadcast copy of the inputs: same arithmetic, a fraction of the time. With
+        the node axis innermost, a reduction over classes is an element-wise max of ten contiguous slabs,
+        which torch vectorises (an argmax over a last axis of 10 it does not)."""
         n = params.shape[0]
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            return (x @ w.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, N_CLASSES) + b
+            return (x @ w.permute(1, 2, 0).reshape(N_FEATURES, -1)).view(-1, N_CLASSES, n) + b.T
         w1, b1, w2, b2 = self.unpack(params)
         hidden = torch.relu((x @ w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
-        return torch.baddbmm(b2.unsqueeze(1), hidden.transpose(0, 1), w2).transpose(0, 1)
+        return batched_matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).permute(1, 2, 0)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """Mean cross-entropy per node (n,) and its gradient (n, P)."""
@@ -83,19 +98,19 @@ class ModelSpec:
         onehot = torch.nn.functional.one_hot(y, N_CLASSES).to(x.dtype)
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            logits = torch.baddbmm(b.unsqueeze(1), x, w)
+            logits = batched_matmul(x, w, b.unsqueeze(1))
             log_prob = torch.log_softmax(logits, dim=-1)
             delta = (log_prob.exp() - onehot) / batch  # dL/dlogits
-            grads = [torch.bmm(x.transpose(1, 2), delta), delta.sum(1)]
+            grads = [batched_matmul(x.transpose(1, 2), delta), delta.sum(1)]
         else:
             w1, b1, w2, b2 = self.unpack(params)
-            hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), x, w1))
-            log_prob = torch.log_softmax(torch.baddbmm(b2.unsqueeze(1), hidden, w2), dim=-1)
+            hidden = torch.relu(batched_matmul(x, w1, b1.unsqueeze(1)))
+            log_prob = torch.log_softmax(batched_matmul(hidden, w2, b2.unsqueeze(1)), dim=-1)
             delta = (log_prob.exp() - onehot) / batch
-            d_hidden = torch.bmm(delta, w2.transpose(1, 2)) * (hidden > 0)
+            d_hidden = batched_matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
             grads = [
-                torch.bmm(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
-                torch.bmm(hidden.transpose(1, 2), delta), delta.sum(1),
+                batched_matmul(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
+                batched_matmul(hidden.transpose(1, 2), delta), delta.sum(1),
             ]
         loss = -(log_prob * onehot).sum(-1).mean(-1)
         return loss, torch.cat([g.reshape(n, -1) for g in grads], dim=1)
@@ -121,5 +136,16 @@ def local_sgd(
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right."""
-    return (spec.shared_input_logits(params, x).argmax(-1) == y.unsqueeze(1)).float().mean(0)
+    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right.
+
+    A point counts when argmax over the classes is its label, ties going to the lowest class as in
+    ``torch.argmax`` (at the all-zero start every model predicts class 0): the true logit beats every
+    lower class strictly and no higher class exceeds it. Written as two masked maxima over the classes
+    because that is several times faster than argmax here (see ``shared_input_logits``)."""
+    logits = spec.shared_input_logits(params, x)  # (M, 10, n)
+    classes = torch.arange(N_CLASSES, device=y.device)
+    lower = torch.where(classes < y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)  # (M, 10, 1)
+    higher = torch.where(classes > y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)
+    true_logit = logits.gather(1, y.view(-1, 1, 1).expand(-1, 1, logits.shape[2])).squeeze(1)  # (M, n)
+    correct = (true_logit > (logits + lower).amax(1)) & (true_logit >= (logits + higher).amax(1))
+    return correct.float().mean(0)

@@ -37,7 +37,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mix32_np(x: np.ndarray) -> np.ndarray:
-    """mix32 on a small uint64 numpy array (per-environment prefixes: cheaper than tensor operations)."""
+    """mix32 on a uint64 numpy array (products wrap modulo 2**64, so no split is needed)."""
     x = x & MASK32
     x ^= x >> np.uint64(16)
     x = (x * np.uint64(0x7FEB352D)) & np.uint64(MASK32)
@@ -46,16 +46,31 @@ def _mix32_np(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(16))
 
 
-def _bits(key: torch.Tensor, round_index: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(B, *shape) 32-bit hashes for B environments with episode keys ``key`` (B,) at rounds (B,)."""
+def _prefixes(key: torch.Tensor, round_index: torch.Tensor, stream: int) -> np.ndarray:
+    """(B,) uint64 hash of (episode key, round, stream) per environment."""
     keys = key.cpu().numpy().astype(np.uint64)
     rounds = round_index.cpu().numpy().astype(np.uint64)
-    prefixes = _mix32_np(_mix32_np(_mix32_np(keys) ^ rounds) ^ np.uint64((stream * GOLDEN) & MASK32))
-    prefix = torch.from_numpy(prefixes.astype(np.int64)).to(key.device)
+    return _mix32_np(_mix32_np(_mix32_np(keys) ^ rounds) ^ np.uint64((stream * GOLDEN) & MASK32))
+
+
+def _bits(key: torch.Tensor, round_index: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) 32-bit hashes for B environments with episode keys ``key`` (B,) at rounds (B,).
+
+    On the CPU the element hashes are computed in NumPy, whose uint64 products wrap without the 16-bit
+    split that int64 tensors need: a third of the operations, each cheaper to dispatch. Other devices
+    hash in torch; ``tests/test_determinism.py`` checks that both give the same bits."""
+    prefixes = _prefixes(key, round_index, stream)
     count = math.prod(shape)
-    counter = torch.arange(count, device=key.device, dtype=torch.long)
-    bits = mix32(mix32(prefix.unsqueeze(1) ^ counter) + GOLDEN)
-    return bits.view(len(key), *shape)
+    if key.device.type == "cpu":
+        counter = np.arange(count, dtype=np.uint64)
+        bits = _mix32_np(_mix32_np(prefixes[:, None] ^ counter) + np.uint64(GOLDEN))
+        return torch.from_numpy(bits.astype(np.int64)).view(len(key), *shape)
+    return _bits_torch(torch.from_numpy(prefixes.astype(np.int64)).to(key.device), count).view(len(key), *shape)
+
+
+def _bits_torch(prefix: torch.Tensor, count: int) -> torch.Tensor:
+    counter = torch.arange(count, device=prefix.device, dtype=torch.long)
+    return mix32(mix32(prefix.unsqueeze(1) ^ counter) + GOLDEN)
 
 
 def uniform(key, round_index, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
