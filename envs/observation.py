@@ -171,7 +171,7 @@ def observe(
 
     # per-environment figures: the tensor work, then the few (B,) numbers in numpy
     grouped = per_env(state.params, scenario)
-    consensus = (grouped - grouped.mean(1, keepdim=True)).pow(2).sum(2).mean(1)
+    consensus = torch.linalg.vector_norm(grouped - grouped.mean(1, keepdim=True), dim=2).square().mean(1)
     shares = per_env(torch.stack([state.node_accuracy, state.dropped.float(), (state.last_action >= 1).float()],
                                  dim=1), scenario).mean(1)  # (B, 3)
     per_environment = torch.cat([shares, consensus.unsqueeze(1)], dim=1).double().cpu().numpy()

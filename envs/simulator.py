@@ -168,16 +168,17 @@ def transition(
                                      state.trust if defence.trust_weighting else None)
 
     step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
-    move = step * pull_from(usable)
+    pull = pull_from(usable)
     influence = torch.zeros(scenario.n_envs, device=params.device)
     if not scenario.all_honest:
-        clean_move = step * pull_from(usable & scenario.honest)
+        clean_pull = pull_from(usable & scenario.honest)
         started = state.round >= config.attack.start_round
         scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
-        influence = torch.where(started, honest_mean((move - clean_move).norm(dim=1), scenario) / scale, influence)
+        shift = honest_mean((step * (pull - clean_pull)).norm(dim=1), scenario)
+        influence = torch.where(started, shift / scale, influence)
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
                                      scenario.nodes_per_env)
-    params = params + move
+    params = torch.addcmul(params, step, pull)
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory
     trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)
@@ -187,7 +188,7 @@ def transition(
     node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
     grouped = per_env(params, scenario)
     centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
-    consensus = honest_mean((grouped - centre).pow(2).sum(2).view(-1), scenario)
+    consensus = honest_mean(torch.linalg.vector_norm(grouped - centre, dim=2).square().view(-1), scenario)
     intensity_g_per_wh = at_round(scenario.carbon_g_per_kwh, t) / 1000.0
     backbone_wh = bytes_sent * scenario.degree * scenario.backbone_kwh_per_byte * 1000.0
 

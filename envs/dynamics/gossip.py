@@ -24,6 +24,8 @@ import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
 
+FULL = COMPRESSION_LEVELS.index("full")
+
 
 def compress(delta: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """Apply each row's compression level (index into COMPRESSION_LEVELS) to (n, P) ``delta``."""
@@ -73,6 +75,8 @@ def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, s
     if senders == 0:
         return public
     if senders == send.shape[0]:
+        if bool((level == FULL).all()):  # x̂ + (x - x̂) = x: a full-precision broadcast is an exact copy
+            return params
         return public + compress(params - public, level)
     rows = send.nonzero().squeeze(1)
     public = public.clone()
@@ -86,9 +90,16 @@ def slots(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
 
 
 def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) bool: public copies a receiver may use (finite, and not excluded by ``usable``)."""
-    finite = torch.isfinite(public).all(1)
+    """(N,) bool: public copies a receiver may use (finite, and not excluded by ``usable``). A row's sum
+    is finite exactly when every entry is (barring float overflow of a model that is garbage anyway),
+    and one reduction is cheaper than testing all N·P entries."""
+    finite = torch.isfinite(public.sum(1))
     return finite if usable is None else finite & usable
+
+
+def usable_copies(public: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """``public`` with the rows a receiver may not use zeroed (no copy when every row is usable)."""
+    return public if bool(usable.all()) else torch.where(usable.unsqueeze(1), public, 0.0)
 
 
 def aggregate_pull(
@@ -117,10 +128,10 @@ def aggregate_pull(
     With ``slot_trust`` (N, D), mean and clipped_gossip scale each neighbour's weight by the receiver's
     trust in it (the weight it loses stays with the receiver's own model).
     """
-    safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
+    safe = usable_copies(public, usable)
     if aggregator == "mean" and slot_trust is None:
         weight_used = neighbour_mixing @ usable.to(public.dtype).unsqueeze(1)  # (N, 1)
-        return neighbour_mixing @ safe - weight_used * own
+        return torch.addcmul(neighbour_mixing @ safe, weight_used, own, value=-1.0)
     valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
     stack = safe[neighbours]  # (N, D, P)
     own_row = own.unsqueeze(1)
@@ -153,8 +164,7 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
                      neighbour_valid: torch.Tensor, usable: torch.Tensor, nodes_per_env: int) -> torch.Tensor:
     """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model."""
-    safe = torch.where(usable.unsqueeze(1), public, torch.zeros_like(public))
-    dist = neighbour_distances(own, safe, neighbours, nodes_per_env)
+    dist = neighbour_distances(own, usable_copies(public, usable), neighbours, nodes_per_env)
     usable_slot = neighbour_valid & slots(usable, neighbours)
     median = torch.where(usable_slot, dist, torch.full_like(dist, float("nan"))).nanmedian(1, keepdim=True).values
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
@@ -174,6 +184,7 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
     mine = own.view(-1, nodes_per_env, n_params)
     theirs = other.view(-1, nodes_per_env, n_params)
     gram = torch.bmm(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
-    squared = (mine.pow(2).sum(2).unsqueeze(2) + theirs.pow(2).sum(2).unsqueeze(1) - 2 * gram).clamp_min(0.0)
+    mine_sq, theirs_sq = (torch.linalg.vector_norm(v, dim=2).square() for v in (mine, theirs))
+    squared = (mine_sq.unsqueeze(2) + theirs_sq.unsqueeze(1) - 2 * gram).clamp_min(0.0)
     local = neighbours % nodes_per_env  # neighbours never cross environments
     return squared.view(-1, nodes_per_env).gather(1, local).sqrt()

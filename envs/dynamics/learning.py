@@ -28,6 +28,19 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None =
     return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(i, k) @ (k, j); on the CPU through NumPy's OpenBLAS, about 3x faster than torch's MKL for the
+    evaluation's (test points x 64) @ (64 x nodes·classes) products on AMD cores (see batched_matmul)."""
+    if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return a @ b
+
+
+# logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
+# above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks
+EVAL_BLOCK_ELEMENTS = 1 << 18
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str  # "softmax" | "mlp"
@@ -87,9 +100,9 @@ class ModelSpec:
         n = params.shape[0]
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            return (x @ w.permute(1, 2, 0).reshape(N_FEATURES, -1)).view(-1, N_CLASSES, n) + b.T
+            return matmul(x, w.permute(1, 2, 0).reshape(N_FEATURES, -1)).view(-1, N_CLASSES, n) + b.T
         w1, b1, w2, b2 = self.unpack(params)
-        hidden = torch.relu((x @ w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
+        hidden = torch.relu(matmul(x, w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
         return batched_matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).permute(1, 2, 0)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
@@ -142,10 +155,15 @@ def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y:
     ``torch.argmax`` (at the all-zero start every model predicts class 0): the true logit beats every
     lower class strictly and no higher class exceeds it. Written as two masked maxima over the classes
     because that is several times faster than argmax here (see ``shared_input_logits``)."""
-    logits = spec.shared_input_logits(params, x)  # (M, 10, n)
     classes = torch.arange(N_CLASSES, device=y.device)
     lower = torch.where(classes < y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)  # (M, 10, 1)
     higher = torch.where(classes > y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)
-    true_logit = logits.gather(1, y.view(-1, 1, 1).expand(-1, 1, logits.shape[2])).squeeze(1)  # (M, n)
-    correct = (true_logit > (logits + lower).amax(1)) & (true_logit >= (logits + higher).amax(1))
-    return correct.float().mean(0)
+    label = y.view(-1, 1, 1)
+    block = max(1, EVAL_BLOCK_ELEMENTS // (len(y) * N_CLASSES))
+    shares = []
+    for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~70 nodes
+        logits = spec.shared_input_logits(params[start : start + block], x)  # (M, 10, n)
+        true_logit = logits.gather(1, label.expand(-1, 1, logits.shape[2])).squeeze(1)  # (M, n)
+        correct = (true_logit > (logits + lower).amax(1)) & (true_logit >= (logits + higher).amax(1))
+        shares.append(correct.float().mean(0))
+    return shares[0] if len(shares) == 1 else torch.cat(shares)
