@@ -104,11 +104,11 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     scenario, state, spec = env.scenario, env.sim_state, model_spec(config)
     everyone = torch.ones(scenario.n_nodes, dtype=torch.bool)
     full = torch.zeros(scenario.n_nodes, dtype=torch.long)
-    eval_x, eval_y = scenario.test_x[scenario.eval_index], scenario.test_y[scenario.eval_index]
+    eval_x, eval_y = scenario.eval_x, scenario.eval_y
 
     def bare_round(params, public, batches):
         samples = scenario.shards.gather(1, batches.flatten(1)).view(batches.shape)
-        params, _ = local_sgd(spec, params, scenario.train_x[samples], scenario.train_y[samples],
+        params, _ = local_sgd(spec, params, scenario.train_x, samples, scenario.train_y[samples],
                               config.learning.learning_rate)
         public = gossip.broadcast(params, public, full, everyone)
         params = params + gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,

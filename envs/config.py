@@ -52,7 +52,11 @@ class LearningConfig(_Frozen):
     dirichlet_alpha: float = Field(1.0, gt=0, description="label skew; small = very non-IID")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of digits for accuracy")
     eval_samples_per_round: int | None = Field(
-        None, ge=1, description="fixed test subsample used each round (None = whole test split)"
+        120,
+        ge=1,
+        description="fixed class-stratified test subsample that measures each round's accuracy (reward, "
+        "observation, info); the whole test split confirms the target and gives final_accuracy "
+        "(None = whole split every round)",
     )
     gossip_step: float = Field(1.0, gt=0, le=1, description="CHOCO-SGD consensus step size gamma")
 

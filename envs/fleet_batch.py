@@ -107,8 +107,13 @@ class FleetBatch:
         state = self.state
         accuracy = state.accuracy.double().cpu().numpy()
         rounds = state.round.cpu().numpy()
-        terminated = accuracy >= config.target_accuracy
-        truncated = ~terminated & (rounds >= config.max_rounds)
+        # the round's accuracy is measured on the fixed evaluation subsample; the target counts as reached
+        # only once the whole test split confirms it, so rounds_to_target keeps its full-split meaning
+        claimed = accuracy >= config.target_accuracy
+        out_of_time = rounds >= config.max_rounds
+        full_accuracy = self._full_split_accuracy(accuracy, claimed | out_of_time)
+        terminated = claimed & (full_accuracy >= config.target_accuracy)
+        truncated = ~terminated & out_of_time
         info = self._round_info(outcome, rounds)
         components = reward_components(
             config, self.scales,
@@ -126,7 +131,7 @@ class FleetBatch:
         self.carbon_to_target[reached] = self.totals["carbon_g"][reached]
         self.energy_to_target[reached] = self.totals["energy_wh"][reached]
         done = terminated | truncated
-        info.update(self._episode_info(done))
+        info.update(self._episode_info(done, full_accuracy))
         self._refresh_telemetry(torch.ones(scenario.n_nodes, dtype=torch.bool, device=action.device))
         if config.privacy.mechanism == "none":
             info["epsilon_spent"] = info["epsilon_spent_mean"] = np.zeros(scenario.n_envs)
@@ -173,12 +178,19 @@ class FleetBatch:
             self.totals[key] += info[key]
         return info
 
-    def _episode_info(self, done: np.ndarray) -> dict[str, np.ndarray]:
+    def _full_split_accuracy(self, accuracy: np.ndarray, needed: np.ndarray) -> np.ndarray:
+        """(B,) mean honest accuracy on the whole test split where ``needed`` (NaN elsewhere); the round's
+        subsample figure where the subsample is the whole split."""
         scenario = self.scenario
-        final = np.full(len(done), np.nan)
-        if done.any():
-            node_accuracy = accuracy_per_node(self.spec, self.state.params, scenario.test_x, scenario.test_y)
-            final = np.where(done, honest_mean(node_accuracy, scenario).double().cpu().numpy(), np.nan)
+        if scenario.eval_index.numel() == scenario.test_y.numel():
+            return np.where(needed, accuracy, np.nan)
+        if not needed.any():
+            return np.full(len(needed), np.nan)
+        node_accuracy = accuracy_per_node(self.spec, self.state.params, scenario.test_x, scenario.test_y)
+        return np.where(needed, honest_mean(node_accuracy, scenario).double().cpu().numpy(), np.nan)
+
+    def _episode_info(self, done: np.ndarray, full_accuracy: np.ndarray) -> dict[str, np.ndarray]:
+        final = np.where(done, full_accuracy, np.nan)
         return {
             "episode_carbon_g": self.totals["carbon_g"].copy(),
             "episode_energy_wh": self.totals["energy_wh"].copy(),

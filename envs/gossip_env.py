@@ -74,11 +74,14 @@ class EdgeLearningEnv(gym.Env):
 
     ## Episode End
     Terminated when the honest nodes' mean test accuracy reaches ``target_accuracy`` (the accuracy
-    guarantee is met). Truncated at ``max_rounds`` (the guarantee is missed; the deadline component
+    guarantee is met). Each round's accuracy is measured on a fixed class-stratified subsample of the
+    test split (``learning.eval_samples_per_round``, 120 points by default); when it reaches the target,
+    the whole split must confirm it before the episode terminates. Truncated at ``max_rounds`` (the guarantee is missed; the deadline component
     charges the shortfall).
 
     ## Info
-    Every step: accuracy, carbon_g (grid + backbone), carbon_grid_g, carbon_backbone_g, energy_wh,
+    Every step: accuracy (on the evaluation subsample), carbon_g (grid + backbone), carbon_grid_g,
+    carbon_backbone_g, energy_wh,
     energy_breakdown_wh (compute / radio / base), grid_wh, harvested_wh, spilled_wh, bytes_sent,
     participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
     attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round.

@@ -131,7 +131,7 @@ def transition(
         if flipping is not None:
             flip = flipping if everyone else flipping[trainers]
             labels = torch.where(flip.view(-1, 1, 1), N_CLASSES - 1 - labels, labels)
-        new_params, loss = local_sgd(spec, params if everyone else params[trainers], scenario.train_x[batches],
+        new_params, loss = local_sgd(spec, params if everyone else params[trainers], scenario.train_x, batches,
                                      labels, config.learning.learning_rate)
         if everyone:
             params, local_loss = new_params, loss

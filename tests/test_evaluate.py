@@ -50,7 +50,7 @@ def test_kpis_come_from_info_and_are_consistent():
     assert row["rounds_to_target"] == row["rounds"] == len(trace["round"]) - 1
     assert math.isclose(row["carbon_to_target_g"], row["episode_carbon_g"], rel_tol=1e-9)
     assert math.isclose(trace["cumulative_carbon_g"][-1], row["episode_carbon_g"], rel_tol=1e-6)
-    assert row["final_accuracy"] >= 0.85 - 0.02  # the full-split figure of an episode that hit the target
+    assert row["final_accuracy"] >= 0.85  # the whole test split confirms the target before termination
     assert row["dropouts"] == 0 and row["malicious_participation"] == 0 and row["epsilon_spent"] == 0
     assert all(0.0 <= s <= 1.0 for s in trace["mean_soc"])
 

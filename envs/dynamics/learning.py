@@ -132,20 +132,26 @@ class ModelSpec:
 def local_sgd(
     spec: ModelSpec,
     params: torch.Tensor,
-    x: torch.Tensor,
+    data_x: torch.Tensor,
+    samples: torch.Tensor,
     y: torch.Tensor,
     learning_rate: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain SGD on every given node at once.
 
-    params (n, P); x (n, steps, B, 64) and y (n, steps, B) each node's minibatches;
-    returns new params and the mean training loss of each node over its steps."""
-    loss_sum = torch.zeros(params.shape[0], device=params.device)
-    for step in range(x.shape[1]):  # loop over SGD steps, never over nodes
-        loss, grad = spec.loss_and_grad(params, x[:, step], y[:, step])
+    params (n, P); data_x (M, 64) the training inputs; samples (n, steps, B) the rows of data_x in each
+    node's minibatches and y (n, steps, B) their labels; returns new params and the mean training loss
+    of each node over its steps. Each step gathers only its own minibatches: one gather for all steps
+    is a block of tens of MB at thousands of nodes, which the allocator hands out as fresh pages every
+    round (several times slower than the copy itself)."""
+    n, steps, batch = samples.shape
+    loss_sum = torch.zeros(n, device=params.device)
+    for step in range(steps):  # loop over SGD steps, never over nodes
+        x = data_x.index_select(0, samples[:, step].reshape(-1)).view(n, batch, -1)
+        loss, grad = spec.loss_and_grad(params, x, y[:, step])
         params = torch.add(params, grad, alpha=-learning_rate)
         loss_sum += loss
-    return params, loss_sum / x.shape[1]
+    return params, loss_sum / steps
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
