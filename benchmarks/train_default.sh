@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml, compare it
-# with every heuristic on held-out test seeds, then run the same model unchanged on a fleet four times as
-# large. Not part of CI: about 30 minutes on a 2-core machine (training is time-boxed by TRAIN_MINUTES).
+# Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml, with
+# configs/attack_heavy.yaml mixed in as the second training env so that it meets attackers (ALSO_TRAIN_ON,
+# empty for default only), compare it with every heuristic on held-out test seeds of both scenarios, then
+# run the same model unchanged on a fleet four times as large. Not part of CI: training is time-boxed by
+# TRAIN_MINUTES, the three comparisons take about 10 more minutes on a 2-core machine.
 #
 #   benchmarks/train_default.sh                      # defaults below
 #   OUT=runs/b1 TRAIN_MINUTES=8 benchmarks/train_default.sh   # a shortened run
 #
 # What it prints / leaves in $OUT: the training log with the held-out evaluations and the training run's
 # own footprint (codecarbon), comparison/results.md (model vs. heuristics on test seeds 20000.., never
-# used in training or model selection), x4/results.md (the model on 4x the nodes vs. a few heuristics).
+# used in training or model selection), attack_heavy/results.md (the same on configs/attack_heavy.yaml),
+# x4/results.md (the model on 4x the nodes vs. the heuristics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,14 +22,16 @@ SEED=${SEED:-0}
 N_ENVS=${N_ENVS:-2}
 X4_SEEDS=${X4_SEEDS:-5}
 PYTHON=${PYTHON:-python}
+ALSO_TRAIN_ON=${ALSO_TRAIN_ON-configs/attack_heavy.yaml}
+ATTACK_SEEDS=${ATTACK_SEEDS:-10}
 
 start=$(date +%s)
 "$PYTHON" -m training.cli train --config configs/default.yaml --timesteps "$TIMESTEPS" --time-limit "$TRAIN_MINUTES" \
-  --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress
+  --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress ${ALSO_TRAIN_ON:+--also-train-on $ALSO_TRAIN_ON}
 trained=$(date +%s)
 
-OUT="$OUT" X4_SEEDS="$X4_SEEDS" "$PYTHON" - <<'PY'
-"""The model trained on 32 nodes, unchanged, on the default scenario with 128 nodes."""
+OUT="$OUT" X4_SEEDS="$X4_SEEDS" ATTACK_SEEDS="$ATTACK_SEEDS" "$PYTHON" - <<'PY'
+"""The model against the heuristics on attack_heavy, then unchanged on the default scenario with 128 nodes."""
 import os
 from pathlib import Path
 
@@ -36,12 +41,19 @@ from training.evaluate import run_evaluation
 from training.settings import FIRST_TEST_SEED
 
 out = Path(os.environ["OUT"])
+heuristics = ["all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold", "event_triggered",
+              "energy_carbon_trust"]
+attack_seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["ATTACK_SEEDS"])))
+run_evaluation([str(out / "best_model.zip"), *heuristics], ["configs/attack_heavy.yaml"], attack_seeds,
+               out / "attack_heavy", workers=2, progress=False)
+print((out / "attack_heavy" / "results.md").read_text())
+
 config = yaml.safe_load(Path("configs/default.yaml").read_text())
 config["n_nodes"] = 4 * config["n_nodes"]
 x4 = out / "default_x4.yaml"
 x4.write_text(yaml.safe_dump(config, sort_keys=False))
 seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["X4_SEEDS"])))
-run_evaluation([str(out / "best_model.zip"), "all_nodes", "carbon_aware", "energy_carbon_trust"], [str(x4)],
+run_evaluation([str(out / "best_model.zip"), "all_nodes", "random_k", "carbon_aware", "energy_carbon_trust"], [str(x4)],
                seeds, out / "x4", workers=2, progress=False)
 print((out / "x4" / "results.md").read_text())
 PY

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from envs.config import ConfigError
+from training.settings import SettingsError
 
 SUBCOMMANDS = {
     "train": ("training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, SettingsError, FileNotFoundError) as exc:
         print(f"greengossip {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -102,6 +102,12 @@ class TrainSettings(_Frozen):
         description="auto = subprocess workers when n_envs > 1, else in-process; batched = all n_envs "
         "stepped as one tensor program in this process (envs.sb3_vec_env.GossipVecEnv)",
     )
+    also_train_on: list[str] = Field(
+        [],
+        description="further env scenario YAMLs trained on alongside --config (training env i runs scenario "
+        "i mod (1 + len), so n_envs should be a multiple of that); same n_nodes as --config. Model "
+        "selection and the final comparison stay on --config",
+    )
     torch_threads: int = Field(
         1,
         ge=1,

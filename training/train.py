@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from training.settings import ALGORITHMS, TrainSettings, load_settings, settings_for_config
+from training.settings import ALGORITHMS, SettingsError, TrainSettings, load_settings, settings_for_config
 
 ENV_ID = "GreenGossip/EdgeLearning-v0"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="latest|PATH",
         help="go on from a checkpoint: 'latest' in OUT/checkpoints, or a model .zip",
     )
+    parser.add_argument(
+        "--also-train-on",
+        nargs="+",
+        default=None,
+        metavar="CONFIG",
+        help="further scenario YAMLs mixed into training (env i runs scenario i mod (1 + count)), e.g. "
+        "configs/attack_heavy.yaml so that the scheduler meets attackers",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the final comparison with the heuristics"
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         time_limit_minutes=args.time_limit,
         progress_bar=False if args.no_progress else None,
         compare=False if args.no_compare else None,
+        also_train_on=args.also_train_on,
     )
     out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
     result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path)
@@ -182,7 +191,8 @@ def make_env(config, worker: bool = True):
     return gym.make(ENV_ID, config=config)
 
 
-def make_vec_env(config, settings: TrainSettings, monitor_file: Path):
+def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
+    """The training envs: env i runs scenario ``configs[i % len(configs)]``."""
     from functools import partial
 
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
@@ -190,13 +200,32 @@ def make_vec_env(config, settings: TrainSettings, monitor_file: Path):
     if settings.vec_env == "batched":
         from envs.sb3_vec_env import GossipVecEnv
 
-        return VecMonitor(GossipVecEnv(settings.n_envs, config=config), filename=str(monitor_file))
-    factories = [partial(make_env, config) for _ in range(settings.n_envs)]
+        return VecMonitor(GossipVecEnv(settings.n_envs, config=configs[0]), filename=str(monitor_file))
+    factories = [partial(make_env, configs[i % len(configs)]) for i in range(settings.n_envs)]
     subprocess = settings.vec_env == "subprocess" or (settings.vec_env == "auto" and settings.n_envs > 1)
     # fork: workers inherit the imported modules (torch, pvlib, sklearn) instead of importing them again,
     # which costs several seconds per worker; no torch thread pool has run in this process yet.
     venv = SubprocVecEnv(factories, start_method="fork") if subprocess else DummyVecEnv(factories)
     return VecMonitor(venv, filename=str(monitor_file))
+
+
+def training_scenarios(env_config, settings: TrainSettings) -> list:
+    """``env_config`` and the ``also_train_on`` scenarios, checked to fit one policy's spaces."""
+    from envs.config import load_config
+
+    if settings.also_train_on and settings.vec_env == "batched":
+        raise SettingsError("vec_env: batched steps one scenario; also_train_on needs dummy or subprocess envs")
+    scenarios = [env_config]
+    for path in settings.also_train_on:
+        extra = load_config(path)
+        if (extra.n_nodes, extra.observation) != (env_config.n_nodes, env_config.observation):
+            raise SettingsError(
+                f"also_train_on: {path} has n_nodes {extra.n_nodes} and observation {extra.observation}, "
+                f"but the training config has n_nodes {env_config.n_nodes} and observation "
+                f"{env_config.observation}; the training envs must share observation and action spaces"
+            )
+        scenarios.append(extra)
+    return scenarios
 
 
 def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
@@ -332,6 +361,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
     env_config = load_config(config)
+    scenarios = training_scenarios(env_config, settings)
     config_path = out / "env_config.yaml"
     config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
     if isinstance(config, (str, Path)):
@@ -357,7 +387,10 @@ def train(
     monitor, part = out / "monitor.csv", 1
     while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
         monitor, part = out / f"resume{part}.monitor.csv", part + 1
-    venv = make_vec_env(env_config, settings, monitor)
+    if len(scenarios) > 1:
+        LOG.info("training scenarios mixed in: %s (env i runs scenario i mod %d)", settings.also_train_on,
+                 len(scenarios))
+    venv = make_vec_env(scenarios, settings, monitor)
     try:
         model = build_model(settings, venv, out, resume)
         model.set_logger(configure(str(out / "logs"), ["csv", "tensorboard", "log"]))
