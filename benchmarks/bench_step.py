@@ -35,6 +35,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from envs.config import EnvConfig
 from envs.dynamics import gossip
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+        # the env runs NumPy's BLAS with one thread (envs/threads.py); the bare learning work must too
+        threadpool_limits(args.threads, user_api="blas")
     lines: list[str] = []
 
     def emit(line: str = "") -> None:

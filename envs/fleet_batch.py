@@ -22,6 +22,7 @@ from envs.reward import reward_components, reward_scales, weighted_reward
 from envs.scenario import Scenario, stack_scenarios
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
 from envs.state import SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
+from envs.threads import one_blas_thread
 
 COUNTS = ("participants", "trained_nodes", "broadcasting_nodes", "dropped_nodes", "malicious_participants")
 TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants")
@@ -37,6 +38,7 @@ class FleetBatch:
         self.last_outcome: RoundOutcome | None = None
 
     # ------------------------------------------------------------------ episodes
+    @one_blas_thread
     def reset(self, scenarios: list[Scenario]) -> None:
         """Start a new episode in every environment."""
         self.scenarios = list(scenarios)
@@ -53,6 +55,7 @@ class FleetBatch:
         self.reported = None
         self._refresh_telemetry(torch.ones(self.scenario.n_nodes, dtype=torch.bool, device=device))
 
+    @one_blas_thread
     def replace(self, envs: np.ndarray, scenarios: list[Scenario]) -> None:
         """Start a new episode in environments ``envs`` only (autoreset); the others carry on."""
         for index, scenario in zip(envs, scenarios):
@@ -97,6 +100,7 @@ class FleetBatch:
         self.any_liars = bool(self.liars.any())
 
     # ------------------------------------------------------------------ one round
+    @one_blas_thread
     def step(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Play one round in every environment: (B·N,) actions -> rewards, terminated, truncated (each (B,))
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""

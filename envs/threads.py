@@ -1,0 +1,42 @@
+"""NumPy's BLAS runs the simulator's matrix products with one thread.
+
+The round's small per-node products go through NumPy's OpenBLAS (``envs/dynamics/learning.py``), which
+starts a thread per core for the larger ones. On a machine whose cores are busy with anything else
+(training workers, the learner, a second env) those threads wait for each other and a round becomes many
+times slower: the reason the CLI runs torch with one thread too. The limit holds only while the env works
+(``FleetBatch`` wraps reset and step); the caller's setting is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@functools.cache
+def _blas_libraries() -> tuple:
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+def one_blas_thread(method: F) -> F:
+    """Run ``method`` with every BLAS library NumPy loaded limited to one thread (a few µs per call)."""
+
+    @functools.wraps(method)
+    def limited(*args, **kwargs):
+        libraries = _blas_libraries()
+        before = [library.get_num_threads() for library in libraries]
+        for library, threads in zip(libraries, before):
+            if threads != 1:
+                library.set_num_threads(1)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for library, threads in zip(libraries, before):
+                if threads != 1:
+                    library.set_num_threads(threads)
+
+    return limited  # type: ignore[return-value]
