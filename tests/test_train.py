@@ -213,3 +213,26 @@ def test_training_runs_on_the_batched_vector_env(tmp_path):
     result = train(TINY, settings, tmp_path / "batched")
     assert result.timesteps >= 256
     assert (tmp_path / "batched" / "monitor.csv").exists()
+
+
+def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
+    import yaml
+
+    from envs.config import load_config
+    from training.train import make_vec_env, training_scenarios
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = {"fraction": 0.25}
+    attacked_path = tmp_path / "tiny_attacked.yaml"
+    attacked_path.write_text(yaml.safe_dump(attacked))
+    settings = _settings(n_envs=4, vec_env="dummy", also_train_on=[str(attacked_path)])
+    venv = make_vec_env(training_scenarios(load_config(TINY), settings), settings, tmp_path / "monitor.csv")
+    try:
+        fractions = [env.unwrapped.config.attack.fraction for env in venv.venv.envs]
+    finally:
+        venv.close()
+    assert fractions == [0.0, 0.25, 0.0, 0.25]
+    with pytest.raises(SettingsError, match="n_nodes 32 .* n_nodes 8"):
+        training_scenarios(load_config(TINY), _settings(also_train_on=[str(ROOT / "configs" / "default.yaml")]))
+    with pytest.raises(SettingsError, match="batched"):
+        training_scenarios(load_config(TINY), _settings(vec_env="batched", also_train_on=[str(attacked_path)]))
