@@ -76,8 +76,8 @@ class EdgeLearningEnv(gym.Env):
     Terminated when the honest nodes' mean test accuracy reaches ``target_accuracy`` (the accuracy
     guarantee is met). Each round's accuracy is measured on a fixed class-stratified subsample of the
     test split (``learning.eval_samples_per_round``, 120 points by default); when it reaches the target,
-    the whole split must confirm it before the episode terminates. Truncated at ``max_rounds`` (the guarantee is missed; the deadline component
-    charges the shortfall).
+    the whole split must confirm it before the episode terminates. Truncated at ``max_rounds`` (the
+    guarantee is missed; the deadline component charges the shortfall).
 
     ## Info
     Every step: accuracy (on the evaluation subsample), carbon_g (grid + backbone), carbon_grid_g,

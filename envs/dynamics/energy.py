@@ -17,7 +17,6 @@ on Wi-Fi is an order of magnitude below the uplink cost (Huang et al., MobiSys 2
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import torch

@@ -23,6 +23,7 @@ import math
 import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
+from envs.dynamics.products import batched_matmul
 
 FULL = COMPRESSION_LEVELS.index("full")
 
@@ -183,7 +184,7 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
     n_params = own.shape[1]
     mine = own.view(-1, nodes_per_env, n_params)
     theirs = other.view(-1, nodes_per_env, n_params)
-    gram = torch.bmm(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
+    gram = batched_matmul(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
     mine_sq, theirs_sq = (torch.linalg.vector_norm(v, dim=2).square() for v in (mine, theirs))
     squared = (mine_sq.unsqueeze(2) + theirs_sq.unsqueeze(1) - 2 * gram).clamp_min(0.0)
     local = neighbours % nodes_per_env  # neighbours never cross environments

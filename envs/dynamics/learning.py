@@ -9,32 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from envs.dynamics.products import batched_matmul, matmul
 from envs.scenario import N_CLASSES, N_FEATURES
-
-
-def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, i, k) @ (n, k, j) (+ bias (n, 1, j)): one small product per node.
-
-    On the CPU the products go through NumPy's stacked ``matmul`` on views of the same memory: for
-    these shapes (a few dozen rows, 64 features, 10 classes) torch.bmm spends ~4 us per matrix in MKL's
-    small-matrix path on AMD cores, NumPy's OpenBLAS about a third of that (benchmarks/bench_step.py).
-    Autograd (the gradient tests) and other devices keep torch.bmm."""
-    if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
-        product = torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-        return product if bias is None else product.add_(bias)
-    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(i, k) @ (k, j); on the CPU through NumPy's OpenBLAS, about 3x faster than torch's MKL for the
-    evaluation's (test points x 64) @ (64 x nodes·classes) products on AMD cores (see batched_matmul)."""
-    if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-    return a @ b
-
 
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
 # above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks
