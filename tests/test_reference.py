@@ -160,3 +160,27 @@ def test_manual_gradients_match_autograd(kind):
         expected.backward()
         torch.testing.assert_close(loss[i], expected.detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grad[i], p.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["softmax", "mlp"])
+def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
+    """On the CPU the matrix products run through NumPy; other devices (CUDA) run torch's. Run the same
+    rounds both ways on the CPU: the torch path must compute the same round."""
+    from envs.dynamics import products
+
+    config, scenario, _, start, rng = _setup(model, seed=5)
+    actions = [_actions(rng, scenario.n_nodes, t) for t in range(ROUNDS)]
+
+    def rollout():
+        state, accuracy = start, []
+        for action in actions:
+            state, _ = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
+            accuracy.append(state.node_accuracy)
+        return state, torch.stack(accuracy)
+
+    numpy_state, numpy_accuracy = rollout()
+    monkeypatch.setattr(products, "NUMPY_ON_CPU", False)
+    torch_state, torch_accuracy = rollout()
+    for field in ("params", "public", "local_loss", "trust"):
+        torch.testing.assert_close(getattr(torch_state, field), getattr(numpy_state, field), atol=1e-5, rtol=1e-5)
+    assert (torch_accuracy - numpy_accuracy).abs().max() <= 1.5 / len(scenario.eval_index)
