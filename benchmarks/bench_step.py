@@ -10,9 +10,10 @@ the per-node ``reference_transition`` on the same states and the same round rand
 reference / batched, and the largest parameter difference between the two (a sanity check that both
 computed the same round). Times are medians over the rounds: the machine may be shared.
 
-"bare learning" is the learning work of the same round and nothing else: local SGD on every node, the
-full broadcast, the mixing step and the accuracy evaluation, called directly on the dynamics functions;
-env step / bare learning is the overhead of everything the env adds (energy, carbon, trust, randomness,
+"bare learning" is the learning work of the same round and nothing else: local SGD on every node (drawing
+its minibatches included), the full broadcast, the mixing step and the accuracy evaluation on the round's
+evaluation subsample, called directly on the dynamics functions;
+env step / bare learning is the overhead of everything the env adds (energy, carbon, trust, attacks,
 observation, info). The vector table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes
 (node-rounds/s = B·N / step time), and the last table compares B = 64, N = 32 in one batched program
 with 64 single envs in Gymnasium's ``SyncVectorEnv``. ``--out`` writes all tables as Markdown.
@@ -107,7 +108,8 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     full = torch.zeros(scenario.n_nodes, dtype=torch.long)
     eval_x, eval_y = scenario.eval_x, scenario.eval_y
 
-    def bare_round(params, public, batches):
+    def bare_round(params, public, round_index):
+        batches = draw_randomness(config, scenario, round_index).batches  # SGD samples its minibatches
         samples = scenario.shards.gather(1, batches.flatten(1)).view(batches.shape)
         params, _ = local_sgd(spec, params, scenario.train_x, samples, scenario.train_y[samples],
                               config.learning.learning_rate)
@@ -119,12 +121,11 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
         return params, public
 
     params, public = state.params, state.public
-    params, public = bare_round(params, public, draw_randomness(config, scenario, state.round).batches)
+    params, public = bare_round(params, public, state.round)
     times = []
     for r in range(rounds):
-        batches = draw_randomness(config, scenario, state.round + r + 1).batches
         start = time.perf_counter()
-        params, public = bare_round(params, public, batches)
+        params, public = bare_round(params, public, state.round + r + 1)
         times.append(time.perf_counter() - start)
     return times
 

@@ -51,10 +51,9 @@ NODE_INDEX = {name: i for i, (name, *_rest) in enumerate(NODE_FEATURES)}
 
 
 @functools.cache
-def _bounds(features: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Low and high of each feature as tensors, built once per device."""
-    return (torch.tensor([f[1] for f in features], device=device),
-            torch.tensor([f[2] for f in features], device=device))
+def _numpy_bounds(features: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high of each feature, built once."""
+    return np.array([f[1] for f in features], dtype=np.float32), np.array([f[2] for f in features], dtype=np.float32)
 
 
 def observation_space(config: EnvConfig) -> spaces.Dict:
@@ -165,9 +164,10 @@ def observe(
         "last_action": state.last_action / (N_ACTIONS - 1),
         "dropped": state.dropped.float(),
     }
-    nodes = torch.stack([columns[name] for name, *_ in NODE_FEATURES], dim=1)
-    low, high = _bounds(NODE_FEATURES, nodes.device)
-    nodes = torch.nan_to_num(nodes, nan=0.0, posinf=0.0, neginf=0.0).clamp(low, high)
+    # one (B, N, F) block leaves the device; cleaning and clipping it is cheaper in NumPy than in torch
+    nodes = per_env(torch.stack([columns[name] for name, *_ in NODE_FEATURES], dim=1), scenario).cpu().numpy()
+    node_low, node_high = _numpy_bounds(NODE_FEATURES)
+    nodes = np.nan_to_num(nodes, copy=False, nan=0.0, posinf=0.0, neginf=0.0).clip(node_low, node_high)
 
     # per-environment figures: the tensor work, then the few (B,) numbers in numpy
     grouped = per_env(state.params, scenario)
@@ -182,10 +182,9 @@ def observe(
         np.sin(2 * math.pi * hour / 24), np.cos(2 * math.pi * hour / 24), rounds / config.max_rounds,
         accuracy, config.target_accuracy - accuracy, consensus, dropped_share, awake_share,
     ], axis=1)
-    glob_low, glob_high = (np.array(bound) for bound in zip(*((f[1], f[2]) for f in GLOBAL_FEATURES)))
-    glob = np.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clip(glob_low, glob_high)
+    glob = np.nan_to_num(glob, nan=0.0, posinf=0.0, neginf=0.0).clip(*_numpy_bounds(GLOBAL_FEATURES))
     obs = {
-        "nodes": per_env(nodes, scenario).cpu().numpy().astype(np.float32),
+        "nodes": nodes.astype(np.float32, copy=False),
         "global": glob.astype(np.float32),
         "action_mask": per_env(action_mask, scenario).cpu().numpy().astype(np.float32),
     }

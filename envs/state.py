@@ -86,7 +86,6 @@ def initial_state(config: EnvConfig, scenario: Scenario) -> SimState:
 
 def trust_in_nodes(scenario: Scenario, trust: torch.Tensor) -> torch.Tensor:
     """(N,) each node's mean trust as scored by the neighbours that hear it."""
-    valid = scenario.neighbour_valid
-    senders = scenario.neighbours[valid]
-    total = torch.zeros(scenario.n_nodes, device=trust.device).index_add_(0, senders, trust[valid])
+    scores = (trust * scenario.neighbour_valid).view(-1)  # padding slots point at the receiver itself
+    total = torch.zeros(scenario.n_nodes, device=trust.device).index_add_(0, scenario.neighbours.view(-1), scores)
     return total / scenario.degree.clamp_min(1)
