@@ -85,26 +85,34 @@ class ModelSpec:
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """Mean cross-entropy per node (n,) and its gradient (n, P)."""
-        n, batch = y.shape
-        onehot = torch.nn.functional.one_hot(y, N_CLASSES).to(x.dtype)
+        n = y.shape[0]
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            logits = batched_matmul(x, w, b.unsqueeze(1))
-            log_prob = torch.log_softmax(logits, dim=-1)
-            delta = (log_prob.exp() - onehot) / batch  # dL/dlogits
+            loss, delta = _cross_entropy_and_delta(batched_matmul(x, w, b.unsqueeze(1)), y)
             grads = [batched_matmul(x.transpose(1, 2), delta), delta.sum(1)]
         else:
             w1, b1, w2, b2 = self.unpack(params)
             hidden = torch.relu(batched_matmul(x, w1, b1.unsqueeze(1)))
-            log_prob = torch.log_softmax(batched_matmul(hidden, w2, b2.unsqueeze(1)), dim=-1)
-            delta = (log_prob.exp() - onehot) / batch
+            loss, delta = _cross_entropy_and_delta(batched_matmul(hidden, w2, b2.unsqueeze(1)), y)
             d_hidden = batched_matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
             grads = [
                 batched_matmul(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
                 batched_matmul(hidden.transpose(1, 2), delta), delta.sum(1),
             ]
-        loss = -(log_prob * onehot).sum(-1).mean(-1)
         return loss, torch.cat([g.reshape(n, -1) for g in grads], dim=1)
+
+
+def _cross_entropy_and_delta(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy per node (n,) of (n, B, 10) ``logits`` against labels (n, B), and its gradient
+    d loss / d logits = (softmax - onehot) / B, computed in place on the log-probabilities (no one-hot
+    tensor: the label's entry is decremented directly)."""
+    batch = y.shape[1]
+    label = y.unsqueeze(-1)
+    log_prob = torch.log_softmax(logits, dim=-1)
+    loss = -log_prob.gather(-1, label).squeeze(-1).mean(-1)
+    delta = log_prob.exp_()
+    delta.scatter_add_(-1, label, torch.full(label.shape, -1.0, dtype=delta.dtype, device=delta.device))
+    return loss, delta.div_(batch)
 
 
 def local_sgd(
