@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml (set
-# ALSO_TRAIN_ON=configs/attack_heavy.yaml and N_ENVS=2 to mix attackers into training: subprocess envs),
+# ALSO_TRAIN_ON=configs/attack_heavy.yaml to mix attackers into training: half of the N_ENVS run it),
 # compare it with every heuristic on held-out test seeds of the default and the attack_heavy scenario, then
 # run the same model unchanged on a fleet four times as large. Not part of CI: training is time-boxed by
 # TRAIN_MINUTES, the three comparisons take about 10 more minutes on a 2-core machine.

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch as th
 
@@ -233,6 +234,19 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
         venv.close()
     assert fractions == [0.0, 0.25, 0.0, 0.25]
     with pytest.raises(SettingsError, match="n_nodes 32 .* n_nodes 8"):
-        training_scenarios(load_config(TINY), _settings(also_train_on=[str(ROOT / "configs" / "default.yaml")]))
-    with pytest.raises(SettingsError, match="batched"):
-        training_scenarios(load_config(TINY), _settings(vec_env="batched", also_train_on=[str(attacked_path)]))
+        default = str(ROOT / "configs" / "default.yaml")
+        training_scenarios(load_config(TINY), _settings(n_envs=2, also_train_on=[default]))
+    with pytest.raises(SettingsError, match="need n_envs >= 2"):
+        training_scenarios(load_config(TINY), _settings(n_envs=1, also_train_on=[str(attacked_path)]))
+    batched = _settings(n_envs=4, vec_env="batched", also_train_on=[str(attacked_path)])
+    venv = make_vec_env(training_scenarios(load_config(TINY), batched), batched, tmp_path / "batched.csv")
+    try:  # one batched program per scenario, environment i runs scenario i mod 2
+        assert [v.config.attack.fraction for v in venv.venv.venvs] == [0.0, 0.25]
+        obs = venv.reset()
+        assert obs["nodes"].shape[0] == 4 and venv.action_masks().shape == (4, 8 * 6)
+        _, _, _, infos = venv.step(np.full((4, 8), 2))
+        honest = [venv.venv.venvs[i % 2].fleet.scenario.honest.view(2, 8)[i // 2] for i in range(4)]
+        assert [int((~h).sum()) for h in honest] == [0, 2, 0, 2]
+        assert [info["participants"] for info in infos] == [8, 8, 8, 8]
+    finally:
+        venv.close()

@@ -200,7 +200,7 @@ def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
     if settings.vec_env == "batched":
         from envs.sb3_vec_env import GossipVecEnv
 
-        return VecMonitor(GossipVecEnv(settings.n_envs, config=configs[0]), filename=str(monitor_file))
+        return VecMonitor(GossipVecEnv(settings.n_envs, config=configs), filename=str(monitor_file))
     factories = [partial(make_env, configs[i % len(configs)]) for i in range(settings.n_envs)]
     subprocess = settings.vec_env == "subprocess" or (settings.vec_env == "auto" and settings.n_envs > 1)
     # fork: workers inherit the imported modules (torch, pvlib, sklearn) instead of importing them again,
@@ -213,8 +213,9 @@ def training_scenarios(env_config, settings: TrainSettings) -> list:
     """``env_config`` and the ``also_train_on`` scenarios, checked to fit one policy's spaces."""
     from envs.config import load_config
 
-    if settings.also_train_on and settings.vec_env == "batched":
-        raise SettingsError("vec_env: batched steps one scenario; also_train_on needs dummy or subprocess envs")
+    if settings.n_envs < 1 + len(settings.also_train_on):
+        raise SettingsError(f"also_train_on: {1 + len(settings.also_train_on)} scenarios need n_envs >= "
+                            f"{1 + len(settings.also_train_on)}, got {settings.n_envs}")
     scenarios = [env_config]
     for path in settings.also_train_on:
         extra = load_config(path)
