@@ -184,3 +184,30 @@ def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
     for field in ("params", "public", "local_loss", "trust"):
         torch.testing.assert_close(getattr(torch_state, field), getattr(numpy_state, field), atol=1e-5, rtol=1e-5)
     assert (torch_accuracy - numpy_accuracy).abs().max() <= 1.5 / len(scenario.eval_index)
+
+
+@pytest.mark.parametrize("nodes_per_env", [40, 300], ids=["gram-matrix path", "per-slot path (> 256 nodes)"])
+def test_neighbour_distances_match_the_direct_norms(nodes_per_env):
+    """Trust scores rest on these distances; both ways of computing them give ||x̂_j - x_i||."""
+    from envs.dynamics import gossip
+
+    generator = torch.Generator().manual_seed(0)
+    n_envs, width, n_params = 2, 7, 650
+    own = torch.randn(n_envs * nodes_per_env, n_params, generator=generator)
+    other = own + 0.1 * torch.randn(own.shape, generator=generator)
+    local = torch.randint(0, nodes_per_env, (n_envs * nodes_per_env, width), generator=generator)
+    neighbours = local + torch.arange(n_envs).repeat_interleave(nodes_per_env).unsqueeze(1) * nodes_per_env
+    direct = (other[neighbours] - own.unsqueeze(1)).norm(dim=2)
+    got = gossip.neighbour_distances(own, other, neighbours, nodes_per_env)
+    torch.testing.assert_close(got, direct, atol=1e-4, rtol=1e-3)
+
+
+def test_lower_median_is_torch_nanmedian():
+    from envs.dynamics.gossip import lower_median
+
+    generator = torch.Generator().manual_seed(1)
+    values = torch.rand(400, 9, generator=generator)
+    valid = torch.rand(400, 9, generator=generator) < 0.6
+    valid[0] = False  # a receiver that heard nobody
+    expected = torch.where(valid, values, torch.nan).nanmedian(1, keepdim=True).values
+    torch.testing.assert_close(lower_median(values, valid), expected, rtol=0, atol=0, equal_nan=True)
