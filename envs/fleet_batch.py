@@ -233,8 +233,11 @@ class FleetBatch:
                          else value for name, value in telemetry.items()}
             self.accountant.record(reporting)
         self.reported = telemetry
-        self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
-                          for name, value in telemetry.items()}
+        if privacy.mechanism == "none" and not self.any_liars:  # true values: already in range
+            self.telemetry = telemetry
+        else:
+            self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
+                              for name, value in telemetry.items()}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest)

@@ -101,6 +101,16 @@ class Scenario:
     def all_honest(self) -> bool:
         return bool(self.honest.all())
 
+    @functools.cached_property
+    def carbon_g_per_wh(self) -> torch.Tensor:
+        """(N, T) grid intensity in gCO2e per Wh."""
+        return self.carbon_g_per_kwh / 1000.0
+
+    @functools.cached_property
+    def backbone_wh_per_byte(self) -> torch.Tensor:
+        """(N,) core-network Wh of one byte a node broadcasts (carried to each of its neighbours)."""
+        return self.degree * (self.backbone_kwh_per_byte * 1000.0)
+
 
 # ---------------------------------------------------------------------------------------------- data
 @functools.cache

@@ -101,7 +101,7 @@ def transition(
 
     # 1. energy: drop what cannot be afforded, then settle every node's round
     costs = scenario.costs
-    *_, total_wh, _ = costs.of(action)
+    total_wh = costs.total_wh.gather(1, action.unsqueeze(1)).squeeze(1)
     can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh)
     dropped = ~can_afford
     action = torch.where(can_afford, action, IDLE)
@@ -167,7 +167,9 @@ def transition(
                                      defence.trim_fraction, defence.clip_quantile,
                                      state.trust if defence.trust_weighting else None)
 
-    step = config.learning.gossip_step * mixes.unsqueeze(1).to(params.dtype)
+    step = mixes.unsqueeze(1).to(params.dtype)
+    if config.learning.gossip_step != 1.0:
+        step = config.learning.gossip_step * step
     pull = pull_from(usable)
     influence = torch.zeros(scenario.n_envs, device=params.device)
     if not scenario.all_honest:
@@ -181,7 +183,7 @@ def transition(
     params = torch.addcmul(params, step, pull)
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory
-    trust = torch.where(fresh, memory * state.trust + (1 - memory) * scores, state.trust)
+    trust = torch.where(fresh, torch.lerp(scores, state.trust, memory), state.trust)  # m·old + (1 - m)·new
 
     # 4. measure
     malicious = per_env(awake & ~scenario.honest, scenario).sum(1)
@@ -189,8 +191,8 @@ def transition(
     grouped = per_env(params, scenario)
     centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
     consensus = honest_mean(torch.linalg.vector_norm(grouped - centre, dim=2).square().view(-1), scenario)
-    intensity_g_per_wh = at_round(scenario.carbon_g_per_kwh, t) / 1000.0
-    backbone_wh = bytes_sent * scenario.degree * scenario.backbone_kwh_per_byte * 1000.0
+    intensity_g_per_wh = at_round(scenario.carbon_g_per_wh, t)
+    backbone_wh = bytes_sent * scenario.backbone_wh_per_byte
 
     changed = awake
     new_state = state.replace(
@@ -199,7 +201,7 @@ def transition(
         battery_wh=flow.battery_after,
         round=state.round + 1,
         last_action=action,
-        staleness=torch.where(changed, torch.zeros_like(state.staleness), state.staleness + 1),
+        staleness=torch.where(changed, 0.0, state.staleness + 1),
         local_loss=local_loss,
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),
