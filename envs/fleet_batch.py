@@ -53,7 +53,7 @@ class FleetBatch:
         self.last_outcome = None
         self._after_new_scenario()
         self.reported = None
-        self._refresh_telemetry(torch.ones(self.scenario.n_nodes, dtype=torch.bool, device=device))
+        self._refresh_telemetry()
 
     @one_blas_thread
     def replace(self, envs: np.ndarray, scenarios: list[Scenario]) -> None:
@@ -136,7 +136,7 @@ class FleetBatch:
         self.energy_to_target[reached] = self.totals["energy_wh"][reached]
         done = terminated | truncated
         info.update(self._episode_info(done, full_accuracy))
-        self._refresh_telemetry(torch.ones(scenario.n_nodes, dtype=torch.bool, device=action.device))
+        self._refresh_telemetry()
         if config.privacy.mechanism == "none":
             info["epsilon_spent"] = info["epsilon_spent_mean"] = np.zeros(scenario.n_envs)
         else:
@@ -210,7 +210,7 @@ class FleetBatch:
         }
 
     # ------------------------------------------------------------------ what the scheduler sees
-    def _refresh_telemetry(self, rows: torch.Tensor) -> None:
+    def _refresh_telemetry(self, rows: torch.Tensor | None = None) -> None:
         """What the nodes in ``rows`` report for the coming round (lies and DP noise included), and the
         action mask derived from it: the scheduler never sees more than the nodes chose to publish."""
         scenario, state, config = self.scenario, self.state, self.config
@@ -221,6 +221,8 @@ class FleetBatch:
             started = (state.round >= config.attack.start_round).repeat_interleave(n)
             telemetry = apply_lies(telemetry, self.liars & started)
         if privacy.mechanism != "none":
+            if rows is None:  # every node reports
+                rows = torch.ones(scenario.n_nodes, dtype=torch.bool, device=state.params.device)
             woke = state.last_action >= 1
             due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
             reporting = due & self.accountant.may_report() & rows

@@ -36,14 +36,20 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+_MASK32_U64, _M1_U64, _M2_U64 = np.uint64(MASK32), np.uint64(0x7FEB352D), np.uint64(0x846CA68B)
+_S15_U64, _S16_U64, _GOLDEN_U64 = np.uint64(15), np.uint64(16), np.uint64(GOLDEN)
+
+
 def _mix32_np(x: np.ndarray) -> np.ndarray:
     """mix32 on a uint64 numpy array (products wrap modulo 2**64, so no split is needed)."""
-    x = x & MASK32
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & np.uint64(MASK32)
-    return x ^ (x >> np.uint64(16))
+    x = x & _MASK32_U64
+    x ^= x >> _S16_U64
+    x *= _M1_U64
+    x &= _MASK32_U64
+    x ^= x >> _S15_U64
+    x *= _M2_U64
+    x &= _MASK32_U64
+    return x ^ (x >> _S16_U64)
 
 
 def _prefixes(key: torch.Tensor, round_index: torch.Tensor, stream: int) -> np.ndarray:
@@ -63,7 +69,7 @@ def _bits(key: torch.Tensor, round_index: torch.Tensor, stream: int, shape: tupl
     count = math.prod(shape)
     if key.device.type == "cpu":
         counter = np.arange(count, dtype=np.uint64)
-        bits = _mix32_np(_mix32_np(prefixes[:, None] ^ counter) + np.uint64(GOLDEN))
+        bits = _mix32_np(_mix32_np(prefixes[:, None] ^ counter) + _GOLDEN_U64)
         return torch.from_numpy(bits.astype(np.int64)).view(len(key), *shape)
     return _bits_torch(torch.from_numpy(prefixes.astype(np.int64)).to(key.device), count).view(len(key), *shape)
 
