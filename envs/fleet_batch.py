@@ -170,10 +170,11 @@ class FleetBatch:
             "malicious_participants": outcome.malicious_participants,
             "attack_influence": outcome.attack_influence,
         }
-        columns = torch.stack([v if v.is_floating_point() else v.float() for v in sums.values()], dim=1)
-        totals = per_env(columns.double(), scenario).sum(1)  # (B, K), summed in double like the episode totals
-        figures = torch.stack([v if v.is_floating_point() else v.float() for v in per_env_values.values()], dim=1)
-        table = torch.cat([totals, figures.double()], dim=1).cpu().numpy()
+        def columns(values) -> torch.Tensor:  # one float block (bool counts included) of per-node or per-env values
+            return torch.stack([v if v.is_floating_point() else v.float() for v in values], dim=1).double()
+
+        totals = per_env(columns(sums.values()), scenario).sum(1)  # (B, K), summed in double like the episode totals
+        table = torch.cat([totals, columns(per_env_values.values())], dim=1).cpu().numpy()
         info: dict[str, np.ndarray] = {"round": rounds}
         for column, key in enumerate([*sums, *per_env_values]):
             value = table[:, column]

@@ -108,7 +108,7 @@ def scenario_features(scenario: Scenario, forecast_rounds: int) -> ScenarioFeatu
     return ScenarioFeatures(
         harvest_now=scenario.harvest_wh / full_round_wh.unsqueeze(1),
         harvest_forecast=forward_window_means(scenario.harvest_wh, forecast_rounds) / full_round_wh.unsqueeze(1),
-        carbon_now=scenario.carbon_g_per_kwh / 1000.0,
+        carbon_now=scenario.carbon_g_per_wh,  # g/Wh = kg/kWh
         carbon_forecast=forward_window_means(scenario.carbon_g_per_kwh, forecast_rounds) / 1000.0,
         load_when_training=compute_time,
         static_columns={

@@ -23,7 +23,7 @@ import math
 import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
-from envs.dynamics.products import batched_matmul
+from envs.dynamics.products import matmul
 
 FULL = COMPRESSION_LEVELS.index("full")
 SLOT_BLOCK_ELEMENTS = 1 << 21  # neighbour models gathered at once by neighbour_distances on large fleets
@@ -87,8 +87,9 @@ def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, s
 
 
 def slots(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-    """(N, D) ``values`` (N,) of the node in each neighbour slot (index_select: cheaper than indexing)."""
-    return values.index_select(0, neighbours.view(-1)).view(neighbours.shape)
+    """(N, D, ...) the rows of ``values`` (N, ...) of the node in each neighbour slot (index_select:
+    cheaper than indexing)."""
+    return values.index_select(0, neighbours.reshape(-1)).view(*neighbours.shape, *values.shape[1:])
 
 
 def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,7 +197,7 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
         n_params = own.shape[1]
         mine = own.view(-1, nodes_per_env, n_params)
         theirs = other.view(-1, nodes_per_env, n_params)
-        gram = batched_matmul(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
+        gram = matmul(mine, theirs.transpose(1, 2))  # (B, N, N) own_i · other_j
         local = neighbours % nodes_per_env  # neighbours never cross environments
         dots = gram.view(-1, nodes_per_env).gather(1, local)
     else:
@@ -204,8 +205,7 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
         dots = torch.empty(n_nodes, width, dtype=own.dtype, device=own.device)
         block = max(1, SLOT_BLOCK_ELEMENTS // (width * own.shape[1]))
         for start in range(0, n_nodes, block):  # blocks of receivers, not single nodes
-            slots = neighbours[start : start + block]
-            theirs = other.index_select(0, slots.reshape(-1)).view(*slots.shape, -1)  # (b, D, P)
-            dots[start : start + block] = batched_matmul(theirs, own[start : start + block].unsqueeze(2)).squeeze(2)
-    squared = own_sq.unsqueeze(1) + other_sq.index_select(0, neighbours.view(-1)).view(neighbours.shape) - 2 * dots
+            theirs = slots(other, neighbours[start : start + block])  # (b, D, P)
+            dots[start : start + block] = matmul(theirs, own[start : start + block].unsqueeze(2)).squeeze(2)
+    squared = own_sq.unsqueeze(1) + slots(other_sq, neighbours) - 2 * dots
     return squared.clamp_min(0.0).sqrt()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.dynamics.products import batched_matmul, matmul
+from envs.dynamics.products import matmul
 from envs.scenario import N_CLASSES, N_FEATURES
 
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
@@ -63,10 +63,10 @@ class ModelSpec:
             return self.shared_input_logits(params, x).permute(2, 0, 1)
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            return batched_matmul(x, w, b.unsqueeze(1))
+            return matmul(x, w, b.unsqueeze(1))
         w1, b1, w2, b2 = self.unpack(params)
-        hidden = torch.relu(batched_matmul(x, w1, b1.unsqueeze(1)))
-        return batched_matmul(hidden, w2, b2.unsqueeze(1))
+        hidden = torch.relu(matmul(x, w1, b1.unsqueeze(1)))
+        return matmul(hidden, w2, b2.unsqueeze(1))
 
     def shared_input_logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(n, P) params, (M, 64) inputs seen by every node -> (M, 10, n) logits, class-major.
@@ -81,23 +81,23 @@ class ModelSpec:
             return matmul(x, w.permute(1, 2, 0).reshape(N_FEATURES, -1)).view(-1, N_CLASSES, n) + b.T
         w1, b1, w2, b2 = self.unpack(params)
         hidden = torch.relu(matmul(x, w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
-        return batched_matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).permute(1, 2, 0)
+        return matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).permute(1, 2, 0)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """Mean cross-entropy per node (n,) and its gradient (n, P)."""
         n = y.shape[0]
         if self.kind == "softmax":
             w, b = self.unpack(params)
-            loss, delta = _cross_entropy_and_delta(batched_matmul(x, w, b.unsqueeze(1)), y)
-            grads = [batched_matmul(x.transpose(1, 2), delta), delta.sum(1)]
+            loss, delta = _cross_entropy_and_delta(matmul(x, w, b.unsqueeze(1)), y)
+            grads = [matmul(x.transpose(1, 2), delta), delta.sum(1)]
         else:
             w1, b1, w2, b2 = self.unpack(params)
-            hidden = torch.relu(batched_matmul(x, w1, b1.unsqueeze(1)))
-            loss, delta = _cross_entropy_and_delta(batched_matmul(hidden, w2, b2.unsqueeze(1)), y)
-            d_hidden = batched_matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
+            hidden = torch.relu(matmul(x, w1, b1.unsqueeze(1)))
+            loss, delta = _cross_entropy_and_delta(matmul(hidden, w2, b2.unsqueeze(1)), y)
+            d_hidden = matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
             grads = [
-                batched_matmul(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
-                batched_matmul(hidden.transpose(1, 2), delta), delta.sum(1),
+                matmul(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
+                matmul(hidden.transpose(1, 2), delta), delta.sum(1),
             ]
         return loss, torch.cat([g.reshape(n, -1) for g in grads], dim=1)
 

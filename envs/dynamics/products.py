@@ -21,16 +21,10 @@ def _numpy_path(a: torch.Tensor, b: torch.Tensor) -> bool:
     return NUMPY_ON_CPU and a.device.type == "cpu" and not (a.requires_grad or b.requires_grad)
 
 
-def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, i, k) @ (n, k, j) (+ bias (n, 1, j)): one small product per node."""
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b (+ bias): (i, k) @ (k, j), or (n, i, k) @ (n, k, j) with one small product per node
+    (bias (n, 1, j), stacked products only)."""
     if _numpy_path(a, b):
         product = torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
         return product if bias is None else product.add_(bias)
-    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(i, k) @ (k, j)."""
-    if _numpy_path(a, b):
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-    return a @ b
+    return a @ b if bias is None else torch.baddbmm(bias, a, b)
