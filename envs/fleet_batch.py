@@ -22,7 +22,7 @@ from envs.reward import reward_components, reward_scales, weighted_reward
 from envs.scenario import Scenario, stack_scenarios
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
 from envs.state import SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
-from envs.threads import one_blas_thread
+from envs.threads import simulator_call
 
 COUNTS = ("participants", "trained_nodes", "broadcasting_nodes", "dropped_nodes", "malicious_participants")
 TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants")
@@ -38,7 +38,7 @@ class FleetBatch:
         self.last_outcome: RoundOutcome | None = None
 
     # ------------------------------------------------------------------ episodes
-    @one_blas_thread
+    @simulator_call
     def reset(self, scenarios: list[Scenario]) -> None:
         """Start a new episode in every environment."""
         self.scenarios = list(scenarios)
@@ -55,7 +55,7 @@ class FleetBatch:
         self.reported = None
         self._refresh_telemetry()
 
-    @one_blas_thread
+    @simulator_call
     def replace(self, envs: np.ndarray, scenarios: list[Scenario]) -> None:
         """Start a new episode in environments ``envs`` only (autoreset); the others carry on."""
         for index, scenario in zip(envs, scenarios):
@@ -100,7 +100,7 @@ class FleetBatch:
         self.any_liars = bool(self.liars.any())
 
     # ------------------------------------------------------------------ one round
-    @one_blas_thread
+    @simulator_call
     def step(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Play one round in every environment: (B·N,) actions -> rewards, terminated, truncated (each (B,))
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
@@ -245,6 +245,7 @@ class FleetBatch:
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest)
 
+    @simulator_call
     def observation(self) -> dict[str, np.ndarray]:
         """Batched Dict observation: every array has the environment axis first."""
         adjacency = None if self.adjacency is None else self.adjacency.copy()

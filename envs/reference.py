@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from envs.config import EnvConfig
 from envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS, TOPK_FRACTION
 from envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
-from envs.scenario import N_CLASSES, N_FEATURES, Scenario
+from envs.scenario import N_CLASSES, N_INPUTS, Scenario
 from envs.state import SimState
 
 IDLE = 0
@@ -142,12 +142,13 @@ def settle_node(demand: float, battery: float, capacity: float, harvest: float, 
 # ------------------------------------------------------------------------------------------ learning
 def _layers(config: EnvConfig, flat: torch.Tensor) -> list[torch.Tensor]:
     """One node's flat parameter vector as its layers, in the order ModelSpec lays them out:
-    softmax (W 64x10, b 10); mlp (W1 64xH, b1 H, W2 Hx10, b2 10)."""
+    softmax (W 10x65, the bias in its last column); mlp (W1 65xH, the bias in its last row, W2 Hx10,
+    b2 10). Inputs carry the constant bias input after their 64 pixels."""
     hidden = config.learning.hidden
     if config.learning.model == "softmax":
-        shapes = [(N_FEATURES, N_CLASSES), (N_CLASSES,)]
+        shapes = [(N_CLASSES, N_INPUTS)]
     else:
-        shapes = [(N_FEATURES, hidden), (hidden,), (hidden, N_CLASSES), (N_CLASSES,)]
+        shapes = [(N_INPUTS, hidden), (hidden, N_CLASSES), (N_CLASSES,)]
     out, start = [], 0
     for shape in shapes:
         size = math.prod(shape)
@@ -160,13 +161,13 @@ def _layers(config: EnvConfig, flat: torch.Tensor) -> list[torch.Tensor]:
 
 
 def node_logits(config: EnvConfig, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B, 64) inputs -> (B, 10) logits of one node's model."""
+    """(B, 65) inputs -> (B, 10) logits of one node's model."""
     layers = _layers(config, flat)
     if config.learning.model == "softmax":
-        w, b = layers
-        return x @ w + b
-    w1, b1, w2, b2 = layers
-    return F.relu(x @ w1 + b1) @ w2 + b2
+        (w,) = layers
+        return x @ w.T
+    w1, w2, b2 = layers
+    return F.relu(x @ w1) @ w2 + b2
 
 
 def node_sgd(config: EnvConfig, flat: torch.Tensor, xs: list[torch.Tensor], ys: list[torch.Tensor]

@@ -22,7 +22,8 @@ from envs.dynamics.attacks import HONEST, assign_attackers
 from envs.dynamics.energy import ActionCosts, action_costs
 from envs.dynamics.gossip import mixing_matrix
 
-N_FEATURES = 64
+N_FEATURES = 64  # the digits' 8x8 pixels
+N_INPUTS = N_FEATURES + 1  # the model inputs: the pixels and a constant 1, the bias input
 N_CLASSES = 10
 
 
@@ -75,10 +76,10 @@ class Scenario:
     honest: torch.Tensor  # (N,) bool, False for attackers (never observed by the agent)
     attack_kind: torch.Tensor  # (N,) long, index into attacks.ATTACK_KINDS, -1 for honest nodes
     # data
-    train_x: torch.Tensor  # (M, 64)
+    train_x: torch.Tensor  # (M, 65): 64 pixels and the constant bias input
     train_y: torch.Tensor  # (M,) long
     shards: torch.Tensor  # (N, S) long, indices into train_x
-    test_x: torch.Tensor  # (M_test, 64)
+    test_x: torch.Tensor  # (M_test, 65), as train_x
     test_y: torch.Tensor  # (M_test,)
     eval_index: torch.Tensor  # (M_eval,) subsample of the test split used each round
 
@@ -115,12 +116,16 @@ class Scenario:
 # ---------------------------------------------------------------------------------------------- data
 @functools.cache
 def digits_split(test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """sklearn's digits (ships with scikit-learn), scaled to [0, 1], split once with a fixed seed."""
+    """sklearn's digits (ships with scikit-learn), scaled to [0, 1], split once with a fixed seed.
+
+    Each point carries a constant 1 after its 64 pixels, so that a first layer's bias is one more column
+    of its weights: every layer with a bias is then one matrix product, with no separate bias add or bias
+    gradient (``envs/dynamics/learning.py``)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
+    x = np.hstack([digits.data / 16.0, np.ones((len(digits.data), 1))]).astype(np.float32)
     y = digits.target.astype(np.int64)
     return tuple(train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=0))
 

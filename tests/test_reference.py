@@ -10,7 +10,7 @@ from conftest import tiny_variant
 from envs.dynamics.energy import N_ACTIONS
 from envs.dynamics.learning import ModelSpec
 from envs.reference import node_action_cost, reference_transition
-from envs.scenario import N_CLASSES, N_FEATURES, make_scenario
+from envs.scenario import N_CLASSES, N_INPUTS, make_scenario
 from envs.simulator import draw_randomness, transition
 from envs.state import initial_state
 
@@ -149,7 +149,7 @@ def test_manual_gradients_match_autograd(kind):
     gen = torch.Generator().manual_seed(0)
     n, batch = 4, 7
     params = torch.randn(n, spec.n_params, generator=gen) * 0.3
-    x = torch.rand(n, batch, N_FEATURES, generator=gen)
+    x = torch.rand(n, batch, N_INPUTS, generator=gen)
     y = torch.randint(0, N_CLASSES, (n, batch), generator=gen)
     loss, grad = spec.loss_and_grad(params, x, y)
 

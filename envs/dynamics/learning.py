@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from envs.dynamics.products import matmul
-from envs.scenario import N_CLASSES, N_FEATURES
+from envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
 
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
 # above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks
@@ -21,14 +21,22 @@ EVAL_BLOCK_ELEMENTS = 1 << 18
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The model every node trains, as one flat parameter row per node.
+
+    Inputs are (…, 65): 64 pixels and the constant bias input (``envs/scenario.py``), so a first layer's
+    bias is its last input column. Softmax regression keeps its weights class-major, (10, 65) like
+    ``torch.nn.Linear``'s (out, in): its logits come out as (n, 10, batch), whose reductions over the classes
+    torch vectorises (ten contiguous slabs), and its gradient (n, 10, batch) @ (n, batch, 65) lands in the
+    weights' own layout. The MLP is (65, H) then (H, 10) with the output bias."""
+
     kind: str  # "softmax" | "mlp"
     hidden: int = 32
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
         if self.kind == "softmax":
-            return [(N_FEATURES, N_CLASSES), (N_CLASSES,)]
-        return [(N_FEATURES, self.hidden), (self.hidden,), (self.hidden, N_CLASSES), (N_CLASSES,)]
+            return [(N_CLASSES, N_INPUTS)]
+        return [(N_INPUTS, self.hidden), (self.hidden, N_CLASSES), (N_CLASSES,)]
 
     @property
     def n_params(self) -> int:
@@ -45,73 +53,68 @@ class ModelSpec:
 
     def init(self, uniform: torch.Tensor, nodes_per_env: int) -> torch.Tensor:
         """The same starting point on every node of an environment (D-PSGD convention): zeros for
-        softmax, a scaled uniform (Glorot) draw for the MLP's weights. ``uniform`` is (B, P) in [0, 1)."""
+        softmax; for the MLP a scaled uniform (Glorot) draw for the pixel weights of both layers and zero
+        biases. ``uniform`` is (B, P) in [0, 1)."""
         params = torch.zeros_like(uniform)
         if self.kind == "mlp":
-            w1, _, w2, _ = self.unpack(params)
-            u1, _, u2, _ = self.unpack(uniform)
-            for w, u in ((w1, u1), (w2, u2)):
-                bound = (6.0 / (w.shape[1] + w.shape[2])) ** 0.5
+            w1, w2, _ = self.unpack(params)
+            u1, u2, _ = self.unpack(uniform)
+            for w, u, fan_in in ((w1[:, :N_FEATURES], u1[:, :N_FEATURES], N_FEATURES), (w2, u2, self.hidden)):
+                bound = (6.0 / (fan_in + w.shape[2])) ** 0.5
                 w.copy_((u * 2 - 1) * bound)
         return params.repeat_interleave(nodes_per_env, dim=0)
 
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n, P) params, (n, B, 64) inputs -> (n, B, 10) logits. ``x`` may be (B, 64), shared by all.
-
-        Shared inputs go through ``shared_input_logits``."""
+        """(n, P) params, (n, B, 65) inputs -> (n, B, 10) logits. ``x`` may be (B, 65), shared by all."""
         if x.dim() == 2:
-            return self.shared_input_logits(params, x).permute(2, 0, 1)
+            return self.shared_input_logits(params, x).transpose(1, 2)
         if self.kind == "softmax":
-            w, b = self.unpack(params)
-            return matmul(x, w, b.unsqueeze(1))
-        w1, b1, w2, b2 = self.unpack(params)
-        hidden = torch.relu(matmul(x, w1, b1.unsqueeze(1)))
-        return matmul(hidden, w2, b2.unsqueeze(1))
+            (w,) = self.unpack(params)
+            return matmul(w, x.transpose(1, 2)).transpose(1, 2)
+        w1, w2, b2 = self.unpack(params)
+        return matmul(torch.relu(matmul(x, w1)), w2, b2.unsqueeze(1))
 
     def shared_input_logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n, P) params, (M, 64) inputs seen by every node -> (M, 10, n) logits, class-major.
+        """(n, P) params, (M, 65) inputs seen by every node -> (n, 10, M) logits, class-major.
 
-        The first layer of every node runs as one (M, 64) x (64, n·width) matrix product rather than n
-        batched ones over a broadcast copy of the inputs: same arithmetic, a fraction of the time. With
-        the node axis innermost, a reduction over classes is an element-wise max of ten contiguous slabs,
-        which torch vectorises (an argmax over a last axis of 10 it does not)."""
+        Softmax: one (n·10, 65) x (65, M) matrix product over a view of the parameters. MLP: the first
+        layer of every node as one (M, 65) x (65, n·H) product rather than n batched ones over a broadcast
+        copy of the inputs."""
         n = params.shape[0]
         if self.kind == "softmax":
-            w, b = self.unpack(params)
-            return matmul(x, w.permute(1, 2, 0).reshape(N_FEATURES, -1)).view(-1, N_CLASSES, n) + b.T
-        w1, b1, w2, b2 = self.unpack(params)
-        hidden = torch.relu(matmul(x, w1.permute(1, 0, 2).reshape(N_FEATURES, -1)).view(-1, n, self.hidden) + b1)
-        return matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).permute(1, 2, 0)
+            return matmul(params.reshape(n * N_CLASSES, N_INPUTS), x.T).view(n, N_CLASSES, -1)
+        w1, w2, b2 = self.unpack(params)
+        hidden = torch.relu(matmul(x, w1.permute(1, 0, 2).reshape(N_INPUTS, -1)).view(-1, n, self.hidden))
+        return matmul(hidden.transpose(0, 1), w2, b2.unsqueeze(1)).transpose(1, 2)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-        """Mean cross-entropy per node (n,) and its gradient (n, P)."""
+        """Mean cross-entropy per node (n,) and its gradient (n, P); x (n, B, 65), y (n, B)."""
         n = y.shape[0]
         if self.kind == "softmax":
-            w, b = self.unpack(params)
-            loss, delta = _cross_entropy_and_delta(matmul(x, w, b.unsqueeze(1)), y)
-            grads = [matmul(x.transpose(1, 2), delta), delta.sum(1)]
-        else:
-            w1, b1, w2, b2 = self.unpack(params)
-            hidden = torch.relu(matmul(x, w1, b1.unsqueeze(1)))
-            loss, delta = _cross_entropy_and_delta(matmul(hidden, w2, b2.unsqueeze(1)), y)
-            d_hidden = matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
-            grads = [
-                matmul(x.transpose(1, 2), d_hidden), d_hidden.sum(1),
-                matmul(hidden.transpose(1, 2), delta), delta.sum(1),
-            ]
+            (w,) = self.unpack(params)
+            loss, delta = _cross_entropy_and_delta(matmul(w, x.transpose(1, 2)), y, class_dim=1)
+            return loss, matmul(delta, x).view(n, -1)
+        w1, w2, b2 = self.unpack(params)
+        hidden = torch.relu(matmul(x, w1))
+        loss, delta = _cross_entropy_and_delta(matmul(hidden, w2, b2.unsqueeze(1)), y, class_dim=2)
+        d_hidden = matmul(delta, w2.transpose(1, 2)) * (hidden > 0)
+        grads = [matmul(x.transpose(1, 2), d_hidden), matmul(hidden.transpose(1, 2), delta), delta.sum(1)]
         return loss, torch.cat([g.reshape(n, -1) for g in grads], dim=1)
 
 
-def _cross_entropy_and_delta(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy per node (n,) of (n, B, 10) ``logits`` against labels (n, B), and its gradient
+def _cross_entropy_and_delta(
+    logits: torch.Tensor, y: torch.Tensor, class_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy per node (n,) of ``logits`` against labels (n, B), and its gradient
     d loss / d logits = (softmax - onehot) / B, computed in place on the log-probabilities (no one-hot
-    tensor: the label's entry is decremented directly)."""
+    tensor: the label's entry is decremented directly). The classes lie along ``class_dim`` of logits:
+    1 for (n, 10, B), 2 for (n, B, 10)."""
     batch = y.shape[1]
-    label = y.unsqueeze(-1)
-    log_prob = torch.log_softmax(logits, dim=-1)
-    loss = -log_prob.gather(-1, label).squeeze(-1).mean(-1)
+    label = y.unsqueeze(class_dim)
+    log_prob = torch.log_softmax(logits, dim=class_dim)
+    loss = -log_prob.gather(class_dim, label).squeeze(class_dim).mean(-1)
     delta = log_prob.exp_()
-    delta.scatter_add_(-1, label, torch.full(label.shape, -1.0, dtype=delta.dtype, device=delta.device))
+    delta.scatter_add_(class_dim, label, torch.full(label.shape, -1.0, dtype=delta.dtype, device=delta.device))
     return loss, delta.div_(batch)
 
 
@@ -125,7 +128,7 @@ def local_sgd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain SGD on every given node at once.
 
-    params (n, P); data_x (M, 64) the training inputs; samples (n, steps, B) the rows of data_x in each
+    params (n, P); data_x (M, 65) the training inputs; samples (n, steps, B) the rows of data_x in each
     node's minibatches and y (n, steps, B) their labels; returns new params and the mean training loss
     of each node over its steps. Each step gathers only its own minibatches: one gather for all steps
     is a block of tens of MB at thousands of nodes, which the allocator hands out as fresh pages every
@@ -141,21 +144,21 @@ def local_sgd(
 
 
 def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n,) share of the test points (x (M, 64), y (M,), shared by all nodes) each node's model gets right.
+    """(n,) share of the test points (x (M, 65), y (M,), shared by all nodes) each node's model gets right.
 
     A point counts when argmax over the classes is its label, ties going to the lowest class as in
     ``torch.argmax`` (at the all-zero start every model predicts class 0): the true logit beats every
     lower class strictly and no higher class exceeds it. Written as two masked maxima over the classes
     because that is several times faster than argmax here (see ``shared_input_logits``)."""
-    classes = torch.arange(N_CLASSES, device=y.device)
-    lower = torch.where(classes < y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)  # (M, 10, 1)
-    higher = torch.where(classes > y.unsqueeze(1), 0.0, -torch.inf).unsqueeze(2)
-    label = y.view(-1, 1, 1)
+    classes = torch.arange(N_CLASSES, device=y.device).unsqueeze(1)
+    lower = torch.where(classes < y, 0.0, -torch.inf)  # (10, M)
+    higher = torch.where(classes > y, 0.0, -torch.inf)
+    label = y.view(1, 1, -1)
     block = max(1, EVAL_BLOCK_ELEMENTS // (len(y) * N_CLASSES))
     shares = []
-    for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~70 nodes
-        logits = spec.shared_input_logits(params[start : start + block], x)  # (M, 10, n)
-        true_logit = logits.gather(1, label.expand(-1, 1, logits.shape[2])).squeeze(1)  # (M, n)
+    for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~200 nodes
+        logits = spec.shared_input_logits(params[start : start + block], x)  # (n, 10, M)
+        true_logit = logits.gather(1, label.expand(logits.shape[0], 1, -1)).squeeze(1)  # (n, M)
         correct = (true_logit > (logits + lower).amax(1)) & (true_logit >= (logits + higher).amax(1))
-        shares.append(correct.float().mean(0))
+        shares.append(correct.float().mean(1))
     return shares[0] if len(shares) == 1 else torch.cat(shares)
