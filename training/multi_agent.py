@@ -569,6 +569,8 @@ def run(args: argparse.Namespace) -> int:
             f"--multi-agent trains a shared per-node policy with PPO (SuperSuit + SB3); --algo {algo} "
             "is not supported there. Drop --algo or use --algo ppo"
         )
+    if getattr(args, "imitate", None):
+        raise SystemExit("--imitate warm-starts the centralized scheduler; --multi-agent does not support it")
     settings = load_settings(
         args.settings,
         algo="ppo",

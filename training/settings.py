@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
 FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (best-model selection)
@@ -83,9 +83,36 @@ class PolicySettings(_Frozen):
     ortho_init: bool = Field(True, description="orthogonal initialisation with SB3's gains")
 
 
+class ImitationSettings(_Frozen):
+    """Behaviour-cloning warm start before PPO (training/imitation.py): the policy first imitates a
+    heuristic's rollouts on the training envs (actor: cross-entropy on its actions, critic: regression
+    on the discounted returns observed). Off unless ``heuristic`` names one."""
+
+    heuristic: str | None = Field(
+        None, description="heuristic to imitate before PPO (agents/heuristics.py; None = no warm start)"
+    )
+    steps: int = Field(
+        4096, ge=1, description="env steps of heuristic rollouts over all envs (not counted in total_timesteps)"
+    )
+    epochs: int = Field(10, ge=1, description="passes over the rollouts")
+    batch_size: int = Field(64, ge=1, description="minibatch size")
+    learning_rate: float = Field(3e-3, gt=0, description="Adam step size of the warm start")
+    value_coef: float = Field(0.5, ge=0, description="weight of the critic's regression loss")
+
+    @field_validator("heuristic")
+    @classmethod
+    def _known_heuristic(cls, name: str | None) -> str | None:
+        if name is not None:
+            from agents.heuristics import HEURISTICS  # imports torch: only when a warm start is asked for
+
+            if name not in HEURISTICS:
+                raise ValueError(f"unknown heuristic {name!r}; allowed: {list(HEURISTICS)}")
+        return name
+
+
 class TrainSettings(_Frozen):
     """How a scheduler is trained. Command-line flags override ``algo``, ``total_timesteps``, ``seed``,
-    ``n_envs`` and ``time_limit_minutes``."""
+    ``n_envs``, ``time_limit_minutes`` and ``imitation.heuristic``."""
 
     algo: Algorithm = Field("maskable_ppo", description="learning algorithm")
     total_timesteps: int = Field(200_000, ge=1, description="env steps (rounds) summed over all envs")
@@ -119,6 +146,7 @@ class TrainSettings(_Frozen):
     ppo: PPOSettings = PPOSettings()
     a2c: A2CSettings = A2CSettings()
     recurrent_ppo: RecurrentPPOSettings = RecurrentPPOSettings()
+    imitation: ImitationSettings = ImitationSettings()
     eval_freq: int = Field(10_000, ge=1, description="env steps between held-out evaluations")
     eval_episodes: int = Field(
         5, ge=1, description="held-out validation seeds 10,000.. used by each evaluation"
@@ -152,6 +180,15 @@ class TrainSettings(_Frozen):
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _imitation_fits(self) -> TrainSettings:
+        if self.imitation.heuristic is not None and self.algo == "recurrent_ppo":
+            raise ValueError(
+                "imitation: the warm start fits feed-forward policies (maskable_ppo, ppo, a2c), not "
+                "recurrent_ppo, whose LSTM would need whole sequences; set imitation.heuristic: null"
+            )
         return self
 
     @property
@@ -196,9 +233,10 @@ def settings_for_config(config: str | Path | None) -> Path | None:
     return DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> TrainSettings:
+def load_settings(path: str | Path | None = None, imitate: str | None = None, **overrides: Any) -> TrainSettings:
     """Settings from a YAML file (None = ``configs/train/default.yaml`` if present, else the defaults),
-    with top-level ``overrides`` (None values are ignored) applied on top."""
+    with top-level ``overrides`` (None values are ignored) applied on top, and ``imitate`` (``--imitate``)
+    as ``imitation.heuristic``."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is None and DEFAULT_SETTINGS.is_file():
@@ -215,6 +253,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> TrainSett
         if not isinstance(data, dict):
             raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
     data.update({key: value for key, value in overrides.items() if value is not None})
+    if imitate is not None:  # one field of the section: the file's other imitation settings stay
+        section = data.get("imitation") or {}
+        if isinstance(section, dict):
+            data["imitation"] = {**section, "heuristic": imitate}
     try:
         return TrainSettings.model_validate(data)
     except ValidationError as exc:

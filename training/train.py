@@ -2,7 +2,7 @@
 
     greengossip train --config configs/default.yaml [--settings configs/train/default.yaml]
                       [--algo maskable_ppo|ppo|a2c|recurrent_ppo] [--timesteps T] [--seed S] [--n-envs E]
-                      [--out DIR] [--resume latest|PATH]
+                      [--out DIR] [--resume latest|PATH] [--imitate HEURISTIC]
 
 ``--config`` is the env scenario (an ``EnvConfig`` YAML), ``--settings`` the training settings
 (``training/settings.py``, one section per algorithm). What a run leaves in ``--out``::
@@ -10,7 +10,7 @@
     model.zip                 the final model          best_model.zip (+ .json)  best on held-out seeds
     checkpoints/              periodic checkpoints (``--resume latest`` goes on from the newest)
     logs/                     TensorBoard events (SB3's rollout/ train/ time/, plus env/ episode/ eval/
-                              charts/ carbon/ and the settings as text), progress.csv, log.txt
+                              charts/ carbon/ imitation/ and the settings as text), progress.csv, log.txt
     monitor.csv               VecMonitor's episodes (resumeN.monitor.csv after a resume)
     evaluations.csv           every held-out evaluation
     emissions.csv             codecarbon's measurement of this training run
@@ -21,6 +21,9 @@ Seeds: training env ``i`` starts from ``seed + i`` (``seed`` < 10,000); the eval
 validation seeds 10,000.. to pick the best model and the final comparison test seeds 20,000.., so the
 reported comparison is on scenarios that neither trained nor selected the model. The same seed and
 settings give the same learning curve in one process (``--n-envs 1``, ``torch_threads: 1``).
+
+``--imitate HEURISTIC`` (settings: ``imitation``) first fits a new policy to the heuristic's rollouts on
+the training envs (``training/imitation.py``); PPO then starts from it. A resumed run skips it.
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="further scenario YAMLs mixed into training (env i runs scenario i mod (1 + count)), e.g. "
         "configs/attack_heavy.yaml so that the scheduler meets attackers",
     )
+    parser.add_argument(
+        "--imitate",
+        default=None,
+        metavar="HEURISTIC",
+        help="warm start: before PPO, fit the policy to this heuristic's rollouts (behaviour cloning), "
+        "e.g. energy_carbon_trust; sets imitation.heuristic of the settings",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the final comparison with the heuristics"
@@ -111,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         progress_bar=False if args.no_progress else None,
         compare=False if args.no_compare else None,
         also_train_on=args.also_train_on,
+        imitate=args.imitate,
     )
     out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
     result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path)
@@ -305,6 +316,19 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
     )
 
 
+def imitate(model, settings: TrainSettings) -> None:
+    """The behaviour-cloning warm start (training/imitation.py), its figures logged at step 0."""
+    from training.imitation import warm_start
+
+    summary = warm_start(model, settings.imitation, seed=settings.seed)
+    for name in ("cross_entropy", "value_loss", "agreement"):
+        model.logger.record(f"imitation/{name}", getattr(summary, name))
+    model.logger.dump(step=0)
+    # The rollouts used up the envs' seeds; reseeding gives PPO the same training episodes as a run
+    # without the warm start, so that comparing the two compares the starting policies.
+    model.set_random_seed(settings.seed)
+
+
 def compare_with_heuristics(
     model_path: Path, config_path: Path, settings: TrainSettings, out: Path
 ) -> tuple[list[dict] | None, str | None, str | None]:
@@ -395,6 +419,8 @@ def train(
     try:
         model = build_model(settings, venv, out, resume)
         model.set_logger(configure(str(out / "logs"), ["csv", "tensorboard", "log"]))
+        if settings.imitation.heuristic is not None and not resume:
+            imitate(model, settings)
         best_model_path = out / "best_model.zip"
         evaluation = HeldOutEvalCallback(
             eval_env,
