@@ -405,7 +405,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
 def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
     """One Scenario of B·N nodes from B scenarios of N nodes each (same config): node tensors are
     concatenated, node indices in edges and neighbour tables shifted by b·N, neighbour tables padded to
-    the widest, and the mixing matrix is block diagonal (sparse CSR beyond 512 nodes)."""
+    the widest, and the mixing matrix is block diagonal (sparse CSR beyond 64 nodes in all)."""
     if len(scenarios) == 1:
         return scenarios[0]
     first = scenarios[0]

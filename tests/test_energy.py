@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs.dynamics.energy import available_for_actions, settle_energy
-from envs.dynamics.gossip import mixing_matrix
+from envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix
 from envs.dynamics.learning import ModelSpec
 from envs.reference import settle_node
 from envs.scenario import make_scenario, metropolis_hastings_edges
@@ -193,14 +193,14 @@ def _check_mixing(graph: nx.Graph, sparse_expected: bool) -> None:
     assert (dense[support & ~torch.eye(n, dtype=torch.bool)] > 0).all()
 
 
-@given(connected_graphs(2, 60))
+@given(connected_graphs(2, DENSE_MIXING_UP_TO))
 def test_mixing_matrix_is_symmetric_and_doubly_stochastic(graph):
     _check_mixing(graph, sparse_expected=False)
 
 
 @settings(max_examples=5)
-@given(connected_graphs(513, 700, mean_degree=6.0))
-def test_sparse_mixing_matrix_beyond_512_nodes_is_symmetric_and_doubly_stochastic(graph):
+@given(connected_graphs(DENSE_MIXING_UP_TO + 1, 600, mean_degree=6.0))
+def test_sparse_mixing_matrix_of_larger_fleets_is_symmetric_and_doubly_stochastic(graph):
     _check_mixing(graph, sparse_expected=True)
 
 

@@ -26,6 +26,7 @@ from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
 from envs.dynamics.products import matmul
 
 FULL = COMPRESSION_LEVELS.index("full")
+DENSE_MIXING_UP_TO = 64
 SLOT_BLOCK_ELEMENTS = 1 << 21  # neighbour models gathered at once by neighbour_distances on large fleets
 
 
@@ -59,8 +60,10 @@ def _compress_rows(part: torch.Tensor, name: str) -> torch.Tensor:
 def mixing_matrix(
     n_nodes: int, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor, include_self: bool = True
 ) -> torch.Tensor:
-    """W with W[i, j] = w_ij on edges and (if include_self) the self weight on the diagonal; dense for
-    small fleets, sparse CSR beyond 512 nodes so that a mixing step costs O(edges · P), not O(N² · P)."""
+    """W with W[i, j] = w_ij on edges and (if include_self) the self weight on the diagonal; dense up to
+    ``DENSE_MIXING_UP_TO`` nodes, sparse CSR beyond, so that a mixing step costs O(edges · P), not O(N² · P).
+    With a dozen neighbours per node, CSR products overtake dense ones between 32 and 128 nodes (1.7x
+    faster at 128, 2x at 512, 10x at 2,048 on the 2-core test machine)."""
     rows, cols, values = dst, src, weight
     if include_self:
         self_weight = 1.0 - torch.zeros(n_nodes, device=weight.device).index_add_(0, dst, weight)
@@ -68,7 +71,7 @@ def mixing_matrix(
         rows, cols, values = torch.cat([dst, idx]), torch.cat([src, idx]), torch.cat([weight, self_weight])
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
                                   check_invariants=False).coalesce()
-    return coo.to_dense() if n_nodes <= 512 else coo.to_sparse_csr()
+    return coo.to_dense() if n_nodes <= DENSE_MIXING_UP_TO else coo.to_sparse_csr()
 
 
 def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, send: torch.Tensor) -> torch.Tensor:
