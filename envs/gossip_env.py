@@ -140,19 +140,25 @@ class EdgeLearningEnv(gym.Env):
         self._device = torch.device(self.config.device)
         self._fleet = FleetBatch(self.config)
         self._last_info: dict[str, Any] = {}
+        self._episode_over = False
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._fleet.reset([make_scenario(self.config, self.np_random)])
+        self._episode_over = False
         self._last_info = {"accuracy": float(self._fleet.state.accuracy[0]), "round": 0}
         return self._observation(), dict(self._last_info)
 
     def step(self, action):
         if self._fleet.state is None:
             raise RuntimeError("call reset() before step()")
+        if self._episode_over:  # the traces end at the deadline: a further round has no world to run in
+            raise RuntimeError(f"the episode ended at round {int(self._fleet.state.round[0])} (terminated or "
+                               "truncated): call reset() before step()")
         reward, terminated, truncated, batched = self._fleet.step(self._validate_action(action))
-        info = single_env_info(batched, 0, bool(terminated[0] or truncated[0]))
+        self._episode_over = bool(terminated[0] or truncated[0])
+        info = single_env_info(batched, 0, self._episode_over)
         self._last_info = info
         return self._observation(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
 

@@ -233,3 +233,8 @@ def test_info_on_truncation_reports_missed_target_and_deadline_penalty():
     assert info["rounds_to_target"] is None
     assert info["reward_components"]["deadline"] < 0
     assert info["episode_energy_wh"] > 0
+    # the traces end at the deadline: another round is refused with a message, then reset starts afresh
+    with pytest.raises(RuntimeError, match="episode ended at round 5.*call reset"):
+        env.unwrapped.step(all_nodes(env, IDLE))
+    env.reset(seed=2)
+    assert not env.step(all_nodes(env, IDLE))[3]
