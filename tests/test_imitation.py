@@ -38,7 +38,7 @@ def test_warm_start_makes_the_policy_agree_with_the_heuristic(algo, tmp_path):
         demonstrations = collect_demonstrations(model.get_env(), HEURISTIC, 512, model.gamma, seed=0)
         imitation = settings.imitation
         summary = fit(model, demonstrations, imitation.epochs, imitation.batch_size, imitation.learning_rate,
-                      imitation.value_coef)
+                      imitation.value_coef, entropy_coef=0.0)
         predicted, _ = model.predict(
             demonstrations.observations,
             deterministic=True,
@@ -52,6 +52,27 @@ def test_warm_start_makes_the_policy_agree_with_the_heuristic(algo, tmp_path):
     assert summary.initial_agreement < 0.5 < 0.9 < summary.agreement, summary
     assert summary.agreement == pytest.approx(float(np.mean(predicted == demonstrations.actions)))
     assert summary.cross_entropy < 0.5 and np.isfinite(summary.value_loss)
+
+
+def test_entropy_bonus_keeps_the_imitating_policy_stochastic(tmp_path):
+    """Same rollouts, same fit, with and without the entropy term: both pick the heuristic's action
+    deterministically, but only the regularised policy leaves probability on the others (for PPO)."""
+    settings = load_settings(TINY_SETTINGS, n_envs=2, vec_env="batched", track_carbon=False)
+    imitation = settings.imitation
+    summaries = {}
+    for entropy_coef in (0.0, 0.3):
+        venv = make_vec_env([load_config(TINY)], settings, tmp_path / f"monitor{entropy_coef}.csv")
+        try:
+            model = build_model(settings, venv, tmp_path, resume=None)
+            demonstrations = collect_demonstrations(model.get_env(), HEURISTIC, 512, model.gamma, seed=0)
+            summaries[entropy_coef] = fit(model, demonstrations, imitation.epochs, imitation.batch_size,
+                                          imitation.learning_rate, imitation.value_coef, entropy_coef)
+        finally:
+            venv.close()
+    plain, regularised = summaries[0.0], summaries[0.3]
+    assert plain.agreement > 0.9 and regularised.agreement > 0.9, summaries
+    # mean -log p(heuristic's action): the regularised fit leaves clearly more probability elsewhere
+    assert regularised.cross_entropy > plain.cross_entropy + 0.05, summaries
 
 
 def test_unknown_heuristic_is_named_with_the_allowed_values():

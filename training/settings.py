@@ -98,6 +98,9 @@ class ImitationSettings(_Frozen):
     batch_size: int = Field(64, ge=1, description="minibatch size")
     learning_rate: float = Field(3e-3, gt=0, description="Adam step size of the warm start")
     value_coef: float = Field(0.5, ge=0, description="weight of the critic's regression loss")
+    entropy_coef: float = Field(
+        0.3, ge=0, description="entropy bonus per node action: keeps the fitted policy stochastic for PPO to explore"
+    )
 
     @field_validator("heuristic")
     @classmethod
