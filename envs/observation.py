@@ -19,6 +19,10 @@ from envs.dynamics.energy import N_ACTIONS
 from envs.scenario import Scenario
 from envs.state import SimState, at_round, per_env, time_index
 
+# Staleness is observed in units of this many rounds (4 hours of 15-minute rounds), capped at 1: fine
+# enough to tell 1 from 2 rounds of silence, which a scale of max_rounds (192) all but hides.
+STALENESS_HORIZON = 16
+
 # name, low, high, meaning (unit)
 NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("battery_soc", 0.0, 1.0, "stored energy / capacity"),
@@ -28,7 +32,7 @@ NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("carbon_forecast", 0.0, 2.0, "mean grid intensity over the next forecast_rounds, kgCO2e/kWh"),
     ("grid_connected", 0.0, 1.0, "1 if the node may draw from the grid"),
     ("trust", 0.0, 1.0, "neighbours' mean trust in this node (1 = fully trusted)"),
-    ("staleness", 0.0, 1.0, "rounds since the node's model last changed / max_rounds"),
+    ("staleness", 0.0, 1.0, f"rounds since the node last broadcast / {STALENESS_HORIZON} (capped at 1)"),
     ("local_loss", 0.0, 10.0, "last local training loss (cross-entropy, clipped)"),
     ("degree", 0.0, 1.0, "neighbours / most neighbours of any node"),
     ("last_action", 0.0, 1.0, "action carried out last round / (K - 1)"),
@@ -159,7 +163,7 @@ def observe(
         **telemetry,
         **features.static_columns,
         "trust": trust,
-        "staleness": state.staleness / config.max_rounds,
+        "staleness": (state.staleness / STALENESS_HORIZON).clamp_(max=1.0),
         "local_loss": state.local_loss,
         "last_action": state.last_action / (N_ACTIONS - 1),
         "dropped": state.dropped.float(),

@@ -453,7 +453,7 @@ def reference_transition(
         battery_wh=torch.tensor([f["battery_after"] for f in flows], **f32),
         round=state.round + 1,
         last_action=torch.tensor(carried, dtype=torch.long, device=device),
-        staleness=torch.tensor([0.0 if awake[i] else float(state.staleness[i]) + 1.0 for i in range(n)],
+        staleness=torch.tensor([0.0 if sent[i] else float(state.staleness[i]) + 1.0 for i in range(n)],
                                **f32),
         local_loss=torch.tensor(local_loss, **f32),
         node_accuracy=torch.tensor(node_accuracy, **f32),

@@ -194,14 +194,13 @@ def transition(
     intensity_g_per_wh = at_round(scenario.carbon_g_per_wh, t)
     backbone_wh = bytes_sent * scenario.backbone_wh_per_byte
 
-    changed = awake
     new_state = state.replace(
         params=params,
         public=public,
         battery_wh=flow.battery_after,
         round=state.round + 1,
         last_action=action,
-        staleness=torch.where(changed, 0.0, state.staleness + 1),
+        staleness=torch.where(sent, 0.0, state.staleness + 1),
         local_loss=local_loss,
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),

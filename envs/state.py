@@ -23,7 +23,7 @@ class SimState:
     battery_wh: torch.Tensor  # (N,) Wh stored
     round: torch.Tensor  # (B,) long, rounds played so far
     last_action: torch.Tensor  # (N,) long, action actually carried out last round
-    staleness: torch.Tensor  # (N,) rounds since the node's model last changed
+    staleness: torch.Tensor  # (N,) rounds since the node last broadcast: the age of its neighbours' copy
     local_loss: torch.Tensor  # (N,) last training loss (initial: loss of the initial model on the shard)
     node_accuracy: torch.Tensor  # (N,) test accuracy of each node's model
     accuracy: torch.Tensor  # (B,) mean test accuracy over honest nodes

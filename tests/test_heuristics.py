@@ -24,7 +24,7 @@ from envs.observation import NODE_INDEX
 TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
-            "event_triggered", "energy_carbon_trust"}
+            "event_triggered", "energy_carbon_trust", "carbon_periodic"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:
@@ -170,7 +170,7 @@ def test_trust_rules_idle_untrusted_nodes():
     trust = np.ones(obs["nodes"].shape[0])
     trust[[1, 4]] = 0.2
     obs = _set(obs, "trust", trust)
-    for name in ("trust_threshold", "energy_carbon_trust"):
+    for name in ("trust_threshold", "energy_carbon_trust", "carbon_periodic"):
         action, _ = HEURISTICS[name](seed=0).predict(obs)
         assert (action[[1, 4]] == IDLE).all(), name
         assert (np.delete(action, [1, 4]) != IDLE).all(), name
@@ -182,6 +182,38 @@ def test_combined_rule_sends_8bit_except_on_green_grids():
     carbon[0] = 0.03
     action, _ = HEURISTICS["energy_carbon_trust"](seed=0).predict(_set(obs, "carbon_now", carbon))
     assert action[0] == SEND_FULL and (action[1:] == SEND_Q8).all()
+
+
+def test_carbon_periodic_broadcasts_from_dirty_grids_every_period_rounds():
+    """Played on the env: nodes on grids above the threshold broadcast in the first round and then once
+    every ``period`` rounds (training in between); nodes on cleaner grids broadcast every round."""
+    env = make_env(TINY)
+    obs, _ = env.reset(seed=0)
+    carbon = obs["nodes"][:, NODE_INDEX["carbon_now"]]
+    threshold = float(np.median(carbon))  # about half of the tiny fleet counts as dirty
+    dirty = carbon > threshold
+    assert dirty.any() and (~dirty).any()
+    scheduler = HEURISTICS["carbon_periodic"](seed=0, period=3, dirty_intensity=threshold)
+    sent_rounds, affordable = [], np.ones(len(carbon), dtype=bool)
+    for _ in range(7):
+        obs = dict(obs, nodes=obs["nodes"].copy())
+        obs["nodes"][:, NODE_INDEX["carbon_now"]] = carbon  # hold each grid's class fixed over the rounds
+        obs["nodes"][:, NODE_INDEX["trust"]] = 1.0
+        action, _ = scheduler.predict(obs)
+        mask = env.unwrapped.action_masks()
+        _assert_valid(action, mask)
+        affordable &= mask[:, SEND_Q8]  # exact masks on tiny: an allowed broadcast is never dropped
+        sent_rounds.append(action >= SEND_Q8)
+        assert (action[dirty & (action < SEND_Q8)] == TRAIN).all()  # a waiting node trains, never idles
+        assert not (action == SEND_FULL).any()
+        obs, *_ = env.step(action)
+    sent = np.array(sent_rounds)  # (rounds, nodes)
+    expected_dirty = np.array([True, False, False, True, False, False, True])
+    assert (dirty & affordable).any() and (~dirty & affordable).any()
+    for node in np.flatnonzero(dirty & affordable):
+        assert (sent[:, node] == expected_dirty).all(), (node, sent[:, node])
+    for node in np.flatnonzero(~dirty & affordable):
+        assert sent[:, node].all(), (node, sent[:, node])
 
 
 def test_event_triggered_sends_first_then_only_on_a_trigger():
