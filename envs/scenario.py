@@ -20,7 +20,7 @@ from envs.config import EnvConfig
 from envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
 from envs.dynamics.attacks import HONEST, assign_attackers
 from envs.dynamics.energy import ActionCosts, action_costs
-from envs.dynamics.gossip import mixing_matrix
+from envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix, neighbour_pattern
 
 N_FEATURES = 64  # the digits' 8x8 pixels
 N_INPUTS = N_FEATURES + 1  # the model inputs: the pixels and a constant 1, the bias input
@@ -72,7 +72,9 @@ class Scenario:
     backbone_kwh_per_byte: float
     model_bytes: float  # bytes of one full-precision broadcast of the emulated model
     costs: ActionCosts  # (N, K) energy and bytes of every action on every node
-    neighbour_mixing: torch.Tensor  # (N, N) Metropolis-Hastings W without its diagonal, dense or sparse CSR
+    # Metropolis-Hastings W without its diagonal: (B, n, n) dense per-environment blocks for fleets of up to
+    # DENSE_MIXING_UP_TO nodes, else (N, N) sparse CSR over all nodes (gossip.mix multiplies either)
+    neighbour_mixing: torch.Tensor
     honest: torch.Tensor  # (N,) bool, False for attackers (never observed by the agent)
     attack_kind: torch.Tensor  # (N,) long, index into attacks.ATTACK_KINDS, -1 for honest nodes
     # data
@@ -91,6 +93,13 @@ class Scenario:
     @functools.cached_property
     def eval_y(self) -> torch.Tensor:
         return self.test_y[self.eval_index]
+
+    @functools.cached_property
+    def neighbour_pattern(self) -> torch.Tensor | None:
+        """Sparse pattern of the neighbour slots for the trust distances of large fleets (None if small)."""
+        if self.nodes_per_env <= DENSE_MIXING_UP_TO:
+            return None
+        return neighbour_pattern(self.neighbours, self.neighbour_valid)
 
     @functools.cached_property
     def honest_share(self) -> torch.Tensor:
@@ -390,7 +399,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         backbone_kwh_per_byte=backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
         model_bytes=model_bytes,
         costs=costs,
-        neighbour_mixing=mixing_matrix(n, edge_src, edge_dst, edge_weight, include_self=False),
+        neighbour_mixing=_mixing_blocks(mixing_matrix(n, edge_src, edge_dst, edge_weight, include_self=False)),
         honest=as_tensor(attack_kind == HONEST),
         attack_kind=as_tensor(attack_kind),
         train_x=f32(train_x),
@@ -402,10 +411,16 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     )
 
 
+def _mixing_blocks(matrix: torch.Tensor) -> torch.Tensor:
+    """One environment's W as ``Scenario.neighbour_mixing`` keeps it: a (1, n, n) block, or CSR as is."""
+    return matrix.unsqueeze(0) if matrix.layout == torch.strided else matrix
+
+
 def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
     """One Scenario of B·N nodes from B scenarios of N nodes each (same config): node tensors are
     concatenated, node indices in edges and neighbour tables shifted by b·N, neighbour tables padded to
-    the widest, and the mixing matrix is block diagonal (sparse CSR beyond 64 nodes in all)."""
+    the widest, and the mixing matrix is block diagonal: the environments' dense blocks side by side, or one
+    sparse CSR over all nodes for fleets of more than DENSE_MIXING_UP_TO nodes."""
     if len(scenarios) == 1:
         return scenarios[0]
     first = scenarios[0]
@@ -450,6 +465,7 @@ def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
         device_names=tuple(name for s in scenarios for name in s.device_names),
         costs=ActionCosts(*(torch.cat([getattr(s.costs, f.name) for s in scenarios])
                             for f in dataclasses.fields(ActionCosts))),
-        neighbour_mixing=mixing_matrix(total, edge_src, edge_dst, edge_weight, include_self=False),
+        neighbour_mixing=(cat("neighbour_mixing") if n <= DENSE_MIXING_UP_TO
+                          else mixing_matrix(total, edge_src, edge_dst, edge_weight, include_self=False)),
         **per_node,
     )

@@ -179,7 +179,7 @@ def transition(
         shift = honest_mean((step * (pull - clean_pull)).norm(dim=1), scenario)
         influence = torch.where(started, shift / scale, influence)
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
-                                     scenario.nodes_per_env)
+                                     scenario.nodes_per_env, scenario.neighbour_pattern)
     params = torch.addcmul(params, step, pull)
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory

@@ -210,7 +210,7 @@ def test_scenario_neighbour_mixing_completes_to_a_doubly_stochastic_matrix(n_nod
     config = tiny_variant(n_nodes=n_nodes, topology={"kind": "random_geometric", "radius": 0.1},
                           observation={"adjacency": False})
     scenario = make_scenario(config, np.random.default_rng(0))
-    off = scenario.neighbour_mixing.to_dense().double()
+    off = scenario.neighbour_mixing.to_dense().double().reshape(n_nodes, n_nodes)
     assert (off.diagonal() == 0).all()
     full = off + torch.diag(1.0 - off.sum(1))
     assert (full >= -1e-7).all()
