@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml (set
 # ALSO_TRAIN_ON=configs/attack_heavy.yaml to mix attackers into training: half of the N_ENVS run it; set
-# IMITATE=energy_carbon_trust to warm-start the policy from that heuristic, training/imitation.py),
+# IMITATE=energy_carbon_trust to warm-start the policy from that heuristic, training/imitation.py; set
+# SETTINGS=configs/train/kickstart.yaml for other training settings),
 # compare it with every heuristic on held-out test seeds of the default and the attack_heavy scenario, then
 # run the same model unchanged on a fleet four times as large. Not part of CI: training is time-boxed by
 # TRAIN_MINUTES, the three comparisons take about 10 more minutes on a 2-core machine.
@@ -26,11 +27,12 @@ PYTHON=${PYTHON:-python}
 ALSO_TRAIN_ON=${ALSO_TRAIN_ON-}
 ATTACK_SEEDS=${ATTACK_SEEDS:-10}
 IMITATE=${IMITATE-}
+SETTINGS=${SETTINGS-}
 
 start=$(date +%s)
 "$PYTHON" -m training.cli train --config configs/default.yaml --timesteps "$TIMESTEPS" --time-limit "$TRAIN_MINUTES" \
   --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress ${ALSO_TRAIN_ON:+--also-train-on $ALSO_TRAIN_ON} \
-  ${IMITATE:+--imitate $IMITATE}
+  ${IMITATE:+--imitate $IMITATE} ${SETTINGS:+--settings $SETTINGS}
 trained=$(date +%s)
 
 OUT="$OUT" X4_SEEDS="$X4_SEEDS" ATTACK_SEEDS="$ATTACK_SEEDS" "$PYTHON" - <<'PY'
