@@ -47,7 +47,7 @@ from training.settings import FIRST_TEST_SEED
 
 out = Path(os.environ["OUT"])
 heuristics = ["all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold", "event_triggered",
-              "energy_carbon_trust"]
+              "energy_carbon_trust", "carbon_periodic"]
 attack_seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["ATTACK_SEEDS"])))
 run_evaluation([str(out / "best_model.zip"), *heuristics], ["configs/attack_heavy.yaml"], attack_seeds,
                out / "attack_heavy", workers=2, progress=False)
@@ -58,7 +58,8 @@ config["n_nodes"] = 4 * config["n_nodes"]
 x4 = out / "default_x4.yaml"
 x4.write_text(yaml.safe_dump(config, sort_keys=False))
 seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["X4_SEEDS"])))
-run_evaluation([str(out / "best_model.zip"), "all_nodes", "random_k", "carbon_aware", "energy_carbon_trust"], [str(x4)],
+run_evaluation([str(out / "best_model.zip"), "all_nodes", "random_k", "carbon_aware", "energy_carbon_trust",
+                "carbon_periodic"], [str(x4)],
                seeds, out / "x4", workers=2, progress=False)
 print((out / "x4" / "results.md").read_text())
 PY
