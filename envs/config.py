@@ -168,11 +168,16 @@ class PrivacyConfig(_Frozen):
 
 
 class RewardWeights(_Frozen):
-    """Weights of the named reward components (see envs/reward.py for each formula)."""
+    """Weights of the named reward components (see envs/reward.py for each formula).
+
+    ``energy`` is 0 by default: the carbon term already prices the grid energy, while battery and solar
+    energy emit nothing. At 0.05 the energy term charged every extra round of idle and training power, and
+    the return ranked schedules that reach the target fast above ones that reach it with less carbon
+    (docs/results.md). Set it for scenarios where battery wear matters in itself."""
 
     accuracy: float = Field(10.0, ge=0)
     carbon: float = Field(1.0, ge=0)
-    energy: float = Field(0.05, ge=0)
+    energy: float = Field(0.0, ge=0)
     security: float = Field(1.0, ge=0)
     deadline: float = Field(10.0, ge=0)
 
