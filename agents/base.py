@@ -85,6 +85,9 @@ class HeuristicScheduler:
 
     name: ClassVar[str] = "heuristic"
     observation_kind: ObservationKind = "dict"
+    # True when ``act`` is a function of the current observation alone (no rng, no memory): such a rule
+    # can serve as the prior of a residual learned policy (``agents.policies``, ``prior``)
+    memoryless: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -128,6 +131,20 @@ class HeuristicScheduler:
 
     def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def act_batch(self, observations: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, N) actions of a memoryless rule for a batch of unbatched-shape observations, masked as in
+        ``predict``; no episode bookkeeping (used as a residual policy's prior during PPO updates)."""
+        if not self.memoryless:
+            raise TypeError(f"{self.name} remembers earlier rounds or draws random numbers; only a memoryless "
+                            "rule has one action per observation")
+        masks = np.asarray(observations["action_mask"]) > 0.5
+        actions = np.empty(masks.shape[:2], dtype=np.int64)
+        for row in range(len(actions)):
+            single = {key: np.asarray(value)[row] for key, value in observations.items()}
+            action = np.asarray(self.act(single, masks[row]), dtype=np.int64)
+            actions[row] = np.where(masks[row, np.arange(len(action)), action], action, IDLE)
+        return actions
 
     # ------------------------------------------------------------------ episode bookkeeping
     def _start_episode(self) -> None:

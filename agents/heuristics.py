@@ -84,6 +84,7 @@ class AllNodes(HeuristicScheduler):
     NeurIPS 2017). Energy- and carbon-blind; the reference the others are measured against."""
 
     name = "all_nodes"
+    memoryless = True
 
     def act(self, observation, mask):
         return first_affordable(mask, SEND_FULL, IDLE)
@@ -207,6 +208,7 @@ class TrustThreshold(HeuristicScheduler):
     sleep, so a suspected attacker's model is not spread."""
 
     name = "trust_threshold"
+    memoryless = True
 
     def __init__(self, seed: int = 0, threshold: float = 0.5):
         super().__init__(seed)
@@ -271,6 +273,7 @@ class EnergyCarbonTrust(HeuristicScheduler):
     """
 
     name = "energy_carbon_trust"
+    memoryless = True
 
     def __init__(self, seed: int = 0, trust_threshold: float = 0.5, green_intensity: float = 0.05,
                  low_soc: float = 0.0):
@@ -307,6 +310,7 @@ class CarbonPeriodic(HeuristicScheduler):
     """
 
     name = "carbon_periodic"
+    memoryless = True
 
     def __init__(self, seed: int = 0, period: int = 4, dirty_intensity: float = 0.3, trust_threshold: float = 0.5):
         super().__init__(seed)
@@ -329,3 +333,6 @@ HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
                 EnergyCarbonTrust, CarbonPeriodic)
 }
+
+# rules that can be a residual policy's prior (``agents.policies``: ``prior``)
+MEMORYLESS_HEURISTICS = tuple(name for name, cls in HEURISTICS.items() if cls.memoryless)

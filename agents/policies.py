@@ -13,6 +13,12 @@ model trained on 32 nodes runs unchanged on 128::
     actor:       logits_i = Linear(MLP_pi([h_i, c]))                    (B, N, K) -> flattened N*K
     critic:      V = Linear(MLP_vf([c, global]))                        (B, 1)
 
+With ``prior="carbon_periodic"`` (any memoryless heuristic) the policy is *residual* (Silver et al.,
+"Residual Policy Learning", 2018; Johannink et al., "Residual Reinforcement Learning for Robot Control",
+ICRA 2019): ``prior_weight`` is added to the logit of the action that rule picks for each node, so the
+untrained network (output near 0) already acts like the rule and PPO learns the corrections. The rule
+runs on the observation inside the policy, so a saved model carries it to any fleet size.
+
 Logits of actions the observation's ``action_mask`` forbids are set to -1e8 inside the network
 (``mask_logits``), so even plain PPO / A2C and a ``predict`` without ``action_masks`` never choose
 them; MaskablePPO applies the env's masks on top (the same masks). The recurrent variant runs an LSTM
@@ -253,10 +259,40 @@ def _resolve_arch(net_arch) -> tuple[list[int], list[int]]:
     return list(net_arch), list(net_arch)
 
 
+def _prior_rule(prior: str | None, prior_weight: float):
+    """The heuristic whose choice gets ``prior_weight`` extra logit, or None; validated here so that a bad
+    name fails when the policy is built, not in the middle of a rollout."""
+    if prior is None:
+        return None
+    from agents.heuristics import HEURISTICS, MEMORYLESS_HEURISTICS
+
+    if prior not in MEMORYLESS_HEURISTICS:
+        known = "" if prior in HEURISTICS else " (no such heuristic)"
+        raise ValueError(f"prior must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
+                         f"observation alone) or None; got {prior!r}{known}")
+    if not np.isfinite(prior_weight) or prior_weight <= 0:
+        raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), got {prior_weight!r}")
+    return HEURISTICS[prior]()
+
+
 class _NodeSetCore:
     """What the three policies share: the heads, the masked per-node logits, adapting to the fleet size."""
 
     mask_logits: bool
+    prior: str | None = None
+    prior_weight: float = 0.0
+    _prior = None
+
+    def _set_prior(self, prior: str | None, prior_weight: float) -> None:
+        self._prior = _prior_rule(prior, prior_weight)
+        self.prior, self.prior_weight = prior, float(prior_weight)
+
+    def prior_logits(self, obs: dict[str, th.Tensor]) -> th.Tensor:
+        """(B, N, K): ``prior_weight`` on the prior rule's action of each node, 0 elsewhere."""
+        numpy_obs = {key: value.detach().cpu().numpy() for key, value in obs.items()}
+        actions = th.as_tensor(self._prior.act_batch(numpy_obs), device=obs["nodes"].device)
+        n_actions = obs["action_mask"].shape[-1]
+        return nn.functional.one_hot(actions, n_actions).to(obs["nodes"].dtype) * self.prior_weight
 
     # critic input and actor context size; the recurrent policy overrides both with the LSTM width
     def _head_dims(self) -> tuple[int, int]:
@@ -292,6 +328,8 @@ class _NodeSetCore:
         self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
     ) -> NodeCategoricalDistribution:
         logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
+        if self._prior is not None:
+            logits = logits + self.prior_logits(obs)
         if self.mask_logits:
             logits = logits.masked_fill(obs["action_mask"] < 0.5, MASKED_LOGIT)
         distribution = self.action_dist.proba_distribution(logits)
@@ -325,6 +363,7 @@ class _NodeSetCore:
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data["mask_logits"] = self.mask_logits
+        data["prior"], data["prior_weight"] = self.prior, self.prior_weight
         return data
 
 
@@ -375,10 +414,13 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         net_arch=None,
         *,
         mask_logits: bool = True,
+        prior: str | None = None,
+        prior_weight: float = 3.0,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
+        self._set_prior(prior, prior_weight)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -393,12 +435,15 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         net_arch=None,
         *,
         mask_logits: bool = True,
+        prior: str | None = None,
+        prior_weight: float = 3.0,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         if kwargs.get("use_sde"):
             raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
         self.mask_logits = mask_logits
+        self._set_prior(prior, prior_weight)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -417,11 +462,14 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         net_arch=None,
         *,
         mask_logits: bool = True,
+        prior: str | None = None,
+        prior_weight: float = 3.0,
         lstm_hidden_size: int = 64,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
+        self._set_prior(prior, prior_weight)
         super().__init__(
             observation_space,
             action_space,

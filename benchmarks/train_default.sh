@@ -2,6 +2,7 @@
 # Train the default learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml (set
 # ALSO_TRAIN_ON=configs/attack_heavy.yaml to mix attackers into training: half of the N_ENVS run it; set
 # IMITATE=energy_carbon_trust to warm-start the policy from that heuristic, training/imitation.py; set
+# PRIOR=carbon_periodic to learn a residual policy on top of that rule, agents/policies.py; set
 # SETTINGS=configs/train/kickstart.yaml for other training settings),
 # compare it with every heuristic on held-out test seeds of the default and the attack_heavy scenario, then
 # run the same model unchanged on a fleet four times as large. Not part of CI: training is time-boxed by
@@ -27,12 +28,13 @@ PYTHON=${PYTHON:-python}
 ALSO_TRAIN_ON=${ALSO_TRAIN_ON-}
 ATTACK_SEEDS=${ATTACK_SEEDS:-10}
 IMITATE=${IMITATE-}
+PRIOR=${PRIOR-}
 SETTINGS=${SETTINGS-}
 
 start=$(date +%s)
 "$PYTHON" -m training.cli train --config configs/default.yaml --timesteps "$TIMESTEPS" --time-limit "$TRAIN_MINUTES" \
   --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress ${ALSO_TRAIN_ON:+--also-train-on $ALSO_TRAIN_ON} \
-  ${IMITATE:+--imitate $IMITATE} ${SETTINGS:+--settings $SETTINGS}
+  ${IMITATE:+--imitate $IMITATE} ${PRIOR:+--prior $PRIOR} ${SETTINGS:+--settings $SETTINGS}
 trained=$(date +%s)
 
 OUT="$OUT" X4_SEEDS="$X4_SEEDS" ATTACK_SEEDS="$ATTACK_SEEDS" "$PYTHON" - <<'PY'

@@ -160,3 +160,75 @@ def test_flattened_observation_is_rejected_with_a_hint():
     env = FlattenGossipObservation(make_env())
     with pytest.raises(TypeError, match="FlattenGossipObservation"):
         MaskableNodeSetPolicy(env.observation_space, env.action_space, _constant_lr)
+
+
+# ---------------------------------------------------------------------------------------------- residual
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
+def test_untrained_residual_policy_acts_like_its_prior(cls, envs_8_and_32):
+    from agents.heuristics import CarbonPeriodic
+
+    _, env = envs_8_and_32
+    th.manual_seed(0)
+    kwargs = dict(SMALL, lstm_hidden_size=16) if cls is RecurrentNodeSetPolicy else dict(SMALL)
+    policy = cls(env.observation_space, env.action_space, _constant_lr, prior="carbon_periodic", **kwargs)
+    plain = _policy(cls, env)
+    rule = CarbonPeriodic()
+    obs, _ = env.reset(seed=5)
+    differs_from_plain = 0
+    for _ in range(12):  # past the first round, when the rule's period starts to show
+        expected, _ = rule.predict(obs)
+        action, _ = policy.predict(obs, deterministic=True)
+        np.testing.assert_array_equal(action, expected)
+        differs_from_plain += int((plain.predict(obs, deterministic=True)[0] != expected).any())
+        with th.no_grad():
+            probs = th.softmax(policy.node_logits(_batch(obs)).reshape(-1, N_ACTIONS), -1)
+        chosen = probs[np.arange(len(expected)), th.as_tensor(expected)]
+        allowed = obs["action_mask"].sum(-1)
+        # about e^w / (e^w + allowed - 1) of the probability stays on the rule's action
+        assert (chosen.numpy() > 0.9 * np.exp(3.0) / (np.exp(3.0) + allowed - 1)).all()
+        obs, *_ = env.step(action)
+    assert differs_from_plain > 0  # the prior, not the untrained network, made the choice
+
+
+def test_residual_prior_is_saved_with_the_model_and_checked(tmp_path, envs_8_and_32):
+    small, large = envs_8_and_32
+    model = MaskablePPO(MaskableNodeSetPolicy, small, seed=0, n_steps=16, batch_size=16, n_epochs=1,
+                        policy_kwargs=dict(SMALL, prior="carbon_periodic", prior_weight=2.0))
+    model.learn(16)
+    model.save(tmp_path / "residual.zip")
+    loaded = load_policy(tmp_path / "residual.zip", large)
+    assert (loaded.prior, loaded.prior_weight) == ("carbon_periodic", 2.0)
+    obs, _ = large.reset(seed=1)
+    assert loaded.predict(obs, deterministic=True)[0].shape == (32,)
+
+    for bad, message in (("random_k", "rules that act on the current observation alone"),
+                         ("carbon_periodik", "no such heuristic")):
+        with pytest.raises(ValueError, match=message):
+            MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior=bad)
+    with pytest.raises(ValueError, match="prior_weight"):
+        MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior="all_nodes",
+                              prior_weight=0.0)
+
+
+def test_act_batch_refuses_rules_with_memory():
+    from agents.heuristics import HEURISTICS
+
+    env = make_env()
+    obs, _ = env.reset(seed=0)
+    batch = {key: value[None] for key, value in obs.items()}
+    with pytest.raises(TypeError, match="memoryless"):
+        HEURISTICS["random_k"]().act_batch(batch)
+    np.testing.assert_array_equal(HEURISTICS["all_nodes"]().act_batch(batch)[0],
+                                  HEURISTICS["all_nodes"]().predict(obs)[0])
+
+
+def test_prior_setting_names_the_allowed_rules():
+    from training.settings import SettingsError, load_settings
+    from training.train import policy_kwargs
+
+    with pytest.raises(SettingsError, match=r"policy\.prior = 'oort': .*carbon_periodic"):
+        load_settings(prior="oort")
+    settings = load_settings(prior="carbon_periodic")  # --prior keeps the file's other policy settings
+    assert (settings.policy.prior, settings.policy.hidden) == ("carbon_periodic", load_settings().policy.hidden)
+    assert policy_kwargs(settings)["prior"] == "carbon_periodic"
+    assert load_settings().policy.prior is None

@@ -569,8 +569,9 @@ def run(args: argparse.Namespace) -> int:
             f"--multi-agent trains a shared per-node policy with PPO (SuperSuit + SB3); --algo {algo} "
             "is not supported there. Drop --algo or use --algo ppo"
         )
-    if getattr(args, "imitate", None):
-        raise SystemExit("--imitate warm-starts the centralized scheduler; --multi-agent does not support it")
+    for option in ("imitate", "prior"):
+        if getattr(args, option, None):
+            raise SystemExit(f"--{option} applies to the centralized scheduler; --multi-agent does not support it")
     settings = load_settings(
         args.settings,
         algo="ppo",

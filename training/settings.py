@@ -81,6 +81,24 @@ class PolicySettings(_Frozen):
     activation: Literal["relu", "tanh"] = Field("relu", description="activation of every hidden layer")
     mask_logits: bool = Field(True, description="mask infeasible actions inside the network (all algorithms)")
     ortho_init: bool = Field(True, description="orthogonal initialisation with SB3's gains")
+    prior: str | None = Field(
+        None,
+        description="memoryless heuristic the policy starts from and learns corrections to (residual policy; "
+        "None = learn from scratch)",
+    )
+    prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
+
+    @field_validator("prior")
+    @classmethod
+    def _memoryless_heuristic(cls, name: str | None) -> str | None:
+        if name is not None:
+            from agents.heuristics import HEURISTICS, MEMORYLESS_HEURISTICS  # imports torch: only when asked for
+
+            if name not in MEMORYLESS_HEURISTICS:
+                known = "" if name in HEURISTICS else " (no such heuristic)"
+                raise ValueError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
+                                 f"observation alone) or null; got {name!r}{known}")
+        return name
 
 
 class ImitationSettings(_Frozen):
@@ -236,10 +254,11 @@ def settings_for_config(config: str | Path | None) -> Path | None:
     return DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None
 
 
-def load_settings(path: str | Path | None = None, imitate: str | None = None, **overrides: Any) -> TrainSettings:
+def load_settings(path: str | Path | None = None, imitate: str | None = None, prior: str | None = None,
+                  **overrides: Any) -> TrainSettings:
     """Settings from a YAML file (None = ``configs/train/default.yaml`` if present, else the defaults),
-    with top-level ``overrides`` (None values are ignored) applied on top, and ``imitate`` (``--imitate``)
-    as ``imitation.heuristic``."""
+    with top-level ``overrides`` (None values are ignored) applied on top, ``imitate`` (``--imitate``)
+    as ``imitation.heuristic`` and ``prior`` (``--prior``) as ``policy.prior``."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is None and DEFAULT_SETTINGS.is_file():
@@ -256,10 +275,11 @@ def load_settings(path: str | Path | None = None, imitate: str | None = None, **
         if not isinstance(data, dict):
             raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
     data.update({key: value for key, value in overrides.items() if value is not None})
-    if imitate is not None:  # one field of the section: the file's other imitation settings stay
-        section = data.get("imitation") or {}
-        if isinstance(section, dict):
-            data["imitation"] = {**section, "heuristic": imitate}
+    # one field of a section each: the file's other settings of that section stay
+    for section_name, field, value in (("imitation", "heuristic", imitate), ("policy", "prior", prior)):
+        section = data.get(section_name) or {}
+        if value is not None and isinstance(section, dict):
+            data[section_name] = {**section, field: value}
     try:
         return TrainSettings.model_validate(data)
     except ValidationError as exc:

@@ -95,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="warm start: before PPO, fit the policy to this heuristic's rollouts (behaviour cloning), "
         "e.g. energy_carbon_trust; sets imitation.heuristic of the settings",
     )
+    parser.add_argument(
+        "--prior",
+        default=None,
+        metavar="HEURISTIC",
+        help="residual policy: a memoryless heuristic (e.g. carbon_periodic) whose action gets policy.prior_weight "
+        "extra logit, so the policy starts as that rule and PPO learns corrections; sets policy.prior",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the final comparison with the heuristics"
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         compare=False if args.no_compare else None,
         also_train_on=args.also_train_on,
         imitate=args.imitate,
+        prior=args.prior,
     )
     out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
     result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path)
@@ -250,6 +258,8 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
         activation_fn=activation,
         ortho_init=policy.ortho_init,
         mask_logits=policy.mask_logits,
+        prior=policy.prior,
+        prior_weight=policy.prior_weight,
         features_extractor_kwargs=dict(
             hidden=policy.hidden,
             layers=policy.encoder_layers,
