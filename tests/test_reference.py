@@ -73,6 +73,27 @@ def test_batched_transition_matches_per_node_reference(model):
     assert dropped_total > 0, "no node was ever unaffordable: the drop-out path went untested"
 
 
+TOPK_ACTIONS = (4, 5)  # train + top-10 %, train + top-1 %
+
+
+def _assert_close_up_to_topk_ties(actual: torch.Tensor, expected: torch.Tensor, scenario, action, where: str):
+    """Close everywhere except where a top-k tie may have broken the other way.
+
+    Top-k compression keeps the k largest |Δ| of a sender's update. The batched round and the per-node
+    reference compute Δ with different matrix kernels, so two entries equal up to float rounding can
+    swap places at the cut-off: one entry of the sender's message changes, and with it that entry of
+    the sender's and its receivers' models. Allow at most two entries per top-k sender and receiver,
+    and nothing beyond a real tie's size."""
+    mismatched = ~torch.isclose(actual, expected, atol=ATOL, rtol=1e-5, equal_nan=True)
+    topk_senders = int(np.isin(np.asarray(action), TOPK_ACTIONS).sum())
+    allowed = 2 * topk_senders * (1 + scenario.neighbours.shape[1])
+    assert int(mismatched.sum()) <= allowed, (
+        f"{where}: {int(mismatched.sum())} entries differ, more than {allowed} top-k ties can explain; "
+        f"largest difference {float((actual - expected).nan_to_num().abs().max()):.2e}")
+    if bool(mismatched.any()):
+        assert float((actual - expected)[mismatched].nan_to_num().abs().max()) < 1e-2, where
+
+
 # label_flip has its own test below
 KINDS = ["sign_flip", "gaussian", "alie", "ipm", "free_rider", "lying_telemetry"]
 
@@ -109,7 +130,10 @@ def _check_attack_round(kinds: list[str], aggregator: str, trust_weighting: bool
         slow, ref = reference_transition(config, scenario, state, action, noise)
         where = f"{aggregator} trust={trust_weighting}, round {t}"
         assert torch.equal(batched.dropped, slow.dropped), where
-        for field in ("params", "public", "trust", "battery_wh", "local_loss"):
+        for field in ("params", "public"):
+            _assert_close_up_to_topk_ties(getattr(batched, field), getattr(slow, field), scenario, action,
+                                          f"{where}, {field}")
+        for field in ("trust", "battery_wh", "local_loss"):
             torch.testing.assert_close(getattr(batched, field), getattr(slow, field), atol=ATOL, rtol=1e-5,
                                        equal_nan=True, msg=lambda m, f=field: f"{where}, {f}: {m}")
         assert outcome.malicious_participants == ref["malicious_participants"], where
