@@ -19,6 +19,9 @@ observation, info). The vector table times ``EdgeLearningVectorEnv.step`` for B 
 with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in alternation. ``--out`` writes all
 tables as Markdown.
 
+The bare work and the batched round run in torch's inference mode, as the env's own step does
+(``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
+
 ``--threads`` (default 1) sets torch's intra-op threads. The tensors of one round are small, and on a
 machine whose cores are busy with other work two OpenMP threads that wait for each other make a step
 tens of times slower than one thread does.
@@ -84,12 +87,14 @@ def time_transitions(
     env.reset(seed=seed)
     scenario, state = env.scenario, env.sim_state
     action = torch.full((config.n_nodes,), ACTION_FULL, dtype=torch.long)
-    transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))  # warm-up
+    with torch.inference_mode():
+        transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))  # warm-up
     batched, reference, worst = [], [], 0.0
     for _ in range(rounds):
         noise = draw_randomness(config, scenario, state.round)
         start = time.perf_counter()
-        fast, _ = transition(config, scenario, state, action, noise)
+        with torch.inference_mode():
+            fast, _ = transition(config, scenario, state, action, noise)
         middle = time.perf_counter()
         slow, _ = reference_transition(config, scenario, state, action, noise)
         end = time.perf_counter()
@@ -122,12 +127,13 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
         return params, public
 
     params, public = state.params, state.public
-    params, public = bare_round(params, public, state.round)
     times = []
-    for r in range(rounds):
-        start = time.perf_counter()
-        params, public = bare_round(params, public, state.round + r + 1)
-        times.append(time.perf_counter() - start)
+    with torch.inference_mode():
+        params, public = bare_round(params, public, state.round)
+        for r in range(rounds):
+            start = time.perf_counter()
+            params, public = bare_round(params, public, state.round + r + 1)
+            times.append(time.perf_counter() - start)
     return times
 
 

@@ -101,3 +101,38 @@ def test_target_is_confirmed_on_the_whole_test_split(subsample):
     assert terminated
     if subsample is None:
         assert claimed_early == 0  # on the whole split a claim is its own confirmation
+
+
+def test_local_sgd_gives_the_same_models_with_its_reused_buffer():
+    """In inference mode (how the env runs) local SGD gathers minibatches into a buffer kept across calls;
+    the models must not depend on it, nor on what an earlier call of another fleet size left there."""
+    import numpy as np
+    import torch
+
+    from envs.dynamics.learning import ModelSpec, local_sgd
+    from envs.scenario import make_scenario
+    from envs.simulator import draw_randomness
+    from envs.state import initial_state
+
+    from conftest import tiny_variant
+
+    for model in ("softmax", "mlp"):
+        config = tiny_variant(learning__model=model)
+        scenario = make_scenario(config, np.random.default_rng(0))
+        state = initial_state(config, scenario)
+        spec = ModelSpec(model, config.learning.hidden)
+        results = []
+        for inference, rounds in ((False, (0, 1)), (True, (0, 1)), (True, (1, 0))):
+            with torch.inference_mode(inference):
+                for r in rounds:  # two calls with different minibatches share the buffer
+                    positions = draw_randomness(config, scenario, state.round + r).batches
+                    samples = scenario.shards.gather(1, positions.flatten(1)).view(positions.shape)
+                    params, loss = local_sgd(spec, state.params, scenario.train_x, samples,
+                                             scenario.train_y[samples], config.learning.learning_rate)
+                    results.append((inference, r, params.clone(), loss.clone()))
+        by_round = {}
+        for _inference, r, params, loss in results:
+            by_round.setdefault(r, []).append((params, loss))
+        for r, outcomes in by_round.items():
+            for params, loss in outcomes[1:]:
+                assert torch.equal(params, outcomes[0][0]) and torch.equal(loss, outcomes[0][1]), (model, r)

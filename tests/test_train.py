@@ -175,6 +175,23 @@ def test_misspelt_setting_is_named_in_the_error():
         load_settings(TINY_SETTINGS, seed=10_000)  # would overlap the held-out seeds
 
 
+def test_a_settings_file_extends_another_section_by_section(tmp_path):
+    base = load_settings(ROOT / "configs" / "train" / "default.yaml")
+    (tmp_path / "variant.yaml").write_text(
+        f"extends: {ROOT / 'configs' / 'train' / 'default.yaml'}\nmaskable_ppo:\n  learning_rate: 0.0001\nseed: 3\n")
+    variant = load_settings(tmp_path / "variant.yaml")
+    assert (variant.maskable_ppo.learning_rate, variant.seed) == (1e-4, 3)
+    # everything the variant does not name, inside the changed section too, comes from the base
+    assert variant.maskable_ppo.n_steps == base.maskable_ppo.n_steps
+    assert variant.model_dump(exclude={"maskable_ppo", "seed"}) == base.model_dump(exclude={"maskable_ppo", "seed"})
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(SettingsError, match="extends itself"):
+        load_settings(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(SettingsError, match="not found: .*nowhere.yaml"):
+        load_settings(tmp_path / "missing.yaml")
+
+
 def test_settings_files_are_valid_and_hyperparameters_render_as_text():
     for path in sorted((ROOT / "configs" / "train").glob("*.yaml")):
         settings = load_settings(path)

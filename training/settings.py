@@ -254,6 +254,31 @@ def settings_for_config(config: str | Path | None) -> Path | None:
     return DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None
 
 
+def _read_settings_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One settings file as a mapping. ``extends: other.yaml`` (relative to the file) starts from that
+    file's settings, section by section: a variant names only what it changes."""
+    if path.resolve() in seen:
+        raise SettingsError(f"training settings file {path} extends itself (through {' -> '.join(map(str, seen))})")
+    if not path.is_file():
+        raise SettingsError(f"training settings file not found: {path} (see configs/train/default.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"training settings file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SettingsError(f"training settings ({path}): extends must be a file name, got {parent!r}")
+    merged = _read_settings_file(path.parent / parent, (*seen, path.resolve()))
+    for key, value in data.items():
+        section = merged.get(key)
+        merged[key] = {**section, **value} if isinstance(section, dict) and isinstance(value, dict) else value
+    return merged
+
+
 def load_settings(path: str | Path | None = None, imitate: str | None = None, prior: str | None = None,
                   **overrides: Any) -> TrainSettings:
     """Settings from a YAML file (None = ``configs/train/default.yaml`` if present, else the defaults),
@@ -268,12 +293,7 @@ def load_settings(path: str | Path | None = None, imitate: str | None = None, pr
         source = str(path)
         if not path.is_file():
             raise SettingsError(f"training settings file not found: {path} (see configs/train/default.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"training settings file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
+        data = _read_settings_file(path)
     data.update({key: value for key, value in overrides.items() if value is not None})
     # one field of a section each: the file's other settings of that section stay
     for section_name, field, value in (("imitation", "heuristic", imitate), ("policy", "prior", prior)):

@@ -118,6 +118,21 @@ def _cross_entropy_and_delta(
     return loss, delta.div_(batch)
 
 
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A buffer of ``shape`` reused across rounds (one per shape, dtype and device; the caller overwrites it
+    whole). Only for results nobody keeps past the current SGD step."""
+    key = (shape, like.dtype, like.device)
+    buffer = _SCRATCH.get(key)
+    if buffer is None:
+        if len(_SCRATCH) >= 8:  # fleets of many sizes in one process: keep the memory bounded
+            _SCRATCH.clear()
+        buffer = _SCRATCH[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buffer
+
+
 def local_sgd(
     spec: ModelSpec,
     params: torch.Tensor,
@@ -130,13 +145,20 @@ def local_sgd(
 
     params (n, P); data_x (M, 65) the training inputs; samples (n, steps, B) the rows of data_x in each
     node's minibatches and y (n, steps, B) their labels; returns new params and the mean training loss
-    of each node over its steps. Each step gathers only its own minibatches: one gather for all steps
-    is a block of tens of MB at thousands of nodes, which the allocator hands out as fresh pages every
-    round (several times slower than the copy itself)."""
+    of each node over its steps. Each step gathers only its own minibatches, into a buffer kept from
+    round to round (in inference mode, where nothing keeps a reference to it): a fresh block of tens of
+    MB at thousands of nodes comes from the allocator as new pages every round, and faulting them in
+    costs about three times the copy itself."""
     n, steps, batch = samples.shape
     loss_sum = torch.zeros(n, device=params.device)
+    reuse = torch.is_inference_mode_enabled()
     for step in range(steps):  # loop over SGD steps, never over nodes
-        x = data_x.index_select(0, samples[:, step].reshape(-1)).view(n, batch, -1)
+        rows = samples[:, step].reshape(-1)
+        if reuse:
+            x = torch.index_select(data_x, 0, rows, out=_scratch((len(rows), data_x.shape[1]), data_x))
+        else:
+            x = data_x.index_select(0, rows)
+        x = x.view(n, batch, -1)
         loss, grad = spec.loss_and_grad(params, x, y[:, step])
         params = torch.add(params, grad, alpha=-learning_rate)
         loss_sum += loss
