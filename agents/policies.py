@@ -283,9 +283,23 @@ class _NodeSetCore:
     prior_weight: float = 0.0
     _prior = None
 
-    def _set_prior(self, prior: str | None, prior_weight: float) -> None:
+    allowed_actions: list[int] | None = None
+
+    def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | None, prior_weight: float,
+                   allowed_actions: list[int] | None = None) -> None:
+        """Residual prior and allowed actions (called before the SB3 base class is built)."""
         self._prior = _prior_rule(prior, prior_weight)
         self.prior, self.prior_weight = prior, float(prior_weight)
+        n_actions = int(action_space.nvec[0])
+        if allowed_actions is not None:
+            codes = sorted({int(code) for code in allowed_actions})
+            if not codes or codes[0] != 0 or codes[-1] >= n_actions:
+                raise ValueError(f"allowed_actions must be action codes in 0..{n_actions - 1} that include 0 (idle, "
+                                 f"always affordable); got {list(allowed_actions)!r}")
+            allowed_actions = codes
+        self.allowed_actions = allowed_actions
+        blocked = [code for code in range(n_actions) if allowed_actions is not None and code not in allowed_actions]
+        self._blocked_actions = blocked or None
 
     def prior_logits(self, obs: dict[str, th.Tensor]) -> th.Tensor:
         """(B, N, K): ``prior_weight`` on the prior rule's action of each node, 0 elsewhere."""
@@ -330,6 +344,8 @@ class _NodeSetCore:
         logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
         if self._prior is not None:
             logits = logits + self.prior_logits(obs)
+        if self._blocked_actions is not None:  # actions this policy never takes, whatever the node can afford
+            logits = logits.index_fill(-1, th.as_tensor(self._blocked_actions, device=logits.device), MASKED_LOGIT)
         if self.mask_logits:
             logits = logits.masked_fill(obs["action_mask"] < 0.5, MASKED_LOGIT)
         distribution = self.action_dist.proba_distribution(logits)
@@ -364,6 +380,7 @@ class _NodeSetCore:
         data = super()._get_constructor_parameters()
         data["mask_logits"] = self.mask_logits
         data["prior"], data["prior_weight"] = self.prior, self.prior_weight
+        data["allowed_actions"] = self.allowed_actions
         return data
 
 
@@ -416,11 +433,12 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        allowed_actions: list[int] | None = None,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
-        self._set_prior(prior, prior_weight)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -437,13 +455,14 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        allowed_actions: list[int] | None = None,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         if kwargs.get("use_sde"):
             raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
         self.mask_logits = mask_logits
-        self._set_prior(prior, prior_weight)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -464,12 +483,13 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        allowed_actions: list[int] | None = None,
         lstm_hidden_size: int = 64,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
-        self._set_prior(prior, prior_weight)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions)
         super().__init__(
             observation_space,
             action_space,

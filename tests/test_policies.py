@@ -232,3 +232,21 @@ def test_prior_setting_names_the_allowed_rules():
     assert (settings.policy.prior, settings.policy.hidden) == ("carbon_periodic", load_settings().policy.hidden)
     assert policy_kwargs(settings)["prior"] == "carbon_periodic"
     assert load_settings().policy.prior is None
+
+
+def test_allowed_actions_restrict_every_choice_and_are_checked(envs_8_and_32, tmp_path):
+    small, _ = envs_8_and_32
+    model = MaskablePPO(MaskableNodeSetPolicy, small, seed=0, n_steps=16, batch_size=16, n_epochs=1,
+                        policy_kwargs=dict(SMALL, prior="carbon_periodic", allowed_actions=[3, 0, 1]))
+    model.learn(16)
+    model.save(tmp_path / "restricted.zip")
+    policy = load_policy(tmp_path / "restricted.zip")
+    assert policy.allowed_actions == [0, 1, 3]
+    obs, _ = small.reset(seed=0)
+    for _ in range(20):
+        action, _ = policy.predict(obs, deterministic=False)
+        assert np.isin(action, [0, 1, 3]).all()
+        obs, *_ = small.step(action)
+    for bad in ([1, 3], [0, 6], []):
+        with pytest.raises(ValueError, match="allowed_actions must be action codes in 0..5 that include 0"):
+            MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, allowed_actions=bad)

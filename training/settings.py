@@ -87,6 +87,9 @@ class PolicySettings(_Frozen):
         "None = learn from scratch)",
     )
     prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
+    allowed_actions: list[int] | None = Field(
+        None, description="action codes the policy may choose (must include 0, idle); None = all"
+    )
 
     @field_validator("prior")
     @classmethod
