@@ -336,3 +336,13 @@ HEURISTICS: dict[str, type[HeuristicScheduler]] = {
 
 # rules that can be a residual policy's prior (``agents.policies``: ``prior``)
 MEMORYLESS_HEURISTICS = tuple(name for name, cls in HEURISTICS.items() if cls.memoryless)
+
+
+def memoryless_heuristic(name: str) -> type[HeuristicScheduler]:
+    """The class of memoryless rule ``name``; ValueError naming the allowed ones otherwise (the one check
+    behind ``policy.prior`` in the settings and the policies' ``prior``)."""
+    if name not in MEMORYLESS_HEURISTICS:
+        known = "" if name in HEURISTICS else " (no such heuristic)"
+        raise ValueError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
+                         f"observation alone), or None for no prior; got {name!r}{known}")
+    return HEURISTICS[name]

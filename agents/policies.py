@@ -264,15 +264,15 @@ def _prior_rule(prior: str | None, prior_weight: float):
     name fails when the policy is built, not in the middle of a rollout."""
     if prior is None:
         return None
-    from agents.heuristics import HEURISTICS, MEMORYLESS_HEURISTICS
+    from agents.heuristics import memoryless_heuristic
 
-    if prior not in MEMORYLESS_HEURISTICS:
-        known = "" if prior in HEURISTICS else " (no such heuristic)"
-        raise ValueError(f"prior must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
-                         f"observation alone) or None; got {prior!r}{known}")
+    try:
+        rule = memoryless_heuristic(prior)
+    except ValueError as exc:
+        raise ValueError(f"prior {exc}") from None
     if not np.isfinite(prior_weight) or prior_weight <= 0:
         raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), got {prior_weight!r}")
-    return HEURISTICS[prior]()
+    return rule()
 
 
 class _NodeSetCore:
@@ -298,8 +298,8 @@ class _NodeSetCore:
                                  f"always affordable); got {list(allowed_actions)!r}")
             allowed_actions = codes
         self.allowed_actions = allowed_actions
-        blocked = [code for code in range(n_actions) if allowed_actions is not None and code not in allowed_actions]
-        self._blocked_actions = blocked or None
+        self._blocked_actions = None if allowed_actions is None else (
+            [code for code in range(n_actions) if code not in allowed_actions] or None)
 
     def prior_logits(self, obs: dict[str, th.Tensor]) -> th.Tensor:
         """(B, N, K): ``prior_weight`` on the prior rule's action of each node, 0 elsewhere."""
