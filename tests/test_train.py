@@ -267,3 +267,36 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
         assert [info["participants"] for info in infos] == [8, 8, 8, 8]
     finally:
         venv.close()
+
+
+def test_settings_reward_weights_replace_the_scenarios_in_training_only(tmp_path):
+    import yaml
+
+    from envs.config import load_config
+    from training.train import training_scenarios
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = {"fraction": 0.25}
+    attacked_path = tmp_path / "tiny_attacked.yaml"
+    attacked_path.write_text(yaml.safe_dump(attacked))
+    settings = _settings(n_envs=2, also_train_on=[str(attacked_path)], reward={"carbon": 3.0, "deadline": 5.0})
+    scenarios = training_scenarios(load_config(TINY), settings)
+    assert [(s.reward.carbon, s.reward.deadline, s.reward.accuracy) for s in scenarios] == [(3.0, 5.0, 10.0)] * 2
+    assert scenarios[1].attack.fraction == 0.25  # only the weights change, not the world
+    assert load_config(TINY).reward.carbon == 1.0
+    with pytest.raises(SettingsError, match="reward.carbon"):
+        _settings(reward={"carbon": -1.0})
+    with pytest.raises(SettingsError, match="reward.carbn"):
+        _settings(reward={"carbn": 1.0})
+
+
+def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
+    settings = _settings(total_timesteps=256, maskable_ppo={"n_steps": 64, "batch_size": 64, "n_epochs": 1,
+                                                            "learning_rate": 1e-3, "learning_rate_final": 1e-4})
+    train(TINY, settings, tmp_path / "decay")
+    rates = [float(row["train/learning_rate"]) for row in _progress(tmp_path / "decay") if row["train/learning_rate"]]
+    assert len(rates) >= 3
+    assert rates[0] < 1e-3 and rates == sorted(rates, reverse=True) and len(set(rates)) == len(rates)
+    assert rates[-1] >= 1e-4
+    with pytest.raises(SettingsError, match="learning_rate_final"):
+        _settings(maskable_ppo={"learning_rate_final": 0.0})

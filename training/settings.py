@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from envs.config import RewardWeights
+
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
 FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (best-model selection)
 FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heuristics
@@ -34,6 +36,12 @@ class PPOSettings(_Frozen):
     """PPO / MaskablePPO hyperparameters (SB3 names; Schulman et al. 2017)."""
 
     learning_rate: float = Field(3e-4, gt=0, description="Adam step size")
+    learning_rate_final: float | None = Field(
+        None,
+        gt=0,
+        description="if set, the step size falls linearly from learning_rate to this over total_timesteps "
+        "(a schedule on env steps, so the same seed still gives the same curve)",
+    )
     n_steps: int = Field(256, ge=2, description="rollout length per env before each update")
     batch_size: int = Field(64, ge=2, description="minibatch size of the PPO epochs")
     n_epochs: int = Field(5, ge=1, description="passes over each rollout")
@@ -163,6 +171,11 @@ class TrainSettings(_Frozen):
     )
     device: str = Field("cpu", description="torch device of the policy")
     policy: PolicySettings = PolicySettings()
+    reward: RewardWeights | None = Field(
+        None,
+        description="reward weights of the training and validation envs in place of the scenario's own "
+        "(the training objective); the final comparison reports the scenario's KPIs either way",
+    )
     maskable_ppo: PPOSettings = PPOSettings()
     ppo: PPOSettings = PPOSettings()
     a2c: A2CSettings = A2CSettings()

@@ -229,7 +229,8 @@ def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
 
 
 def training_scenarios(env_config, settings: TrainSettings) -> list:
-    """``env_config`` and the ``also_train_on`` scenarios, checked to fit one policy's spaces."""
+    """``env_config`` and the ``also_train_on`` scenarios (with ``settings.reward`` where set), checked to
+    fit one policy's spaces."""
     from envs.config import load_config
 
     if settings.n_envs < 1 + len(settings.also_train_on):
@@ -245,7 +246,10 @@ def training_scenarios(env_config, settings: TrainSettings) -> list:
                 f"{env_config.observation}; the training envs must share observation and action spaces"
             )
         scenarios.append(extra)
-    return scenarios
+    if settings.reward is None:
+        return scenarios
+    # the same worlds, trained for the settings' objective
+    return [scenario.model_copy(update={"reward": settings.reward}) for scenario in scenarios]
 
 
 def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
@@ -277,9 +281,14 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
 
 
 def algorithm_kwargs(settings: TrainSettings) -> dict[str, Any]:
+    from stable_baselines3.common.utils import LinearSchedule
+
     kwargs = settings.hyperparameters.model_dump()
     kwargs.pop("lstm_hidden_size", None)
     kwargs.pop("enable_critic_lstm", None)
+    final = kwargs.pop("learning_rate_final", None)
+    if final is not None:
+        kwargs["learning_rate"] = LinearSchedule(kwargs["learning_rate"], final, end_fraction=1.0)
     return kwargs
 
 
@@ -418,7 +427,10 @@ def train(
 
     # The evaluation env comes first: its first reset imports the simulator's modules and fills its
     # caches (clear-sky years), which forked training workers then inherit instead of redoing.
-    eval_env = make_env(env_config, worker=False)
+    if settings.reward is not None:
+        LOG.info("training and validation reward weights (settings.reward): %s; the scenario's: %s",
+                 settings.reward.model_dump(), env_config.reward.model_dump())
+    eval_env = make_env(scenarios[0], worker=False)
     eval_env.reset(seed=settings.validation_seeds[0])
     monitor, part = out / "monitor.csv", 1
     while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
