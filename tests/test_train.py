@@ -300,3 +300,30 @@ def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
     assert rates[-1] >= 1e-4
     with pytest.raises(SettingsError, match="learning_rate_final"):
         _settings(maskable_ppo={"learning_rate_final": 0.0})
+
+
+def test_batched_validation_gives_the_sequential_episodes():
+    """run_vec_episodes (all validation seeds as one batched program) against run_episode seed by seed:
+    the same rounds, carbon and outcome per seed, returns equal up to float32 rewards."""
+    from sb3_contrib import MaskablePPO
+
+    from agents.policies import MaskableNodeSetPolicy
+    from envs.config import load_config
+    from envs.sb3_vec_env import GossipVecEnv
+    from training.callbacks import run_episode, run_vec_episodes
+    from training.train import make_env
+
+    config = load_config(TINY)
+    env = make_env(config, worker=False)
+    policy_kwargs = dict(features_extractor_kwargs=dict(hidden=16), net_arch=dict(pi=[16], vf=[16]),
+                         prior="carbon_periodic")
+    model = MaskablePPO(MaskableNodeSetPolicy, env, seed=0, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
+    seeds = [10_000, 10_001, 10_002]
+    one_by_one = [run_episode(model, env, seed) for seed in seeds]
+    together = run_vec_episodes(model, GossipVecEnv(len(seeds), config=config), seeds)
+    keys = ("episode_rounds", "episode_carbon_g", "final_accuracy", "target_reached")
+    assert [[e[k] for k in keys] for e in together] == [[e[k] for k in keys] for e in one_by_one]
+    assert len({e["episode_rounds"] for e in together}) > 1  # episodes of different lengths: some waited
+    np.testing.assert_allclose([e["return"] for e in together], [e["return"] for e in one_by_one], atol=1e-4)
+    with pytest.raises(ValueError, match="consecutive seeds"):
+        run_vec_episodes(model, GossipVecEnv(2, config=config), [1, 3])

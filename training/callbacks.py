@@ -27,6 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
 
 TEXT_ONLY = ("stdout", "log", "json", "csv")  # formats that should not receive a Markdown blob
 
@@ -158,9 +159,40 @@ def run_episode(model, env: gym.Env, seed: int, deterministic: bool = True) -> d
             return {**info, "return": total, "target_reached": bool(terminated)}
 
 
+def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = True) -> list[dict[str, Any]]:
+    """One episode on each environment of an SB3 ``VecEnv`` (environment i reset with ``seeds[i]``; the
+    seeds consecutive, as ``VecEnv.seed`` hands them out), all stepped together: one policy call and one
+    batched round per step instead of one per environment. The same results as ``run_episode`` on each
+    seed in turn for a feed-forward policy (environments of the batched vector env match single envs);
+    environments whose episode has ended are stepped on until the last one ends, and ignored."""
+    seeds = list(seeds)
+    if len(seeds) != venv.num_envs or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError(f"need {venv.num_envs} consecutive seeds, one per environment; got {seeds}")
+    venv.seed(seeds[0])
+    obs = venv.reset()
+    takes_masks = "action_masks" in inspect.signature(model.predict).parameters
+    results: list[dict[str, Any] | None] = [None] * venv.num_envs
+    returns = np.zeros(venv.num_envs)
+    while any(result is None for result in results):
+        extra = {"action_masks": np.stack(venv.env_method("action_masks"))} if takes_masks else {}
+        action, _ = model.predict(obs, deterministic=deterministic, **extra)
+        obs, rewards, dones, infos = venv.step(action)
+        for index in range(venv.num_envs):
+            if results[index] is not None:
+                continue
+            returns[index] += float(rewards[index])
+            if dones[index]:
+                info = {key: value for key, value in infos[index].items() if key != "terminal_observation"}
+                results[index] = {**info, "return": float(returns[index]),
+                                  "target_reached": not info.get("TimeLimit.truncated", False)}
+    return results
+
+
 class HeldOutEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
-    seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves.
+    seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves. ``env`` is a
+    plain env (the seeds one after another) or a ``VecEnv`` with one environment per seed (all at once,
+    ``run_vec_episodes``).
 
     Unlike SB3's EvalCallback the seed list is fixed, so successive evaluations are comparable, and the
     best score survives a resume (``<best_model_path>.json``).
@@ -204,7 +236,10 @@ class HeldOutEvalCallback(BaseCallback):
 
     def evaluate(self) -> dict[str, float]:
         self._last_eval = self.num_timesteps
-        episodes = [run_episode(self.model, self.env, seed) for seed in self.seeds]
+        if isinstance(self.env, VecEnv):
+            episodes = run_vec_episodes(self.model, self.env, self.seeds)
+        else:
+            episodes = [run_episode(self.model, self.env, seed) for seed in self.seeds]
         summary = {
             "return": float(np.mean([e["return"] for e in episodes])),
             "final_accuracy": float(np.mean([e["final_accuracy"] for e in episodes])),
