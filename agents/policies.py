@@ -235,6 +235,12 @@ class NodeCategoricalDistribution(MaskableDistribution):
     def entropy(self) -> th.Tensor:
         return self.distribution.entropy().sum(dim=1)
 
+    def kl_divergence(self, other: NodeCategoricalDistribution) -> th.Tensor:
+        """(B,) KL(self || other) summed over nodes. Masked actions have probability 0 under both (logit
+        -1e8, finite), so they add nothing."""
+        log_p, log_q = self.distribution.logits, other.distribution.logits  # normalised log-probabilities
+        return (self.distribution.probs * (log_p - log_q)).sum(dim=(1, 2))
+
     def sample(self) -> th.Tensor:
         return self.distribution.sample()
 
@@ -284,12 +290,17 @@ class _NodeSetCore:
     _prior = None
 
     allowed_actions: list[int] | None = None
+    prior_kl: bool = False
 
     def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | None, prior_weight: float,
-                   allowed_actions: list[int] | None = None) -> None:
+                   allowed_actions: list[int] | None = None, prior_kl: bool = False) -> None:
         """Residual prior and allowed actions (called before the SB3 base class is built)."""
         self._prior = _prior_rule(prior, prior_weight)
         self.prior, self.prior_weight = prior, float(prior_weight)
+        if prior_kl and prior is None:
+            raise ValueError("prior_kl needs a prior: it replaces the entropy bonus by the KL divergence to the "
+                             "prior rule's distribution; set prior or prior_kl: false")
+        self.prior_kl = bool(prior_kl)
         n_actions = int(action_space.nvec[0])
         if allowed_actions is not None:
             codes = sorted({int(code) for code in allowed_actions})
@@ -341,14 +352,30 @@ class _NodeSetCore:
     def _distribution(
         self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
     ) -> NodeCategoricalDistribution:
+        return self._distributions(obs, h, context, action_masks)[0]
+
+    def _distributions(
+        self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
+    ) -> tuple[NodeCategoricalDistribution, NodeCategoricalDistribution | None]:
+        """The policy's distribution and the prior rule's own (its ``prior_weight`` logit alone, under the
+        same masks; None without a prior), the rule evaluated once for both."""
         logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
-        if self._prior is not None:
-            logits = logits + self.prior_logits(obs)
+        prior = None if self._prior is None else self.prior_logits(obs)
+        if prior is not None:
+            logits = logits + prior
+        distribution = self._masked(obs, self.action_dist, logits, action_masks)
+        if prior is None:
+            return distribution, None
+        return distribution, self._masked(obs, NodeCategoricalDistribution(self.action_dist.n_actions), prior,
+                                          action_masks)
+
+    def _masked(self, obs, distribution: NodeCategoricalDistribution, logits: th.Tensor,
+                action_masks) -> NodeCategoricalDistribution:
         if self._blocked_actions is not None:  # actions this policy never takes, whatever the node can afford
             logits = logits.index_fill(-1, th.as_tensor(self._blocked_actions, device=logits.device), MASKED_LOGIT)
         if self.mask_logits:
             logits = logits.masked_fill(obs["action_mask"] < 0.5, MASKED_LOGIT)
-        distribution = self.action_dist.proba_distribution(logits)
+        distribution = distribution.proba_distribution(logits)
         if action_masks is not None:
             distribution.apply_masking(action_masks)
         return distribution
@@ -380,6 +407,7 @@ class _NodeSetCore:
         data = super()._get_constructor_parameters()
         data["mask_logits"] = self.mask_logits
         data["prior"], data["prior_weight"] = self.prior, self.prior_weight
+        data["prior_kl"] = self.prior_kl
         data["allowed_actions"] = self.allowed_actions
         return data
 
@@ -404,10 +432,16 @@ class _FeedForwardMethods:
         return actions, values, log_prob
 
     def evaluate_actions(self, obs, actions: th.Tensor, action_masks=None):
+        """Values, log-probabilities and the regulariser that PPO's loss weighs with ``ent_coef``: the
+        entropy, or with ``prior_kl`` minus the KL divergence to the prior rule's distribution. The
+        entropy bonus is the KL to the uniform distribution up to a constant, so ``prior_kl`` pulls
+        towards the rule instead of towards uniform (a KL-regularised residual policy); SB3 then logs
+        that KL as ``train/entropy_loss``."""
         h = self.extract_features(obs)
         context = pool(h)
-        distribution = self._distribution(obs, h, context, action_masks)
-        return self._critic(obs, context), distribution.log_prob(actions), distribution.entropy()
+        distribution, prior = self._distributions(obs, h, context, action_masks)
+        regulariser = -distribution.kl_divergence(prior) if self.prior_kl else distribution.entropy()
+        return self._critic(obs, context), distribution.log_prob(actions), regulariser
 
     def get_distribution(self, obs, action_masks=None):
         h = self.extract_features(obs)
@@ -433,12 +467,13 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        prior_kl: bool = False,
         allowed_actions: list[int] | None = None,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_kl)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -455,6 +490,7 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        prior_kl: bool = False,
         allowed_actions: list[int] | None = None,
         **kwargs,
     ):
@@ -462,7 +498,7 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         if kwargs.get("use_sde"):
             raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_kl)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -483,11 +519,15 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
+        prior_kl: bool = False,
         allowed_actions: list[int] | None = None,
         lstm_hidden_size: int = 64,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
+        if prior_kl:
+            raise ValueError("prior_kl is for the feed-forward policies (maskable_ppo, ppo, a2c); the recurrent "
+                             "policy keeps PPO's entropy bonus")
         self.mask_logits = mask_logits
         self._set_prior(action_space, prior, prior_weight, allowed_actions)
         super().__init__(

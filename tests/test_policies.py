@@ -250,3 +250,53 @@ def test_allowed_actions_restrict_every_choice_and_are_checked(envs_8_and_32, tm
     for bad in ([1, 3], [0, 6], []):
         with pytest.raises(ValueError, match="allowed_actions must be action codes in 0..5 that include 0"):
             MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, allowed_actions=bad)
+
+
+@pytest.mark.parametrize("cls", [MaskableNodeSetPolicy, NodeSetPolicy], ids=lambda c: c.__name__)
+def test_prior_kl_regulariser_is_minus_the_kl_to_the_rule_and_pulls_towards_it(cls, envs_8_and_32):
+    small, _ = envs_8_and_32
+    th.manual_seed(0)
+    policy = cls(small.observation_space, small.action_space, _constant_lr, prior="carbon_periodic",
+                 prior_kl=True, **SMALL)
+    obs = _batch(small.reset(seed=5)[0])
+    n_nodes = small.unwrapped.n_nodes
+    with th.no_grad():  # move the network's own output away from 0, as training would
+        policy.action_net.bias.copy_(th.linspace(-2.0, 2.0, N_ACTIONS))
+    actions = th.zeros((1, n_nodes), dtype=th.long)
+    _, _, regulariser = policy.evaluate_actions(obs, actions)
+    # by hand: per node, the rule's distribution is softmax(prior_weight on its action) over the allowed actions
+    mask = obs["action_mask"][0] > 0.5
+    with th.no_grad():
+        logits = policy.node_logits(obs).view(n_nodes, N_ACTIONS)
+        rule = policy.prior_logits(obs)[0].masked_fill(~mask, -1e8)
+        log_p, log_q = th.log_softmax(logits, -1), th.log_softmax(rule, -1)
+        expected = (log_p.exp() * (log_p - log_q)).sum()
+    assert float(expected) > 0.1
+    assert th.allclose(-regulariser, expected.view(1), rtol=1e-4)
+    # PPO's loss adds ent_coef * (-regulariser): a step on it alone brings the policy closer to the rule
+    optimiser = th.optim.SGD(policy.parameters(), lr=0.05)
+    (-regulariser).sum().backward()
+    optimiser.step()
+    _, _, after = policy.evaluate_actions(obs, actions)
+    assert float(-after.detach()) < float(-regulariser.detach())
+    # without prior_kl the same slot holds the entropy
+    plain = cls(small.observation_space, small.action_space, _constant_lr, prior="carbon_periodic", **SMALL)
+    _, _, entropy = plain.evaluate_actions(obs, actions)
+    assert float(entropy) > 0
+
+
+def test_prior_kl_needs_a_prior_and_a_feed_forward_policy(envs_8_and_32):
+    from training.settings import SettingsError, load_settings
+
+    small, _ = envs_8_and_32
+    with pytest.raises(ValueError, match="prior_kl needs a prior"):
+        MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior_kl=True)
+    with pytest.raises(ValueError, match="prior_kl is for the feed-forward"):
+        RecurrentNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior="all_nodes",
+                               prior_kl=True)
+    with pytest.raises(SettingsError, match="prior_kl: true needs a prior"):
+        load_settings(policy={"prior_kl": True})
+    with pytest.raises(SettingsError, match="recurrent_ppo keeps the entropy"):
+        load_settings(algo="recurrent_ppo", policy={"prior": "carbon_periodic", "prior_kl": True})
+    settings = load_settings(policy={"prior": "carbon_periodic", "prior_kl": True})
+    assert settings.policy.hidden == load_settings().policy.hidden

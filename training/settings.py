@@ -95,9 +95,20 @@ class PolicySettings(_Frozen):
         "None = learn from scratch)",
     )
     prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
+    prior_kl: bool = Field(
+        False,
+        description="with a prior: ent_coef weighs the KL divergence to the prior rule's distribution instead "
+        "of the entropy (keeps the policy near the rule unless the advantages pay for leaving it)",
+    )
     allowed_actions: list[int] | None = Field(
         None, description="action codes the policy may choose (must include 0, idle); None = all"
     )
+
+    @model_validator(mode="after")
+    def _kl_needs_a_prior(self) -> PolicySettings:
+        if self.prior_kl and self.prior is None:
+            raise ValueError("prior_kl: true needs a prior (policy.prior or --prior); set prior_kl: false")
+        return self
 
     @field_validator("prior")
     @classmethod
@@ -214,6 +225,13 @@ class TrainSettings(_Frozen):
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _prior_kl_fits(self) -> TrainSettings:
+        if self.policy.prior_kl and self.algo == "recurrent_ppo":
+            raise ValueError("policy.prior_kl is for maskable_ppo, ppo and a2c; recurrent_ppo keeps the entropy "
+                             "bonus (set prior_kl: false)")
         return self
 
     @model_validator(mode="after")
