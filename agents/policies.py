@@ -49,6 +49,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
+# what PPO's ent_coef weighs (``evaluate_actions``): the entropy, or a distance to the residual prior rule
+PRIOR_REGULARISERS = ("entropy", "kl", "cross_entropy")
 PER_NODE_KEYS = ("nodes", "action_mask")
 
 __all__ = [
@@ -290,17 +292,19 @@ class _NodeSetCore:
     _prior = None
 
     allowed_actions: list[int] | None = None
-    prior_kl: bool = False
+    prior_regulariser: str = "entropy"
 
     def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | None, prior_weight: float,
-                   allowed_actions: list[int] | None = None, prior_kl: bool = False) -> None:
+                   allowed_actions: list[int] | None = None, prior_regulariser: str = "entropy") -> None:
         """Residual prior and allowed actions (called before the SB3 base class is built)."""
         self._prior = _prior_rule(prior, prior_weight)
         self.prior, self.prior_weight = prior, float(prior_weight)
-        if prior_kl and prior is None:
-            raise ValueError("prior_kl needs a prior: it replaces the entropy bonus by the KL divergence to the "
-                             "prior rule's distribution; set prior or prior_kl: false")
-        self.prior_kl = bool(prior_kl)
+        if prior_regulariser not in PRIOR_REGULARISERS:
+            raise ValueError(f"prior_regulariser must be one of {', '.join(PRIOR_REGULARISERS)}, got {prior_regulariser!r}")
+        if prior_regulariser != "entropy" and prior is None:
+            raise ValueError(f"prior_regulariser {prior_regulariser!r} needs a prior (it measures the distance to the "
+                             "prior rule); set prior or prior_regulariser: entropy")
+        self.prior_regulariser = prior_regulariser
         n_actions = int(action_space.nvec[0])
         if allowed_actions is not None:
             codes = sorted({int(code) for code in allowed_actions})
@@ -407,7 +411,7 @@ class _NodeSetCore:
         data = super()._get_constructor_parameters()
         data["mask_logits"] = self.mask_logits
         data["prior"], data["prior_weight"] = self.prior, self.prior_weight
-        data["prior_kl"] = self.prior_kl
+        data["prior_regulariser"] = self.prior_regulariser
         data["allowed_actions"] = self.allowed_actions
         return data
 
@@ -432,15 +436,21 @@ class _FeedForwardMethods:
         return actions, values, log_prob
 
     def evaluate_actions(self, obs, actions: th.Tensor, action_masks=None):
-        """Values, log-probabilities and the regulariser that PPO's loss weighs with ``ent_coef``: the
-        entropy, or with ``prior_kl`` minus the KL divergence to the prior rule's distribution. The
-        entropy bonus is the KL to the uniform distribution up to a constant, so ``prior_kl`` pulls
-        towards the rule instead of towards uniform (a KL-regularised residual policy); SB3 then logs
-        that KL as ``train/entropy_loss``."""
+        """Values, log-probabilities and the regulariser that PPO's loss weighs with ``ent_coef``
+        (``prior_regulariser``, summed over nodes): ``entropy`` (PPO's bonus: the KL to the uniform
+        distribution, up to a constant); ``kl``: minus KL(policy || the prior rule's distribution, its
+        ``prior_weight`` logit alone), which pulls towards the rule instead of towards uniform;
+        ``cross_entropy``: the log-probability of the rule's action (behaviour cloning, a pull towards
+        the rule's deterministic choice). SB3 logs minus the mean as ``train/entropy_loss``."""
         h = self.extract_features(obs)
         context = pool(h)
         distribution, prior = self._distributions(obs, h, context, action_masks)
-        regulariser = -distribution.kl_divergence(prior) if self.prior_kl else distribution.entropy()
+        if self.prior_regulariser == "kl":
+            regulariser = -distribution.kl_divergence(prior)
+        elif self.prior_regulariser == "cross_entropy":
+            regulariser = distribution.log_prob(prior.mode())
+        else:
+            regulariser = distribution.entropy()
         return self._critic(obs, context), distribution.log_prob(actions), regulariser
 
     def get_distribution(self, obs, action_masks=None):
@@ -467,13 +477,13 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
-        prior_kl: bool = False,
+        prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_kl)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -490,7 +500,7 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
-        prior_kl: bool = False,
+        prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
         **kwargs,
     ):
@@ -498,7 +508,7 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         if kwargs.get("use_sde"):
             raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_kl)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -519,15 +529,15 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         mask_logits: bool = True,
         prior: str | None = None,
         prior_weight: float = 3.0,
-        prior_kl: bool = False,
+        prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
         lstm_hidden_size: int = 64,
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
-        if prior_kl:
-            raise ValueError("prior_kl is for the feed-forward policies (maskable_ppo, ppo, a2c); the recurrent "
-                             "policy keeps PPO's entropy bonus")
+        if prior_regulariser != "entropy":
+            raise ValueError("prior_regulariser is for the feed-forward policies (maskable_ppo, ppo, a2c); the "
+                             "recurrent policy keeps PPO's entropy bonus")
         self.mask_logits = mask_logits
         self._set_prior(action_space, prior, prior_weight, allowed_actions)
         super().__init__(

@@ -252,51 +252,58 @@ def test_allowed_actions_restrict_every_choice_and_are_checked(envs_8_and_32, tm
             MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, allowed_actions=bad)
 
 
+@pytest.mark.parametrize("regulariser", ["kl", "cross_entropy"])
 @pytest.mark.parametrize("cls", [MaskableNodeSetPolicy, NodeSetPolicy], ids=lambda c: c.__name__)
-def test_prior_kl_regulariser_is_minus_the_kl_to_the_rule_and_pulls_towards_it(cls, envs_8_and_32):
+def test_prior_regulariser_measures_the_distance_to_the_rule_and_pulls_towards_it(cls, regulariser, envs_8_and_32):
     small, _ = envs_8_and_32
     th.manual_seed(0)
     policy = cls(small.observation_space, small.action_space, _constant_lr, prior="carbon_periodic",
-                 prior_kl=True, **SMALL)
+                 prior_regulariser=regulariser, **SMALL)
     obs = _batch(small.reset(seed=5)[0])
     n_nodes = small.unwrapped.n_nodes
     with th.no_grad():  # move the network's own output away from 0, as training would
         policy.action_net.bias.copy_(th.linspace(-2.0, 2.0, N_ACTIONS))
     actions = th.zeros((1, n_nodes), dtype=th.long)
-    _, _, regulariser = policy.evaluate_actions(obs, actions)
+    _, _, value = policy.evaluate_actions(obs, actions)
     # by hand: per node, the rule's distribution is softmax(prior_weight on its action) over the allowed actions
     mask = obs["action_mask"][0] > 0.5
     with th.no_grad():
-        logits = policy.node_logits(obs).view(n_nodes, N_ACTIONS)
+        log_p = th.log_softmax(policy.node_logits(obs).view(n_nodes, N_ACTIONS), -1)
         rule = policy.prior_logits(obs)[0].masked_fill(~mask, -1e8)
-        log_p, log_q = th.log_softmax(logits, -1), th.log_softmax(rule, -1)
-        expected = (log_p.exp() * (log_p - log_q)).sum()
-    assert float(expected) > 0.1
-    assert th.allclose(-regulariser, expected.view(1), rtol=1e-4)
-    # PPO's loss adds ent_coef * (-regulariser): a step on it alone brings the policy closer to the rule
+        if regulariser == "kl":
+            distance = (log_p.exp() * (log_p - th.log_softmax(rule, -1))).sum()
+        else:
+            distance = -log_p.gather(1, rule.argmax(1, keepdim=True)).sum()
+    assert float(distance) > 0.1
+    assert th.allclose(-value, distance.view(1), rtol=1e-4)
+    # PPO's loss adds ent_coef * (-value): a step on it alone brings the policy closer to the rule
     optimiser = th.optim.SGD(policy.parameters(), lr=0.05)
-    (-regulariser).sum().backward()
+    (-value).sum().backward()
     optimiser.step()
     _, _, after = policy.evaluate_actions(obs, actions)
-    assert float(-after.detach()) < float(-regulariser.detach())
-    # without prior_kl the same slot holds the entropy
+    assert float(-after.detach()) < float(-value.detach())
+    # by default the same slot holds the entropy
     plain = cls(small.observation_space, small.action_space, _constant_lr, prior="carbon_periodic", **SMALL)
     _, _, entropy = plain.evaluate_actions(obs, actions)
     assert float(entropy) > 0
 
 
-def test_prior_kl_needs_a_prior_and_a_feed_forward_policy(envs_8_and_32):
+def test_prior_regulariser_needs_a_prior_and_a_feed_forward_policy(envs_8_and_32):
     from training.settings import SettingsError, load_settings
 
     small, _ = envs_8_and_32
-    with pytest.raises(ValueError, match="prior_kl needs a prior"):
-        MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior_kl=True)
-    with pytest.raises(ValueError, match="prior_kl is for the feed-forward"):
-        RecurrentNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior="all_nodes",
-                               prior_kl=True)
-    with pytest.raises(SettingsError, match="prior_kl: true needs a prior"):
-        load_settings(policy={"prior_kl": True})
+    space = (small.observation_space, small.action_space, _constant_lr)
+    with pytest.raises(ValueError, match="'kl' needs a prior"):
+        MaskableNodeSetPolicy(*space, prior_regulariser="kl")
+    with pytest.raises(ValueError, match="must be one of entropy, kl, cross_entropy"):
+        MaskableNodeSetPolicy(*space, prior="all_nodes", prior_regulariser="bc")
+    with pytest.raises(ValueError, match="prior_regulariser is for the feed-forward"):
+        RecurrentNodeSetPolicy(*space, prior="all_nodes", prior_regulariser="kl")
+    with pytest.raises(SettingsError, match="prior_regulariser: cross_entropy needs a prior"):
+        load_settings(policy={"prior_regulariser": "cross_entropy"})
     with pytest.raises(SettingsError, match="recurrent_ppo keeps the entropy"):
-        load_settings(algo="recurrent_ppo", policy={"prior": "carbon_periodic", "prior_kl": True})
-    settings = load_settings(policy={"prior": "carbon_periodic", "prior_kl": True})
+        load_settings(algo="recurrent_ppo", policy={"prior": "carbon_periodic", "prior_regulariser": "kl"})
+    with pytest.raises(SettingsError, match="prior_regulariser"):
+        load_settings(policy={"prior": "carbon_periodic", "prior_regulariser": "bc"})
+    settings = load_settings(policy={"prior": "carbon_periodic", "prior_regulariser": "cross_entropy"})
     assert settings.policy.hidden == load_settings().policy.hidden

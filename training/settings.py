@@ -95,19 +95,20 @@ class PolicySettings(_Frozen):
         "None = learn from scratch)",
     )
     prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
-    prior_kl: bool = Field(
-        False,
-        description="with a prior: ent_coef weighs the KL divergence to the prior rule's distribution instead "
-        "of the entropy (keeps the policy near the rule unless the advantages pay for leaving it)",
+    prior_regulariser: Literal["entropy", "kl", "cross_entropy"] = Field(
+        "entropy",
+        description="what ent_coef weighs: the entropy (PPO's bonus), or with a prior the KL divergence to the "
+        "prior rule's distribution (kl) or the cross-entropy to the rule's action (cross_entropy)",
     )
     allowed_actions: list[int] | None = Field(
         None, description="action codes the policy may choose (must include 0, idle); None = all"
     )
 
     @model_validator(mode="after")
-    def _kl_needs_a_prior(self) -> PolicySettings:
-        if self.prior_kl and self.prior is None:
-            raise ValueError("prior_kl: true needs a prior (policy.prior or --prior); set prior_kl: false")
+    def _regulariser_needs_a_prior(self) -> PolicySettings:
+        if self.prior_regulariser != "entropy" and self.prior is None:
+            raise ValueError(f"prior_regulariser: {self.prior_regulariser} needs a prior (policy.prior or --prior); "
+                             "set prior_regulariser: entropy")
         return self
 
     @field_validator("prior")
@@ -228,10 +229,10 @@ class TrainSettings(_Frozen):
         return self
 
     @model_validator(mode="after")
-    def _prior_kl_fits(self) -> TrainSettings:
-        if self.policy.prior_kl and self.algo == "recurrent_ppo":
-            raise ValueError("policy.prior_kl is for maskable_ppo, ppo and a2c; recurrent_ppo keeps the entropy "
-                             "bonus (set prior_kl: false)")
+    def _prior_regulariser_fits(self) -> TrainSettings:
+        if self.policy.prior_regulariser != "entropy" and self.algo == "recurrent_ppo":
+            raise ValueError("policy.prior_regulariser is for maskable_ppo, ppo and a2c; recurrent_ppo keeps the "
+                             "entropy bonus (set prior_regulariser: entropy)")
         return self
 
     @model_validator(mode="after")

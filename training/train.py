@@ -281,7 +281,7 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
         mask_logits=policy.mask_logits,
         prior=policy.prior,
         prior_weight=policy.prior_weight,
-        prior_kl=policy.prior_kl,
+        prior_regulariser=policy.prior_regulariser,
         allowed_actions=policy.allowed_actions,
         features_extractor_kwargs=dict(
             hidden=policy.hidden,
