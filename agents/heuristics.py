@@ -20,6 +20,7 @@ Two properties of the simulator shape the rules (see docs/evaluation.md):
 
 from __future__ import annotations
 
+import ast
 import math
 
 import numpy as np
@@ -338,11 +339,32 @@ HEURISTICS: dict[str, type[HeuristicScheduler]] = {
 MEMORYLESS_HEURISTICS = tuple(name for name, cls in HEURISTICS.items() if cls.memoryless)
 
 
-def memoryless_heuristic(name: str) -> type[HeuristicScheduler]:
-    """The class of memoryless rule ``name``; ValueError naming the allowed ones otherwise (the one check
-    behind ``policy.prior`` in the settings and the policies' ``prior``)."""
+def parse_parameters(spec: str, text: str) -> dict:
+    """``"key=value,key=value"`` (the part after ``name:`` of a scheduler spec) as keyword arguments,
+    values read as Python literals where they are one."""
+    params = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"scheduler {spec!r}: parameter {item!r} must look like key=value")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return params
+
+
+def memoryless_heuristic(spec: str) -> HeuristicScheduler:
+    """The memoryless rule that ``spec`` names, built: ``name`` or ``name:key=value,...`` (the harness's
+    syntax, e.g. ``carbon_periodic:period=6``); ValueError naming the allowed rules or the bad parameter
+    otherwise (the one check behind ``policy.prior`` in the settings and the policies' ``prior``)."""
+    name, _, params = str(spec).partition(":")
     if name not in MEMORYLESS_HEURISTICS:
         known = "" if name in HEURISTICS else " (no such heuristic)"
         raise ValueError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
-                         f"observation alone), or None for no prior; got {name!r}{known}")
-    return HEURISTICS[name]
+                         f"observation alone; parameters as name:key=value), or None for no prior; got "
+                         f"{spec!r}{known}")
+    try:
+        return HEURISTICS[name](**parse_parameters(spec, params))
+    except TypeError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None

@@ -8,7 +8,6 @@ whether it wants the ``Dict`` or the flattened observation.
 
 from __future__ import annotations
 
-import ast
 import functools
 import inspect
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.base import ObservationKind, Scheduler
-from agents.heuristics import HEURISTICS
+from agents.heuristics import HEURISTICS, parse_parameters
 
 # Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
 # are the specific ones (a MaskablePPO zip would also load as a plain PPO and then ignore masks).
@@ -157,19 +156,6 @@ def load_scheduler(
 
 
 # ---------------------------------------------------------------------------------------------- any spec
-def _parse_parameters(spec: str, text: str) -> dict:
-    params = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"scheduler {spec!r}: parameter {item!r} must look like key=value")
-        try:
-            params[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value.strip()
-    return params
-
-
 def is_model_spec(spec: str | Path) -> bool:
     """True when ``spec`` names a saved model rather than a heuristic."""
     return model_path(spec) is not None and str(spec).split(":", 1)[0] not in HEURISTICS
@@ -204,6 +190,6 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
         raise ValueError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
                          "saved model at that path. Use a heuristic name, 'all', or the path of an SB3 .zip")
     try:
-        return HEURISTICS[name](seed=seed, **_parse_parameters(text, params))
+        return HEURISTICS[name](seed=seed, **parse_parameters(text, params))
     except TypeError as exc:
         raise ValueError(f"scheduler {text!r}: {exc}") from None

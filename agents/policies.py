@@ -280,7 +280,7 @@ def _prior_rule(prior: str | None, prior_weight: float):
         raise ValueError(f"prior {exc}") from None
     if not np.isfinite(prior_weight) or prior_weight <= 0:
         raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), got {prior_weight!r}")
-    return rule()
+    return rule
 
 
 class _NodeSetCore:

@@ -163,16 +163,17 @@ def test_flattened_observation_is_rejected_with_a_hint():
 
 
 # ---------------------------------------------------------------------------------------------- residual
+@pytest.mark.parametrize("prior, period", [("carbon_periodic", 4), ("carbon_periodic:period=6", 6)])
 @pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
-def test_untrained_residual_policy_acts_like_its_prior(cls, envs_8_and_32):
+def test_untrained_residual_policy_acts_like_its_prior(cls, prior, period, envs_8_and_32):
     from agents.heuristics import CarbonPeriodic
 
     _, env = envs_8_and_32
     th.manual_seed(0)
     kwargs = dict(SMALL, lstm_hidden_size=16) if cls is RecurrentNodeSetPolicy else dict(SMALL)
-    policy = cls(env.observation_space, env.action_space, _constant_lr, prior="carbon_periodic", **kwargs)
+    policy = cls(env.observation_space, env.action_space, _constant_lr, prior=prior, **kwargs)
     plain = _policy(cls, env)
-    rule = CarbonPeriodic()
+    rule = CarbonPeriodic(period=period)
     obs, _ = env.reset(seed=5)
     differs_from_plain = 0
     for _ in range(12):  # past the first round, when the rule's period starts to show
@@ -202,7 +203,10 @@ def test_residual_prior_is_saved_with_the_model_and_checked(tmp_path, envs_8_and
     assert loaded.predict(obs, deterministic=True)[0].shape == (32,)
 
     for bad, message in (("random_k", "rules that act on the current observation alone"),
-                         ("carbon_periodik", "no such heuristic")):
+                         ("carbon_periodik", "no such heuristic"),
+                         ("carbon_periodic:period=99", "period must be between"),
+                         ("carbon_periodic:periodd=6", "unexpected keyword argument 'periodd'"),
+                         ("carbon_periodic:period", "must look like key=value")):
         with pytest.raises(ValueError, match=message):
             MaskableNodeSetPolicy(small.observation_space, small.action_space, _constant_lr, prior=bad)
     with pytest.raises(ValueError, match="prior_weight"):
@@ -232,6 +236,9 @@ def test_prior_setting_names_the_allowed_rules():
     assert (settings.policy.prior, settings.policy.hidden) == ("carbon_periodic", load_settings().policy.hidden)
     assert policy_kwargs(settings)["prior"] == "carbon_periodic"
     assert load_settings().policy.prior is None
+    with pytest.raises(SettingsError, match=r"policy\.prior = 'carbon_periodic:period=0': .*period must be"):
+        load_settings(prior="carbon_periodic:period=0")
+    assert load_settings(prior="carbon_periodic:period=6").policy.prior == "carbon_periodic:period=6"
 
 
 def test_allowed_actions_restrict_every_choice_and_are_checked(envs_8_and_32, tmp_path):

@@ -92,7 +92,7 @@ class PolicySettings(_Frozen):
     prior: str | None = Field(
         None,
         description="memoryless heuristic the policy starts from and learns corrections to (residual policy; "
-        "None = learn from scratch)",
+        "parameters as name:key=value, e.g. carbon_periodic:period=6; None = learn from scratch)",
     )
     prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
     prior_regulariser: Literal["entropy", "kl", "cross_entropy"] = Field(
