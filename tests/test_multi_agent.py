@@ -259,3 +259,15 @@ def test_multi_agent_training_rejects_other_algorithms():
     )
     with pytest.raises(SystemExit, match="--algo ppo"):
         run(args)
+
+
+def test_multi_agent_training_uses_the_ppo_schedule_and_refuses_training_reward_weights(tmp_path, short_config_path):
+    from training.multi_agent import train_multi_agent
+    from training.settings import SettingsError, load_settings
+    from training.train import algorithm_kwargs
+
+    settings = load_settings(None, algo="ppo", ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4})
+    schedule = algorithm_kwargs(settings)["learning_rate"]
+    assert (schedule(1.0), schedule(0.0)) == pytest.approx((1e-3, 1e-4))
+    with pytest.raises(SettingsError, match="reward: training reward weights apply to the centralized"):
+        train_multi_agent(short_config_path, load_settings(None, algo="ppo", reward={"carbon": 2.0}), tmp_path / "run")

@@ -368,8 +368,12 @@ def train_multi_agent(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from training.train import setup_logging
+    from training.settings import SettingsError
+    from training.train import algorithm_kwargs, setup_logging
 
+    if settings.reward is not None:
+        raise SettingsError("reward: training reward weights apply to the centralized scheduler; with "
+                            "--multi-agent set the scenario's own reward (or local_reward_weight) instead")
     setup_logging(out, LOG)
     env_config = load_config(config)
     n_nodes = env_config.n_nodes
@@ -392,7 +396,6 @@ def train_multi_agent(
         )
     )
     torch.set_num_threads(settings.torch_threads)
-    hyper = settings.ppo
     LOG.info(
         "training a shared per-node PPO policy on %s (%d nodes = agents) for %d rounds, seed %d, %d env(s), "
         "local_reward_weight %g -> %s",
@@ -436,7 +439,7 @@ def train_multi_agent(
                     "activation_fn": activation,
                     "ortho_init": policy.ortho_init,
                 },
-                **hyper.model_dump(),
+                **algorithm_kwargs(settings),
             )
         model.set_logger(configure(str(out / "logs"), ["csv", "tensorboard", "log"]))
         evaluation = _decentralized_eval_callback()(
