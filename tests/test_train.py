@@ -327,3 +327,26 @@ def test_batched_validation_gives_the_sequential_episodes():
     np.testing.assert_allclose([e["return"] for e in together], [e["return"] for e in one_by_one], atol=1e-4)
     with pytest.raises(ValueError, match="consecutive seeds"):
         run_vec_episodes(model, GossipVecEnv(2, config=config), [1, 3])
+
+
+def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
+    """benchmarks/action_mix.py: an untrained residual model over all_nodes acts like the rule, so
+    (almost) every node-round is train + full broadcast; shares sum to one."""
+    import importlib.util as util
+
+    from sb3_contrib import MaskablePPO
+
+    from agents.policies import MaskableNodeSetPolicy
+    from envs.config import load_config
+    from training.train import make_env
+
+    spec = util.spec_from_file_location("action_mix", ROOT / "benchmarks" / "action_mix.py")
+    action_mix = util.module_from_spec(spec)
+    spec.loader.exec_module(action_mix)
+    config = load_config(TINY)
+    model = MaskablePPO(MaskableNodeSetPolicy, make_env(config, worker=False), seed=0, n_steps=16, batch_size=16,
+                        policy_kwargs=dict(features_extractor_kwargs=dict(hidden=16), prior="all_nodes"))
+    shares, finals = action_mix.action_mix(model, config, [10_000, 10_001])
+    assert shares.sum() == pytest.approx(1.0)
+    assert shares[2] > 0.9  # SEND_FULL, the rule's choice wherever the node can afford it
+    assert len(finals) == 2 and all("episode_rounds" in f for f in finals)
