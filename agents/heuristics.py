@@ -223,10 +223,12 @@ class TrustThreshold(HeuristicScheduler):
 class EventTriggered(HeuristicScheduler):
     """Event-triggered gossip after SPARQ-SGD (Singh, Data, George & Diggavi, "SPARQ-SGD:
     Event-Triggered and Compressed Communication in Decentralized Optimization", IEEE TAC 2022): a node
-    broadcasts only when its model has moved enough since its last broadcast. The env does not expose
-    model deltas, so the trigger is the relative change of the node's training loss since it last sent,
-    ``|loss - loss_at_send| / loss_at_send > threshold``; a node also sends after ``max_silence``
-    rounds without one. Every affordable node trains each round."""
+    broadcasts only when its model has moved enough since its last broadcast. The trigger is the
+    relative change of the node's training loss since it last sent, ``|loss - loss_at_send| /
+    loss_at_send > threshold``; a node also sends after ``max_silence`` rounds without one. Every
+    affordable node trains each round. (The observation's ``model_lag`` feature, ||x - x̂|| / ||x||, is
+    SPARQ-SGD's own trigger quantity; it came later, and this rule keeps the loss proxy so that its
+    published figures stay comparable.)"""
 
     name = "event_triggered"
 

@@ -107,11 +107,11 @@ class EdgeLearningParallelEnv(ParallelEnv):
 
     | entries | content |
     |---|---|
-    | 0-14 | the node's own features (``envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
-    | 15-29 | mean of the same features over the node's neighbours (what they gossip) |
-    | 30-44 | max over the neighbours |
-    | 45-47 | hour_sin, hour_cos, progress (the node's clock) |
-    | 48-53 | own action mask (1 = affordable) |
+    | 0-15 | the node's own features (``envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
+    | 16-31 | mean of the same features over the node's neighbours (what they gossip) |
+    | 32-47 | max over the neighbours |
+    | 48-50 | hour_sin, hour_cos, progress (the node's clock) |
+    | 51-56 | own action mask (1 = affordable) |
 
     Telemetry is what the nodes publish (DP noise and lying attackers included), exactly as the
     centralized scheduler sees it; fleet-wide figures (accuracy, consensus distance) are not observed.

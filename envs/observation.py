@@ -40,6 +40,8 @@ NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("round_cost", 0.0, 1.0, "energy of a full round (train + full broadcast) / capacity"),
     ("compute_time", 0.0, 1.0, "training time per round / round length (device speed)"),
     ("load", 0.0, 1.0, "share of last round the node spent computing (CPU load)"),
+    ("model_lag", 0.0, 2.0, "distance from the node's model to the copy its neighbours hold (its public, "
+     "error-feedback copy) / the model's norm (clipped): what compressed or skipped broadcasts still owe"),
 )
 GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("hour_sin", -1.0, 1.0, "sin(2π · UTC hour / 24)"),
@@ -147,6 +149,14 @@ def apply_lies(telemetry: dict[str, torch.Tensor], liars: torch.Tensor) -> dict[
     return {name: torch.where(liars, torch.full_like(value, LIES[name]), value) for name, value in telemetry.items()}
 
 
+def model_lag(params: torch.Tensor, public: torch.Tensor) -> torch.Tensor:
+    """(N,) ||x_i - x̂_i|| / ||x_i||: how far each node's neighbours' copy of its model (the CHOCO public
+    copy) lags the model itself. Top-k and skipped broadcasts leave it growing; a full broadcast clears
+    it. The cost of compression that the carbon of one round does not show (docs/results.md)."""
+    lag = torch.linalg.vector_norm(params - public, dim=1)
+    return lag / torch.linalg.vector_norm(params, dim=1).clamp_min(1e-8)
+
+
 def observe(
     config: EnvConfig,
     scenario: Scenario,
@@ -167,6 +177,7 @@ def observe(
         "local_loss": state.local_loss,
         "last_action": state.last_action / (N_ACTIONS - 1),
         "dropped": state.dropped.float(),
+        "model_lag": model_lag(state.params, state.public),
     }
     # one (B, N, F) block leaves the device; cleaning and clipping it is cheaper in NumPy than in torch
     nodes = per_env(torch.stack([columns[name] for name, *_ in NODE_FEATURES], dim=1), scenario).cpu().numpy()

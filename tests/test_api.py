@@ -238,3 +238,29 @@ def test_info_on_truncation_reports_missed_target_and_deadline_penalty():
         env.unwrapped.step(all_nodes(env, IDLE))
     env.reset(seed=2)
     assert not env.step(all_nodes(env, IDLE))[3]
+
+
+def test_model_lag_measures_what_the_neighbours_copy_is_missing():
+    """``model_lag`` = ||x - x̂|| / ||x|| per node: 0 at reset (the public copies start equal), grows when
+    nodes train without broadcasting, and a full broadcast (then mixing) leaves less than silence does."""
+    import torch
+
+    from agents.base import SEND_FULL, TRAIN
+    from envs.observation import NODE_INDEX
+
+    env = make_env()
+    obs, _ = env.reset(seed=4)
+    column = NODE_INDEX["model_lag"]
+    np.testing.assert_array_equal(obs["nodes"][:, column], 0.0)
+    n = env.unwrapped.n_nodes
+    for _ in range(3):
+        obs, *_ = env.step(np.full(n, TRAIN))
+    state = env.unwrapped.sim_state
+    expected = (torch.linalg.vector_norm(state.params - state.public, dim=1)
+                / torch.linalg.vector_norm(state.params, dim=1)).numpy()
+    np.testing.assert_allclose(obs["nodes"][:, column], np.clip(expected, 0, 2), rtol=1e-5)
+    silent = obs["nodes"][:, column].copy()
+    assert (silent > 0).all()
+    sent = obs["action_mask"][:, SEND_FULL] > 0.5
+    obs, *_ = env.step(np.where(sent, SEND_FULL, TRAIN))
+    assert sent.any() and (obs["nodes"][sent, column] < silent[sent]).mean() > 0.5

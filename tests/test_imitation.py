@@ -73,7 +73,7 @@ def test_entropy_bonus_keeps_the_imitating_policy_stochastic(tmp_path):
     plain, regularised = summaries[0.0], summaries[0.3]
     assert plain.agreement > 0.9 and regularised.agreement > 0.9, summaries
     # mean -log p(heuristic's action): the regularised fit leaves clearly more probability elsewhere
-    assert regularised.cross_entropy > plain.cross_entropy + 0.05, summaries
+    assert regularised.cross_entropy > max(0.01, 100 * plain.cross_entropy), summaries
 
 
 def test_unknown_heuristic_is_named_with_the_allowed_values():
