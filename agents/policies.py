@@ -279,7 +279,8 @@ def _prior_rule(prior: str | None, prior_weight: float):
     except ValueError as exc:
         raise ValueError(f"prior {exc}") from None
     if not np.isfinite(prior_weight) or prior_weight <= 0:
-        raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), got {prior_weight!r}")
+        raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), "
+                         f"got {prior_weight!r}")
     return rule
 
 
@@ -300,7 +301,8 @@ class _NodeSetCore:
         self._prior = _prior_rule(prior, prior_weight)
         self.prior, self.prior_weight = prior, float(prior_weight)
         if prior_regulariser not in PRIOR_REGULARISERS:
-            raise ValueError(f"prior_regulariser must be one of {', '.join(PRIOR_REGULARISERS)}, got {prior_regulariser!r}")
+            raise ValueError(f"prior_regulariser must be one of {', '.join(PRIOR_REGULARISERS)}, "
+                             f"got {prior_regulariser!r}")
         if prior_regulariser != "entropy" and prior is None:
             raise ValueError(f"prior_regulariser {prior_regulariser!r} needs a prior (it measures the distance to the "
                              "prior rule); set prior or prior_regulariser: entropy")
