@@ -341,7 +341,7 @@ HEURISTICS: dict[str, type[HeuristicScheduler]] = {
 MEMORYLESS_HEURISTICS = tuple(name for name, cls in HEURISTICS.items() if cls.memoryless)
 
 
-def parse_parameters(spec: str, text: str) -> dict:
+def _parse_parameters(spec: str, text: str) -> dict:
     """``"key=value,key=value"`` (the part after ``name:`` of a scheduler spec) as keyword arguments,
     values read as Python literals where they are one."""
     params = {}
@@ -356,17 +356,25 @@ def parse_parameters(spec: str, text: str) -> dict:
     return params
 
 
+def build_heuristic(spec: str, seed: int = 0) -> HeuristicScheduler:
+    """The heuristic that ``spec`` names, built: ``name`` or ``name:key=value,...`` (e.g.
+    ``random_k:fraction=0.25``); the caller has checked the name. ValueError naming the spec for a
+    parameter the rule does not take or one that is not ``key=value``."""
+    name, _, params = str(spec).partition(":")
+    try:
+        return HEURISTICS[name](seed=seed, **_parse_parameters(spec, params))
+    except TypeError as exc:
+        raise ValueError(f"scheduler {spec!r}: {exc}") from None
+
+
 def memoryless_heuristic(spec: str) -> HeuristicScheduler:
     """The memoryless rule that ``spec`` names, built: ``name`` or ``name:key=value,...`` (the harness's
     syntax, e.g. ``carbon_periodic:period=6``); ValueError naming the allowed rules or the bad parameter
     otherwise (the one check behind ``policy.prior`` in the settings and the policies' ``prior``)."""
-    name, _, params = str(spec).partition(":")
+    name = str(spec).partition(":")[0]
     if name not in MEMORYLESS_HEURISTICS:
         known = "" if name in HEURISTICS else " (no such heuristic)"
         raise ValueError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
                          f"observation alone; parameters as name:key=value), or None for no prior; got "
                          f"{spec!r}{known}")
-    try:
-        return HEURISTICS[name](**parse_parameters(spec, params))
-    except TypeError as exc:
-        raise ValueError(f"{spec!r}: {exc}") from None
+    return build_heuristic(spec)

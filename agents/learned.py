@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.base import ObservationKind, Scheduler
-from agents.heuristics import HEURISTICS, parse_parameters
+from agents.heuristics import HEURISTICS, build_heuristic
 
 # Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
 # are the specific ones (a MaskablePPO zip would also load as a plain PPO and then ignore masks).
@@ -185,11 +185,7 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
         return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
-    name, _, params = text.partition(":")
-    if name not in HEURISTICS:
+    if text.partition(":")[0] not in HEURISTICS:
         raise ValueError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
                          "saved model at that path. Use a heuristic name, 'all', or the path of an SB3 .zip")
-    try:
-        return HEURISTICS[name](seed=seed, **parse_parameters(text, params))
-    except TypeError as exc:
-        raise ValueError(f"scheduler {text!r}: {exc}") from None
+    return build_heuristic(text, seed)
