@@ -358,19 +358,19 @@ class _NodeSetCore:
     def _distribution(
         self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
     ) -> NodeCategoricalDistribution:
-        return self._distributions(obs, h, context, action_masks)[0]
+        return self._distributions(obs, h, context, action_masks, with_prior=False)[0]
 
     def _distributions(
-        self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None
+        self, obs: dict[str, th.Tensor], h: th.Tensor, context: th.Tensor, action_masks=None, with_prior=True
     ) -> tuple[NodeCategoricalDistribution, NodeCategoricalDistribution | None]:
-        """The policy's distribution and the prior rule's own (its ``prior_weight`` logit alone, under the
-        same masks; None without a prior), the rule evaluated once for both."""
+        """The policy's distribution and, ``with_prior``, the prior rule's own (its ``prior_weight`` logit
+        alone, under the same masks; None without a prior), the rule evaluated once for both."""
         logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
         prior = None if self._prior is None else self.prior_logits(obs)
         if prior is not None:
             logits = logits + prior
         distribution = self._masked(obs, self.action_dist, logits, action_masks)
-        if prior is None:
+        if prior is None or not with_prior:
             return distribution, None
         return distribution, self._masked(obs, NodeCategoricalDistribution(self.action_dist.n_actions), prior,
                                           action_masks)
@@ -446,7 +446,8 @@ class _FeedForwardMethods:
         the rule's deterministic choice). SB3 logs minus the mean as ``train/entropy_loss``."""
         h = self.extract_features(obs)
         context = pool(h)
-        distribution, prior = self._distributions(obs, h, context, action_masks)
+        distribution, prior = self._distributions(obs, h, context, action_masks,
+                                                  with_prior=self.prior_regulariser != "entropy")
         if self.prior_regulariser == "kl":
             regulariser = -distribution.kl_divergence(prior)
         elif self.prior_regulariser == "cross_entropy":
