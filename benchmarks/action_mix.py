@@ -19,6 +19,7 @@ import torch
 from envs.config import load_config
 from envs.dynamics.energy import N_ACTIONS
 from envs.sb3_vec_env import GossipVecEnv
+from training.callbacks import run_vec_episodes
 from training.settings import FIRST_VALIDATION_SEED
 
 ACTION_NAMES = ("idle", "train", "full", "8-bit", "top-10%", "top-1%")
@@ -27,21 +28,13 @@ ACTION_NAMES = ("idle", "train", "full", "8-bit", "top-10%", "top-1%")
 def action_mix(model, config, seeds: list[int]) -> tuple[np.ndarray, list[dict]]:
     """(K,) share of node-rounds per action until each episode's end, and the episodes' last infos."""
     venv = GossipVecEnv(len(seeds), config=config)
-    venv.seed(seeds[0])
-    obs = venv.reset()
     counts = np.zeros(N_ACTIONS, dtype=np.int64)
-    finals: list[dict | None] = [None] * len(seeds)
-    while any(final is None for final in finals):
-        masks = np.stack(venv.env_method("action_masks"))
-        action, _ = model.predict(obs, deterministic=True, action_masks=masks)
-        action = np.asarray(action).reshape(len(seeds), -1)
-        for index in range(len(seeds)):
-            if finals[index] is None:
-                counts += np.bincount(action[index], minlength=N_ACTIONS)
-        obs, _, dones, infos = venv.step(action)
-        for index in np.flatnonzero(dones):
-            if finals[index] is None:
-                finals[index] = infos[index]
+
+    def count(action: np.ndarray, running: np.ndarray) -> None:
+        nonlocal counts
+        counts += np.bincount(action.reshape(len(seeds), -1)[running].ravel(), minlength=N_ACTIONS)
+
+    finals = run_vec_episodes(model, venv, seeds, on_action=count)
     venv.close()
     return counts / counts.sum(), finals
 

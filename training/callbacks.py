@@ -159,12 +159,14 @@ def run_episode(model, env: gym.Env, seed: int, deterministic: bool = True) -> d
             return {**info, "return": total, "target_reached": bool(terminated)}
 
 
-def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = True) -> list[dict[str, Any]]:
+def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = True,
+                     on_action: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[dict[str, Any]]:
     """One episode on each environment of an SB3 ``VecEnv`` (environment i reset with ``seeds[i]``; the
     seeds consecutive, as ``VecEnv.seed`` hands them out), all stepped together: one policy call and one
     batched round per step instead of one per environment. The same results as ``run_episode`` on each
     seed in turn for a feed-forward policy (environments of the batched vector env match single envs);
-    environments whose episode has ended are stepped on until the last one ends, and ignored."""
+    environments whose episode has ended are stepped on until the last one ends, and ignored.
+    ``on_action(action, running)`` sees each step's (B, ...) actions and which episodes are still on."""
     seeds = list(seeds)
     if len(seeds) != venv.num_envs or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         raise ValueError(f"need {venv.num_envs} consecutive seeds, one per environment; got {seeds}")
@@ -176,6 +178,8 @@ def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = Tr
     while any(result is None for result in results):
         extra = {"action_masks": np.stack(venv.env_method("action_masks"))} if takes_masks else {}
         action, _ = model.predict(obs, deterministic=deterministic, **extra)
+        if on_action is not None:
+            on_action(np.asarray(action), np.array([result is None for result in results]))
         obs, rewards, dones, infos = venv.step(action)
         for index in range(venv.num_envs):
             if results[index] is not None:
