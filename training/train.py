@@ -443,11 +443,11 @@ def train(
         out,
     )
 
-    # The evaluation env comes first: its first reset imports the simulator's modules and fills its
-    # caches (clear-sky years), which forked training workers then inherit instead of redoing.
     if settings.reward is not None:
         LOG.info("training and validation reward weights (settings.reward): %s; the scenario's: %s",
                  settings.reward.model_dump(), env_config.reward.model_dump())
+    # The evaluation env comes first: its first reset imports the simulator's modules and fills its
+    # caches (clear-sky years), which forked training workers then inherit instead of redoing.
     eval_env = make_eval_env(scenarios[0], settings)
     monitor, part = out / "monitor.csv", 1
     while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
