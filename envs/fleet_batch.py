@@ -21,7 +21,7 @@ from envs.observation import adjacency_matrix, apply_lies, observe, scenario_fea
 from envs.reward import reward_components, reward_scales, weighted_reward
 from envs.scenario import Scenario, stack_scenarios
 from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
-from envs.state import SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
+from envs.state import PER_ENV_FIELDS, SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
 from envs.threads import simulator_call
 
 COUNTS = ("participants", "trained_nodes", "broadcasting_nodes", "dropped_nodes", "malicious_participants")
@@ -78,7 +78,7 @@ class FleetBatch:
             if name == "trust":
                 continue
             value = getattr(self.state, name).clone()
-            value[env_index if name in ("round", "accuracy") else rows] = getattr(fresh, name)
+            value[env_index if name in PER_ENV_FIELDS else rows] = getattr(fresh, name)
             changes[name] = value
         self.state = self.state.replace(**changes)
         self.accountant.reports[rows] = 0

@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 
 from envs.config import EnvConfig
+from envs.dynamics.buffers import difference
 from envs.dynamics.energy import N_ACTIONS
 from envs.scenario import Scenario
 from envs.state import SimState, at_round, per_env, time_index
@@ -153,7 +154,7 @@ def model_lag(params: torch.Tensor, public: torch.Tensor) -> torch.Tensor:
     """(N,) ||x_i - x̂_i|| / ||x_i||: how far each node's neighbours' copy of its model (the CHOCO public
     copy) lags the model itself. Top-k and skipped broadcasts leave it growing; a full broadcast clears
     it. The cost of compression that the carbon of one round does not show (docs/results.md)."""
-    lag = torch.linalg.vector_norm(params - public, dim=1)
+    lag = torch.linalg.vector_norm(difference(params, public), dim=1)
     return lag / torch.linalg.vector_norm(params, dim=1).clamp_min(1e-8)
 
 
@@ -184,9 +185,15 @@ def observe(
     node_low, node_high = _numpy_bounds(NODE_FEATURES)
     nodes = np.nan_to_num(nodes, copy=False, nan=0.0, posinf=0.0, neginf=0.0).clip(node_low, node_high)
 
-    # per-environment figures: the tensor work, then the few (B,) numbers in numpy
-    grouped = per_env(state.params, scenario)
-    consensus = torch.linalg.vector_norm(grouped - grouped.mean(1, keepdim=True), dim=2).square().mean(1)
+    # per-environment figures: the tensor work, then the few (B,) numbers in numpy. The scheduler does
+    # not know who the attackers are, so its consensus distance is over all nodes; without attackers
+    # that is the honest figure the round has already measured
+    if scenario.all_honest:
+        consensus = state.consensus_distance
+    else:
+        grouped = per_env(state.params, scenario)
+        squared = torch.linalg.vector_norm(difference(grouped, grouped.mean(1, keepdim=True)), dim=2).square()
+        consensus = squared.mean(1)
     shares = per_env(torch.stack([state.node_accuracy, state.dropped.float(), (state.last_action >= 1).float()],
                                  dim=1), scenario).mean(1)  # (B, 3)
     per_environment = torch.cat([shares, consensus.unsqueeze(1)], dim=1).double().cpu().numpy()

@@ -458,6 +458,7 @@ def reference_transition(
         local_loss=torch.tensor(local_loss, **f32),
         node_accuracy=torch.tensor(node_accuracy, **f32),
         accuracy=torch.tensor([accuracy], dtype=torch.float32, device=device),
+        consensus_distance=torch.tensor([consensus], dtype=torch.float32, device=device),
         dropped=torch.tensor(dropped, dtype=torch.bool, device=device),
         trust=trust,
     )

@@ -16,7 +16,7 @@ from envs.dynamics import attacks, gossip, streams
 from envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
 from envs.dynamics.learning import accuracy_per_node, local_sgd
 from envs.scenario import N_CLASSES, Scenario
-from envs.state import SimState, at_round, honest_mean, model_spec, per_env, time_index
+from envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,6 @@ def transition(
     # 4. measure
     malicious = per_env(awake & ~scenario.honest, scenario).sum(1)
     node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
-    grouped = per_env(params, scenario)
-    centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
-    consensus = honest_mean(torch.linalg.vector_norm(grouped - centre, dim=2).square().view(-1), scenario)
     intensity_g_per_wh = at_round(scenario.carbon_g_per_wh, t)
     backbone_wh = bytes_sent * scenario.backbone_wh_per_byte
 
@@ -204,6 +201,7 @@ def transition(
         local_loss=local_loss,
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),
+        consensus_distance=consensus_distance(params, scenario),
         dropped=dropped,
         trust=trust,
     )
@@ -221,7 +219,7 @@ def transition(
         carbon_backbone_g=backbone_wh * intensity_g_per_wh,
         accuracy=new_state.accuracy,
         previous_accuracy=state.accuracy,
-        consensus_distance=consensus,
+        consensus_distance=new_state.consensus_distance,
         malicious_participants=malicious,
         attack_influence=influence,
     )

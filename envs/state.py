@@ -12,6 +12,7 @@ import torch
 
 from envs.config import EnvConfig
 from envs.dynamics import streams
+from envs.dynamics.buffers import difference
 from envs.dynamics.learning import ModelSpec, accuracy_per_node
 from envs.scenario import Scenario
 
@@ -27,11 +28,16 @@ class SimState:
     local_loss: torch.Tensor  # (N,) last training loss (initial: loss of the initial model on the shard)
     node_accuracy: torch.Tensor  # (N,) test accuracy of each node's model
     accuracy: torch.Tensor  # (B,) mean test accuracy over honest nodes
+    consensus_distance: torch.Tensor  # (B,) mean squared distance of honest models to their mean
     dropped: torch.Tensor  # (N,) bool, could not afford last round's action
     trust: torch.Tensor  # (N, D_max) each receiver's score of the sender in each neighbour slot, [0, 1]
 
     def replace(self, **changes) -> SimState:
         return dataclasses.replace(self, **changes)
+
+
+# SimState fields with one value per environment (B,); the others have one row per node (B·N, ...)
+PER_ENV_FIELDS = ("round", "accuracy", "consensus_distance")
 
 
 def model_spec(config: EnvConfig) -> ModelSpec:
@@ -46,6 +52,14 @@ def per_env(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
 def honest_mean(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
     """(B,) mean over each environment's nodes that are not attackers: the accuracy the fleet delivers."""
     return (per_env(values, scenario) * scenario.honest_share.to(values.dtype)).sum(1)
+
+
+def consensus_distance(params: torch.Tensor, scenario: Scenario) -> torch.Tensor:
+    """(B,) mean squared distance of the honest nodes' models to their mean."""
+    grouped = per_env(params, scenario)
+    centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
+    squared = torch.linalg.vector_norm(difference(grouped, centre), dim=2).square()
+    return honest_mean(squared.view(-1), scenario)
 
 
 def at_round(trace: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +93,7 @@ def initial_state(config: EnvConfig, scenario: Scenario) -> SimState:
         local_loss=loss,
         node_accuracy=node_accuracy,
         accuracy=honest_mean(node_accuracy, scenario),
+        consensus_distance=consensus_distance(params, scenario),
         dropped=torch.zeros(n, dtype=torch.bool, device=device),
         trust=scenario.neighbour_valid.float(),
     )

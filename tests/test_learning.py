@@ -136,3 +136,60 @@ def test_local_sgd_gives_the_same_models_with_its_reused_buffer():
         for r, outcomes in by_round.items():
             for params, loss in outcomes[1:]:
                 assert torch.equal(params, outcomes[0][0]) and torch.equal(loss, outcomes[0][1]), (model, r)
+
+
+@pytest.mark.parametrize("layout", ["blocks", "csr", "dense"])
+def test_mixing_with_silent_senders_masks_their_weights_like_zeroed_models(layout):
+    """mix_usable zeroes the weights of the senders that are not usable this round instead of their rows
+    of models; the result must be what mixing the zeroed models gives, a non-finite model included."""
+    import torch
+
+    from envs.dynamics.gossip import mix, mix_usable, mixing_matrix
+
+    generator = torch.Generator().manual_seed(0)
+    n_envs, n, p = 3, 70, 5
+    blocks = []
+    for _ in range(n_envs):
+        src, dst = torch.triu_indices(n, n, 1)
+        keep = torch.rand(len(src), generator=generator) < 0.1
+        src, dst = torch.cat([src[keep], dst[keep]]), torch.cat([dst[keep], src[keep]])
+        weight = torch.full((len(src),), 1.0 / n)
+        blocks.append(mixing_matrix(n, src, dst, weight, include_self=False).to_dense())
+    if layout == "blocks":
+        mixing = torch.stack(blocks)
+    else:
+        mixing = torch.block_diag(*blocks)
+        mixing = mixing.to_sparse_csr() if layout == "csr" else mixing
+    values = torch.randn(n_envs * n, p, generator=generator)
+    usable = torch.rand(n_envs * n, generator=generator) < 0.6
+    values[int((~usable).nonzero()[0])] = float("inf")  # a non-finite model is never usable
+    expected = mix(mixing, torch.where(usable.unsqueeze(1), values, 0.0))
+    with torch.inference_mode():
+        got = mix_usable(mixing, values, usable)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    finite = torch.where(usable.unsqueeze(1), values, torch.randn(n_envs * n, p, generator=generator))
+    torch.testing.assert_close(mix_usable(mixing, finite, usable), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_full_broadcast_copies_the_model_exactly_and_compressed_ones_add_their_message():
+    import torch
+
+    from envs.devices import COMPRESSION_LEVELS
+    from envs.dynamics.gossip import broadcast, compress
+
+    generator = torch.Generator().manual_seed(1)
+    params, public = torch.randn(6, 50, generator=generator), torch.randn(6, 50, generator=generator)
+    level = torch.tensor([0, 0, 1, 2, 3, 0])  # full, full, q8, top10, top1, full
+    send = torch.tensor([True, False, True, True, False, True])
+    before = public.clone()
+    new = broadcast(params, public, level, send)
+    assert torch.equal(public, before)  # the old copies stay intact
+    for row in range(6):
+        if not send[row]:
+            assert torch.equal(new[row], public[row])
+        elif COMPRESSION_LEVELS[int(level[row])] == "full":
+            assert torch.equal(new[row], params[row])
+        else:
+            message = compress((params[row] - public[row]).unsqueeze(0), level[row : row + 1])[0]
+            torch.testing.assert_close(new[row], public[row] + message)

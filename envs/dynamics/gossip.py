@@ -86,6 +86,25 @@ def mix(neighbour_mixing: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return neighbour_mixing @ values
 
 
+def mix_usable(neighbour_mixing: torch.Tensor, values: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Σ_j w_ij values_j over the ``usable`` rows j only. The unusable senders' weights are zeroed in W
+    (B·n² entries, or the nonzeros of a CSR matrix) rather than their rows in the (N, P) values, which
+    would copy every model each round. A non-finite row is zeroed itself (0 · inf is NaN), a rare copy."""
+    if bool(usable.all()):
+        return mix(neighbour_mixing, values)
+    values = finite_rows(values)
+    weight = usable.to(values.dtype)
+    if neighbour_mixing.dim() == 3:  # dense per-environment blocks: scale the senders' columns
+        return mix(neighbour_mixing * weight.view(neighbour_mixing.shape[0], 1, -1), values)
+    if neighbour_mixing.layout == torch.sparse_csr:
+        columns = neighbour_mixing.col_indices()
+        masked = torch.sparse_csr_tensor(neighbour_mixing.crow_indices(), columns,
+                                         neighbour_mixing.values() * weight[columns], neighbour_mixing.shape,
+                                         check_invariants=False)
+        return masked @ values
+    return (neighbour_mixing * weight) @ values
+
+
 def neighbour_pattern(neighbours: torch.Tensor, neighbour_valid: torch.Tensor) -> torch.Tensor:
     """(N, N) sparse CSR with a 1 at (i, j) for every valid neighbour slot of receiver i, stored in slot
     order, so that values computed at its entries (``neighbour_distances``) fill the valid slots of an
@@ -99,17 +118,22 @@ def neighbour_pattern(neighbours: torch.Tensor, neighbour_valid: torch.Tensor) -
 
 
 def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, send: torch.Tensor) -> torch.Tensor:
-    """New public copies after the senders broadcast their compressed difference."""
-    senders = int(send.sum())
-    if senders == 0:
-        return public
-    if senders == send.shape[0]:
-        if bool((level == FULL).all()):  # x̂ + (x - x̂) = x: a full-precision broadcast is an exact copy
-            return params
+    """New public copies after the senders broadcast their compressed difference. A full-precision
+    sender's copy becomes its model exactly (x̂ + (x - x̂) = x), with one masked pass over all rows rather
+    than gathering the senders' rows and scattering them back into a copy."""
+    full = send & (level == FULL)
+    compressed = send & ~full
+    n_full, n_compressed = int(full.sum()), int(compressed.sum())
+    if n_full == send.shape[0]:
+        return params
+    if n_compressed == send.shape[0]:
         return public + compress(params - public, level)
-    rows = send.nonzero().squeeze(1)
-    public = public.clone()
-    public[rows] += compress(params[rows] - public[rows], level[rows])
+    if n_full:
+        public = torch.where(full.unsqueeze(1), params, public)
+    if n_compressed:
+        public = public if n_full else public.clone()
+        rows = compressed.nonzero().squeeze(1)
+        public[rows] += compress(params[rows] - public[rows], level[rows])
     return public
 
 
@@ -125,6 +149,12 @@ def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> 
     and one reduction is cheaper than testing all N·P entries."""
     finite = torch.isfinite(public.sum(1))
     return finite if usable is None else finite & usable
+
+
+def finite_rows(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with its non-finite rows zeroed (no copy when every row is finite, the usual case)."""
+    finite = torch.isfinite(values.sum(1))
+    return values if bool(finite.all()) else torch.where(finite.unsqueeze(1), values, 0.0)
 
 
 def usable_copies(public: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -158,10 +188,10 @@ def aggregate_pull(
     With ``slot_trust`` (N, D), mean and clipped_gossip scale each neighbour's weight by the receiver's
     trust in it (the weight it loses stays with the receiver's own model).
     """
-    safe = usable_copies(public, usable)
     if aggregator == "mean" and slot_trust is None:
         weight_used = mix(neighbour_mixing, usable.to(public.dtype).unsqueeze(1))  # (N, 1)
-        return torch.addcmul(mix(neighbour_mixing, safe), weight_used, own, value=-1.0)
+        return torch.addcmul(mix_usable(neighbour_mixing, public, usable), weight_used, own, value=-1.0)
+    safe = usable_copies(public, usable)
     valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
     stack = safe[neighbours]  # (N, D, P)
     own_row = own.unsqueeze(1)
@@ -196,8 +226,9 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
     """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model.
     ``pattern``: ``neighbour_pattern`` of the slots (built here if not given; large fleets only)."""
-    dist = neighbour_distances(own, usable_copies(public, usable), neighbours, neighbour_valid, nodes_per_env,
-                               pattern)
+    # an unusable copy only enters the distances of its own slots, which are masked below; zeroing the
+    # silent ones first would copy every model, so only a non-finite one is
+    dist = neighbour_distances(own, finite_rows(public), neighbours, neighbour_valid, nodes_per_env, pattern)
     usable_slot = neighbour_valid & slots(usable, neighbours)
     median = lower_median(dist, usable_slot)
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()

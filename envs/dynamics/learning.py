@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from envs.dynamics.buffers import scratch
 from envs.dynamics.products import matmul
 from envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
 
@@ -118,21 +119,6 @@ def _cross_entropy_and_delta(
     return loss, delta.div_(batch)
 
 
-_SCRATCH: dict[tuple, torch.Tensor] = {}
-
-
-def _scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A buffer of ``shape`` reused across rounds (one per shape, dtype and device; the caller overwrites it
-    whole). Only for results nobody keeps past the current SGD step."""
-    key = (shape, like.dtype, like.device)
-    buffer = _SCRATCH.get(key)
-    if buffer is None:
-        if len(_SCRATCH) >= 8:  # fleets of many sizes in one process: keep the memory bounded
-            _SCRATCH.clear()
-        buffer = _SCRATCH[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return buffer
-
-
 def local_sgd(
     spec: ModelSpec,
     params: torch.Tensor,
@@ -155,12 +141,13 @@ def local_sgd(
     for step in range(steps):  # loop over SGD steps, never over nodes
         rows = samples[:, step].reshape(-1)
         if reuse:
-            x = torch.index_select(data_x, 0, rows, out=_scratch((len(rows), data_x.shape[1]), data_x))
+            x = torch.index_select(data_x, 0, rows, out=scratch((len(rows), data_x.shape[1]), data_x))
         else:
             x = data_x.index_select(0, rows)
         x = x.view(n, batch, -1)
         loss, grad = spec.loss_and_grad(params, x, y[:, step])
-        params = torch.add(params, grad, alpha=-learning_rate)
+        # the gradient is a fresh block of this step's own: the new parameters can take its memory
+        params = torch.add(params, grad, alpha=-learning_rate, out=grad if reuse else None)
         loss_sum += loss
     return params, loss_sum / steps
 
