@@ -180,7 +180,8 @@ def transition(
         influence = torch.where(started, shift / scale, influence)
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
                                      scenario.nodes_per_env, scenario.neighbour_pattern)
-    params = torch.addcmul(params, step, pull)
+    # the pull is a fresh block of its own, not needed after this: the new models can take its memory
+    params = torch.addcmul(params, step, pull, out=None if pull.requires_grad else pull)
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory
     trust = torch.where(fresh, torch.lerp(scores, state.trust, memory), state.trust)  # m·old + (1 - m)·new

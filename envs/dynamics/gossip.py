@@ -190,7 +190,8 @@ def aggregate_pull(
     """
     if aggregator == "mean" and slot_trust is None:
         weight_used = mix(neighbour_mixing, usable.to(public.dtype).unsqueeze(1))  # (N, 1)
-        return torch.addcmul(mix_usable(neighbour_mixing, public, usable), weight_used, own, value=-1.0)
+        mixed = mix_usable(neighbour_mixing, public, usable)  # a fresh block: the pull can take its memory
+        return torch.addcmul(mixed, weight_used, own, value=-1.0, out=None if mixed.requires_grad else mixed)
     safe = usable_copies(public, usable)
     valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
     stack = safe[neighbours]  # (N, D, P)
