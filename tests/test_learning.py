@@ -193,3 +193,24 @@ def test_full_broadcast_copies_the_model_exactly_and_compressed_ones_add_their_m
         else:
             message = compress((params[row] - public[row]).unsqueeze(0), level[row : row + 1])[0]
             torch.testing.assert_close(new[row], public[row] + message)
+
+
+def test_cross_entropy_matches_log_softmax_and_stays_finite_for_hopeless_predictions():
+    import math
+
+    import torch
+
+    from envs.dynamics.learning import SMALLEST_PROBABILITY, _cross_entropy_and_delta
+
+    generator = torch.Generator().manual_seed(2)
+    logits = 4 * torch.randn(5, 10, 8, generator=generator)
+    y = torch.randint(0, 10, (5, 8), generator=generator)
+    logits[0, :, 0] = 0.0
+    logits[0, y[0, 0], 0] = -500.0  # the label has probability e^-500: beyond float32
+    loss, delta = _cross_entropy_and_delta(logits.clone(), y, class_dim=1)
+    exact = -torch.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
+    capped = exact.clamp(max=-math.log(SMALLEST_PROBABILITY))
+    torch.testing.assert_close(loss, capped.mean(-1), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(loss).all() and exact[0, 0] > 400
+    onehot = torch.nn.functional.one_hot(y, 10).permute(0, 2, 1).float()
+    torch.testing.assert_close(delta, (torch.softmax(logits, 1) - onehot) / 8, atol=1e-7, rtol=1e-5)

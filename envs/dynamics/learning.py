@@ -18,6 +18,7 @@ from envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
 # above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks
 EVAL_BLOCK_ELEMENTS = 1 << 18
+SMALLEST_PROBABILITY = 1e-38  # float32's smallest normal number is 1.2e-38
 
 
 @dataclass(frozen=True)
@@ -107,16 +108,21 @@ def _cross_entropy_and_delta(
     logits: torch.Tensor, y: torch.Tensor, class_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy per node (n,) of ``logits`` against labels (n, B), and its gradient
-    d loss / d logits = (softmax - onehot) / B, computed in place on the log-probabilities (no one-hot
+    d loss / d logits = (softmax - onehot) / B, computed in place on the probabilities (no one-hot
     tensor: the label's entry is decremented directly). The classes lie along ``class_dim`` of logits:
-    1 for (n, 10, B), 2 for (n, B, 10)."""
+    1 for (n, 10, B), 2 for (n, B, 10).
+
+    One softmax pass rather than log_softmax and exp (a third less time at 2,048 nodes); the loss is then
+    -log of the label's probability, which float32 holds down to 1e-38: a sample's loss is capped at
+    -log(1e-38) = 87.5, far above the observation's clip at 10."""
     batch = y.shape[1]
     label = y.unsqueeze(class_dim)
-    log_prob = torch.log_softmax(logits, dim=class_dim)
-    loss = -log_prob.gather(class_dim, label).squeeze(class_dim).mean(-1)
-    delta = log_prob.exp_()
-    delta.scatter_add_(class_dim, label, torch.full(label.shape, -1.0, dtype=delta.dtype, device=delta.device))
-    return loss, delta.div_(batch)
+    delta = torch.softmax(logits, dim=class_dim)
+    loss = -delta.gather(class_dim, label).squeeze(class_dim).clamp_min(SMALLEST_PROBABILITY).log().mean(-1)
+    delta.div_(batch)
+    delta.scatter_add_(class_dim, label, torch.full(label.shape, -1.0 / batch, dtype=delta.dtype,
+                                                    device=delta.device))
+    return loss, delta
 
 
 def local_sgd(
