@@ -19,6 +19,10 @@ from envs.scenario import N_CLASSES, Scenario
 from envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
 
+# share of trainers from which local SGD runs on every node rather than on a copy of the trainers' rows
+WHOLE_FLEET_SGD_SHARE = 0.75
+
+
 @dataclass(frozen=True)
 class RoundRandomness:
     """Everything random in a round, drawn up front so the per-node reference can replay it."""
@@ -122,19 +126,26 @@ def transition(
     learners = trained if free_riding is None else trained & ~free_riding
     params, local_loss = state.params, state.local_loss
     trainers = learners.nonzero().squeeze(1)
-    everyone = trainers.numel() == scenario.n_nodes  # the common D-PSGD case: no subset copies
+    # When most nodes train, the others train along and keep their old models: copying the trainers'
+    # rows out and back costs more than the few wasted SGD steps (no subset at all in the common D-PSGD
+    # round where everyone trains)
+    whole_fleet = trainers.numel() >= WHOLE_FLEET_SGD_SHARE * scenario.n_nodes
     if trainers.numel():
-        positions = noise.batches if everyone else noise.batches[trainers]
-        shards = scenario.shards if everyone else scenario.shards[trainers]
+        positions = noise.batches if whole_fleet else noise.batches[trainers]
+        shards = scenario.shards if whole_fleet else scenario.shards[trainers]
         batches = shards.gather(1, positions.flatten(1)).view(positions.shape)
         labels = scenario.train_y[batches]
         if flipping is not None:
-            flip = flipping if everyone else flipping[trainers]
+            flip = flipping if whole_fleet else flipping[trainers]
             labels = torch.where(flip.view(-1, 1, 1), N_CLASSES - 1 - labels, labels)
-        new_params, loss = local_sgd(spec, params if everyone else params[trainers], scenario.train_x, batches,
-                                     labels, config.learning.learning_rate)
-        if everyone:
+        new_params, loss = local_sgd(spec, params if whole_fleet else params[trainers], scenario.train_x,
+                                     batches, labels, config.learning.learning_rate)
+        if trainers.numel() == scenario.n_nodes:
             params, local_loss = new_params, loss
+        elif whole_fleet:  # new_params is SGD's fresh block: the selection can take its memory
+            params = torch.where(learners.unsqueeze(1), new_params, params,
+                                 out=None if new_params.requires_grad else new_params)
+            local_loss = torch.where(learners, loss, local_loss)
         else:
             params = params.index_copy(0, trainers, new_params)
             local_loss = local_loss.index_copy(0, trainers, loss)
