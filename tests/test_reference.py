@@ -42,7 +42,12 @@ def _actions(rng, n: int, round_index: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model", ["softmax", "mlp"])
-def test_batched_transition_matches_per_node_reference(model):
+@pytest.mark.parametrize("whole_fleet_sgd", [True, False])
+def test_batched_transition_matches_per_node_reference(model, whole_fleet_sgd, monkeypatch):
+    # local SGD on every node with the idle ones' results dropped, or on a copy of the trainers' rows
+    import envs.simulator
+
+    monkeypatch.setattr(envs.simulator, "WHOLE_FLEET_SGD_SHARE", 0.0 if whole_fleet_sgd else 1.01)
     config, scenario, generator, state, rng = _setup(model, seed=3)
     dropped_total = 0
     for t in range(ROUNDS):
