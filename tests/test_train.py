@@ -302,6 +302,30 @@ def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
         _settings(maskable_ppo={"learning_rate_final": 0.0})
 
 
+def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tmp_path):
+    """select_on: training_mix runs the validation seeds on --config and on each also_train_on scenario;
+    the best model's score is the mean return over all those episodes, logged per scenario too."""
+    import json
+
+    import yaml
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = {"fraction": 0.25, "kinds": ["free_rider"]}
+    attacked_path = tmp_path / "tiny_attacked.yaml"
+    attacked_path.write_text(yaml.safe_dump(attacked))
+    settings = _settings(total_timesteps=128, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
+                         select_on="training_mix", eval_episodes=2)
+    train(TINY, settings, tmp_path / "mix")
+    record = json.loads((tmp_path / "mix" / "best_model.json").read_text())
+    returns = [record["tiny/return"], record["tiny_attacked/return"]]
+    assert record["score"] == pytest.approx(sum(returns) / 2)
+    assert record["tiny/malicious"] == 0 and record["tiny_attacked/malicious"] > 0
+    with open(tmp_path / "mix" / "evaluations.csv") as handle:
+        assert "tiny_attacked/carbon_g" in next(csv.reader(handle))
+    with pytest.raises(SettingsError, match="select_on"):
+        _settings(select_on="everything")
+
+
 def test_batched_validation_gives_the_sequential_episodes():
     """run_vec_episodes (all validation seeds as one batched program) against run_episode seed by seed:
     the same rounds, carbon and outcome per seed, returns equal up to float32 rewards."""

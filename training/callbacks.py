@@ -196,17 +196,21 @@ class HeldOutEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
     seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves. ``env`` is a
     plain env (the seeds one after another) or a ``VecEnv`` with one environment per seed (all at once,
-    ``run_vec_episodes``).
+    ``run_vec_episodes``); or a mapping from scenario names to such envs, each run on the same seeds. Then
+    the score is the mean return over all their episodes (each scenario weighs the same), and each
+    scenario's return, carbon and attacker participation are logged as well (``eval/<name>/*``).
 
     Unlike SB3's EvalCallback the seed list is fixed, so successive evaluations are comparable, and the
     best score survives a resume (``<best_model_path>.json``).
     """
 
     SCORE = "return"
+    PER_SCENARIO = {"return": "return", "carbon_g": "episode_carbon_g",
+                    "malicious": "episode_malicious_participants"}
 
     def __init__(
         self,
-        env: gym.Env,
+        env: gym.Env | VecEnv | dict[str, gym.Env | VecEnv],
         seeds: Sequence[int],
         eval_freq: int,
         best_model_path: str | Path,
@@ -214,7 +218,7 @@ class HeldOutEvalCallback(BaseCallback):
         on_log: Callable[[str], None] | None = None,
     ):
         super().__init__()
-        self.env = env
+        self.envs = dict(env) if isinstance(env, dict) else {"": env}
         self.seeds = list(seeds)
         self.eval_freq = eval_freq
         self.best_model_path = Path(best_model_path)
@@ -238,12 +242,15 @@ class HeldOutEvalCallback(BaseCallback):
         if self._last_eval != self.num_timesteps or not self.best_model_path.is_file():
             self.evaluate()
 
+    def _episodes(self, env) -> list[dict[str, Any]]:
+        if isinstance(env, VecEnv):
+            return run_vec_episodes(self.model, env, self.seeds)
+        return [run_episode(self.model, env, seed) for seed in self.seeds]
+
     def evaluate(self) -> dict[str, float]:
         self._last_eval = self.num_timesteps
-        if isinstance(self.env, VecEnv):
-            episodes = run_vec_episodes(self.model, self.env, self.seeds)
-        else:
-            episodes = [run_episode(self.model, self.env, seed) for seed in self.seeds]
+        by_scenario = {name: self._episodes(env) for name, env in self.envs.items()}
+        episodes = [episode for group in by_scenario.values() for episode in group]
         summary = {
             "return": float(np.mean([e["return"] for e in episodes])),
             "final_accuracy": float(np.mean([e["final_accuracy"] for e in episodes])),
@@ -252,6 +259,10 @@ class HeldOutEvalCallback(BaseCallback):
             "rounds": float(np.mean([e["episode_rounds"] for e in episodes])),
             "target_reached": float(np.mean([e["target_reached"] for e in episodes])),
         }
+        if len(by_scenario) > 1:
+            for name, group in by_scenario.items():
+                for key, source in self.PER_SCENARIO.items():
+                    summary[f"{name}/{key}"] = float(np.mean([e[source] for e in group]))
         for key, value in summary.items():
             self.logger.record(f"eval/{key}", value)
         improved = summary[self.SCORE] > self.best_score
@@ -269,12 +280,17 @@ class HeldOutEvalCallback(BaseCallback):
             if new_file:
                 writer.writeheader()
             writer.writerow({"timesteps": self.num_timesteps, **summary, "best": improved})
+        scenarios = "".join(
+            f"; {name}: return {summary[f'{name}/return']:.3f}, carbon {summary[f'{name}/carbon_g']:.2f} g, "
+            f"attackers {summary[f'{name}/malicious']:.0f}"
+            for name in by_scenario if len(by_scenario) > 1
+        )
         self.on_log(
             f"eval @ {self.num_timesteps} steps on seeds {self.seeds[0]}..{self.seeds[-1]}: return "
             f"{summary['return']:.3f}, accuracy {summary['final_accuracy']:.3f}, "
             f"carbon {summary['carbon_g']:.2f} g, "
             f"target reached {summary['target_reached']:.0%}, rounds {summary['rounds']:.1f}"
-            + ("  (new best)" if improved else "")
+            + scenarios + ("  (new best)" if improved else "")
         )
         return summary
 

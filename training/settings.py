@@ -174,7 +174,13 @@ class TrainSettings(_Frozen):
         [],
         description="further env scenario YAMLs trained on alongside --config (training env i runs scenario "
         "i mod (1 + len), so n_envs should be a multiple of that); same n_nodes as --config. Model "
-        "selection and the final comparison stay on --config",
+        "selection stays on --config unless select_on is training_mix; the final comparison stays on it",
+    )
+    select_on: Literal["config", "training_mix"] = Field(
+        "config",
+        description="scenarios the best model is picked on: config = --config alone; training_mix = "
+        "--config and every also_train_on scenario, each on the validation seeds, scored by the mean "
+        "return over all their episodes",
     )
     torch_threads: int = Field(
         1,

@@ -245,6 +245,11 @@ def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
     return VecMonitor(venv, filename=str(monitor_file))
 
 
+def scenario_name(config) -> str:
+    """What the logs call a scenario: its file's stem, or "config" for one given as a dict or EnvConfig."""
+    return Path(config).stem if isinstance(config, (str, Path)) else "config"
+
+
 def training_scenarios(env_config, settings: TrainSettings) -> list:
     """``env_config`` and the ``also_train_on`` scenarios (with ``settings.reward`` where set), checked to
     fit one policy's spaces."""
@@ -449,6 +454,16 @@ def train(
     # The evaluation env comes first: its first reset imports the simulator's modules and fills its
     # caches (clear-sky years), which forked training workers then inherit instead of redoing.
     eval_env = make_eval_env(scenarios[0], settings)
+    if settings.select_on == "training_mix" and len(scenarios) > 1:
+        names = [scenario_name(path) for path in [config, *settings.also_train_on]]
+        if len(set(names)) < len(names):  # two files of the same name in different folders
+            names = [str(path) for path in [config, *settings.also_train_on]]
+        eval_envs = {names[0]: eval_env, **{name: make_eval_env(scenario, settings)
+                                           for name, scenario in zip(names[1:], scenarios[1:])}}
+        LOG.info("the best model is picked on %s, each on validation seeds %d..%d", ", ".join(eval_envs),
+                 settings.validation_seeds[0], settings.validation_seeds[-1])
+    else:
+        eval_envs = {"": eval_env}
     monitor, part = out / "monitor.csv", 1
     while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
         monitor, part = out / f"resume{part}.monitor.csv", part + 1
@@ -463,7 +478,7 @@ def train(
             imitate(model, settings)
         best_model_path = out / "best_model.zip"
         evaluation = HeldOutEvalCallback(
-            eval_env,
+            eval_envs if len(eval_envs) > 1 else eval_env,
             settings.validation_seeds,
             settings.eval_freq,
             best_model_path,
@@ -492,7 +507,8 @@ def train(
         model.save(model_path)
     finally:
         venv.close()
-        eval_env.close()
+        for env in eval_envs.values():
+            env.close()
     if not best_model_path.is_file():
         best_model_path = model_path
     learn_seconds = time.perf_counter() - started
