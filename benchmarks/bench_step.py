@@ -117,7 +117,8 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     def bare_round(params, public, round_index):
         batches = draw_randomness(config, scenario, round_index).batches  # SGD samples its minibatches
         samples = scenario.shards.gather(1, batches.flatten(1)).view(batches.shape)
-        params, _ = local_sgd(spec, params, scenario.train_x, samples, scenario.train_y[samples],
+        labels = scenario.train_y.index_select(0, samples.view(-1)).view(samples.shape)  # as the env does
+        params, _ = local_sgd(spec, params, scenario.train_x, samples, labels,
                               config.learning.learning_rate)
         public = gossip.broadcast(params, public, full, everyone)
         params = params + gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,
