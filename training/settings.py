@@ -180,7 +180,7 @@ class TrainSettings(_Frozen):
         "config",
         description="scenarios the best model is picked on: config = --config alone; training_mix = "
         "--config and every also_train_on scenario, each on the validation seeds, scored by the mean "
-        "return over all their episodes",
+        "return over all their episodes (--config alone when nothing is mixed in)",
     )
     torch_threads: int = Field(
         1,
