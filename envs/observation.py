@@ -18,7 +18,7 @@ from envs.config import EnvConfig
 from envs.dynamics.buffers import difference
 from envs.dynamics.energy import N_ACTIONS
 from envs.scenario import Scenario
-from envs.state import SimState, at_round, per_env, time_index
+from envs.state import SimState, at_round, consensus_distance, per_env, time_index
 
 # Staleness is observed in units of this many rounds (4 hours of 15-minute rounds), capped at 1: fine
 # enough to tell 1 from 2 rounds of silence, which a scale of max_rounds (192) all but hides.
@@ -191,9 +191,9 @@ def observe(
     if scenario.all_honest:
         consensus = state.consensus_distance
     else:
-        grouped = per_env(state.params, scenario)
-        squared = torch.linalg.vector_norm(difference(grouped, grouped.mean(1, keepdim=True)), dim=2).square()
-        consensus = squared.mean(1)
+        every_node = torch.full(scenario.honest_share.shape, 1.0 / scenario.nodes_per_env,
+                                device=state.params.device)
+        consensus = consensus_distance(state.params, scenario, every_node)
     shares = per_env(torch.stack([state.node_accuracy, state.dropped.float(), (state.last_action >= 1).float()],
                                  dim=1), scenario).mean(1)  # (B, 3)
     per_environment = torch.cat([shares, consensus.unsqueeze(1)], dim=1).double().cpu().numpy()

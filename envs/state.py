@@ -54,12 +54,14 @@ def honest_mean(values: torch.Tensor, scenario: Scenario) -> torch.Tensor:
     return (per_env(values, scenario) * scenario.honest_share.to(values.dtype)).sum(1)
 
 
-def consensus_distance(params: torch.Tensor, scenario: Scenario) -> torch.Tensor:
-    """(B,) mean squared distance of the honest nodes' models to their mean."""
+def consensus_distance(params: torch.Tensor, scenario: Scenario, share: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) mean squared distance of the models to their mean, both weighted by ``share`` (B, N), each
+    row summing to 1: by default the honest nodes' (``Scenario.honest_share``)."""
+    share = scenario.honest_share if share is None else share
     grouped = per_env(params, scenario)
-    centre = torch.bmm(scenario.honest_share.unsqueeze(1), grouped)  # (B, 1, P) mean honest model
+    centre = torch.bmm(share.unsqueeze(1), grouped)  # (B, 1, P) the weighted mean model
     squared = torch.linalg.vector_norm(difference(grouped, centre), dim=2).square()
-    return honest_mean(squared.view(-1), scenario)
+    return (squared * share.to(squared.dtype)).sum(1)
 
 
 def at_round(trace: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -478,7 +478,7 @@ def train(
             imitate(model, settings)
         best_model_path = out / "best_model.zip"
         evaluation = HeldOutEvalCallback(
-            eval_envs if len(eval_envs) > 1 else eval_env,
+            eval_envs,
             settings.validation_seeds,
             settings.eval_freq,
             best_model_path,
