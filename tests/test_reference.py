@@ -191,6 +191,31 @@ def test_manual_gradients_match_autograd(kind):
         torch.testing.assert_close(grad[i], p.grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["softmax", "mlp"])
+@pytest.mark.parametrize("n_nodes", [50, 600], ids=["one block", "several blocks"])
+def test_accuracy_is_argmax_accuracy_with_ties_and_non_finite_models(kind, n_nodes):
+    from envs.dynamics.learning import accuracy_per_node
+
+    spec = ModelSpec(kind, hidden=16)
+    gen = torch.Generator().manual_seed(2)
+    params = torch.randn(n_nodes, spec.n_params, generator=gen) * 0.3
+    params[:5] = 0.0  # every class ties: argmax says class 0
+    params[5:25] = (params[5:25] * 2).round()  # integer weights: ties between some classes
+    params[25, 3] = float("nan")
+    params[26] = float("inf")
+    params[27, ::7] = -float("inf")
+    x = torch.rand(90, N_INPUTS, generator=gen).round()  # binary pixels make integer logits tie often
+    x[:, -1] = 1.0
+    y = torch.randint(0, N_CLASSES, (90,), generator=gen)
+    logits = [spec.logits(p.unsqueeze(0), x.unsqueeze(0))[0] for p in params]
+    # torch.argmax takes NaN for the largest value; the env counts a point with a NaN logit as wrong
+    expected = torch.stack([((z.argmax(1) == y) & ~z.isnan().any(1)).float().mean() for z in logits])
+    with torch.inference_mode():
+        accuracy = accuracy_per_node(spec, params, x, y)
+    torch.testing.assert_close(accuracy, expected, rtol=0, atol=0)
+    assert (accuracy[:5] == (y == 0).float().mean()).all()
+
+
 @pytest.mark.parametrize("model", ["softmax", "mlp"])
 def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
     """On the CPU the matrix products run through NumPy; other devices (CUDA) run torch's. Run the same

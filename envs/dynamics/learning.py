@@ -162,18 +162,24 @@ def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y:
     """(n,) share of the test points (x (M, 65), y (M,), shared by all nodes) each node's model gets right.
 
     A point counts when argmax over the classes is its label, ties going to the lowest class as in
-    ``torch.argmax`` (at the all-zero start every model predicts class 0): the true logit beats every
-    lower class strictly and no higher class exceeds it. Written as two masked maxima over the classes
-    because that is several times faster than argmax here (see ``shared_input_logits``)."""
+    ``torch.argmax`` (at the all-zero start every model predicts class 0). Written with masked maxima over
+    the classes because that is several times faster than argmax here (see ``shared_input_logits``): the
+    true logit must beat the best other class; only where the two are equal (exact ties: the all-zero
+    start, rounded models) does a second maximum over the lower classes decide, so a round with no tie
+    passes over the logits once instead of twice."""
     classes = torch.arange(N_CLASSES, device=y.device).unsqueeze(1)
-    lower = torch.where(classes < y, 0.0, -torch.inf)  # (10, M)
-    higher = torch.where(classes > y, 0.0, -torch.inf)
+    others = torch.where(classes == y, -torch.inf, 0.0)  # (10, M)
     label = y.view(1, 1, -1)
     block = max(1, EVAL_BLOCK_ELEMENTS // (len(y) * N_CLASSES))
     shares = []
     for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~200 nodes
         logits = spec.shared_input_logits(params[start : start + block], x)  # (n, 10, M)
         true_logit = logits.gather(1, label.expand(logits.shape[0], 1, -1)).squeeze(1)  # (n, M)
-        correct = (true_logit > (logits + lower).amax(1)) & (true_logit >= (logits + higher).amax(1))
+        best_other = (logits + others).amax(1)
+        correct = true_logit > best_other
+        tied = true_logit == best_other
+        if bool(tied.any()):  # a tie with a lower class goes to that class
+            lower = torch.where(classes < y, 0.0, -torch.inf)
+            correct |= tied & (true_logit > (logits + lower).amax(1))
         shares.append(correct.float().mean(1))
     return shares[0] if len(shares) == 1 else torch.cat(shares)
