@@ -175,11 +175,11 @@ def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y:
     for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~200 nodes
         logits = spec.shared_input_logits(params[start : start + block], x)  # (n, 10, M)
         true_logit = logits.gather(1, label.expand(logits.shape[0], 1, -1)).squeeze(1)  # (n, M)
-        best_other = (logits + others).amax(1)
+        best_other = logits.add_(others).amax(1)  # in place: the block is this call's own
         correct = true_logit > best_other
         tied = true_logit == best_other
         if bool(tied.any()):  # a tie with a lower class goes to that class
-            lower = torch.where(classes < y, 0.0, -torch.inf)
-            correct |= tied & (true_logit > (logits + lower).amax(1))
+            lower = torch.where(classes < y, 0.0, -torch.inf)  # the label's entry is -inf by now anyway
+            correct |= tied & (true_logit > logits.add_(lower).amax(1))
         shares.append(correct.float().mean(1))
     return shares[0] if len(shares) == 1 else torch.cat(shares)
