@@ -165,3 +165,38 @@ def test_robust_aggregators_ignore_an_excluded_neighbour():
         dirty = gossip.aggregate_pull(own, poisoned, mixing, table, valid, slot_weight, aggregator, usable)
         others = torch.tensor([0, 1, 3, 4])
         assert torch.allclose(clean[others], dirty[others]), aggregator
+
+
+@pytest.mark.parametrize(("n_nodes", "n_envs"), [(32, 3), (100, 2)], ids=["dense blocks", "sparse CSR"])
+@pytest.mark.parametrize("aggregator", ["mean", "clipped_gossip"])
+def test_weighted_pull_matches_the_gathered_neighbour_models(n_nodes, n_envs, aggregator):
+    """Trust-weighted mean and ClippedGossip take Σ_d c_id (x̂_j - x_i) as a product with a matrix laid
+    out like W; this is the same pull written out over an (N, D, P) block of the neighbours' models."""
+    from envs.fleet_batch import FleetBatch
+    from envs.scenario import make_scenario
+
+    config = load_config("configs/attack_heavy.yaml").model_copy(update={"n_nodes": n_nodes})
+    fleet = FleetBatch(config)
+    fleet.reset([make_scenario(config, np.random.default_rng(seed)) for seed in range(n_envs)])
+    scenario = fleet.scenario
+    generator = torch.Generator().manual_seed(3)
+    own = torch.randn(scenario.n_nodes, fleet.state.params.shape[1], generator=generator)
+    public = own + 0.3 * torch.randn(own.shape, generator=generator)
+    public[3] = float("nan")  # a non-finite message must not leak into anyone's pull
+    usable = torch.rand(scenario.n_nodes, generator=generator) < 0.7
+    usable[3] = False
+    trust = torch.rand(scenario.neighbours.shape, generator=generator)
+    pull = gossip.aggregate_pull(own, public, scenario.neighbour_mixing, scenario.neighbours,
+                                 scenario.neighbour_valid, scenario.neighbour_weight, aggregator, usable,
+                                 clip_quantile=0.3, slot_trust=trust)
+
+    valid = scenario.neighbour_valid & usable[scenario.neighbours]
+    diff = torch.where(usable.unsqueeze(1), public, 0.0)[scenario.neighbours] - own.unsqueeze(1)
+    weight = scenario.neighbour_weight * trust
+    if aggregator == "clipped_gossip":
+        dist = diff.norm(dim=2)
+        tau = torch.nanquantile(torch.where(valid, dist, torch.nan), 0.3, dim=1, keepdim=True)
+        weight = weight * (tau / dist).clamp(max=1.0).nan_to_num(0.0)
+    expected = ((weight * valid).unsqueeze(2) * diff).sum(1)
+    assert torch.isfinite(pull).all()
+    torch.testing.assert_close(pull, expected, atol=2e-6, rtol=1e-5)

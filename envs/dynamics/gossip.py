@@ -192,21 +192,25 @@ def aggregate_pull(
         weight_used = mix(neighbour_mixing, usable.to(public.dtype).unsqueeze(1))  # (N, 1)
         mixed = mix_usable(neighbour_mixing, public, usable)  # a fresh block: the pull can take its memory
         return torch.addcmul(mixed, weight_used, own, value=-1.0, out=None if mixed.requires_grad else mixed)
-    safe = usable_copies(public, usable)
     valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
+    weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
+    if aggregator in ("mean", "clipped_gossip"):
+        # Σ_d c_id (x̂_j - x_i) as (C x̂)_i - (Σ_d c_id) x_i, with C laid out like W: no (N, D, P) block of
+        # gathered neighbour models (at 4 environments x 32 nodes, 2 ms a call against 0.5)
+        safe = finite_rows(public)  # the unusable slots' coefficients are 0, a non-finite row would still be NaN
+        if aggregator == "mean":
+            coefficients = weight * valid
+        else:
+            n = neighbour_mixing.shape[-1] if neighbour_mixing.layout != torch.sparse_csr else len(own)
+            dist = neighbour_distances(own, safe, neighbours, neighbour_valid, n)
+            tau = torch.nanquantile(torch.where(valid, dist, torch.nan), clip_quantile, dim=1, keepdim=True)
+            scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0), 0.0)
+            coefficients = weight * scale
+        return slot_product(coefficients, safe, neighbours, neighbour_valid, neighbour_mixing) - (
+            coefficients.sum(1, keepdim=True) * own)
+    safe = usable_copies(public, usable)
     stack = safe[neighbours]  # (N, D, P)
     own_row = own.unsqueeze(1)
-    weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
-    if aggregator == "mean":
-        return ((weight * valid).unsqueeze(2) * (stack - own_row)).sum(1)
-    if aggregator == "clipped_gossip":
-        diff = stack - own_row
-        dist = diff.norm(dim=2)
-        tau = torch.nanquantile(torch.where(valid, dist, torch.full_like(dist, float("nan"))), clip_quantile,
-                                dim=1, keepdim=True)
-        scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0),
-                            torch.zeros_like(dist))
-        return ((weight * scale).unsqueeze(2) * diff).sum(1)
     values = torch.cat([own_row, stack], dim=1)  # the node's own model always takes part
     valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
     if aggregator == "median":
@@ -219,6 +223,24 @@ def aggregate_pull(
         keep = (rank >= cut.unsqueeze(2)) & (rank < (count - cut).unsqueeze(2))
         centre = torch.where(keep, ordered, torch.zeros_like(ordered)).sum(1) / keep.sum(1).clamp_min(1)
     return centre - own
+
+
+def slot_product(coefficients: torch.Tensor, values: torch.Tensor, neighbours: torch.Tensor,
+                 neighbour_valid: torch.Tensor, neighbour_mixing: torch.Tensor) -> torch.Tensor:
+    """(N, P) Σ_d coefficients[i, d] · values[neighbours[i, d]] over the valid slots, as a product with a
+    matrix laid out like W (``neighbour_mixing``): dense per-environment blocks, a dense matrix, or
+    sparse CSR at the slots' ``neighbour_pattern``."""
+    if neighbour_mixing.layout == torch.sparse_csr:
+        pattern = neighbour_pattern(neighbours, neighbour_valid)
+        weighted = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(),
+                                           coefficients[neighbour_valid], pattern.shape, check_invariants=False)
+        return weighted @ values
+    n = neighbour_mixing.shape[-1]
+    rows = torch.zeros(len(neighbours), n, dtype=values.dtype, device=values.device)
+    rows.scatter_add_(1, neighbours % n, coefficients * neighbour_valid)  # padding slots add 0
+    if neighbour_mixing.dim() == 3:
+        return matmul(rows.view(-1, n, n), values.view(-1, n, values.shape[1])).view(values.shape)
+    return matmul(rows, values)
 
 
 def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.Tensor,
