@@ -176,7 +176,7 @@ def transition(
                                      scenario.neighbour_valid,
                                      scenario.neighbour_weight, defence.aggregator, senders,
                                      defence.trim_fraction, defence.clip_quantile,
-                                     state.trust if defence.trust_weighting else None)
+                                     state.trust if defence.trust_weighting else None, scenario.neighbour_pattern)
 
     step = mixes.unsqueeze(1).to(params.dtype)
     if config.learning.gossip_step != 1.0:

@@ -188,7 +188,7 @@ def test_weighted_pull_matches_the_gathered_neighbour_models(n_nodes, n_envs, ag
     trust = torch.rand(scenario.neighbours.shape, generator=generator)
     pull = gossip.aggregate_pull(own, public, scenario.neighbour_mixing, scenario.neighbours,
                                  scenario.neighbour_valid, scenario.neighbour_weight, aggregator, usable,
-                                 clip_quantile=0.3, slot_trust=trust)
+                                 clip_quantile=0.3, slot_trust=trust, pattern=scenario.neighbour_pattern)
 
     valid = scenario.neighbour_valid & usable[scenario.neighbours]
     diff = torch.where(usable.unsqueeze(1), public, 0.0)[scenario.neighbours] - own.unsqueeze(1)

@@ -174,9 +174,11 @@ def aggregate_pull(
     trim_fraction: float = 0.25,
     clip_quantile: float = 0.5,
     slot_trust: torch.Tensor | None = None,
+    pattern: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, P) direction each node moves its own model ``own`` (x_i), from its neighbours' usable public
-    copies; ``neighbour_mixing`` is W without its diagonal.
+    copies; ``neighbour_mixing`` is W without its diagonal; ``pattern``: the slots' ``neighbour_pattern``
+    where W is sparse (built here if not given).
 
     mean            Σ_j w_ij (x̂_j - x_i) over usable senders (unusable ones' weight stays at home)
     median          coordinate-wise median of {x_i} ∪ {x̂_j} minus x_i (Yin et al., ICML 2018)
@@ -202,11 +204,11 @@ def aggregate_pull(
             coefficients = weight * valid
         else:
             n = neighbour_mixing.shape[-1] if neighbour_mixing.layout != torch.sparse_csr else len(own)
-            dist = neighbour_distances(own, safe, neighbours, neighbour_valid, n)
+            dist = neighbour_distances(own, safe, neighbours, neighbour_valid, n, pattern)
             tau = torch.nanquantile(torch.where(valid, dist, torch.nan), clip_quantile, dim=1, keepdim=True)
             scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0), 0.0)
             coefficients = weight * scale
-        return slot_product(coefficients, safe, neighbours, neighbour_valid, neighbour_mixing) - (
+        return slot_product(coefficients, safe, neighbours, neighbour_valid, neighbour_mixing, pattern) - (
             coefficients.sum(1, keepdim=True) * own)
     safe = usable_copies(public, usable)
     stack = safe[neighbours]  # (N, D, P)
@@ -226,12 +228,14 @@ def aggregate_pull(
 
 
 def slot_product(coefficients: torch.Tensor, values: torch.Tensor, neighbours: torch.Tensor,
-                 neighbour_valid: torch.Tensor, neighbour_mixing: torch.Tensor) -> torch.Tensor:
+                 neighbour_valid: torch.Tensor, neighbour_mixing: torch.Tensor,
+                 pattern: torch.Tensor | None = None) -> torch.Tensor:
     """(N, P) Σ_d coefficients[i, d] · values[neighbours[i, d]] over the valid slots, as a product with a
     matrix laid out like W (``neighbour_mixing``): dense per-environment blocks, a dense matrix, or
     sparse CSR at the slots' ``neighbour_pattern``."""
     if neighbour_mixing.layout == torch.sparse_csr:
-        pattern = neighbour_pattern(neighbours, neighbour_valid)
+        if pattern is None:
+            pattern = neighbour_pattern(neighbours, neighbour_valid)
         weighted = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(),
                                            coefficients[neighbour_valid], pattern.shape, check_invariants=False)
         return weighted @ values
