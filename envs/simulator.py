@@ -170,13 +170,19 @@ def transition(
     # only this round's links carry anything: a receiver mixes with the neighbours that broadcast now
     # (DESIGN §3), never with copies that went stale in its mailbox; non-finite messages are dropped
     usable = gossip.usable_senders(public, sent)
+    # ‖x̂_j − x_i‖ on every neighbour slot, once: the trust scores and ClippedGossip's clip (in both the
+    # pull and the attacker-free pull) measure the same distances
+    distances = gossip.neighbour_distances(params, gossip.finite_rows(public), scenario.neighbours,
+                                           scenario.neighbour_valid, scenario.nodes_per_env,
+                                           scenario.neighbour_pattern)
 
     def pull_from(senders: torch.Tensor) -> torch.Tensor:
         return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,
                                      scenario.neighbour_valid,
                                      scenario.neighbour_weight, defence.aggregator, senders,
                                      defence.trim_fraction, defence.clip_quantile,
-                                     state.trust if defence.trust_weighting else None, scenario.neighbour_pattern)
+                                     state.trust if defence.trust_weighting else None, scenario.neighbour_pattern,
+                                     distances)
 
     step = mixes.unsqueeze(1).to(params.dtype)
     if config.learning.gossip_step != 1.0:
@@ -190,7 +196,7 @@ def transition(
         shift = honest_mean((step * (pull - clean_pull)).norm(dim=1), scenario)
         influence = torch.where(started, shift / scale, influence)
     scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
-                                     scenario.nodes_per_env, scenario.neighbour_pattern)
+                                     scenario.nodes_per_env, scenario.neighbour_pattern, distances)
     # the pull is a fresh block of its own, not needed after this: the new models can take its memory
     params = torch.addcmul(params, step, pull, out=None if pull.requires_grad else pull)
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)

@@ -175,10 +175,12 @@ def aggregate_pull(
     clip_quantile: float = 0.5,
     slot_trust: torch.Tensor | None = None,
     pattern: torch.Tensor | None = None,
+    distances: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, P) direction each node moves its own model ``own`` (x_i), from its neighbours' usable public
     copies; ``neighbour_mixing`` is W without its diagonal; ``pattern``: the slots' ``neighbour_pattern``
-    where W is sparse (built here if not given).
+    where W is sparse (built here if not given); ``distances``: ``neighbour_distances`` of ``own`` and
+    ``public`` if the caller has them (clipped_gossip; computed here if not given).
 
     mean            Σ_j w_ij (x̂_j - x_i) over usable senders (unusable ones' weight stays at home)
     median          coordinate-wise median of {x_i} ∪ {x̂_j} minus x_i (Yin et al., ICML 2018)
@@ -203,8 +205,10 @@ def aggregate_pull(
         if aggregator == "mean":
             coefficients = weight * valid
         else:
-            n = neighbour_mixing.shape[-1] if neighbour_mixing.layout != torch.sparse_csr else len(own)
-            dist = neighbour_distances(own, safe, neighbours, neighbour_valid, n, pattern)
+            dist = distances
+            if dist is None:
+                n = neighbour_mixing.shape[-1] if neighbour_mixing.layout != torch.sparse_csr else len(own)
+                dist = neighbour_distances(own, safe, neighbours, neighbour_valid, n, pattern)
             tau = torch.nanquantile(torch.where(valid, dist, torch.nan), clip_quantile, dim=1, keepdim=True)
             scale = torch.where(valid, (tau / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(0.0), 0.0)
             coefficients = weight * scale
@@ -249,13 +253,16 @@ def slot_product(coefficients: torch.Tensor, values: torch.Tensor, neighbours: t
 
 def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.Tensor,
                      neighbour_valid: torch.Tensor, usable: torch.Tensor, nodes_per_env: int,
-                     pattern: torch.Tensor | None = None) -> torch.Tensor:
+                     pattern: torch.Tensor | None = None, distances: torch.Tensor | None = None) -> torch.Tensor:
     """(N, D) how much each receiver believes each neighbour's latest model: 1 for a model no farther
     than the median neighbour, falling as (median / distance)² beyond it, 0 for a non-finite model.
-    ``pattern``: ``neighbour_pattern`` of the slots (built here if not given; large fleets only)."""
+    ``pattern``: ``neighbour_pattern`` of the slots (built here if not given; large fleets only);
+    ``distances``: ``neighbour_distances`` of ``own`` and ``public`` if the caller has them."""
     # an unusable copy only enters the distances of its own slots, which are masked below; zeroing the
     # silent ones first would copy every model, so only a non-finite one is
-    dist = neighbour_distances(own, finite_rows(public), neighbours, neighbour_valid, nodes_per_env, pattern)
+    dist = distances
+    if dist is None:
+        dist = neighbour_distances(own, finite_rows(public), neighbours, neighbour_valid, nodes_per_env, pattern)
     usable_slot = neighbour_valid & slots(usable, neighbours)
     median = lower_median(dist, usable_slot)
     score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
