@@ -7,6 +7,7 @@ import pytest
 from conftest import CONFIG_DIR, TINY, make_env
 
 from agents.base import (
+    GLOBAL_INDEX,
     IDLE,
     SEND_FULL,
     SEND_Q8,
@@ -214,6 +215,28 @@ def test_carbon_periodic_broadcasts_from_dirty_grids_every_period_rounds():
         assert (sent[:, node] == expected_dirty).all(), (node, sent[:, node])
     for node in np.flatnonzero(~dirty & affordable):
         assert sent[:, node].all(), (node, sent[:, node])
+
+
+def test_carbon_periodic_sprints_near_the_target_and_only_when_asked():
+    """With ``sprint_gap``, dirty nodes that would wait out their period broadcast once the fleet's accuracy
+    is within the gap of the target; farther away, or without the option, they keep waiting."""
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    obs = _set(_set(_set(obs, "carbon_now", np.full(n, 0.6)), "trust", np.ones(n)), "staleness", np.zeros(n))
+    obs["global"] = obs["global"].copy()
+    obs["global"][GLOBAL_INDEX["progress"]] = 0.1  # past the first round, a broadcast one round ago
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    plain = HEURISTICS["carbon_periodic"](seed=0, period=6)
+    sprinting = HEURISTICS["carbon_periodic"](seed=0, period=6, sprint_gap=0.02)
+    for gap, sprints in ((0.5, False), (0.021, False), (0.02, True), (0.005, True), (-0.01, True)):
+        obs["global"][GLOBAL_INDEX["target_gap"]] = gap
+        assert (plain.act(obs, mask) == TRAIN).all(), gap
+        assert (sprinting.act(obs, mask) == (SEND_Q8 if sprints else TRAIN)).all(), gap
+    distrusted = _set(obs, "trust", np.full(n, 0.1))
+    assert (sprinting.act(distrusted, mask) == IDLE).all()  # the sprint does not wake distrusted nodes
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(ValueError, match=r"sprint_gap must be None \(no sprint\) or an accuracy gap in \[0, 1\)"):
+            HEURISTICS["carbon_periodic"](seed=0, sprint_gap=bad)
 
 
 def test_event_triggered_sends_first_then_only_on_a_trigger():
