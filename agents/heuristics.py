@@ -306,6 +306,9 @@ class CarbonPeriodic(HeuristicScheduler):
       full model's four times the bytes from Oslo becomes a large share of what is left (17.6 against
       22.7 g on the test seeds with full broadcasts from grids under 0.05 kgCO2e/kWh).
     * Distrusted nodes sleep, as in ``energy_carbon_trust``.
+    * ``dirtier_period`` (off by default: the same as ``period``) is the period of nodes on grids above
+      ``dirtier_intensity`` (0.5 kgCO2e/kWh: Warsaw and Delhi in the default scenario), whose bytes cost
+      the most.
     * ``sprint_gap`` (off by default): once the fleet's mean accuracy is within that gap of the target
       (the ``target_gap`` feature), every trusted node broadcasts every round. Long periods save the
       most bytes while the models are far from the optimum; near the target, a fleet that waits out its
@@ -328,24 +331,29 @@ class CarbonPeriodic(HeuristicScheduler):
     memoryless = True
 
     def __init__(self, seed: int = 0, period: int = 4, dirty_intensity: float = 0.3, trust_threshold: float = 0.5,
-                 sprint_gap: float | None = None):
+                 sprint_gap: float | None = None, dirtier_period: int | None = None, dirtier_intensity: float = 0.5):
         super().__init__(seed)
-        if not 1 <= period <= STALENESS_HORIZON + 1:
-            raise ValueError(f"period must be between 1 and {STALENESS_HORIZON + 1} rounds, got {period}")
+        for name, value in (("period", period), ("dirtier_period", period if dirtier_period is None else dirtier_period)):
+            if not (isinstance(value, int) and 1 <= value <= STALENESS_HORIZON + 1):
+                raise ValueError(f"{name} must be a whole number of rounds between 1 and {STALENESS_HORIZON + 1}, "
+                                 f"got {value!r}")
         if sprint_gap is not None and not (isinstance(sprint_gap, (int, float)) and 0 <= sprint_gap < 1):
             raise ValueError(f"sprint_gap must be None (no sprint) or an accuracy gap in [0, 1), got {sprint_gap!r}")
         self.period = period
         self.dirty_intensity = dirty_intensity
         self.trust_threshold = trust_threshold
         self.sprint_gap = sprint_gap
+        self.dirtier_period = period if dirtier_period is None else dirtier_period
+        self.dirtier_intensity = dirtier_intensity
 
     def act(self, observation, mask):
         silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
-        dirty = node_feature(observation, "carbon_now") > self.dirty_intensity
+        intensity = node_feature(observation, "carbon_now")
+        period = np.where(intensity > self.dirtier_intensity, self.dirtier_period, self.period)
         started = global_feature(observation, "progress") > 0
         if self.sprint_gap is not None:
             started &= global_feature(observation, "target_gap") > self.sprint_gap
-        waits = started & dirty & (silent_rounds < self.period - 1)
+        waits = started & (intensity > self.dirty_intensity) & (silent_rounds < period - 1)
         action = np.where(waits, first_affordable(mask, TRAIN), first_affordable(mask, SEND_Q8))
         return np.where(node_feature(observation, "trust") >= self.trust_threshold, action, IDLE)
 

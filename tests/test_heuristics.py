@@ -19,7 +19,7 @@ from agents.base import (
 from agents.heuristics import HEURISTICS
 from agents.learned import make_scheduler
 from envs.dynamics.energy import N_ACTIONS
-from envs.observation import NODE_INDEX
+from envs.observation import NODE_INDEX, STALENESS_HORIZON
 
 # Top-level configs only (the issue: glob, skip sub-folders), so new scenarios are covered automatically.
 TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -237,6 +237,26 @@ def test_carbon_periodic_sprints_near_the_target_and_only_when_asked():
     for bad in (1.0, -0.1, "0.1"):
         with pytest.raises(ValueError, match=r"sprint_gap must be None \(no sprint\) or an accuracy gap in \[0, 1\)"):
             HEURISTICS["carbon_periodic"](seed=0, sprint_gap=bad)
+
+
+def test_carbon_periodic_gives_the_dirtiest_grids_their_own_period():
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    carbon = np.where(np.arange(n) % 2 == 0, 0.6, 0.4)  # even nodes above dirtier_intensity (0.5)
+    obs = _set(_set(obs, "carbon_now", carbon), "trust", np.ones(n))
+    obs["global"] = obs["global"].copy()
+    obs["global"][GLOBAL_INDEX["progress"]] = 0.1
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    rule = HEURISTICS["carbon_periodic"](seed=0, period=6, dirtier_period=10)
+    for silent, dirty_sends, dirtier_sends in ((4, False, False), (5, True, False), (8, True, False), (9, True, True)):
+        action = rule.act(_set(obs, "staleness", np.full(n, silent / STALENESS_HORIZON)), mask)
+        assert (action[1::2] == (SEND_Q8 if dirty_sends else TRAIN)).all(), silent
+        assert (action[0::2] == (SEND_Q8 if dirtier_sends else TRAIN)).all(), silent
+    same = HEURISTICS["carbon_periodic"](seed=0, period=6)  # without it, one period for every dirty grid
+    assert (same.act(_set(obs, "staleness", np.full(n, 5 / STALENESS_HORIZON)), mask) == SEND_Q8).all()
+    for bad in (0, 18, 2.5):
+        with pytest.raises(ValueError, match="dirtier_period must be a whole number of rounds between 1 and 17"):
+            HEURISTICS["carbon_periodic"](seed=0, dirtier_period=bad)
 
 
 def test_event_triggered_sends_first_then_only_on_a_trigger():

@@ -204,7 +204,7 @@ def test_residual_prior_is_saved_with_the_model_and_checked(tmp_path, envs_8_and
 
     for bad, message in (("random_k", "rules that act on the current observation alone"),
                          ("carbon_periodik", "no such heuristic"),
-                         ("carbon_periodic:period=99", "period must be between"),
+                         ("carbon_periodic:period=99", "period must be a whole number of rounds between 1 and"),
                          ("carbon_periodic:periodd=6", "unexpected keyword argument 'periodd'"),
                          ("carbon_periodic:period", "must look like key=value")):
         with pytest.raises(ValueError, match=message):
