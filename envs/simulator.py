@@ -169,20 +169,23 @@ def transition(
     defence = config.defence
     # only this round's links carry anything: a receiver mixes with the neighbours that broadcast now
     # (DESIGN §3), never with copies that went stale in its mailbox; non-finite messages are dropped
-    usable = gossip.usable_senders(public, sent)
+    # one pass finds the non-finite copies: they are never usable, and zeroing them (a copy only when there
+    # is one) spares the distances and the pulls their own passes
+    finite, public_safe = gossip.split_finite(public)
+    usable = finite & sent
     # ‖x̂_j − x_i‖ on every neighbour slot, once: the trust scores and ClippedGossip's clip (in both the
     # pull and the attacker-free pull) measure the same distances
-    distances = gossip.neighbour_distances(params, gossip.finite_rows(public), scenario.neighbours,
+    distances = gossip.neighbour_distances(params, public_safe, scenario.neighbours,
                                            scenario.neighbour_valid, scenario.nodes_per_env,
                                            scenario.neighbour_pattern)
 
     def pull_from(senders: torch.Tensor) -> torch.Tensor:
-        return gossip.aggregate_pull(params, public, scenario.neighbour_mixing, scenario.neighbours,
+        return gossip.aggregate_pull(params, public_safe, scenario.neighbour_mixing, scenario.neighbours,
                                      scenario.neighbour_valid,
                                      scenario.neighbour_weight, defence.aggregator, senders,
                                      defence.trim_fraction, defence.clip_quantile,
                                      state.trust if defence.trust_weighting else None, scenario.neighbour_pattern,
-                                     distances)
+                                     distances, rows_finite=True)
 
     step = mixes.unsqueeze(1).to(params.dtype)
     if config.learning.gossip_step != 1.0:

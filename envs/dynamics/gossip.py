@@ -86,13 +86,16 @@ def mix(neighbour_mixing: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return neighbour_mixing @ values
 
 
-def mix_usable(neighbour_mixing: torch.Tensor, values: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+def mix_usable(neighbour_mixing: torch.Tensor, values: torch.Tensor, usable: torch.Tensor,
+               rows_finite: bool = False) -> torch.Tensor:
     """Σ_j w_ij values_j over the ``usable`` rows j only. The unusable senders' weights are zeroed in W
     (B·n² entries, or the nonzeros of a CSR matrix) rather than their rows in the (N, P) values, which
-    would copy every model each round. A non-finite row is zeroed itself (0 · inf is NaN), a rare copy."""
+    would copy every model each round. A non-finite row is zeroed itself (0 · inf is NaN), a rare copy;
+    ``rows_finite``: the caller already did (``split_finite``), so the pass that looks for one is skipped."""
     if bool(usable.all()):
         return mix(neighbour_mixing, values)
-    values = finite_rows(values)
+    if not rows_finite:
+        values = finite_rows(values)
     weight = usable.to(values.dtype)
     if neighbour_mixing.dim() == 3:  # dense per-environment blocks: scale the senders' columns
         return mix(neighbour_mixing * weight.view(neighbour_mixing.shape[0], 1, -1), values)
@@ -151,10 +154,16 @@ def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> 
     return finite if usable is None else finite & usable
 
 
+def split_finite(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) bool: the finite rows of ``values``, and ``values`` with the other rows zeroed (no copy when
+    every row is finite, the usual case); one reduction over the block, as in ``usable_senders``."""
+    finite = torch.isfinite(values.sum(1))
+    return finite, (values if bool(finite.all()) else torch.where(finite.unsqueeze(1), values, 0.0))
+
+
 def finite_rows(values: torch.Tensor) -> torch.Tensor:
     """``values`` with its non-finite rows zeroed (no copy when every row is finite, the usual case)."""
-    finite = torch.isfinite(values.sum(1))
-    return values if bool(finite.all()) else torch.where(finite.unsqueeze(1), values, 0.0)
+    return split_finite(values)[1]
 
 
 def usable_copies(public: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -176,11 +185,14 @@ def aggregate_pull(
     slot_trust: torch.Tensor | None = None,
     pattern: torch.Tensor | None = None,
     distances: torch.Tensor | None = None,
+    rows_finite: bool = False,
 ) -> torch.Tensor:
     """(N, P) direction each node moves its own model ``own`` (x_i), from its neighbours' usable public
     copies; ``neighbour_mixing`` is W without its diagonal; ``pattern``: the slots' ``neighbour_pattern``
     where W is sparse (built here if not given); ``distances``: ``neighbour_distances`` of ``own`` and
-    ``public`` if the caller has them (clipped_gossip; computed here if not given).
+    ``public`` if the caller has them (clipped_gossip; computed here if not given); ``rows_finite``:
+    ``public`` holds no non-finite row (the caller zeroed them with ``split_finite``), so no pass looks
+    for one.
 
     mean            Σ_j w_ij (x̂_j - x_i) over usable senders (unusable ones' weight stays at home)
     median          coordinate-wise median of {x_i} ∪ {x̂_j} minus x_i (Yin et al., ICML 2018)
@@ -194,14 +206,15 @@ def aggregate_pull(
     """
     if aggregator == "mean" and slot_trust is None:
         weight_used = mix(neighbour_mixing, usable.to(public.dtype).unsqueeze(1))  # (N, 1)
-        mixed = mix_usable(neighbour_mixing, public, usable)  # a fresh block: the pull can take its memory
+        mixed = mix_usable(neighbour_mixing, public, usable, rows_finite)  # a fresh block: the pull can take its memory
         return torch.addcmul(mixed, weight_used, own, value=-1.0, out=None if mixed.requires_grad else mixed)
     valid = neighbour_valid & slots(usable, neighbours)  # (N, D)
     weight = neighbour_weight if slot_trust is None else neighbour_weight * slot_trust
     if aggregator in ("mean", "clipped_gossip"):
         # Σ_d c_id (x̂_j - x_i) as (C x̂)_i - (Σ_d c_id) x_i, with C laid out like W: no (N, D, P) block of
         # gathered neighbour models (at 4 environments x 32 nodes, 2 ms a call against 0.5)
-        safe = finite_rows(public)  # the unusable slots' coefficients are 0, a non-finite row would still be NaN
+        # the unusable slots' coefficients are 0, but 0 times a non-finite row is still NaN
+        safe = public if rows_finite else finite_rows(public)
         if aggregator == "mean":
             coefficients = weight * valid
         else:
