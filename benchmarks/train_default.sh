@@ -51,7 +51,11 @@ out = Path(os.environ["OUT"])
 heuristics = ["all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold", "event_triggered",
               "energy_carbon_trust", "carbon_periodic"]
 attack_seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["ATTACK_SEEDS"])))
-run_evaluation([str(out / "best_model.zip"), *heuristics], ["configs/attack_heavy.yaml"], attack_seeds,
+# a residual policy's prior rule, where it is not a heuristic at its defaults, runs beside the model (as in the
+# default-scenario comparison, training/train.py: comparison_schedulers)
+prior = (yaml.safe_load((out / "settings.yaml").read_text()).get("policy") or {}).get("prior")
+rules = [prior] if prior and ":" in prior else []
+run_evaluation([str(out / "best_model.zip"), *heuristics, *rules], ["configs/attack_heavy.yaml"], attack_seeds,
                out / "attack_heavy", workers=2, progress=False)
 print((out / "attack_heavy" / "results.md").read_text())
 
@@ -61,7 +65,7 @@ x4 = out / "default_x4.yaml"
 x4.write_text(yaml.safe_dump(config, sort_keys=False))
 seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["X4_SEEDS"])))
 run_evaluation([str(out / "best_model.zip"), "all_nodes", "random_k", "carbon_aware", "energy_carbon_trust",
-                "carbon_periodic"], [str(x4)],
+                "carbon_periodic", *rules], [str(x4)],
                seeds, out / "x4", workers=2, progress=False)
 print((out / "x4" / "results.md").read_text())
 PY

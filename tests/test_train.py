@@ -200,6 +200,17 @@ def test_settings_files_are_valid_and_hyperparameters_render_as_text():
         assert "maskable_ppo.n_steps" in text and "ppo.n_steps |" not in text.replace("maskable_ppo.", "")
 
 
+def test_the_comparison_adds_a_residual_policy_s_own_prior_rule():
+    from training.train import comparison_schedulers
+
+    model = Path("run/best_model.zip")
+    assert comparison_schedulers(model, load_settings()) == [str(model), "all"]
+    assert comparison_schedulers(model, load_settings(prior="carbon_periodic")) == [str(model), "all"]  # in "all"
+    graded = load_settings(ROOT / "configs" / "train" / "residual_sprint_graded_mix.yaml")
+    assert comparison_schedulers(model, graded) == [
+        str(model), "all", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"]
+
+
 @pytest.mark.slow
 def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
     """The issue's acceptance run: default training settings, 2048 steps on tiny, via the console script."""

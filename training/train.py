@@ -372,10 +372,22 @@ def imitate(model, settings: TrainSettings) -> None:
     model.set_random_seed(settings.seed)
 
 
+def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str]:
+    """The model, every heuristic, and a residual policy's prior rule where it is not a heuristic at its
+    defaults (``carbon_periodic:period=6``): the table then shows what the rule alone does, so that the
+    model's gain over it, not only over the defaults, can be read off."""
+    schedulers = [str(model_path), "all"]
+    prior = settings.policy.prior
+    if prior is not None and ":" in prior:
+        schedulers.append(prior)
+    return schedulers
+
+
 def compare_with_heuristics(
     model_path: Path, config_path: Path, settings: TrainSettings, out: Path
 ) -> tuple[list[dict] | None, str | None, str | None]:
-    """The harness on the held-out test seeds, the model against every heuristic: (rows, table, error)."""
+    """The harness on the held-out test seeds, the model against every heuristic (and its prior rule, see
+    ``comparison_schedulers``): (rows, table, error)."""
     try:
         from training.evaluate import run_evaluation
     except ImportError as exc:
@@ -391,7 +403,7 @@ def compare_with_heuristics(
     )
     try:
         rows = run_evaluation(
-            [str(model_path), "all"],
+            comparison_schedulers(model_path, settings),
             [str(config_path)],
             settings.test_seeds,
             target,
