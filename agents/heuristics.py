@@ -316,8 +316,9 @@ class CarbonPeriodic(HeuristicScheduler):
       extra dirty broadcasts that close the gap, and on slow episodes it drifts apart and misses the
       deadline. On validation seeds 10000..10039 of the default scenario: period 6 alone 23.4 g
       carbon-to-target with 1 miss in 40 (25.6 g on 10020..10039, +10 % against the defaults); period 6
-      with ``sprint_gap=0.01`` 19.9 g, period 10 with 0.02 or 0.03 19.4 g (−17 %), every target reached,
-      against 23.4 g for the defaults. Under attack the fleet's mean accuracy counts the attackers' models
+      with ``sprint_gap=0.01`` 19.9 g, period 10 with 0.02 or 0.03 19.4 g (−17 %), period 6 with
+      ``dirtier_period=10`` and 0.02 18.5 g (−21 %; 14.6 g against 19.2 g on the test seeds), every target
+      reached, against 23.4 g for the defaults. Under attack the fleet's mean accuracy counts the attackers' models
       and stays far from the target, so the sprint does not start (attack_heavy: period 10 with the
       sprint misses 3 targets in 20).
 
