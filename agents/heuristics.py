@@ -334,7 +334,8 @@ class CarbonPeriodic(HeuristicScheduler):
     def __init__(self, seed: int = 0, period: int = 4, dirty_intensity: float = 0.3, trust_threshold: float = 0.5,
                  sprint_gap: float | None = None, dirtier_period: int | None = None, dirtier_intensity: float = 0.5):
         super().__init__(seed)
-        for name, value in (("period", period), ("dirtier_period", period if dirtier_period is None else dirtier_period)):
+        dirtier_period = period if dirtier_period is None else dirtier_period
+        for name, value in (("period", period), ("dirtier_period", dirtier_period)):
             if not (isinstance(value, int) and 1 <= value <= STALENESS_HORIZON + 1):
                 raise ValueError(f"{name} must be a whole number of rounds between 1 and {STALENESS_HORIZON + 1}, "
                                  f"got {value!r}")
@@ -344,7 +345,7 @@ class CarbonPeriodic(HeuristicScheduler):
         self.dirty_intensity = dirty_intensity
         self.trust_threshold = trust_threshold
         self.sprint_gap = sprint_gap
-        self.dirtier_period = period if dirtier_period is None else dirtier_period
+        self.dirtier_period = dirtier_period
         self.dirtier_intensity = dirtier_intensity
 
     def act(self, observation, mask):

@@ -45,16 +45,15 @@ from pathlib import Path
 import yaml
 
 from training.evaluate import run_evaluation
-from training.settings import FIRST_TEST_SEED
+from training.settings import FIRST_TEST_SEED, load_settings
+from training.train import prior_rule_specs
 
 out = Path(os.environ["OUT"])
 heuristics = ["all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold", "event_triggered",
               "energy_carbon_trust", "carbon_periodic"]
 attack_seeds = list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + int(os.environ["ATTACK_SEEDS"])))
-# a residual policy's prior rule, where it is not a heuristic at its defaults, runs beside the model (as in the
-# default-scenario comparison, training/train.py: comparison_schedulers)
-prior = (yaml.safe_load((out / "settings.yaml").read_text()).get("policy") or {}).get("prior")
-rules = [prior] if prior and ":" in prior else []
+# a residual policy's prior rule runs beside the model, as in the default-scenario comparison
+rules = prior_rule_specs(load_settings(out / "settings.yaml"))
 run_evaluation([str(out / "best_model.zip"), *heuristics, *rules], ["configs/attack_heavy.yaml"], attack_seeds,
                out / "attack_heavy", workers=2, progress=False)
 print((out / "attack_heavy" / "results.md").read_text())

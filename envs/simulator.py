@@ -198,7 +198,7 @@ def transition(
         scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
         shift = honest_mean((step * (pull - clean_pull)).norm(dim=1), scenario)
         influence = torch.where(started, shift / scale, influence)
-    scores = gossip.neighbour_scores(params, public, scenario.neighbours, scenario.neighbour_valid, usable,
+    scores = gossip.neighbour_scores(params, public_safe, scenario.neighbours, scenario.neighbour_valid, usable,
                                      scenario.nodes_per_env, scenario.neighbour_pattern, distances)
     # the pull is a fresh block of its own, not needed after this: the new models can take its memory
     params = torch.addcmul(params, step, pull, out=None if pull.requires_grad else pull)

@@ -372,15 +372,17 @@ def imitate(model, settings: TrainSettings) -> None:
     model.set_random_seed(settings.seed)
 
 
-def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str]:
-    """The model, every heuristic, and a residual policy's prior rule where it is not a heuristic at its
-    defaults (``carbon_periodic:period=6``): the table then shows what the rule alone does, so that the
-    model's gain over it, not only over the defaults, can be read off."""
-    schedulers = [str(model_path), "all"]
+def prior_rule_specs(settings: TrainSettings) -> list[str]:
+    """A residual policy's prior rule where it is not a heuristic at its defaults
+    (``carbon_periodic:period=6``), else nothing: a comparison lists it beside the model, so that the
+    model's gain over the rule it starts from, not only over the defaults, can be read off."""
     prior = settings.policy.prior
-    if prior is not None and ":" in prior:
-        schedulers.append(prior)
-    return schedulers
+    return [prior] if prior is not None and ":" in prior else []
+
+
+def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str]:
+    """The model, every heuristic, and its prior rule (``prior_rule_specs``)."""
+    return [str(model_path), "all", *prior_rule_specs(settings)]
 
 
 def compare_with_heuristics(

@@ -146,17 +146,10 @@ def slots(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, neighbours.reshape(-1)).view(*neighbours.shape, *values.shape[1:])
 
 
-def usable_senders(public: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) bool: public copies a receiver may use (finite, and not excluded by ``usable``). A row's sum
-    is finite exactly when every entry is (barring float overflow of a model that is garbage anyway),
-    and one reduction is cheaper than testing all N·P entries."""
-    finite = torch.isfinite(public.sum(1))
-    return finite if usable is None else finite & usable
-
-
 def split_finite(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) bool: the finite rows of ``values``, and ``values`` with the other rows zeroed (no copy when
-    every row is finite, the usual case); one reduction over the block, as in ``usable_senders``."""
+    every row is finite, the usual case). A row's sum is finite exactly when every entry is (barring float
+    overflow of a model that is garbage anyway), and one reduction is cheaper than testing all N·P entries."""
     finite = torch.isfinite(values.sum(1))
     return finite, (values if bool(finite.all()) else torch.where(finite.unsqueeze(1), values, 0.0))
 
