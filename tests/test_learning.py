@@ -103,12 +103,14 @@ def test_target_is_confirmed_on_the_whole_test_split(subsample):
         assert claimed_early == 0  # on the whole split a claim is its own confirmation
 
 
-def test_local_sgd_gives_the_same_models_with_its_reused_buffer():
-    """In inference mode (how the env runs) local SGD gathers minibatches into a buffer kept across calls;
-    the models must not depend on it, nor on what an earlier call of another fleet size left there."""
+def test_local_sgd_gives_the_same_models_with_its_reused_buffer(monkeypatch):
+    """In inference mode (how the env runs) local SGD gathers minibatches into a buffer kept across calls,
+    and walks large fleets in blocks of nodes; the models must depend on neither, nor on what an earlier
+    call of another fleet size left in the buffer."""
     import numpy as np
     import torch
 
+    from envs.dynamics import learning
     from envs.dynamics.learning import ModelSpec, local_sgd
     from envs.scenario import make_scenario
     from envs.simulator import draw_randomness
@@ -116,13 +118,17 @@ def test_local_sgd_gives_the_same_models_with_its_reused_buffer():
 
     from conftest import tiny_variant
 
+    whole = learning.SGD_BLOCK_NODES
     for model in ("softmax", "mlp"):
         config = tiny_variant(learning__model=model)
         scenario = make_scenario(config, np.random.default_rng(0))
         state = initial_state(config, scenario)
         spec = ModelSpec(model, config.learning.hidden)
         results = []
-        for inference, rounds in ((False, (0, 1)), (True, (0, 1)), (True, (1, 0))):
+        assert config.n_nodes % 3 and config.n_nodes <= whole  # blocks of 3 leave a short last block
+        for inference, rounds, block in ((False, (0, 1), whole), (True, (0, 1), whole), (True, (1, 0), whole),
+                                         (True, (0, 1), 3)):
+            monkeypatch.setattr(learning, "SGD_BLOCK_NODES", block)
             with torch.inference_mode(inference):
                 for r in rounds:  # two calls with different minibatches share the buffer
                     positions = draw_randomness(config, scenario, state.round + r).batches

