@@ -24,6 +24,7 @@ import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
 from envs.dynamics.products import matmul
+from envs.dynamics.rows import select_rows
 
 FULL = COMPRESSION_LEVELS.index("full")
 # Fleets of up to this many nodes per environment mix and compare models through dense per-environment
@@ -122,8 +123,8 @@ def neighbour_pattern(neighbours: torch.Tensor, neighbour_valid: torch.Tensor) -
 
 def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, send: torch.Tensor) -> torch.Tensor:
     """New public copies after the senders broadcast their compressed difference. A full-precision
-    sender's copy becomes its model exactly (x̂ + (x - x̂) = x), with one masked pass over all rows rather
-    than gathering the senders' rows and scattering them back into a copy."""
+    sender's copy becomes its model exactly (x̂ + (x - x̂) = x): a copy of the majority side's rows with
+    the others put in (``select_rows``)."""
     full = send & (level == FULL)
     compressed = send & ~full
     n_full, n_compressed = int(full.sum()), int(compressed.sum())
@@ -132,7 +133,7 @@ def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, s
     if n_compressed == send.shape[0]:
         return public + compress(params - public, level)
     if n_full:
-        public = torch.where(full.unsqueeze(1), params, public)
+        public = select_rows(full, params, public)
     if n_compressed:
         public = public if n_full else public.clone()
         rows = compressed.nonzero().squeeze(1)
