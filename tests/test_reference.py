@@ -260,12 +260,17 @@ def test_neighbour_distances_match_the_direct_norms(nodes_per_env):
     torch.testing.assert_close(got[valid], direct[valid], atol=1e-4, rtol=1e-3)
 
 
-def test_lower_median_is_torch_nanmedian():
+@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy sort", "torch sort"])
+def test_lower_median_is_torch_nanmedian(numpy_on_cpu, monkeypatch):
+    from envs.dynamics import products
     from envs.dynamics.gossip import lower_median
 
+    monkeypatch.setattr(products, "NUMPY_ON_CPU", numpy_on_cpu)
     generator = torch.Generator().manual_seed(1)
     values = torch.rand(400, 9, generator=generator)
     valid = torch.rand(400, 9, generator=generator) < 0.6
     valid[0] = False  # a receiver that heard nobody
+    values[1, :2] = torch.tensor([torch.inf, 0.5])  # an infinite distance is a valid one
+    valid[1, :2] = True
     expected = torch.where(valid, values, torch.nan).nanmedian(1, keepdim=True).values
     torch.testing.assert_close(lower_median(values, valid), expected, rtol=0, atol=0, equal_nan=True)

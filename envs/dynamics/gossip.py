@@ -23,7 +23,7 @@ import math
 import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
-from envs.dynamics.products import matmul
+from envs.dynamics.products import matmul, sort_rows
 from envs.dynamics.rows import select_rows
 
 FULL = COMPRESSION_LEVELS.index("full")
@@ -279,7 +279,7 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
 def lower_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(N, 1) lower median of each row's ``valid`` entries of (N, D) ``values`` (NaN for a row without any),
     as ``torch.nanmedian`` defines it; one sort of the row is several times faster than nanmedian here."""
-    ordered = torch.where(valid, values, torch.inf).sort(1).values
+    ordered = sort_rows(torch.where(valid, values, torch.inf))
     count = valid.sum(1, keepdim=True)
     median = ordered.gather(1, ((count - 1) // 2).clamp_min(0))
     return torch.where(count > 0, median, torch.nan)
