@@ -105,5 +105,9 @@ def test_numpy_and_torch_stream_hashes_agree():
     prefixes = torch.from_numpy(streams._prefixes(key, rounds, streams.BATCHES).astype(np.int64))
     expected = streams._bits_torch(prefixes, 3 * 700).view(4, 3, 700)
     assert torch.equal(streams._bits(key, rounds, streams.BATCHES, (3, 700)), expected)
+    # the CPU's uniforms come from the NumPy bits directly: the same floats as from torch's bits
+    assert torch.equal(streams.uniform(key, rounds, streams.BATCHES, (3, 700)), (expected >> 8).float() * 2.0**-24)
+    assert torch.equal(streams.open_uniform(key, rounds, streams.BATCHES, (3, 700)),
+                       ((expected >> 8) + 1).float() * 2.0**-24)
     assert int(expected.min()) >= 0 and int(expected.max()) < 2**32
     assert len(torch.unique(expected)) > 0.99 * expected.numel()
