@@ -3,8 +3,9 @@
 A stateful generator would tie a round's random numbers to how many environments share a batch; a
 counter-based one makes node i of environment b in round t see the same numbers whether it is stepped
 alone or inside a batch of 64, which is what lets the vector env match single envs exactly. The hash is
-Chris Wellons' "lowbias32" integer mixer, evaluated on int64 tensors with the 32-bit products split so
-that nothing overflows.
+Chris Wellons' "lowbias32" integer mixer: on the CPU in NumPy's uint32 lanes, whose products wrap modulo
+2**32 as the hash wants; on other devices on int64 tensors, with the 32-bit products split so that
+nothing overflows.
 """
 
 from __future__ import annotations
