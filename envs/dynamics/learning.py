@@ -201,11 +201,21 @@ def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y:
     classes = torch.arange(N_CLASSES, device=y.device).unsqueeze(1)
     others = torch.where(classes == y, -torch.inf, 0.0)  # (10, M)
     label = y.view(1, 1, -1)
-    block = max(1, EVAL_BLOCK_ELEMENTS // (len(y) * N_CLASSES))
+    points = len(y)
+    block = max(1, EVAL_BLOCK_ELEMENTS // (points * N_CLASSES))
+    at_label = None
+    if params.shape[0] > block:
+        # several blocks: the positions of the true logits in a contiguous (block, 10, M) block, built once;
+        # index_select at them takes half the time of gather (design note 29)
+        at_label = (torch.arange(block, device=y.device).unsqueeze(1) * (N_CLASSES * points)
+                    + y * points + torch.arange(points, device=y.device)).view(-1)
     shares = []
     for start in range(0, params.shape[0], block):  # blocks of nodes, one for fleets of up to ~200 nodes
         logits = spec.shared_input_logits(params[start : start + block], x)  # (n, 10, M)
-        true_logit = logits.gather(1, label.expand(logits.shape[0], 1, -1)).squeeze(1)  # (n, M)
+        if at_label is not None and logits.is_contiguous():
+            true_logit = logits.view(-1).index_select(0, at_label[: logits.shape[0] * points]).view(-1, points)
+        else:
+            true_logit = logits.gather(1, label.expand(logits.shape[0], 1, -1)).squeeze(1)  # (n, M)
         best_other = logits.add_(others).amax(1)  # in place: the block is this call's own
         correct = true_logit > best_other
         tied = true_logit == best_other
