@@ -156,8 +156,9 @@ def local_sgd(
     loss = torch.empty(n, dtype=params.dtype, device=params.device)
     for start in range(0, n, SGD_BLOCK_NODES):  # a few blocks of nodes, never one node at a time
         block = slice(start, start + SGD_BLOCK_NODES)
-        _, loss[block] = _local_sgd_block(spec, params[block], data_x, samples[block], y[block], learning_rate,
-                                          out=new_params[block])
+        _, block_loss = _local_sgd_block(spec, params[block], data_x, samples[block], y[block], learning_rate,
+                                         out=new_params[block])
+        loss[block] = block_loss
     return new_params, loss
 
 
