@@ -19,12 +19,17 @@ import collections
 import random
 import tempfile
 
+from pathlib import Path
+
 import numpy as np
 
 from training.evaluate import run_evaluation
-from training.settings import FIRST_VALIDATION_SEED
+from training.settings import FIRST_VALIDATION_SEED, load_settings
+from training.train import prior_rule_specs
 
-ALWAYS = ["carbon_periodic", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"]
+GRADED_SETTINGS = Path(__file__).resolve().parent.parent / "configs" / "train" / "residual_sprint_graded_mix.yaml"
+# the defaults and the graded prior, read from its settings file so that the two cannot drift apart
+ALWAYS = ["carbon_periodic", *prior_rule_specs(load_settings(GRADED_SETTINGS))]
 
 
 def sample_rules(count: int, seed: int) -> list[str]:
