@@ -313,6 +313,27 @@ def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
         _settings(maskable_ppo={"learning_rate_final": 0.0})
 
 
+def test_learning_rate_holds_for_learning_rate_decay_start_then_falls():
+    from training.train import DelayedLinearSchedule, algorithm_kwargs
+
+    schedule = algorithm_kwargs(_settings(maskable_ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4,
+                                                        "learning_rate_decay_start": 0.6}))["learning_rate"]
+    assert isinstance(schedule, DelayedLinearSchedule)
+    # progress_remaining runs from 1 (first step) to 0 (total_timesteps)
+    assert schedule(1.0) == schedule(0.5) == schedule(0.4) == 1e-3
+    assert schedule(0.2) == pytest.approx(5.5e-4) and schedule(0.0) == pytest.approx(1e-4)
+    # without a delay it is SB3's LinearSchedule, float for float (earlier runs still reproduce)
+    from stable_baselines3.common.utils import LinearSchedule
+
+    plain = algorithm_kwargs(_settings(maskable_ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4}))
+    reference = LinearSchedule(1e-3, 1e-4, end_fraction=1.0)
+    assert all(plain["learning_rate"](p) == reference(p) for p in (1.0, 0.73, 0.31, 0.0))
+    with pytest.raises(SettingsError, match="learning_rate_final"):
+        _settings(maskable_ppo={"learning_rate_decay_start": 0.5})
+    with pytest.raises(SettingsError, match="learning_rate_decay_start"):
+        _settings(maskable_ppo={"learning_rate_final": 1e-4, "learning_rate_decay_start": 1.0})
+
+
 def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tmp_path):
     """select_on: training_mix runs the validation seeds on --config and on each also_train_on scenario;
     the best model's score is the mean return over all those episodes, logged per scenario too."""

@@ -42,6 +42,13 @@ class PPOSettings(_Frozen):
         description="if set, the step size falls linearly from learning_rate to this over total_timesteps "
         "(a schedule on env steps, so the same seed still gives the same curve)",
     )
+    learning_rate_decay_start: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="with learning_rate_final: the share of total_timesteps for which the step size stays at "
+        "learning_rate before it starts to fall (0: it falls from the first step)",
+    )
     n_steps: int = Field(256, ge=2, description="rollout length per env before each update")
     batch_size: int = Field(64, ge=2, description="minibatch size of the PPO epochs")
     n_epochs: int = Field(5, ge=1, description="passes over each rollout")
@@ -53,6 +60,13 @@ class PPOSettings(_Frozen):
     max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping")
     target_kl: float | None = Field(None, gt=0, description="stop an update's epochs early above this KL")
     normalize_advantage: bool = Field(True, description="standardise advantages per minibatch")
+
+    @model_validator(mode="after")
+    def _decay_needs_a_final_rate(self):
+        if self.learning_rate_decay_start > 0 and self.learning_rate_final is None:
+            raise ValueError("learning_rate_decay_start only delays the fall to learning_rate_final: set "
+                             "learning_rate_final too, or leave learning_rate_decay_start at 0")
+        return self
 
 
 class RecurrentPPOSettings(PPOSettings):

@@ -303,15 +303,30 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
     return kwargs
 
 
-def algorithm_kwargs(settings: TrainSettings) -> dict[str, Any]:
-    from stable_baselines3.common.utils import LinearSchedule
+@dataclass(frozen=True)
+class DelayedLinearSchedule:
+    """SB3 schedule (progress_remaining 1 -> 0): ``start`` for the first ``hold`` share of the steps, then a
+    straight line to ``end`` at the last step. A plain class, so that the saved model can pickle it."""
 
+    start: float
+    end: float
+    hold: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        done = 1.0 - progress_remaining
+        if done <= self.hold:
+            return self.start
+        return self.start + (self.end - self.start) * min(1.0, (done - self.hold) / (1.0 - self.hold))
+
+
+def algorithm_kwargs(settings: TrainSettings) -> dict[str, Any]:
     kwargs = settings.hyperparameters.model_dump()
     kwargs.pop("lstm_hidden_size", None)
     kwargs.pop("enable_critic_lstm", None)
     final = kwargs.pop("learning_rate_final", None)
+    hold = kwargs.pop("learning_rate_decay_start", 0.0)
     if final is not None:
-        kwargs["learning_rate"] = LinearSchedule(kwargs["learning_rate"], final, end_fraction=1.0)
+        kwargs["learning_rate"] = DelayedLinearSchedule(kwargs["learning_rate"], final, hold)
     return kwargs
 
 
