@@ -408,6 +408,30 @@ def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
     assert len(finals) == 2 and all("episode_rounds" in f for f in finals)
 
 
+def test_carbon_split_adds_up_to_the_episode_carbon_and_broadcasts(tmp_path, capsys):
+    """benchmarks/carbon_split.py: grid + every region's backbone carbon is the episode's carbon as the
+    harness records it, and the regions' broadcasts are the harness's broadcasting node-rounds."""
+    import importlib.util as util
+
+    from envs.config import load_config
+    from training.evaluate import run_evaluation
+
+    spec = util.spec_from_file_location("carbon_split", ROOT / "benchmarks" / "carbon_split.py")
+    carbon_split = util.module_from_spec(spec)
+    spec.loader.exec_module(carbon_split)
+    seed = 10_000
+    split = carbon_split.carbon_split("carbon_periodic", load_config(TINY), [seed])
+    (row,) = run_evaluation(["carbon_periodic"], [str(TINY)], [seed], tmp_path, workers=1, progress=False)
+    backbone = sum(value for key, value in split.items() if key.startswith("backbone_g:"))
+    assert backbone > 0 and split["grid_g"] >= 0  # tiny.yaml: carbon_periodic may draw nothing from a grid
+    assert split["grid_g"] + backbone == pytest.approx(row["episode_carbon_g"], rel=1e-6)
+    broadcasts = sum(value for key, value in split.items() if key.startswith("broadcasts:"))
+    assert broadcasts == pytest.approx(row["mean_broadcasters"] * row["rounds"])
+    assert split["rounds"] == row["rounds"] and split["targets"] == row["reached_target"]
+    carbon_split.main(["carbon_periodic", "--seeds", "1", "--config", str(TINY)])
+    assert "| `carbon_periodic` |" in capsys.readouterr().out
+
+
 def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys):
     """benchmarks/rule_search.py: the fixed rules come first, the draws are distinct option sets the
     heuristic accepts, and a short search prints one ranked row per rule."""
