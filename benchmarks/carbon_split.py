@@ -25,15 +25,16 @@ from training.evaluate import _accepts_action_masks
 from training.settings import FIRST_VALIDATION_SEED
 
 
-def carbon_split(spec: str, config, seeds: list[int]) -> dict[str, float]:
+def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:
     """Per-episode means over ``seeds``: carbon_to_target_g (reached episodes), targets, rounds, grid_g and,
-    for each region, backbone_g:<region> and broadcasts:<region> (whole episodes)."""
+    for each region, backbone_g:<region> and broadcasts:<region> (whole episodes). ``spec``: what
+    ``make_scheduler`` takes, or a scheduler object (``benchmarks/rule_variants.py``)."""
     totals: collections.Counter = collections.Counter()
     reached_carbon = []
     for seed in seeds:
         env = EdgeLearningEnv(config)
         obs, _ = env.reset(seed=seed)
-        scheduler = make_scheduler(spec, env=env, seed=0)
+        scheduler = make_scheduler(spec, env=env, seed=0) if isinstance(spec, str) else spec
         takes_masks = _accepts_action_masks(scheduler)
         regions = np.asarray(env.scenario.region_names)[env.scenario.region_index.cpu().numpy()]
         state, start, done = None, np.ones(1, dtype=bool), False

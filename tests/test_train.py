@@ -432,6 +432,27 @@ def test_carbon_split_adds_up_to_the_episode_carbon_and_broadcasts(tmp_path, cap
     assert "| `carbon_periodic` |" in capsys.readouterr().out
 
 
+def test_rule_variants_as_it_is_plays_the_graded_prior(capsys):
+    """benchmarks/rule_variants.py: the unchanged variant is the graded carbon_periodic rule episode for
+    episode, and a changed one plays differently."""
+    import importlib.util as util
+
+    from envs.config import load_config
+
+    spec = util.spec_from_file_location("rule_variants", ROOT / "benchmarks" / "rule_variants.py")
+    rule_variants = util.module_from_spec(spec)
+    spec.loader.exec_module(rule_variants)
+    config, seeds = load_config(TINY), [10_000, 10_001]
+    variants = rule_variants.variants(config.max_rounds)
+    graded = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
+    assert rule_variants.carbon_split.carbon_split(variants["as it is"], config, seeds) == \
+        rule_variants.carbon_split.carbon_split(graded, config, seeds)
+    sparse = rule_variants.carbon_split.carbon_split(variants["wait rounds send top-1 %"], config, seeds)
+    assert sparse != rule_variants.carbon_split.carbon_split(graded, config, seeds)
+    rule_variants.main(["--seeds", "1", "--config", str(TINY), "--only", "round number"])
+    assert "| periods on the round number |" in capsys.readouterr().out
+
+
 def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys):
     """benchmarks/rule_search.py: the fixed rules come first, the draws are distinct option sets the
     heuristic accepts, and a short search prints one ranked row per rule."""
