@@ -36,7 +36,8 @@ def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:
         obs, _ = env.reset(seed=seed)
         scheduler = make_scheduler(spec, env=env, seed=0) if isinstance(spec, str) else spec
         takes_masks = _accepts_action_masks(scheduler)
-        regions = np.asarray(env.scenario.region_names)[env.scenario.region_index.cpu().numpy()]
+        region_of_node = np.asarray(env.scenario.region_names)[env.scenario.region_index.cpu().numpy()]
+        regions = {region: region_of_node == region for region in np.unique(region_of_node)}
         state, start, done = None, np.ones(1, dtype=bool), False
         while not done:
             kwargs = {"action_masks": env.action_masks()} if takes_masks else {}
@@ -47,9 +48,9 @@ def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:
             totals["grid_g"] += float(outcome.carbon_grid_g.sum())
             backbone = outcome.carbon_backbone_g.cpu().numpy()
             sent = outcome.sent.cpu().numpy()
-            for region in np.unique(regions):
-                totals[f"backbone_g:{region}"] += float(backbone[regions == region].sum())
-                totals[f"broadcasts:{region}"] += int(sent[regions == region].sum())
+            for region, nodes in regions.items():
+                totals[f"backbone_g:{region}"] += float(backbone[nodes].sum())
+                totals[f"broadcasts:{region}"] += int(sent[nodes].sum())
             done = terminated or truncated
         totals["rounds"] += info["episode_rounds"]
         if terminated:

@@ -21,18 +21,29 @@ import numpy as np
 import torch
 
 from agents.base import IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature, node_feature
-from agents.heuristics import CarbonPeriodic
+from agents.heuristics import CarbonPeriodic, build_heuristic
 from envs.config import load_config
 from envs.observation import STALENESS_HORIZON
 from training.settings import FIRST_VALIDATION_SEED
 
-_spec = importlib.util.spec_from_file_location("carbon_split", Path(__file__).with_name("carbon_split.py"))
-carbon_split = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(carbon_split)
+
+def _sibling(name: str):
+    """The benchmark script ``name``.py beside this one, as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+carbon_split = _sibling("carbon_split")
+# the graded prior as residual_sprint_graded_mix.yaml names it (rule_search.py reads it from there)
+GRADED_PRIOR = _sibling("rule_search").ALWAYS[1]
+RULE_OPTIONS = ("period", "dirty_intensity", "trust_threshold", "sprint_gap", "dirtier_period", "dirtier_intensity")
 
 
 class GradedVariant(CarbonPeriodic):
-    """``carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02`` with one of three changes.
+    """``GRADED_PRIOR`` (every 6th round above 0.3 kgCO2e/kWh, every 10th above 0.5, a sprint within 0.02
+    of the target) with one of three changes.
 
     ``by_round``: a waiting node sends when the round number is a multiple of its period (all dirty nodes
     in step) instead of when its copy is period - 1 rounds old. ``wait_action``: what a waiting node does
@@ -43,8 +54,12 @@ class GradedVariant(CarbonPeriodic):
     name = "graded_variant"
 
     def __init__(self, by_round: bool = False, wait_action: int = TRAIN, sprint_dirtier_period: int = 1,
-                 sprint_gap: float = 0.02, max_rounds: int = 192):
-        super().__init__(period=6, dirtier_period=10, sprint_gap=sprint_gap)
+                 sprint_gap: float | None = None, max_rounds: int = 192):
+        prior = build_heuristic(GRADED_PRIOR)
+        options = {name: getattr(prior, name) for name in RULE_OPTIONS}
+        if sprint_gap is not None:
+            options["sprint_gap"] = sprint_gap
+        super().__init__(**options)
         self.by_round = by_round or wait_action != TRAIN  # a sparse send resets staleness
         self.wait_action = wait_action
         self.sprint_dirtier_period = sprint_dirtier_period

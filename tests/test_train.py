@@ -444,11 +444,10 @@ def test_rule_variants_as_it_is_plays_the_graded_prior(capsys):
     spec.loader.exec_module(rule_variants)
     config, seeds = load_config(TINY), [10_000, 10_001]
     variants = rule_variants.variants(config.max_rounds)
-    graded = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
-    assert rule_variants.carbon_split.carbon_split(variants["as it is"], config, seeds) == \
-        rule_variants.carbon_split.carbon_split(graded, config, seeds)
-    sparse = rule_variants.carbon_split.carbon_split(variants["wait rounds send top-1 %"], config, seeds)
-    assert sparse != rule_variants.carbon_split.carbon_split(graded, config, seeds)
+    assert rule_variants.GRADED_PRIOR == "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
+    graded = rule_variants.carbon_split.carbon_split(rule_variants.GRADED_PRIOR, config, seeds)
+    assert rule_variants.carbon_split.carbon_split(variants["as it is"], config, seeds) == graded
+    assert rule_variants.carbon_split.carbon_split(variants["wait rounds send top-1 %"], config, seeds) != graded
     rule_variants.main(["--seeds", "1", "--config", str(TINY), "--only", "round number"])
     assert "| periods on the round number |" in capsys.readouterr().out
 
