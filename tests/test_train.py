@@ -280,6 +280,37 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
         venv.close()
 
 
+def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
+    import yaml
+
+    from envs.config import load_config
+    from training.train import make_vec_env, training_scenarios, validation_scenarios
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = {"fraction": 0.25}
+    attacked_path = tmp_path / "tiny_attacked.yaml"
+    attacked_path.write_text(yaml.safe_dump(attacked))
+    twice = [str(attacked_path), str(tmp_path / "." / "tiny_attacked.yaml")]  # one file, two spellings
+    settings = _settings(n_envs=3, vec_env="dummy", also_train_on=twice, select_on="training_mix")
+    scenarios = training_scenarios(load_config(TINY), settings)
+    venv = make_vec_env(scenarios, settings, tmp_path / "monitor.csv")
+    try:
+        assert [env.unwrapped.config.attack.fraction for env in venv.venv.envs] == [0.0, 0.25, 0.25]
+    finally:
+        venv.close()
+    validated = validation_scenarios(TINY, settings, scenarios)
+    assert list(validated) == ["tiny", "tiny_attacked"]
+    assert [s.attack.fraction for s in validated.values()] == [0.0, 0.25]
+    # two different files with one name keep both, told apart by their paths
+    other = tmp_path / "elsewhere" / "tiny_attacked.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump({**attacked, "attack": {"fraction": 0.5}}))
+    settings = _settings(n_envs=3, also_train_on=[str(attacked_path), str(other)], select_on="training_mix")
+    validated = validation_scenarios(TINY, settings, training_scenarios(load_config(TINY), settings))
+    assert list(validated) == [str(TINY), str(attacked_path), str(other)]
+    assert [s.attack.fraction for s in validated.values()] == [0.0, 0.25, 0.5]
+
+
 def test_settings_reward_weights_replace_the_scenarios_in_training_only(tmp_path):
     import yaml
 

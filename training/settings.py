@@ -187,8 +187,9 @@ class TrainSettings(_Frozen):
     also_train_on: list[str] = Field(
         [],
         description="further env scenario YAMLs trained on alongside --config (training env i runs scenario "
-        "i mod (1 + len), so n_envs should be a multiple of that); same n_nodes as --config. Model "
-        "selection stays on --config unless select_on is training_mix; the final comparison stays on it",
+        "i mod (1 + len), so n_envs should be a multiple of that); same n_nodes as --config. A file listed "
+        "twice runs in more of the envs (validated once). Model selection stays on --config unless "
+        "select_on is training_mix; the final comparison stays on it",
     )
     select_on: Literal["config", "training_mix"] = Field(
         "config",

@@ -250,6 +250,26 @@ def scenario_name(config) -> str:
     return Path(config).stem if isinstance(config, (str, Path)) else "config"
 
 
+def validation_scenarios(config, settings: TrainSettings, scenarios: list) -> dict[str, Any]:
+    """Each distinct training scenario once, by name, ``config`` first (``select_on: training_mix``).
+
+    A file listed more than once in ``also_train_on`` runs in more of the training envs, a larger share of
+    the samples, but the best model is still picked with every scenario weighing the same."""
+    paths = [config, *settings.also_train_on]
+    keys = [str(Path(path).resolve()) if isinstance(path, (str, Path)) else f"<config {i}>"
+            for i, path in enumerate(paths)]
+    names = [scenario_name(path) for path in paths]
+    distinct = dict.fromkeys(keys)
+    if len(set(names)) < len(distinct):  # two files of one name in two folders
+        names = [str(path) for path in paths]
+    chosen: dict[str, Any] = {}
+    for key, name, scenario in zip(keys, names, scenarios):
+        if distinct[key] is None:
+            distinct[key] = name
+            chosen[name] = scenario
+    return chosen
+
+
 def training_scenarios(env_config, settings: TrainSettings) -> list:
     """``env_config`` and the ``also_train_on`` scenarios (with ``settings.reward`` where set), checked to
     fit one policy's spaces."""
@@ -484,11 +504,10 @@ def train(
     # caches (clear-sky years), which forked training workers then inherit instead of redoing.
     eval_env = make_eval_env(scenarios[0], settings)
     if settings.select_on == "training_mix" and len(scenarios) > 1:
-        names = [scenario_name(path) for path in [config, *settings.also_train_on]]
-        if len(set(names)) < len(names):  # two files of the same name in different folders
-            names = [str(path) for path in [config, *settings.also_train_on]]
-        eval_envs = {names[0]: eval_env, **{name: make_eval_env(scenario, settings)
-                                           for name, scenario in zip(names[1:], scenarios[1:])}}
+        validated = validation_scenarios(config, settings, scenarios)
+        first = next(iter(validated))
+        eval_envs = {name: eval_env if name == first else make_eval_env(scenario, settings)
+                     for name, scenario in validated.items()}
         LOG.info("the best model is picked on %s, each on validation seeds %d..%d", ", ".join(eval_envs),
                  settings.validation_seeds[0], settings.validation_seeds[-1])
     else:
