@@ -504,3 +504,42 @@ def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys)
     assert len(rows) == 3 and {row.split("`")[1] for row in rows} == set(rule_search.sample_rules(3, seed=0))
     with pytest.raises(SystemExit):
         rule_search.main(["--samples", "1"])
+
+
+def test_issue5_table_checks_the_figures_against_carbon_periodic(tmp_path, capsys):
+    """benchmarks/issue5_table.py: the default figure needs 20 % less carbon to target than carbon_periodic
+    with as many targets, the attack figure fewer attackers than it; the prior rule is not a heuristic."""
+    import importlib.util as util
+
+    spec = util.spec_from_file_location("issue5_table", ROOT / "benchmarks" / "issue5_table.py")
+    table = util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    fields = ["scheduler", "config", "seed", "reached_target", "carbon_to_target_g", "malicious_participation"]
+
+    def run_folder(name, model_carbon, model_attackers, model_reached=(1, 1)):
+        run = tmp_path / name
+        for part, rows in {
+            "comparison": [("best_model", model_carbon, 0, model_reached), ("carbon_periodic", 20.0, 0, (1, 1)),
+                           ("carbon_periodic:period=6", 1.0, 0, (1, 1))],
+            "attack_heavy": [("best_model", 20.0, model_attackers, (1, 1)), ("carbon_periodic", 20.0, 200, (1, 1)),
+                             ("trust_threshold", 90.0, 120, (1, 1)), ("carbon_periodic:period=6", 1.0, 5, (1, 1))],
+            "x4": [("best_model", 100.0, 0, (1, 1)), ("random_k", 3000.0, 0, (1, 1))],
+        }.items():
+            (run / part).mkdir(parents=True)
+            with open(run / part / "results.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(fields)
+                for scheduler, carbon, attackers, reached in rows:
+                    for seed, hit in enumerate(reached):
+                        writer.writerow([scheduler, part, seed, hit, carbon if hit else "", attackers])
+        (run / "evaluations.csv").write_text("timesteps,best\n10000,True\n20000,False\n")
+        return run
+
+    passing = run_folder("passing", 16.0, 199)
+    short = run_folder("short", 16.1, 200)
+    missed = run_folder("missed", 10.0, 100, model_reached=(1, 0))
+    table.main([str(passing), str(short), str(missed), str(tmp_path / "absent.log")])
+    rows = {line.split("|")[1].strip(" `"): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["passing"].endswith("| yes | yes (200; fewest 120) |") and "20k (10k)" in rows["passing"]
+    assert rows["short"].endswith("| no | no (200; fewest 120) |")
+    assert "| 10.0 g, 1/2 " in rows["missed"] and rows["missed"].endswith("| no | yes (200; fewest 120) |")
