@@ -543,3 +543,49 @@ def test_issue5_table_checks_the_figures_against_carbon_periodic(tmp_path, capsy
     assert rows["passing"].endswith("| yes | yes (200; fewest 120) |") and "20k (10k)" in rows["passing"]
     assert rows["short"].endswith("| no | no (200; fewest 120) |")
     assert "| 10.0 g, 1/2 " in rows["missed"] and rows["missed"].endswith("| no | yes (200; fewest 120) |")
+
+
+def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validation(tmp_path):
+    """HeldOutEvalCallback with carbon_guard: a higher mean return does not make a new best when the first
+    scenario's carbon rises above guard x the first validation's or it reaches fewer targets; without the
+    guard it does. The reference survives a resume through best_model.json."""
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import configure
+
+    from training.callbacks import HeldOutEvalCallback
+
+    def episodes(ret, carbon, reached=True):
+        return [{"return": ret, "final_accuracy": 0.9, "episode_carbon_g": carbon, "episode_energy_wh": 1.0,
+                 "episode_rounds": 50, "target_reached": reached, "episode_malicious_participants": 0}]
+
+    # (default, attack_heavy) per validation: start, better return but 10 % more default carbon, better
+    # return within 5 %, better return but a missed target
+    script = [(episodes(1.0, 20.0), episodes(-5.0, 20.0)), (episodes(1.0, 22.0), episodes(0.0, 20.0)),
+              (episodes(1.0, 20.9), episodes(-1.0, 20.0)), (episodes(5.0, 19.0, reached=False), episodes(0.0, 9.0))]
+
+    def run(guard, folder):
+        saved = []
+        model = SimpleNamespace(logger=configure(str(tmp_path / folder), ["csv"]),
+                                save=lambda path: (saved.append(callback.num_timesteps), Path(path).write_text("m")))
+        callback = HeldOutEvalCallback({"default": None, "attack_heavy": None}, [10_000], 10,
+                                       tmp_path / folder / "best_model.zip", tmp_path / folder / "evaluations.csv",
+                                       carbon_guard=guard)
+        callback.model = model
+        for step, (default, attacked) in enumerate(script, start=1):
+            callback.num_timesteps = 10 * step
+            results = iter([default, attacked])
+            callback._episodes = lambda env: next(results)
+            callback.evaluate()
+        return saved, callback
+
+    unguarded, _ = run(None, "plain")
+    assert unguarded == [10, 20, 40]
+    guarded, callback = run(1.05, "guarded")
+    assert guarded == [10, 30]
+    resumed = HeldOutEvalCallback({"default": None}, [10_000], 10, tmp_path / "guarded" / "best_model.zip",
+                                  tmp_path / "guarded" / "evaluations.csv", carbon_guard=1.05)
+    assert resumed.reference == {"carbon_g": 20.0, "target_reached": 1.0}
+    assert resumed.best_score == callback.best_score == pytest.approx(0.0)
+    with pytest.raises(SettingsError, match="carbon_guard"):
+        _settings(carbon_guard=0.0)

@@ -202,11 +202,17 @@ class HeldOutEvalCallback(BaseCallback):
 
     Unlike SB3's EvalCallback the seed list is fixed, so successive evaluations are comparable, and the
     best score survives a resume (``<best_model_path>.json``).
+
+    ``carbon_guard``: an evaluation may only become the best when the first scenario's mean episode
+    carbon is at most ``carbon_guard`` times the first evaluation's and it reaches the target at least as
+    often. For a residual policy the first evaluation is, in effect, its prior rule, so a rise of the
+    mean return elsewhere (attack_heavy) cannot pay for a model that spends more than the rule on the
+    training config.
     """
 
     SCORE = "return"
     PER_SCENARIO = {"return": "return", "carbon_g": "episode_carbon_g",
-                    "malicious": "episode_malicious_participants"}
+                    "malicious": "episode_malicious_participants", "target_reached": "target_reached"}
 
     def __init__(
         self,
@@ -216,6 +222,7 @@ class HeldOutEvalCallback(BaseCallback):
         best_model_path: str | Path,
         log_path: str | Path,
         on_log: Callable[[str], None] | None = None,
+        carbon_guard: float | None = None,
     ):
         super().__init__()
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
@@ -226,8 +233,12 @@ class HeldOutEvalCallback(BaseCallback):
         self.log_path = Path(log_path)
         self.on_log = on_log or (lambda message: None)
         self.best_score = -math.inf
+        self.carbon_guard = carbon_guard
+        self.reference: dict[str, float] | None = None  # the first evaluation's, for carbon_guard
         if self.best_record.is_file() and self.best_model_path.is_file():
-            self.best_score = float(json.loads(self.best_record.read_text())["score"])
+            record = json.loads(self.best_record.read_text())
+            self.best_score = float(record["score"])
+            self.reference = record.get("reference")
         self._last_eval = None
 
     def _on_training_start(self) -> None:
@@ -265,13 +276,17 @@ class HeldOutEvalCallback(BaseCallback):
                     summary[f"{name}/{key}"] = float(np.mean([e[source] for e in group]))
         for key, value in summary.items():
             self.logger.record(f"eval/{key}", value)
-        improved = summary[self.SCORE] > self.best_score
+        first = next(iter(by_scenario))
+        on_config = {"carbon_g": float(np.mean([e["episode_carbon_g"] for e in by_scenario[first]])),
+                     "target_reached": float(np.mean([e["target_reached"] for e in by_scenario[first]]))}
+        if self.reference is None:
+            self.reference = on_config
+        improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)
         if improved:
             self.best_score = summary[self.SCORE]
             self.model.save(self.best_model_path)
-            self.best_record.write_text(
-                json.dumps({"score": self.best_score, "timesteps": self.num_timesteps, **summary}, indent=2)
-            )
+            self.best_record.write_text(json.dumps({"score": self.best_score, "timesteps": self.num_timesteps,
+                                                    **summary, "reference": self.reference}, indent=2))
         self.logger.record("eval/best_return", self.best_score)
         self.logger.dump(self.num_timesteps)
         new_file = not self.log_path.is_file()
@@ -293,6 +308,12 @@ class HeldOutEvalCallback(BaseCallback):
             + scenarios + ("  (new best)" if improved else "")
         )
         return summary
+
+    def _within_guard(self, on_config: dict[str, float]) -> bool:
+        if self.carbon_guard is None:
+            return True
+        return (on_config["carbon_g"] <= self.carbon_guard * self.reference["carbon_g"]
+                and on_config["target_reached"] >= self.reference["target_reached"])
 
 
 class TrainingEmissionsCallback(BaseCallback):

@@ -191,6 +191,13 @@ class TrainSettings(_Frozen):
         "twice runs in more of the envs (validated once). Model selection stays on --config unless "
         "select_on is training_mix; the final comparison stays on it",
     )
+    carbon_guard: float | None = Field(
+        None,
+        gt=0,
+        description="if set, a validation can only become the best model when the --config scenario's mean "
+        "episode carbon is at most this multiple of the first validation's (a residual policy's prior rule) "
+        "and it reaches the target at least as often; None: the mean return alone decides",
+    )
     select_on: Literal["config", "training_mix"] = Field(
         "config",
         description="scenarios the best model is picked on: config = --config alone; training_mix = "

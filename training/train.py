@@ -532,6 +532,7 @@ def train(
             best_model_path,
             out / "evaluations.csv",
             on_log=LOG.info,
+            carbon_guard=settings.carbon_guard,
         )
         callbacks, emissions = training_callbacks(
             settings, out, {"settings/env": "```yaml\n" + config_path.read_text() + "\n```"}, evaluation, LOG
