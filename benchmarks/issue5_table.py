@@ -20,36 +20,21 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.heuristics import HEURISTICS  # noqa: E402
+from training.evaluate import read_csv, summarize  # noqa: E402
 
 MODEL = "best_model"
 BEST_ON_CARBON = "carbon_periodic"
 
 
-def episode_rows(path: Path) -> dict[str, list[dict]]:
-    """The harness's per-episode rows, grouped by scheduler."""
-    rows: dict[str, list[dict]] = defaultdict(list)
-    with open(path) as handle:
-        for row in csv.DictReader(handle):
-            rows[row["scheduler"]].append(row)
-    return rows
-
-
-def carbon_to_target(rows: list[dict]) -> tuple[float, int]:
-    """Mean carbon to target over the episodes that reached it (nan if none), and how many did."""
-    reached = [float(r["carbon_to_target_g"]) for r in rows if r["reached_target"] in ("1", "True", "true")]
-    return (float(np.mean(reached)) if reached else float("nan")), len(reached)
-
-
-def attackers(rows: list[dict]) -> float:
-    return float(np.mean([float(r["malicious_participation"]) for r in rows]))
+def scheduler_kpis(path: Path) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """The harness's ``summarize`` of one comparison, by scheduler: KPI -> (mean, CI half-width, n). A
+    KPI to target averages the episodes that reached it, and its n counts them."""
+    return {scheduler: kpis for (_config, scheduler), kpis in summarize(read_csv(path)).items()}
 
 
 def training_steps(run: Path) -> tuple[int, int]:
@@ -61,22 +46,30 @@ def training_steps(run: Path) -> tuple[int, int]:
 
 
 def summarise(run: Path) -> str:
-    default = episode_rows(run / "comparison" / "results.csv")
-    attacked = episode_rows(run / "attack_heavy" / "results.csv")
-    larger = episode_rows(run / "x4" / "results.csv")
+    default = scheduler_kpis(run / "comparison" / "results.csv")
+    attacked = scheduler_kpis(run / "attack_heavy" / "results.csv")
+    larger = scheduler_kpis(run / "x4" / "results.csv")
     steps, best = training_steps(run)
-    carbon, reached = carbon_to_target(default[MODEL])
-    base_carbon, base_reached = carbon_to_target(default[BEST_ON_CARBON])
-    a_carbon, a_reached = carbon_to_target(attacked[MODEL])
+
+    def to_target(kpis: dict) -> tuple[float, int, int]:
+        carbon, _, reached = kpis["carbon_to_target_g"]
+        return carbon, reached, kpis["_episodes"][2]
+
+    def attackers(kpis: dict) -> float:
+        return kpis["malicious_participation"][0]
+
+    carbon, reached, episodes = to_target(default[MODEL])
+    base_carbon, base_reached, _ = to_target(default[BEST_ON_CARBON])
+    a_carbon, a_reached, a_episodes = to_target(attacked[MODEL])
     a_count, base_count = attackers(attacked[MODEL]), attackers(attacked[BEST_ON_CARBON])
-    fewest = min(attackers(rows) for name, rows in attacked.items() if name in HEURISTICS)
-    x4_carbon, x4_reached = carbon_to_target(larger[MODEL])
-    random_carbon, _ = carbon_to_target(larger["random_k"])
+    fewest = min(attackers(kpis) for name, kpis in attacked.items() if name in HEURISTICS)
+    x4_carbon, x4_reached, x4_episodes = to_target(larger[MODEL])
+    random_carbon = to_target(larger["random_k"])[0]
     saving = 1 - carbon / base_carbon
     default_ok = reached >= base_reached and carbon <= 0.8 * base_carbon
-    return (f"| `{run.name}` | {steps // 1000}k ({best // 1000}k) | {carbon:.1f} g, {reached}/{len(default[MODEL])} "
-            f"({-saving:+.1%}) | {a_carbon:.1f} g / {a_count:.0f}, {a_reached}/{len(attacked[MODEL])} "
-            f"| {x4_carbon:.0f} g, {x4_reached}/{len(larger[MODEL])} (random k {random_carbon:,.0f} g) "
+    return (f"| `{run.name}` | {steps // 1000}k ({best // 1000}k) | {carbon:.1f} g, {reached}/{episodes} "
+            f"({-saving:+.1%}) | {a_carbon:.1f} g / {a_count:.0f}, {a_reached}/{a_episodes} "
+            f"| {x4_carbon:.0f} g, {x4_reached}/{x4_episodes} (random k {random_carbon:,.0f} g) "
             f"| {'yes' if default_ok else 'no'} | {'yes' if a_count < base_count else 'no'} "
             f"({base_count:.0f}; fewest {fewest:.0f}) |")
 

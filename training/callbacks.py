@@ -276,9 +276,8 @@ class HeldOutEvalCallback(BaseCallback):
                     summary[f"{name}/{key}"] = float(np.mean([e[source] for e in group]))
         for key, value in summary.items():
             self.logger.record(f"eval/{key}", value)
-        first = next(iter(by_scenario))
-        on_config = {"carbon_g": float(np.mean([e["episode_carbon_g"] for e in by_scenario[first]])),
-                     "target_reached": float(np.mean([e["target_reached"] for e in by_scenario[first]]))}
+        on_config_prefix = f"{next(iter(by_scenario))}/" if len(by_scenario) > 1 else ""
+        on_config = {key: summary[on_config_prefix + key] for key in ("carbon_g", "target_reached")}
         if self.reference is None:
             self.reference = on_config
         improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)

@@ -375,6 +375,20 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({key: _csv_value(row.get(key)) for key in fields})
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by ``write_csv``, numbers as floats and empty cells (None, NaN) as NaN."""
+    def value(text: str) -> Any:
+        if text == "":
+            return float("nan")
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as handle:
+        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(handle)]
+
+
 def write_traces(traces: list[tuple[dict, dict]], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -259,13 +259,13 @@ def validation_scenarios(config, settings: TrainSettings, scenarios: list) -> di
     keys = [str(Path(path).resolve()) if isinstance(path, (str, Path)) else f"<config {i}>"
             for i, path in enumerate(paths)]
     names = [scenario_name(path) for path in paths]
-    distinct = dict.fromkeys(keys)
-    if len(set(names)) < len(distinct):  # two files of one name in two folders
+    if len(set(names)) < len(set(keys)):  # two files of one name in two folders
         names = [str(path) for path in paths]
     chosen: dict[str, Any] = {}
+    seen: set[str] = set()
     for key, name, scenario in zip(keys, names, scenarios):
-        if distinct[key] is None:
-            distinct[key] = name
+        if key not in seen:
+            seen.add(key)
             chosen[name] = scenario
     return chosen
 
