@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -548,7 +549,8 @@ def test_issue5_table_checks_the_figures_against_carbon_periodic(tmp_path, capsy
 def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validation(tmp_path):
     """HeldOutEvalCallback with carbon_guard: a higher mean return does not make a new best when the first
     scenario's carbon rises above guard x the first validation's or it reaches fewer targets; without the
-    guard it does. The reference survives a resume through best_model.json."""
+    guard it does, and a guarded run keeps that pick too (best_model_unguarded.zip). The reference and
+    both scores survive a resume through the .json records."""
     from types import SimpleNamespace
 
     from stable_baselines3.common.logger import configure
@@ -567,7 +569,8 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
     def run(guard, folder):
         saved = []
         model = SimpleNamespace(logger=configure(str(tmp_path / folder), ["csv"]),
-                                save=lambda path: (saved.append(callback.num_timesteps), Path(path).write_text("m")))
+                                save=lambda path: (saved.append((Path(path).stem, callback.num_timesteps)),
+                                                   Path(path).write_text("m")))
         callback = HeldOutEvalCallback({"default": None, "attack_heavy": None}, [10_000], 10,
                                        tmp_path / folder / "best_model.zip", tmp_path / folder / "evaluations.csv",
                                        carbon_guard=guard)
@@ -580,12 +583,17 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
         return saved, callback
 
     unguarded, _ = run(None, "plain")
-    assert unguarded == [10, 20, 40]
+    assert unguarded == [("best_model", 10), ("best_model", 20), ("best_model", 40)]
+    assert not (tmp_path / "plain" / "best_model_unguarded.zip").exists()
     guarded, callback = run(1.05, "guarded")
-    assert guarded == [10, 30]
+    assert [step for name, step in guarded if name == "best_model"] == [10, 30]
+    assert [step for name, step in guarded if name == "best_model_unguarded"] == [10, 20, 40]
+    unguarded_record = json.loads((tmp_path / "guarded" / "best_model_unguarded.json").read_text())
+    assert unguarded_record["timesteps"] == 40 and json.loads(callback.best_record.read_text())["timesteps"] == 30
     resumed = HeldOutEvalCallback({"default": None}, [10_000], 10, tmp_path / "guarded" / "best_model.zip",
                                   tmp_path / "guarded" / "evaluations.csv", carbon_guard=1.05)
     assert resumed.reference == {"carbon_g": 20.0, "target_reached": 1.0}
     assert resumed.best_score == callback.best_score == pytest.approx(0.0)
+    assert resumed.best_unguarded_score == callback.best_unguarded_score == pytest.approx(2.5)
     with pytest.raises(SettingsError, match="carbon_guard"):
         _settings(carbon_guard=0.0)

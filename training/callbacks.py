@@ -207,7 +207,9 @@ class HeldOutEvalCallback(BaseCallback):
     carbon is at most ``carbon_guard`` times the first evaluation's and it reaches the target at least as
     often. For a residual policy the first evaluation is, in effect, its prior rule, so a rise of the
     mean return elsewhere (attack_heavy) cannot pay for a model that spends more than the rule on the
-    training config.
+    training config. With the guard, the model the plain rule would keep is saved as well
+    (``<best_model_path stem>_unguarded.zip`` and ``.json``), so one run compares both picks on the same
+    training.
     """
 
     SCORE = "return"
@@ -239,6 +241,8 @@ class HeldOutEvalCallback(BaseCallback):
             record = json.loads(self.best_record.read_text())
             self.best_score = float(record["score"])
             self.reference = record.get("reference")
+        self.unguarded_model_path = self.best_model_path.with_name(f"{self.best_model_path.stem}_unguarded.zip")
+        self.best_unguarded_score = self._recorded_score(self.unguarded_model_path)
         self._last_eval = None
 
     def _on_training_start(self) -> None:
@@ -283,9 +287,10 @@ class HeldOutEvalCallback(BaseCallback):
         improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)
         if improved:
             self.best_score = summary[self.SCORE]
-            self.model.save(self.best_model_path)
-            self.best_record.write_text(json.dumps({"score": self.best_score, "timesteps": self.num_timesteps,
-                                                    **summary, "reference": self.reference}, indent=2))
+            self._save(self.best_model_path, summary, reference=self.reference)
+        if self.carbon_guard is not None and summary[self.SCORE] > self.best_unguarded_score:
+            self.best_unguarded_score = summary[self.SCORE]
+            self._save(self.unguarded_model_path, summary)
         self.logger.record("eval/best_return", self.best_score)
         self.logger.dump(self.num_timesteps)
         new_file = not self.log_path.is_file()
@@ -307,6 +312,16 @@ class HeldOutEvalCallback(BaseCallback):
             + scenarios + ("  (new best)" if improved else "")
         )
         return summary
+
+    def _save(self, path: Path, summary: dict[str, float], **extra) -> None:
+        self.model.save(path)
+        path.with_suffix(".json").write_text(json.dumps(
+            {"score": summary[self.SCORE], "timesteps": self.num_timesteps, **summary, **extra}, indent=2))
+
+    @staticmethod
+    def _recorded_score(path: Path) -> float:
+        record = path.with_suffix(".json")
+        return float(json.loads(record.read_text())["score"]) if record.is_file() and path.is_file() else -math.inf
 
     def _within_guard(self, on_config: dict[str, float]) -> bool:
         if self.carbon_guard is None:
