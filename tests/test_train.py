@@ -545,6 +545,21 @@ def test_issue5_table_checks_the_figures_against_carbon_periodic(tmp_path, capsy
     assert rows["short"].endswith("| no | no (200; fewest 120) |")
     assert "| 10.0 g, 1/2 " in rows["missed"] and rows["missed"].endswith("| no | yes (200; fewest 120) |")
 
+    # --model best_model_unguarded: the same validation as the best model reads the run's rows; another one
+    # reads its own comparisons where they were run, and says "not run" where not
+    for run, steps in ((passing, 10000), (short, 20000), (missed, 20000)):
+        (run / "best_model_unguarded.json").write_text(json.dumps({"timesteps": steps}))
+    for part, attackers in (("comparison", 0), ("attack_heavy", 150)):
+        (short / "best_model_unguarded" / part).mkdir(parents=True)
+        with open(short / "best_model_unguarded" / part / "results.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([fields, ["best_model_unguarded", part, 0, 1, 15.0, attackers],
+                                          ["best_model_unguarded", part, 1, 1, 15.0, attackers]])
+    table.main(["--model", "best_model_unguarded", str(passing), str(short), str(missed)])
+    rows = {line.split("|")[1].split("`")[1]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["passing"].endswith("| yes | yes (200; fewest 120) |") and "20k (10k)" in rows["passing"]
+    assert "20k (20k) | 15.0 g, 2/2 (-25.0%) | 15.0 g / 150, 2/2 | not run | yes | yes" in rows["short"]
+    assert rows["missed"].endswith("| not run |")
+
 
 def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validation(tmp_path):
     """HeldOutEvalCallback with carbon_guard: a higher mean return does not make a new best when the first
