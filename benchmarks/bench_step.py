@@ -22,6 +22,10 @@ tables as Markdown.
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
 
+``--device cuda`` runs every table on that torch device (``device`` in the env config); the per-node
+reference then is skipped, since its thousands of tiny kernels time the launch latency, not the round,
+and the timers wait for the device to finish (``torch.cuda.synchronize``).
+
 ``--threads`` (default 1) sets torch's intra-op threads. The tensors of one round are small, and on a
 machine whose cores are busy with other work two OpenMP threads that wait for each other make a step
 tens of times slower than one thread does.
@@ -54,14 +58,20 @@ from envs.vector_env import EdgeLearningVectorEnv
 ACTION_FULL = 2
 
 
-def config_for(n_nodes: int, rounds: int) -> EnvConfig:
-    base = EnvConfig()
+def config_for(n_nodes: int, rounds: int, device: str = "cpu") -> EnvConfig:
+    base = EnvConfig(device=device)
     radius = min(1.5, base.topology.radius * math.sqrt(32 / n_nodes))
     data = base.model_dump()
     data.update(n_nodes=n_nodes, max_rounds=max(base.max_rounds, rounds + 4), target_accuracy=1.0)
     data["topology"].update(kind="random_geometric", radius=radius)
     data["observation"].update(adjacency=n_nodes <= 128)
     return EnvConfig.model_validate(data)
+
+
+def synchronize(config: EnvConfig) -> None:
+    """Waits for the device's queued work, so that a timer stopped after it times the work itself."""
+    if torch.device(config.device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_env_steps(config: EnvConfig, rounds: int, seed: int) -> list[float]:
@@ -86,7 +96,7 @@ def time_transitions(
     env = EdgeLearningEnv(config)
     env.reset(seed=seed)
     scenario, state = env.scenario, env.sim_state
-    action = torch.full((config.n_nodes,), ACTION_FULL, dtype=torch.long)
+    action = torch.full((config.n_nodes,), ACTION_FULL, dtype=torch.long, device=config.device)
     with torch.inference_mode():
         transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))  # warm-up
     batched, reference, worst = [], [], 0.0
@@ -110,8 +120,8 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     env = EdgeLearningEnv(config)
     env.reset(seed=seed)
     scenario, state, spec = env.scenario, env.sim_state, model_spec(config)
-    everyone = torch.ones(scenario.n_nodes, dtype=torch.bool)
-    full = torch.zeros(scenario.n_nodes, dtype=torch.long)
+    everyone = torch.ones(scenario.n_nodes, dtype=torch.bool, device=config.device)
+    full = torch.zeros(scenario.n_nodes, dtype=torch.long, device=config.device)
     eval_x, eval_y = scenario.eval_x, scenario.eval_y
 
     def bare_round(params, public, round_index):
@@ -132,8 +142,10 @@ def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]
     with torch.inference_mode():
         params, public = bare_round(params, public, state.round)
         for r in range(rounds):
+            synchronize(config)
             start = time.perf_counter()
             params, public = bare_round(params, public, state.round + r + 1)
+            synchronize(config)
             times.append(time.perf_counter() - start)
     return times
 
@@ -183,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", default=None, help="also write the tables to this Markdown file")
+    parser.add_argument("--device", default="cpu", help="torch device of the simulator (cpu, cuda, cuda:N)")
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        args.reference_up_to = 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
         # the env runs NumPy's BLAS with one thread (envs/threads.py); the bare learning work must too
@@ -195,11 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(line)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    on = "" if args.device == "cpu" else f", simulator on {args.device}" + (
+        f" ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else "")
     emit(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-         f"load average {load:.1f}; {args.rounds} rounds per size, all nodes train + full broadcast")
+         f"load average {load:.1f}{on}; {args.rounds} rounds per size, all nodes train + full broadcast")
     emit()
     # the default step is cheap: time whole episodes (resets excluded) rather than the first few rounds
-    default_steps = time_env_steps(EnvConfig(), args.default_rounds, args.seed)
+    default_steps = time_env_steps(EnvConfig(device=args.device), args.default_rounds, args.seed)
     median_ms, mean_ms = 1e3 * statistics.median(default_steps), 1e3 * statistics.mean(default_steps)
     emit(f"default config (N = {EnvConfig().n_nodes}): env.step median {median_ms:.2f} ms, mean {mean_ms:.2f} ms "
          f"over {len(default_steps)} steps")
@@ -208,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
          "| reference round ms | speed-up vs reference | max abs Δparams |")
     emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
-        config = config_for(n, args.rounds)
+        config = config_for(n, args.rounds, args.device)
         steps = statistics.median(time_env_steps(config, args.rounds, args.seed))
         bare = statistics.median(time_bare_learning(config, args.rounds, args.seed))
         if n <= args.reference_up_to:
@@ -226,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("| N | B | vector step ms | env-steps/s | node-rounds/s |")
     emit("|---:|---:|---:|---:|---:|")
     for n in args.sizes:
-        config = config_for(n, args.rounds)
+        config = config_for(n, args.rounds, args.device)
         for b in args.batches:
             if b * n > args.max_node_rounds:
                 emit(f"| {n} | {b} | skipped (B·N > {args.max_node_rounds}) | | |")
@@ -234,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             step = statistics.median(time_vector_steps(config, b, args.rounds, args.seed))
             emit(f"| {n} | {b} | {1e3 * step:.2f} | {b / step:.1f} | {b * n / step:.0f} |")
     emit()
-    config = config_for(32, 2 * args.rounds)
+    config = config_for(32, 2 * args.rounds, args.device)
     vector, sync = (statistics.median(times) for times in time_vector_against_sync(config, 64, 2 * args.rounds,
                                                                                    args.seed))
     emit(f"B = 64, N = 32, {2 * args.rounds} rounds, the two envs stepped in alternation:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from conftest import all_nodes, make_env
 
@@ -111,3 +112,33 @@ def test_numpy_and_torch_stream_hashes_agree():
                        ((expected >> 8) + 1).float() * 2.0**-24)
     assert int(expected.min()) >= 0 and int(expected.max()) < 2**32
     assert len(torch.unique(expected)) > 0.99 * expected.numel()
+
+
+def test_device_check_finds_the_cpu_identical_to_itself_and_reports_a_difference(capsys):
+    """benchmarks/device_check.py (CPU against another device): with the CPU on both sides every figure
+    is zero and both runs end together; its comparison does see a perturbed reward; the random actions
+    only pick allowed ones."""
+    import importlib.util as util
+
+    from conftest import ROOT, TINY
+
+    spec = util.spec_from_file_location("device_check", ROOT / "benchmarks" / "device_check.py")
+    check = util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    mask = np.zeros((3, 40, N_ACTIONS), dtype=np.float32)
+    mask[..., 0] = 1.0
+    mask[0, :, 2] = 1.0
+    picked = check.random_valid_actions(mask, np.random.default_rng(0))
+    assert set(np.unique(picked[0])) <= {0, 2} and (picked[1:] == 0).all() and 2 in picked[0]
+
+    check.main(["--device", "cpu", "--configs", str(TINY), "--rounds", "4", "--batch", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {TINY}")]
+    assert len(rows) == 4  # single and vector, printed as they finish and again in the table
+    for row in rows:
+        cells = [cell.strip() for cell in row.split("|")]
+        assert cells[4:6] == ["yes", "identical"] and all(float(value.split()[-1]) == 0.0
+                                                           for value in cells[6].split(", "))
+    env = make_env(TINY)
+    records, actions = check.run(env, 0, 3, 0)
+    shifted = [(obs, reward + 0.5, info, done) for obs, reward, info, done in records]
+    assert check.largest_differences(records, shifted)["reward"] == pytest.approx(0.5)
