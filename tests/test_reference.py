@@ -260,6 +260,30 @@ def test_neighbour_distances_match_the_direct_norms(nodes_per_env):
     torch.testing.assert_close(got[valid], direct[valid], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("nodes_per_env", [32, 300], ids=["gram-matrix path", "sampled sparse product (> 64 nodes)"])
+def test_neighbour_distances_stay_accurate_for_close_models_far_from_the_origin(nodes_per_env):
+    """After a few gossip rounds the models lie close together, far from the origin (|x|² ~ 6e4 here,
+    distances ~ 0.03): the distance expansion must not cancel to float32 noise, on any device. A model
+    with non-finite entries leaves the others' distances exact."""
+    from envs.dynamics import gossip
+
+    generator = torch.Generator().manual_seed(1)
+    n_envs, width, n_params = 2, 6, 650
+    own = 10.0 + 1e-3 * torch.randn(n_envs * nodes_per_env, n_params, generator=generator)
+    other = own + 1e-3 * torch.randn(own.shape, generator=generator)
+    own[3, 5] = float("inf")  # a diverged model: its own rows are meaningless, the rest must not suffer
+    local = torch.stack([torch.randperm(nodes_per_env, generator=generator)[:width]
+                         for _ in range(n_envs * nodes_per_env)])
+    neighbours = local + torch.arange(n_envs).repeat_interleave(nodes_per_env).unsqueeze(1) * nodes_per_env
+    valid = torch.ones(neighbours.shape, dtype=torch.bool)
+    direct = (other[neighbours].double() - own.double().unsqueeze(1)).norm(dim=2).float()
+    got = gossip.neighbour_distances(own, other, neighbours, valid, nodes_per_env)
+    clean = torch.isfinite(direct)
+    clean[3] = False
+    assert clean.sum() > 0.9 * clean.numel()
+    torch.testing.assert_close(got[clean], direct[clean], atol=1e-6, rtol=1e-3)
+
+
 @pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy sort", "torch sort"])
 def test_lower_median_is_torch_nanmedian(numpy_on_cpu, monkeypatch):
     from envs.dynamics import products
