@@ -283,13 +283,14 @@ def node_pull(config: EnvConfig, own: torch.Tensor, senders: list[tuple[torch.Te
 
 
 def node_scores(own: torch.Tensor, neighbour_models: list[torch.Tensor | None]) -> list[float]:
-    """Receiver's score of each neighbour slot: min(1, median distance / distance)², 0 if unusable."""
+    """Receiver's score of each neighbour slot: 1 up to the median distance (the same model at distance 0
+    included), (median distance / distance)² beyond it, 0 if unusable."""
     dists = [None if x is None else float((x - own).norm()) for x in neighbour_models]
     usable = [d for d in dists if d is not None]
     if not usable:
         return [0.0] * len(dists)
     median = _lower_median(usable)
-    return [0.0 if d is None else min(1.0, median / max(d, 1e-12)) ** 2 for d in dists]
+    return [0.0 if d is None else 1.0 if d <= median else (median / d) ** 2 for d in dists]
 
 
 # ------------------------------------------------------------------------------------------ round

@@ -284,6 +284,47 @@ def test_neighbour_distances_stay_accurate_for_close_models_far_from_the_origin(
     torch.testing.assert_close(got[clean], direct[clean], atol=1e-6, rtol=1e-3)
 
 
+@pytest.mark.parametrize("nodes_per_env", [32, 300], ids=["gram-matrix path", "sampled sparse product (> 64 nodes)"])
+def test_the_same_model_is_at_distance_zero_and_fully_trusted(nodes_per_env):
+    """Nodes that kept the shared initial model: their copies are at distance exactly 0 (not the square
+    root of rounding, which differs between devices), and a receiver whose neighbours mostly hold its own
+    model (median distance 0) scores those copies 1 and a different one 0."""
+    from envs.dynamics import gossip
+
+    generator = torch.Generator().manual_seed(2)
+    n_params = 650
+    own = 0.1 * torch.randn(n_params, generator=generator).repeat(nodes_per_env, 1)
+    changed = torch.arange(nodes_per_env) % 3 == 0  # a third trained: their models moved
+    own[changed] += 0.05 * torch.randn(int(changed.sum()), n_params, generator=generator)
+    neighbours = (torch.arange(nodes_per_env).unsqueeze(1) + torch.arange(1, 4)) % nodes_per_env
+    valid = torch.ones(neighbours.shape, dtype=torch.bool)
+    distances = gossip.neighbour_distances(own, own, neighbours, valid, nodes_per_env)
+    same = ~changed.unsqueeze(1) & ~changed[neighbours]
+    assert same.any() and (distances[same] == 0).all() and (distances[~same] > 0.5).all()
+    usable = torch.ones(nodes_per_env, dtype=torch.bool)
+    scores = gossip.neighbour_scores(own, own, neighbours, valid, usable, nodes_per_env)
+    mostly_same = same.sum(1) >= 2  # the lower median of three slots is 0
+    assert mostly_same.any()
+    assert (scores[mostly_same][same[mostly_same]] == 1).all()
+    assert (scores[mostly_same][~same[mostly_same]] == 0).all()
+
+
+def test_top_k_compression_breaks_ties_like_the_reference():
+    """Equal magnitudes across the k-th place (SGD steps do tie) keep the lowest indices, as the
+    reference's stable sort does, so the message does not depend on topk's device-specific choice."""
+    from envs.devices import COMPRESSION_LEVELS
+    from envs.dynamics import gossip
+    from envs.reference import compress_row
+
+    generator = torch.Generator().manual_seed(3)
+    deltas = torch.randint(-3, 4, (64, 200), generator=generator).float()  # ties everywhere
+    deltas[::2] += 1e-3 * torch.randn(32, 200, generator=generator)  # and rows without any
+    for level, name in enumerate(COMPRESSION_LEVELS):
+        levels = torch.full((len(deltas),), level)
+        expected = torch.stack([compress_row(row, level) for row in deltas])
+        assert torch.equal(gossip.compress(deltas, levels), expected), name
+
+
 @pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy sort", "torch sort"])
 def test_lower_median_is_torch_nanmedian(numpy_on_cpu, monkeypatch):
     from envs.dynamics import products

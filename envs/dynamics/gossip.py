@@ -55,8 +55,17 @@ def _compress_rows(part: torch.Tensor, name: str) -> torch.Tensor:
         scale = part.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
         return torch.round(part / scale) * scale
     k = max(1, math.ceil(TOPK_FRACTION[name] * part.shape[1]))
-    top = part.abs().topk(k, dim=1).indices
-    return torch.zeros_like(part).scatter_(1, top, part.gather(1, top))
+    # the k largest magnitudes, ties at the k-th broken towards the lowest index (as a stable sort
+    # would, and as the reference does): topk's own choice among equal values differs between the CPU
+    # and CUDA, and SGD steps do tie (equal updates of pixels that are equal in every sample)
+    magnitude = part.abs()
+    kth = magnitude.topk(k, dim=1).values[:, -1:]
+    keep = magnitude >= kth
+    if bool((keep.sum(1) > k).any()):  # a tie across the k-th place: take the first of the tied
+        above = magnitude > kth
+        tied = keep & ~above
+        keep = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    return torch.where(keep, part, 0.0)
 
 
 def mixing_matrix(
@@ -272,7 +281,8 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
         dist = neighbour_distances(own, finite_rows(public), neighbours, neighbour_valid, nodes_per_env, pattern)
     usable_slot = neighbour_valid & slots(usable, neighbours)
     median = lower_median(dist, usable_slot)
-    score = (median / dist.clamp_min(1e-12)).clamp(max=1.0).nan_to_num(1.0).square()
+    # a copy as close as the median scores 1, the same model (distance 0) included when the median is 0
+    score = torch.where(dist <= median, 1.0, (median / dist.clamp_min(1e-12)).square()).nan_to_num(1.0)
     return torch.where(usable_slot, score, torch.zeros_like(score))
 
 
@@ -283,6 +293,9 @@ def lower_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     count = valid.sum(1, keepdim=True)
     median = ordered.gather(1, ((count - 1) // 2).clamp_min(0))
     return torch.where(count > 0, median, torch.nan)
+
+
+SAME_MODEL_BOUND = 1e-5  # squared distance / (|a|² + |b|²) below which two models count as the same
 
 
 def _about_the_fleet_mean(own: torch.Tensor, other: torch.Tensor, nodes_per_env: int
@@ -315,7 +328,10 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
     Both models are first taken relative to their environment's mean model (over the finite rows of
     ``own``; distances do not change). The expansion cancels: its float32 error is about 1e-7 · |a|²,
     and two models a gossip round apart lie far closer to each other than to the origin. Measured from
-    the origin, distances of 2e-3 came out 2.4e-3 apart on the CPU and on CUDA (docs/bench_cuda.md)."""
+    the origin, distances of 2e-3 came out 2.4e-3 apart on the CPU and on CUDA (docs/bench_cuda.md).
+    A squared distance within ``SAME_MODEL_BOUND`` of the squared norms is rounding and returns 0: the
+    same model on both sides (nodes that kept the initial model, a node's own padding slots) is at
+    distance 0 on every device, where sqrt(rounding) gave 2e-4 on the CPU and 5e-4 on CUDA."""
     own, other = _about_the_fleet_mean(own, other, nodes_per_env)
     own_sq = torch.linalg.vector_norm(own, dim=1).square()
     other_sq = torch.linalg.vector_norm(other, dim=1).square()
@@ -332,5 +348,8 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
         edge_dots = torch.sparse.sampled_addmm(pattern, own, other.T, beta=0.0).values()
         dots = torch.zeros(neighbours.shape, dtype=own.dtype, device=own.device)
         dots.masked_scatter_(neighbour_valid, edge_dots)
-    squared = own_sq.unsqueeze(1) + slots(other_sq, neighbours) - 2 * dots
-    return squared.clamp_min(0.0).sqrt()
+    scale = own_sq.unsqueeze(1) + slots(other_sq, neighbours)
+    squared = scale - 2 * dots
+    # what is left of the same model on both sides is rounding, about 1e-7 of the scale; distinct models
+    # of a round lie at 0.1 of it and more
+    return torch.where(squared > SAME_MODEL_BOUND * scale, squared, 0.0).sqrt()
