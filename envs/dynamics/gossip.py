@@ -350,6 +350,6 @@ def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torc
         dots.masked_scatter_(neighbour_valid, edge_dots)
     scale = own_sq.unsqueeze(1) + slots(other_sq, neighbours)
     squared = scale - 2 * dots
-    # what is left of the same model on both sides is rounding, about 1e-7 of the scale; distinct models
-    # of a round lie at 0.1 of it and more
+    # what is left of the same model on both sides is rounding, about 1e-7 of the scale; the closest
+    # distinct models of the default scenario's first rounds lay at 0.16 of it
     return torch.where(squared > SAME_MODEL_BOUND * scale, squared, 0.0).sqrt()
