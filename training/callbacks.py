@@ -234,15 +234,12 @@ class HeldOutEvalCallback(BaseCallback):
         self.best_record = self.best_model_path.with_suffix(".json")
         self.log_path = Path(log_path)
         self.on_log = on_log or (lambda message: None)
-        self.best_score = -math.inf
         self.carbon_guard = carbon_guard
-        self.reference: dict[str, float] | None = None  # the first evaluation's, for carbon_guard
-        if self.best_record.is_file() and self.best_model_path.is_file():
-            record = json.loads(self.best_record.read_text())
-            self.best_score = float(record["score"])
-            self.reference = record.get("reference")
+        best = self._record(self.best_model_path)  # a resumed run's best score and guard reference
+        self.best_score = float(best.get("score", -math.inf))
+        self.reference: dict[str, float] | None = best.get("reference")  # the first evaluation's
         self.unguarded_model_path = self.best_model_path.with_name(f"{self.best_model_path.stem}_unguarded.zip")
-        self.best_unguarded_score = self._recorded_score(self.unguarded_model_path)
+        self.best_unguarded_score = float(self._record(self.unguarded_model_path).get("score", -math.inf))
         self._last_eval = None
 
     def _on_training_start(self) -> None:
@@ -319,9 +316,10 @@ class HeldOutEvalCallback(BaseCallback):
             {"score": summary[self.SCORE], "timesteps": self.num_timesteps, **summary, **extra}, indent=2))
 
     @staticmethod
-    def _recorded_score(path: Path) -> float:
+    def _record(path: Path) -> dict[str, Any]:
+        """A saved model's .json record (empty when the model or its record is missing)."""
         record = path.with_suffix(".json")
-        return float(json.loads(record.read_text())["score"]) if record.is_file() and path.is_file() else -math.inf
+        return json.loads(record.read_text()) if record.is_file() and path.is_file() else {}
 
     def _within_guard(self, on_config: dict[str, float]) -> bool:
         if self.carbon_guard is None:
