@@ -58,12 +58,13 @@ def training_steps(run: Path, model: str = MODEL) -> tuple[int, int]:
     return int(evaluations[-1]["timesteps"]), best[-1]
 
 
-def comparison_kpis(run: Path, part: str, model: str) -> dict[str, dict] | None:
+def comparison_kpis(run: Path, part: str, model: str, same_as_best: bool) -> dict[str, dict] | None:
     """The heuristics' KPIs of one comparison with ``model``'s under the name MODEL: from the run's own
-    comparison, or from ``<run>/<model>/<part>``; None where the model was not evaluated there."""
+    comparison when ``model`` is the best model or was saved by the same validation
+    (``same_as_best``), else from ``<run>/<model>/<part>``; None where it was not evaluated there."""
     kpis = scheduler_kpis(run / part / "results.csv")
-    if model == MODEL or training_steps(run, model)[1] == training_steps(run)[1]:
-        return kpis  # the same validation saved both
+    if same_as_best:
+        return kpis
     extra = run / model / part / "results.csv"
     if not extra.is_file():
         return None
@@ -72,10 +73,10 @@ def comparison_kpis(run: Path, part: str, model: str) -> dict[str, dict] | None:
 
 
 def summarise(run: Path, model: str = MODEL) -> str:
-    default = comparison_kpis(run, "comparison", model)
-    attacked = comparison_kpis(run, "attack_heavy", model)
-    larger = comparison_kpis(run, "x4", model)
     steps, best = training_steps(run, model)
+    same_as_best = model == MODEL or best == training_steps(run)[1]
+    default, attacked, larger = (comparison_kpis(run, part, model, same_as_best)
+                                 for part in ("comparison", "attack_heavy", "x4"))
     if default is None or attacked is None:
         return f"| `{run.name}` ({model}) | {steps // 1000}k ({best // 1000}k) | not run |"
 
