@@ -11,6 +11,11 @@ and since the cell changes by Δstored = stored_in - from_battery,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -202,6 +207,25 @@ def test_mixing_matrix_is_symmetric_and_doubly_stochastic(graph):
 @given(connected_graphs(DENSE_MIXING_UP_TO + 1, 600, mean_degree=6.0))
 def test_sparse_mixing_matrix_of_larger_fleets_is_symmetric_and_doubly_stochastic(graph):
     _check_mixing(graph, sparse_expected=True)
+
+
+def test_a_sparse_fleet_is_built_and_stepped_without_torch_beta_warnings():
+    """torch warns once per process at its first sparse CSR tensor; a fresh interpreter, where any
+    UserWarning is an error, is the only place where that first tensor is certainly the env's."""
+    script = (
+        "import numpy as np\n"
+        "from conftest import tiny_variant\n"
+        "from envs.gossip_env import EdgeLearningEnv\n"
+        f"config = tiny_variant(n_nodes={DENSE_MIXING_UP_TO + 8}, observation={{'adjacency': False}})\n"
+        "env = EdgeLearningEnv(config)\n"
+        "env.reset(seed=0)\n"
+        "env.step(np.full(config.n_nodes, 2))\n"
+    )
+    tests = Path(__file__).parent
+    result = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script], cwd=tests.parent,
+                            env={**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{tests.parent}"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("n_nodes", [8, 600], ids=["dense", "sparse"])

@@ -19,6 +19,7 @@ round (the round's active links), the others' weight stays with its own model.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -84,7 +85,13 @@ def mixing_matrix(
         rows, cols, values = torch.cat([dst, idx]), torch.cat([src, idx]), torch.cat([weight, self_weight])
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
                                   check_invariants=False).coalesce()
-    return coo.to_dense() if n_nodes <= DENSE_MIXING_UP_TO else coo.to_sparse_csr()
+    if n_nodes <= DENSE_MIXING_UP_TO:
+        return coo.to_dense()
+    # torch warns (once per process, at the first CSR tensor) that its sparse CSR support is in beta; the
+    # env uses only the CSR products its tests check, and a user building a large fleet should not be told
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return coo.to_sparse_csr()
 
 
 def mix(neighbour_mixing: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
