@@ -155,6 +155,16 @@ def test_cli_evaluate_writes_every_output(tmp_path, capsys):
     assert "carbon_aware" in capsys.readouterr().out
 
 
+def test_cli_keeps_a_heuristic_s_parameter_list_together():
+    from training.evaluate import _split
+
+    graded = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
+    assert _split([f"all_nodes,{graded},runs/a.zip", "oort:c=1", "carbon_aware"]) == [
+        "all_nodes", graded, "runs/a.zip", "oort:c=1", "carbon_aware"]
+    assert _split([f"{graded},carbon_periodic:period=3", "20000,20001 20002"]) == [
+        graded, "carbon_periodic:period=3", "20000", "20001", "20002"]
+
+
 def test_render_writes_a_gif_and_a_png_strip(tmp_path):
     frames = episode_frames("carbon_aware", str(TINY), seed=0, max_frames=3)
     assert len(frames) == 4 and frames[0].ndim == 3 and frames[0].shape[2] == 3

@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# one more key=value of a parameterised scheduler (name:key=value,key=value)
+PARAMETER = re.compile(r"[A-Za-z_]\w*=")
 
 # (key, column title, which way is better). carbon/energy/rounds "to target" are averaged over the
 # episodes that reached the target; the table says how many did when not all.
@@ -78,7 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
-    return [part for value in values or () for part in value.replace(",", " ").split()]
+    """Comma- or space-separated items. A comma followed by ``key=`` continues the parameters of the
+    ``name:key=value`` before it, so ``carbon_periodic:period=6,sprint_gap=0.02`` stays one scheduler."""
+    items: list[str] = []
+    for value in values or ():
+        for word in value.split():
+            parts: list[str] = []
+            for part in filter(None, word.split(",")):
+                if parts and ":" in parts[-1] and PARAMETER.match(part):
+                    parts[-1] += "," + part
+                else:
+                    parts.append(part)
+            items.extend(parts)
+    return items
 
 
 def run(args: argparse.Namespace) -> int:
