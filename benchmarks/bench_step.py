@@ -15,8 +15,8 @@ its minibatches included), the full broadcast, the mixing step and the accuracy 
 evaluation subsample, called directly on the dynamics functions;
 env step / bare learning is the overhead of everything the env adds (energy, carbon, trust, attacks,
 observation, info). "bare ceiling" is reference / bare learning: the speed-up over the reference that a
-batched round with no overhead at all would reach, an upper bound for the column before it. The vector table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes
-(node-rounds/s = B·N / step time), and the last table compares B = 64, N = 32 in one batched program
+batched round with no overhead at all would reach, an upper bound for the column before it. The vector
+table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes (node-rounds/s = B·N / step time), and the last table compares B = 64, N = 32 in one batched program
 with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in alternation. ``--out`` writes all
 tables as Markdown.
 

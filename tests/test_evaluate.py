@@ -155,10 +155,14 @@ def test_cli_evaluate_writes_every_output(tmp_path, capsys):
     assert "carbon_aware" in capsys.readouterr().out
 
 
-def test_cli_keeps_a_heuristic_s_parameter_list_together():
+def test_cli_keeps_a_heuristic_s_parameter_list_together(tmp_path):
     from training.evaluate import _split
 
     graded = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
+    out = tmp_path / "cli"
+    assert cli.main(["evaluate", "--config", str(TINY), "--schedulers", f"{graded},all_nodes", "--seeds", "2",
+                     "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert [r["scheduler"] for r in _read_csv(out / "results.csv")] == [graded, "all_nodes"]
     assert _split([f"all_nodes,{graded},runs/a.zip", "oort:c=1", "carbon_aware"]) == [
         "all_nodes", graded, "runs/a.zip", "oort:c=1", "carbon_aware"]
     assert _split([f"{graded},carbon_periodic:period=3", "20000,20001 20002"]) == [
