@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-# one more key=value of a parameterised scheduler (name:key=value,key=value)
-PARAMETER = re.compile(r"[A-Za-z_]\w*=")
+# a comma that separates items, not one followed by the next key=value of a scheduler's parameters
+ITEM_COMMA = re.compile(r",(?![A-Za-z_]\w*=)")
 
 # (key, column title, which way is better). carbon/energy/rounds "to target" are averaged over the
 # episodes that reached the target; the table says how many did when not all.
@@ -84,17 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _split(values: Sequence[str] | None) -> list[str]:
     """Comma- or space-separated items. A comma followed by ``key=`` continues the parameters of the
     ``name:key=value`` before it, so ``carbon_periodic:period=6,sprint_gap=0.02`` stays one scheduler."""
-    items: list[str] = []
-    for value in values or ():
-        for word in value.split():
-            parts: list[str] = []
-            for part in filter(None, word.split(",")):
-                if parts and ":" in parts[-1] and PARAMETER.match(part):
-                    parts[-1] += "," + part
-                else:
-                    parts.append(part)
-            items.extend(parts)
-    return items
+    return [item for value in values or () for word in value.split() for item in ITEM_COMMA.split(word) if item]
 
 
 def run(args: argparse.Namespace) -> int:
