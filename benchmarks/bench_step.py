@@ -16,9 +16,9 @@ evaluation subsample, called directly on the dynamics functions;
 env step / bare learning is the overhead of everything the env adds (energy, carbon, trust, attacks,
 observation, info). "bare ceiling" is reference / bare learning: the speed-up over the reference that a
 batched round with no overhead at all would reach, an upper bound for the column before it. The vector
-table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes (node-rounds/s = B·N / step time), and the last table compares B = 64, N = 32 in one batched program
-with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in alternation. ``--out`` writes all
-tables as Markdown.
+table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes (node-rounds/s = B·N / step time),
+and the last table compares B = 64, N = 32 in one batched program with 64 single envs in Gymnasium's
+``SyncVectorEnv``, stepping the two in alternation. ``--out`` writes all tables as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
