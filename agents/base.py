@@ -43,12 +43,19 @@ class Scheduler(Protocol):
 
 
 def node_feature(observation: dict[str, np.ndarray], name: str) -> np.ndarray:
-    """(N,) column ``name`` of ``observation["nodes"]`` (see ``envs.observation.NODE_FEATURES``)."""
-    return observation["nodes"][:, NODE_INDEX[name]]
+    """(N,) column ``name`` of ``observation["nodes"]`` (see ``envs.observation.NODE_FEATURES``); (B, N)
+    for a batch of observations."""
+    return observation["nodes"][..., NODE_INDEX[name]]
 
 
 def global_feature(observation: dict[str, np.ndarray], name: str) -> float:
     return float(observation["global"][GLOBAL_INDEX[name]])
+
+
+def global_column(observation: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Global feature ``name`` shaped to broadcast against node columns: (1,) for one observation,
+    (B, 1) for a batch (``global_feature`` gives the float of one observation)."""
+    return observation["global"][..., GLOBAL_INDEX[name], None]
 
 
 def sent_last_round(observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -59,19 +66,24 @@ def sent_last_round(observation: dict[str, np.ndarray]) -> np.ndarray:
 def first_affordable(mask: np.ndarray, *preferences: np.ndarray | int) -> np.ndarray:
     """Per node, the first action in ``preferences`` that ``mask`` allows, else idle (always allowed).
 
-    ``preferences`` are action codes, each a scalar or an (N,) array, most wanted first; e.g.
-    ``first_affordable(mask, SEND_FULL, TRAIN)`` falls back to training only, then to idle.
+    ``mask`` is (N, K), or (B, N, K) for a batch; ``preferences`` are action codes, each a scalar or an
+    array of the nodes' shape, most wanted first; e.g. ``first_affordable(mask, SEND_FULL, TRAIN)`` falls
+    back to training only, then to idle.
     """
-    n = mask.shape[0]
-    nodes = np.arange(n)
-    action = np.full(n, IDLE, dtype=np.int64)
-    decided = np.zeros(n, dtype=bool)
+    nodes = mask.shape[:-1]
+    action = np.full(nodes, IDLE, dtype=np.int64)
+    decided = np.zeros(nodes, dtype=bool)
     for preference in preferences:
-        code = np.broadcast_to(np.asarray(preference, dtype=np.int64), (n,))
-        ok = ~decided & mask[nodes, code]
-        action[ok] = code[ok]
+        code = np.broadcast_to(np.asarray(preference, dtype=np.int64), nodes)
+        ok = ~decided & allows(mask, code)
+        action = np.where(ok, code, action)
         decided |= ok
     return action
+
+
+def allows(mask: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Whether ``mask`` (..., K) allows each node's ``action`` (...)."""
+    return np.take_along_axis(mask, action[..., None], axis=-1)[..., 0]
 
 
 class HeuristicScheduler:
@@ -88,6 +100,10 @@ class HeuristicScheduler:
     # True when ``act`` is a function of the current observation alone (no rng, no memory): such a rule
     # can serve as the prior of a residual learned policy (``agents.policies``, ``prior``)
     memoryless: ClassVar[bool] = False
+    # True when ``act`` also takes a batch (observation arrays and mask with a leading (B,) axis) and
+    # returns (B, N) actions: ``act_batch`` then calls it once rather than once per observation, which a
+    # residual policy does for every minibatch of every PPO epoch
+    batched_act: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -139,12 +155,15 @@ class HeuristicScheduler:
             raise TypeError(f"{self.name} remembers earlier rounds or draws random numbers; only a memoryless "
                             "rule has one action per observation")
         masks = np.asarray(observations["action_mask"]) > 0.5
-        actions = np.empty(masks.shape[:2], dtype=np.int64)
-        for row in range(len(actions)):
-            single = {key: np.asarray(value)[row] for key, value in observations.items()}
-            action = np.asarray(self.act(single, masks[row]), dtype=np.int64)
-            actions[row] = np.where(masks[row, np.arange(len(action)), action], action, IDLE)
-        return actions
+        if self.batched_act:
+            actions = np.asarray(self.act({key: np.asarray(value) for key, value in observations.items()}, masks),
+                                 dtype=np.int64)
+        else:
+            actions = np.stack([
+                np.asarray(self.act({key: np.asarray(value)[row] for key, value in observations.items()},
+                                    masks[row]), dtype=np.int64)
+                for row in range(len(masks))])
+        return np.where(allows(masks, actions), actions, IDLE)
 
     # ------------------------------------------------------------------ episode bookkeeping
     def _start_episode(self) -> None:

@@ -32,7 +32,7 @@ from agents.base import (
     TRAIN,
     HeuristicScheduler,
     first_affordable,
-    global_feature,
+    global_column,
     node_feature,
     sent_last_round,
 )
@@ -86,6 +86,7 @@ class AllNodes(HeuristicScheduler):
 
     name = "all_nodes"
     memoryless = True
+    batched_act = True
 
     def act(self, observation, mask):
         return first_affordable(mask, SEND_FULL, IDLE)
@@ -210,6 +211,7 @@ class TrustThreshold(HeuristicScheduler):
 
     name = "trust_threshold"
     memoryless = True
+    batched_act = True
 
     def __init__(self, seed: int = 0, threshold: float = 0.5):
         super().__init__(seed)
@@ -277,6 +279,7 @@ class EnergyCarbonTrust(HeuristicScheduler):
 
     name = "energy_carbon_trust"
     memoryless = True
+    batched_act = True
 
     def __init__(self, seed: int = 0, trust_threshold: float = 0.5, green_intensity: float = 0.05,
                  low_soc: float = 0.0):
@@ -330,6 +333,7 @@ class CarbonPeriodic(HeuristicScheduler):
 
     name = "carbon_periodic"
     memoryless = True
+    batched_act = True
 
     def __init__(self, seed: int = 0, period: int = 4, dirty_intensity: float = 0.3, trust_threshold: float = 0.5,
                  sprint_gap: float | None = None, dirtier_period: int | None = None, dirtier_intensity: float = 0.5):
@@ -352,9 +356,9 @@ class CarbonPeriodic(HeuristicScheduler):
         silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
         intensity = node_feature(observation, "carbon_now")
         period = np.where(intensity > self.dirtier_intensity, self.dirtier_period, self.period)
-        started = global_feature(observation, "progress") > 0
+        started = global_column(observation, "progress") > 0
         if self.sprint_gap is not None:
-            started &= global_feature(observation, "target_gap") > self.sprint_gap
+            started = started & (global_column(observation, "target_gap") > self.sprint_gap)
         waits = started & (intensity > self.dirty_intensity) & (silent_rounds < period - 1)
         action = np.where(waits, first_affordable(mask, TRAIN), first_affordable(mask, SEND_Q8))
         return np.where(node_feature(observation, "trust") >= self.trust_threshold, action, IDLE)

@@ -52,6 +52,7 @@ class GradedVariant(CarbonPeriodic):
     instead of sending every round."""
 
     name = "graded_variant"
+    batched_act = False  # reads the round number as one int: one observation at a time
 
     def __init__(self, by_round: bool = False, wait_action: int = TRAIN, sprint_dirtier_period: int = 1,
                  sprint_gap: float | None = None, max_rounds: int = 192):

@@ -226,6 +226,38 @@ def test_act_batch_refuses_rules_with_memory():
                                   HEURISTICS["all_nodes"]().predict(obs)[0])
 
 
+@pytest.mark.parametrize("spec", ["all_nodes", "trust_threshold", "energy_carbon_trust:low_soc=0.4",
+                                  "carbon_periodic", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"])
+def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(spec):
+    """A batched rule decides a whole batch in one call (the residual prior of every PPO minibatch); each
+    row must be what ``predict`` gives for that observation alone. The batch mixes envs, rounds, random
+    actions (staleness, batteries), attackers (trust), random masks and target gaps on both sides of the
+    sprint's, so every branch of the rules is taken in some row and left in another."""
+    from agents.heuristics import build_heuristic
+    from agents.base import GLOBAL_INDEX, IDLE
+    from envs.observation import NODE_INDEX
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed, config in enumerate(["configs/default.yaml", "configs/attack_heavy.yaml"]):
+        env = make_env(config)
+        obs, _ = env.reset(seed=seed)
+        for _ in range(12):
+            obs, *_ = env.step(rng.integers(0, N_ACTIONS, env.unwrapped.n_nodes))
+            rows.append({key: np.array(value) for key, value in obs.items()})
+    for row in rows:
+        row["action_mask"] = np.where(rng.random(row["action_mask"].shape) < 0.3, 0, row["action_mask"])
+        row["action_mask"][:, IDLE] = 1
+        row["global"][GLOBAL_INDEX["target_gap"]] = rng.choice([-0.01, 0.01, 0.03, 0.3])
+        row["nodes"][:, NODE_INDEX["battery_soc"]] = rng.random(len(row["nodes"]))  # for low_soc
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    rule = build_heuristic(spec)
+    assert rule.batched_act
+    expected = np.stack([build_heuristic(spec).predict(row)[0] for row in rows])
+    assert len(np.unique(expected)) >= 2
+    np.testing.assert_array_equal(rule.act_batch(batch), expected)
+
+
 def test_prior_setting_names_the_allowed_rules():
     from training.settings import SettingsError, load_settings
     from training.train import policy_kwargs
