@@ -390,6 +390,37 @@ def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tm
         _settings(select_on="everything")
 
 
+def test_validation_in_background_records_what_the_learner_would_have(tmp_path):
+    """validation_in_background runs each validation in a worker process on a snapshot of the model: the
+    evaluations, the guarded and unguarded picks and the TensorBoard eval scalars must equal a run that
+    validates in the learner, on a training mix with several validations while the policy changes."""
+    import yaml
+    from sb3_contrib import MaskablePPO
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = {"fraction": 0.25, "kinds": ["free_rider"]}
+    attacked_path = tmp_path / "tiny_attacked.yaml"
+    attacked_path.write_text(yaml.safe_dump(attacked))
+    common = dict(total_timesteps=512, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
+                  select_on="training_mix", eval_episodes=2, eval_freq=128, carbon_guard=1.5,
+                  maskable_ppo={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "learning_rate": 0.01})
+    runs = {mode: train(TINY, _settings(validation_in_background=mode == "background", **common), tmp_path / mode)
+            for mode in ("inline", "background")}
+    tables = {mode: (run.out_dir / "evaluations.csv").read_text() for mode, run in runs.items()}
+    assert tables["background"] == tables["inline"]
+    rows = list(csv.DictReader(tables["inline"].splitlines()))
+    assert [int(row["timesteps"]) for row in rows] == [128, 256, 384, 512]
+    assert len({row["return"] for row in rows}) > 1  # the policy changed between validations
+    for name in ("best_model", "best_model_unguarded"):
+        records = [json.loads((run.out_dir / f"{name}.json").read_text()) for run in runs.values()]
+        assert records[0] == records[1]
+        a, b = (MaskablePPO.load(run.out_dir / f"{name}.zip").policy.state_dict() for run in runs.values())
+        for key in a:
+            th.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert not (runs["background"].out_dir / "validation_snapshots").exists()  # recorded, then removed
+    assert "eval/tiny_attacked/malicious" in _scalar_tags(runs["background"].out_dir / "logs")
+
+
 def test_batched_validation_gives_the_sequential_episodes():
     """run_vec_episodes (all validation seeds as one batched program) against run_episode seed by seed:
     the same rounds, carbon and outcome per seed, returns equal up to float32 rewards."""

@@ -3,7 +3,8 @@
 * :class:`SettingsTextCallback` - the run's settings as TensorBoard text, once.
 * :class:`EnvKpiCallback` - the env's KPIs from ``info`` (``env/*``, ``episode/*``) next to SB3's own.
 * :class:`StepsPerSecondCallback` - ``charts/steps_per_second`` of every rollout.
-* :class:`HeldOutEvalCallback` - deterministic episodes on fixed held-out seeds; keeps the best model.
+* :class:`HeldOutEvalCallback` - deterministic episodes on fixed held-out seeds; keeps the best model
+  (in this process, or in a :class:`BackgroundValidation` worker while training goes on).
 * :class:`TrainingEmissionsCallback` - the training run's own footprint with codecarbon, offline.
 * :class:`WallClockLimitCallback` - stops training after a wall-clock budget (benchmarks).
 
@@ -18,9 +19,12 @@ import csv
 import inspect
 import json
 import math
+import multiprocessing
+import shutil
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +196,90 @@ def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = Tr
     return results
 
 
+def validation_episodes(model, env, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """One deterministic episode per seed: all at once on a ``VecEnv`` with one environment per seed
+    (``run_vec_episodes``), one after another on a plain env."""
+    if isinstance(env, VecEnv):
+        return run_vec_episodes(model, env, seeds)
+    return [run_episode(model, env, seed) for seed in seeds]
+
+
+_VALIDATION_WORKER: dict[str, Any] = {}
+
+
+def _start_validation_worker(scenarios: dict[str, Any], settings) -> None:
+    import torch
+
+    from training.train import make_eval_env
+
+    torch.set_num_threads(1)
+    _VALIDATION_WORKER.update(settings=settings,
+                              envs={name: make_eval_env(config, settings) for name, config in scenarios.items()})
+
+
+def _validate_snapshot(path: str) -> dict[str, list[dict[str, Any]]]:
+    from agents.policies import algorithm_class
+
+    settings = _VALIDATION_WORKER["settings"]
+    model = algorithm_class(settings.algo).load(path, device="cpu")
+    return {name: validation_episodes(model, env, settings.validation_seeds)
+            for name, env in _VALIDATION_WORKER["envs"].items()}
+
+
+class BackgroundValidation:
+    """The held-out validations of a training run in one worker process, while training goes on.
+
+    A validation of the quick-start recipe (20 episodes on each of two scenarios) takes about a fifth of a
+    training run's wall-clock time when the learner waits for it. Learner and validation are one thread
+    each, so on a machine with a free core the worker gives that time back to training. ``submit`` saves
+    the model as it is (a snapshot in ``directory``) and queues its validation; the worker loads the
+    snapshot and runs the same deterministic episodes on its own copies of the validation envs, so each
+    validation's figures are the ones the learner would have computed at that step. ``finished`` hands
+    the results back in submission order. At most ``max_pending`` validations wait at a time: a learner
+    that outpaces its worker (a machine without a free core) waits for the oldest one instead of queuing
+    snapshots without end."""
+
+    def __init__(self, scenarios: dict[str, Any], settings, directory: str | Path, max_pending: int = 2):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_pending = max_pending
+        # spawn: the learner's torch has run threads already, and a fork would inherit its locks
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_validation_worker, initargs=(scenarios, settings))
+        self._pending: deque[tuple[int, Path, Future]] = deque()
+
+    def submit(self, model, steps: int) -> list[tuple[int, dict[str, list[dict[str, Any]]], Path]]:
+        """Queues the validation of ``model`` at ``steps``; returns the results it waited for to keep the
+        queue within ``max_pending`` (as ``finished`` gives them)."""
+        waited = list(self.finished(wait_for=len(self._pending) + 1 - self.max_pending))
+        snapshot = self.directory / f"snapshot_{steps}.zip"
+        model.save(snapshot)
+        self._pending.append((steps, snapshot, self._pool.submit(_validate_snapshot, str(snapshot))))
+        return waited
+
+    def finished(self, wait_for: int = 0) -> Iterator[tuple[int, dict[str, list[dict[str, Any]]], Path]]:
+        """(steps, episodes by scenario, snapshot path) of the validations done so far, oldest first; waits
+        for the oldest ``wait_for`` (all of them: ``len(self)``) whether done or not."""
+        while self._pending and (wait_for > 0 or self._pending[0][2].done()):
+            steps, snapshot, future = self._pending.popleft()
+            wait_for -= 1
+            yield steps, future.result(), snapshot
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        for _steps, snapshot, future in self._pending:
+            future.cancel()
+            snapshot.unlink(missing_ok=True)
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.directory.rmdir()  # every snapshot has been recorded and removed
+        except OSError:
+            pass
+
+
 class HeldOutEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
     seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves. ``env`` is a
@@ -210,6 +298,11 @@ class HeldOutEvalCallback(BaseCallback):
     training config. With the guard, the model the plain rule would keep is saved as well
     (``<best_model_path stem>_unguarded.zip`` and ``.json``), so one run compares both picks on the same
     training.
+
+    ``background``: a :class:`BackgroundValidation` that runs the episodes in a worker process while
+    training goes on; ``env`` then only names the scenarios. Results are recorded in order as they come
+    back, under the step they were taken at, and training end waits for the last one. The figures, the
+    picks and the files are the same as in this process.
     """
 
     SCORE = "return"
@@ -225,8 +318,10 @@ class HeldOutEvalCallback(BaseCallback):
         log_path: str | Path,
         on_log: Callable[[str], None] | None = None,
         carbon_guard: float | None = None,
+        background: BackgroundValidation | None = None,
     ):
         super().__init__()
+        self.background = background
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
         self.seeds = list(seeds)
         self.eval_freq = eval_freq
@@ -248,20 +343,37 @@ class HeldOutEvalCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last_eval >= self.eval_freq:
             self.evaluate()
+        elif self.background is not None:
+            self._record_finished(self.background.finished())
         return True
 
     def _on_training_end(self) -> None:
         if self._last_eval != self.num_timesteps or not self.best_model_path.is_file():
             self.evaluate()
+        if self.background is not None:
+            self._record_finished(self.background.finished(wait_for=len(self.background)))
 
     def _episodes(self, env) -> list[dict[str, Any]]:
-        if isinstance(env, VecEnv):
-            return run_vec_episodes(self.model, env, self.seeds)
-        return [run_episode(self.model, env, seed) for seed in self.seeds]
+        return validation_episodes(self.model, env, self.seeds)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float] | None:
+        """Validates the model as it is now: returns the summary, or None when a ``background`` worker
+        runs it (recorded later, when it comes back)."""
         self._last_eval = self.num_timesteps
-        by_scenario = {name: self._episodes(env) for name, env in self.envs.items()}
+        if self.background is not None:
+            self._record_finished(self.background.submit(self.model, self.num_timesteps))
+            return None
+        return self._log_validation(self.num_timesteps, {name: self._episodes(env) for name, env in self.envs.items()})
+
+    def _record_finished(self, results: Iterable[tuple[int, dict[str, list[dict[str, Any]]], Path]]) -> None:
+        for steps, by_scenario, snapshot in results:
+            self._log_validation(steps, by_scenario, snapshot)
+            snapshot.unlink(missing_ok=True)
+
+    def _log_validation(self, steps: int, by_scenario: dict[str, list[dict[str, Any]]],
+                snapshot: Path | None = None) -> dict[str, float]:
+        """Logs the validation of the model at ``steps`` and keeps it if it is the best so far (the model
+        itself, or its ``snapshot`` file when it was validated in the background)."""
         episodes = [episode for group in by_scenario.values() for episode in group]
         summary = {
             "return": float(np.mean([e["return"] for e in episodes])),
@@ -284,25 +396,25 @@ class HeldOutEvalCallback(BaseCallback):
         improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)
         if improved:
             self.best_score = summary[self.SCORE]
-            self._save(self.best_model_path, summary, reference=self.reference)
+            self._save(self.best_model_path, steps, summary, snapshot, reference=self.reference)
         if self.carbon_guard is not None and summary[self.SCORE] > self.best_unguarded_score:
             self.best_unguarded_score = summary[self.SCORE]
-            self._save(self.unguarded_model_path, summary)
+            self._save(self.unguarded_model_path, steps, summary, snapshot)
         self.logger.record("eval/best_return", self.best_score)
-        self.logger.dump(self.num_timesteps)
+        self.logger.dump(steps)
         new_file = not self.log_path.is_file()
         with self.log_path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["timesteps", *summary, "best"])
             if new_file:
                 writer.writeheader()
-            writer.writerow({"timesteps": self.num_timesteps, **summary, "best": improved})
+            writer.writerow({"timesteps": steps, **summary, "best": improved})
         scenarios = "".join(
             f"; {name}: return {summary[f'{name}/return']:.3f}, carbon {summary[f'{name}/carbon_g']:.2f} g, "
             f"attackers {summary[f'{name}/malicious']:.0f}"
             for name in by_scenario if len(by_scenario) > 1
         )
         self.on_log(
-            f"eval @ {self.num_timesteps} steps on seeds {self.seeds[0]}..{self.seeds[-1]}: return "
+            f"eval @ {steps} steps on seeds {self.seeds[0]}..{self.seeds[-1]}: return "
             f"{summary['return']:.3f}, accuracy {summary['final_accuracy']:.3f}, "
             f"carbon {summary['carbon_g']:.2f} g, "
             f"target reached {summary['target_reached']:.0%}, rounds {summary['rounds']:.1f}"
@@ -310,10 +422,14 @@ class HeldOutEvalCallback(BaseCallback):
         )
         return summary
 
-    def _save(self, path: Path, summary: dict[str, float], **extra) -> None:
-        self.model.save(path)
+    def _save(self, path: Path, steps: int, summary: dict[str, float], snapshot: Path | None = None,
+              **extra) -> None:
+        if snapshot is None:
+            self.model.save(path)
+        else:
+            shutil.copyfile(snapshot, path)
         path.with_suffix(".json").write_text(json.dumps(
-            {"score": summary[self.SCORE], "timesteps": self.num_timesteps, **summary, **extra}, indent=2))
+            {"score": summary[self.SCORE], "timesteps": steps, **summary, **extra}, indent=2))
 
     @staticmethod
     def _record(path: Path) -> dict[str, Any]:

@@ -500,18 +500,22 @@ def train(
     if settings.reward is not None:
         LOG.info("training and validation reward weights (settings.reward): %s; the scenario's: %s",
                  settings.reward.model_dump(), env_config.reward.model_dump())
-    # The evaluation env comes first: its first reset imports the simulator's modules and fills its
-    # caches (clear-sky years), which forked training workers then inherit instead of redoing.
-    eval_env = make_eval_env(scenarios[0], settings)
     if settings.select_on == "training_mix" and len(scenarios) > 1:
         validated = validation_scenarios(config, settings, scenarios)
-        first = next(iter(validated))
-        eval_envs = {name: eval_env if name == first else make_eval_env(scenario, settings)
-                     for name, scenario in validated.items()}
-        LOG.info("the best model is picked on %s, each on validation seeds %d..%d", ", ".join(eval_envs),
+        LOG.info("the best model is picked on %s, each on validation seeds %d..%d", ", ".join(validated),
                  settings.validation_seeds[0], settings.validation_seeds[-1])
     else:
-        eval_envs = {"": eval_env}
+        validated = {"": scenarios[0]}
+    background = None
+    if settings.validation_in_background:
+        from training.callbacks import BackgroundValidation
+
+        background = BackgroundValidation(validated, settings, out / "validation_snapshots")
+        eval_envs = dict.fromkeys(validated)
+    else:
+        # The evaluation envs come first: the first reset imports the simulator's modules and fills its
+        # caches (clear-sky years), which forked training workers then inherit instead of redoing.
+        eval_envs = {name: make_eval_env(scenario, settings) for name, scenario in validated.items()}
     monitor, part = out / "monitor.csv", 1
     while resume and monitor.exists():  # VecMonitor overwrites: a resumed run writes its own file
         monitor, part = out / f"resume{part}.monitor.csv", part + 1
@@ -533,6 +537,7 @@ def train(
             out / "evaluations.csv",
             on_log=LOG.info,
             carbon_guard=settings.carbon_guard,
+            background=background,
         )
         callbacks, emissions = training_callbacks(
             settings, out, {"settings/env": "```yaml\n" + config_path.read_text() + "\n```"}, evaluation, LOG
@@ -557,7 +562,10 @@ def train(
     finally:
         venv.close()
         for env in eval_envs.values():
-            env.close()
+            if env is not None:
+                env.close()
+        if background is not None:
+            background.close()
     if not best_model_path.is_file():
         best_model_path = model_path
     learn_seconds = time.perf_counter() - started
