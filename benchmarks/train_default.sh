@@ -6,7 +6,8 @@
 # SETTINGS=configs/train/kickstart.yaml for other training settings),
 # compare it with every heuristic on held-out test seeds of the default and the attack_heavy scenario, then
 # run the same model unchanged on a fleet four times as large. Not part of CI: training is time-boxed by
-# TRAIN_MINUTES, the three comparisons take about 10 more minutes on a 2-core machine.
+# TRAIN_MINUTES; the three comparisons and the last validation add about a minute and a half on a 2-core
+# machine (stop 22, one run at a time: 1,374 and 1,385 s in all with TRAIN_MINUTES=22).
 #
 #   benchmarks/train_default.sh                      # defaults below
 #   OUT=runs/b1 TRAIN_MINUTES=8 benchmarks/train_default.sh   # a shortened run
