@@ -36,6 +36,17 @@ def _settings(**overrides):
     return load_settings(TINY_SETTINGS, **{**quick, **overrides})
 
 
+def _tiny_with_attackers(tmp_path: Path, attack: dict) -> Path:
+    """configs/tiny.yaml with ``attack`` as its attack section, written to tmp_path/tiny_attacked.yaml."""
+    import yaml
+
+    attacked = yaml.safe_load(TINY.read_text())
+    attacked["attack"] = attack
+    path = tmp_path / "tiny_attacked.yaml"
+    path.write_text(yaml.safe_dump(attacked))
+    return path
+
+
 def _scalar_tags(log_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -246,15 +257,10 @@ def test_training_runs_on_the_batched_vector_env(tmp_path):
 
 
 def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
-    import yaml
-
     from envs.config import load_config
     from training.train import make_vec_env, training_scenarios
 
-    attacked = yaml.safe_load(TINY.read_text())
-    attacked["attack"] = {"fraction": 0.25}
-    attacked_path = tmp_path / "tiny_attacked.yaml"
-    attacked_path.write_text(yaml.safe_dump(attacked))
+    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     settings = _settings(n_envs=4, vec_env="dummy", also_train_on=[str(attacked_path)])
     venv = make_vec_env(training_scenarios(load_config(TINY), settings), settings, tmp_path / "monitor.csv")
     try:
@@ -282,15 +288,10 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
 
 
 def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
-    import yaml
-
     from envs.config import load_config
     from training.train import make_vec_env, training_scenarios, validation_scenarios
 
-    attacked = yaml.safe_load(TINY.read_text())
-    attacked["attack"] = {"fraction": 0.25}
-    attacked_path = tmp_path / "tiny_attacked.yaml"
-    attacked_path.write_text(yaml.safe_dump(attacked))
+    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     twice = [str(attacked_path), str(tmp_path / "." / "tiny_attacked.yaml")]  # one file, two spellings
     settings = _settings(n_envs=3, vec_env="dummy", also_train_on=twice, select_on="training_mix")
     scenarios = training_scenarios(load_config(TINY), settings)
@@ -303,9 +304,8 @@ def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
     assert list(validated) == ["tiny", "tiny_attacked"]
     assert [s.attack.fraction for s in validated.values()] == [0.0, 0.25]
     # two different files with one name keep both, told apart by their paths
-    other = tmp_path / "elsewhere" / "tiny_attacked.yaml"
-    other.parent.mkdir()
-    other.write_text(yaml.safe_dump({**attacked, "attack": {"fraction": 0.5}}))
+    (tmp_path / "elsewhere").mkdir()
+    other = _tiny_with_attackers(tmp_path / "elsewhere", {"fraction": 0.5})
     settings = _settings(n_envs=3, also_train_on=[str(attacked_path), str(other)], select_on="training_mix")
     validated = validation_scenarios(TINY, settings, training_scenarios(load_config(TINY), settings))
     assert list(validated) == [str(TINY), str(attacked_path), str(other)]
@@ -313,15 +313,10 @@ def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
 
 
 def test_settings_reward_weights_replace_the_scenarios_in_training_only(tmp_path):
-    import yaml
-
     from envs.config import load_config
     from training.train import training_scenarios
 
-    attacked = yaml.safe_load(TINY.read_text())
-    attacked["attack"] = {"fraction": 0.25}
-    attacked_path = tmp_path / "tiny_attacked.yaml"
-    attacked_path.write_text(yaml.safe_dump(attacked))
+    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     settings = _settings(n_envs=2, also_train_on=[str(attacked_path)], reward={"carbon": 3.0, "deadline": 5.0})
     scenarios = training_scenarios(load_config(TINY), settings)
     assert [(s.reward.carbon, s.reward.deadline, s.reward.accuracy) for s in scenarios] == [(3.0, 5.0, 10.0)] * 2
@@ -371,12 +366,7 @@ def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tm
     the best model's score is the mean return over all those episodes, logged per scenario too."""
     import json
 
-    import yaml
-
-    attacked = yaml.safe_load(TINY.read_text())
-    attacked["attack"] = {"fraction": 0.25, "kinds": ["free_rider"]}
-    attacked_path = tmp_path / "tiny_attacked.yaml"
-    attacked_path.write_text(yaml.safe_dump(attacked))
+    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25, "kinds": ["free_rider"]})
     settings = _settings(total_timesteps=128, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
                          select_on="training_mix", eval_episodes=2)
     train(TINY, settings, tmp_path / "mix")
@@ -394,13 +384,9 @@ def test_validation_in_background_records_what_the_learner_would_have(tmp_path):
     """validation_in_background runs each validation in a worker process on a snapshot of the model: the
     evaluations, the guarded and unguarded picks and the TensorBoard eval scalars must equal a run that
     validates in the learner, on a training mix with several validations while the policy changes."""
-    import yaml
     from sb3_contrib import MaskablePPO
 
-    attacked = yaml.safe_load(TINY.read_text())
-    attacked["attack"] = {"fraction": 0.25, "kinds": ["free_rider"]}
-    attacked_path = tmp_path / "tiny_attacked.yaml"
-    attacked_path.write_text(yaml.safe_dump(attacked))
+    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25, "kinds": ["free_rider"]})
     common = dict(total_timesteps=512, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
                   select_on="training_mix", eval_episodes=2, eval_freq=128, carbon_guard=1.5,
                   maskable_ppo={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "learning_rate": 0.01})

@@ -371,7 +371,7 @@ class HeldOutEvalCallback(BaseCallback):
             snapshot.unlink(missing_ok=True)
 
     def _log_validation(self, steps: int, by_scenario: dict[str, list[dict[str, Any]]],
-                snapshot: Path | None = None) -> dict[str, float]:
+                        snapshot: Path | None = None) -> dict[str, float]:
         """Logs the validation of the model at ``steps`` and keeps it if it is the best so far (the model
         itself, or its ``snapshot`` file when it was validated in the background)."""
         episodes = [episode for group in by_scenario.values() for episode in group]
