@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     config = load_config(args.config)
     seeds = list(range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + args.seeds))
-    print(f"| variant of the graded prior | carbon to target (mean over {len(seeds)} validation seeds) | targets | rounds |")
+    print(f"| variant of the graded prior | carbon to target (mean over {len(seeds)} validation seeds) "
+          "| targets | rounds |")
     print("|---|---:|---:|---:|")
     for name, rule in variants(config.max_rounds).items():
         if args.only and not any(part in name for part in args.only):
