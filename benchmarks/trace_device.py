@@ -1,0 +1,162 @@
+"""Finds where the CPU and another torch device part, function by function.
+
+Every function of ``envs.dynamics``, ``envs.simulator`` and ``envs.state`` is wrapped where it is used, and
+each call's tensor inputs and outputs are recorded. The same episode (a vector env of B environments,
+valid actions drawn at random from the CPU side's mask, as ``device_check.py`` draws them) runs on the
+CPU and on the device. Calls are matched by name and by their order among the calls of that name. Printed:
+the first calls whose inputs agree (within ``--input-tolerance``, relative to 1 + |value|) and whose
+outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves rather than pass one on.
+
+    python benchmarks/trace_device.py --device cuda --config configs/attack_heavy.yaml --batch 8 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import sys
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+import envs.fleet_batch  # noqa: F401  (loads the modules whose functions are wrapped)
+import envs.simulator  # noqa: F401
+from envs.config import load_config
+from envs.vector_env import EdgeLearningVectorEnv
+
+TRACED_PREFIXES = ("envs.dynamics.", "envs.simulator", "envs.state")
+UNTRACED = ("scratch",)  # returns uninitialised memory, different on every call
+
+
+def tensors_in(value, prefix: str = "") -> list[tuple[str, np.ndarray]]:
+    """The tensors inside a value (tuples, lists, dicts, dataclasses), as float64 arrays on the CPU."""
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            value = value.to_dense()
+        return [(prefix, value.detach().to("cpu", torch.float64).numpy().astype(np.float32))]
+    found = []
+    if isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            found += tensors_in(item, f"{prefix}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found += tensors_in(item, f"{prefix}.{key}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            found += tensors_in(getattr(value, field.name), f"{prefix}.{field.name}")
+    return found
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[tuple[str, int, list, list]] = []
+        self.counts: dict[str, int] = defaultdict(int)
+        self.recording = True  # calls are counted always, kept only while recording
+
+    def wrap(self, function):
+        name = f"{function.__module__}.{function.__qualname__}"
+
+        @functools.wraps(function)
+        def traced(*args, **kwargs):
+            inputs = tensors_in(list(args) + list(kwargs.values())) if self.recording else []
+            output = function(*args, **kwargs)
+            index = self.counts[name]
+            self.counts[name] += 1
+            if self.recording:
+                self.calls.append((name, index, inputs, tensors_in(output)))
+            return output
+
+        traced.__traced__ = True
+        return traced
+
+
+def install(recorder: Recorder) -> None:
+    """Replaces every traced function in every ``envs`` module's namespace by a recording wrapper."""
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("envs") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if (inspect.isfunction(value) and not getattr(value, "__traced__", False)
+                    and value.__module__.startswith(TRACED_PREFIXES) and attribute not in UNTRACED):
+                setattr(module, attribute, recorder.wrap(value))
+
+
+def largest_gap(left: list, right: list) -> float:
+    """The largest difference |a - b| / (1 + |a|) over matching tensors (inf where shapes differ)."""
+    worst = 0.0
+    for (_, a), (_, b) in zip(left, right):
+        if a.shape != b.shape:
+            return float("inf")
+        both_nan = np.isnan(a) & np.isnan(b)
+        same_inf = np.isinf(a) & (a == b)
+        with np.errstate(invalid="ignore"):
+            gap = np.where(both_nan | same_inf, 0.0, np.abs(a - b) / (1.0 + np.abs(a)))
+        worst = max(worst, float(np.nan_to_num(gap, nan=np.inf).max(initial=0.0)))
+    return worst if len(left) == len(right) else float("inf")
+
+
+RECORDER = Recorder()
+
+
+def episode(config, batch: int, rounds: int, seed: int, actions=None, from_round: int = 0):
+    RECORDER.calls, RECORDER.counts = [], defaultdict(int)
+    recorder = RECORDER
+    env = EdgeLearningVectorEnv(num_envs=batch, config=config)
+    observation, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for t in range(rounds):
+        if actions is None:
+            mask = observation["action_mask"]
+            action = (rng.random(mask.shape) * (mask > 0)).argmax(-1).astype(np.int64)
+        else:
+            action = actions[t]
+        chosen.append(action)
+        recorder.recording = t >= from_round
+        recorder.calls.append((f"-- round {t} --", 0, [], []))
+        observation, *_ = env.step(action)
+    return recorder.calls, chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--config", default="configs/attack_heavy.yaml")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-round", type=int, default=0, help="record the calls from this round on")
+    parser.add_argument("--input-tolerance", type=float, default=1e-5)
+    parser.add_argument("--output-tolerance", type=float, default=1e-4)
+    parser.add_argument("--show", type=int, default=12, help="how many parting calls to print")
+    args = parser.parse_args(argv)
+    install(RECORDER)
+    cpu_config = load_config(args.config)
+    on_cpu, actions = episode(cpu_config, args.batch, args.rounds, args.seed, from_round=args.from_round)
+    on_device, _ = episode(cpu_config.model_copy(update={"device": args.device}), args.batch, args.rounds,
+                           args.seed, actions, args.from_round)
+    device_calls = {(name, index): (inputs, outputs) for name, index, inputs, outputs in on_device}
+    round_name, shown, unmatched = "", 0, 0
+    print(f"{len(on_cpu)} calls on the CPU, {len(on_device)} on {args.device}")
+    for name, index, inputs, outputs in on_cpu:
+        if name.startswith("--"):
+            round_name = name
+            continue
+        if (name, index) not in device_calls:
+            unmatched += 1
+            continue
+        device_inputs, device_outputs = device_calls[(name, index)]
+        input_gap, output_gap = largest_gap(inputs, device_inputs), largest_gap(outputs, device_outputs)
+        if input_gap <= args.input_tolerance and output_gap > args.output_tolerance and shown < args.show:
+            shown += 1
+            worst = max(zip(outputs, device_outputs), key=lambda pair: largest_gap([pair[0]], [pair[1]]))
+            print(f"{round_name} {name} #{index}: inputs within {input_gap:.1e}, outputs {output_gap:.1e} apart "
+                  f"(worst output {worst[0][0] or 'return'}, shape {worst[0][1].shape})")
+    print(f"{unmatched} CPU calls had no device counterpart (a branch taken on one side only)")
+
+
+if __name__ == "__main__":
+    main()
