@@ -84,6 +84,16 @@ def install(recorder: Recorder) -> None:
                 setattr(module, attribute, recorder.wrap(value))
 
 
+def uninstall() -> None:
+    """Puts the original functions back (a test process goes on without recording)."""
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("envs") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if getattr(value, "__traced__", False):
+                setattr(module, attribute, value.__wrapped__)
+
+
 def largest_gap(left: list, right: list) -> float:
     """The largest difference |a - b| / (1 + |a|) over matching tensors (inf where shapes differ)."""
     worst = 0.0
@@ -121,26 +131,13 @@ def episode(config, batch: int, rounds: int, seed: int, actions=None, from_round
     return recorder.calls, chosen
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--config", default="configs/attack_heavy.yaml")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-round", type=int, default=0, help="record the calls from this round on")
-    parser.add_argument("--input-tolerance", type=float, default=1e-5)
-    parser.add_argument("--output-tolerance", type=float, default=1e-4)
-    parser.add_argument("--show", type=int, default=12, help="how many parting calls to print")
-    args = parser.parse_args(argv)
-    install(RECORDER)
-    cpu_config = load_config(args.config)
-    on_cpu, actions = episode(cpu_config, args.batch, args.rounds, args.seed, from_round=args.from_round)
-    on_device, _ = episode(cpu_config.model_copy(update={"device": args.device}), args.batch, args.rounds,
-                           args.seed, actions, args.from_round)
+def parting_calls(on_cpu: list, on_device: list, input_tolerance: float, output_tolerance: float
+                  ) -> tuple[list[tuple[str, str, int, float, float, str, tuple]], int]:
+    """The calls whose inputs agree within ``input_tolerance`` and whose outputs do not, in the CPU's
+    order, as (round, name, index, input gap, output gap, worst output, its shape); and how many CPU
+    calls have no device counterpart."""
     device_calls = {(name, index): (inputs, outputs) for name, index, inputs, outputs in on_device}
-    round_name, shown, unmatched = "", 0, 0
-    print(f"{len(on_cpu)} calls on the CPU, {len(on_device)} on {args.device}")
+    round_name, parting, unmatched = "", [], 0
     for name, index, inputs, outputs in on_cpu:
         if name.startswith("--"):
             round_name = name
@@ -150,12 +147,47 @@ def main(argv: list[str] | None = None) -> None:
             continue
         device_inputs, device_outputs = device_calls[(name, index)]
         input_gap, output_gap = largest_gap(inputs, device_inputs), largest_gap(outputs, device_outputs)
-        if input_gap <= args.input_tolerance and output_gap > args.output_tolerance and shown < args.show:
-            shown += 1
+        if input_gap <= input_tolerance and output_gap > output_tolerance:
             worst = max(zip(outputs, device_outputs), key=lambda pair: largest_gap([pair[0]], [pair[1]]))
-            print(f"{round_name} {name} #{index}: inputs within {input_gap:.1e}, outputs {output_gap:.1e} apart "
-                  f"(worst output {worst[0][0] or 'return'}, shape {worst[0][1].shape})")
-    print(f"{unmatched} CPU calls had no device counterpart (a branch taken on one side only)")
+            parting.append((round_name, name, index, input_gap, output_gap, worst[0][0] or "return",
+                            worst[0][1].shape))
+    return parting, unmatched
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--baseline-device", default="cpu", help="the side compared with --device (the same "
+                        "device twice shows where reruns part)")
+    parser.add_argument("--nodes", type=int, default=None, help="n_nodes instead of the config's")
+    parser.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    parser.add_argument("--config", default="configs/attack_heavy.yaml")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-round", type=int, default=0, help="record the calls from this round on")
+    parser.add_argument("--input-tolerance", type=float, default=1e-5)
+    parser.add_argument("--output-tolerance", type=float, default=1e-4)
+    parser.add_argument("--show", type=int, default=12, help="how many parting calls to print")
+    args = parser.parse_args(argv)
+    cpu_config = load_config(args.config).model_copy(update={"device": args.baseline_device})
+    if args.nodes is not None:
+        cpu_config = cpu_config.model_copy(update={"n_nodes": args.nodes})
+    torch.use_deterministic_algorithms(args.deterministic)
+    install(RECORDER)
+    try:
+        on_cpu, actions = episode(cpu_config, args.batch, args.rounds, args.seed, from_round=args.from_round)
+        on_device, _ = episode(cpu_config.model_copy(update={"device": args.device}), args.batch, args.rounds,
+                               args.seed, actions, args.from_round)
+    finally:
+        uninstall()
+    parting, unmatched = parting_calls(on_cpu, on_device, args.input_tolerance, args.output_tolerance)
+    print(f"{len(on_cpu)} calls on {args.baseline_device}, {len(on_device)} on {args.device}")
+    for round_name, name, index, input_gap, output_gap, worst, shape in parting[:args.show]:
+        print(f"{round_name} {name} #{index}: inputs within {input_gap:.1e}, outputs {output_gap:.1e} apart "
+              f"(worst output {worst}, shape {shape})")
+    print(f"{len(parting)} calls part; {unmatched} CPU calls had no device counterpart (a branch taken on one "
+          "side only)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -30,6 +31,14 @@ settings.register_profile(
     "greengossip", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("greengossip")
+
+# The torch devices an env test runs on: the CPU always, CUDA where torch sees one (CI has none; a session
+# lent a GPU runs `pytest -k cuda` there, docs/bench_cuda.md).
+# cuBLAS repeats its products under torch.use_deterministic_algorithms(True) only with this set before
+# its first use (torch raises otherwise); it changes nothing on the CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
 # Sub-folders of configs/ whose YAML files are always scenarios (every file must load as an EnvConfig).
 SCENARIO_DIRS = ("scenarios",)

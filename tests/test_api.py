@@ -8,7 +8,9 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import ENV_ID, FLAT_ENV_ID, TINY, all_nodes, config_id, env_config_paths, make_env, tiny_variant
+import torch
+from conftest import (ENV_ID, FLAT_ENV_ID, NEEDS_CUDA, TINY, all_nodes, config_id, env_config_paths, make_env,
+                      tiny_variant)
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -42,6 +44,30 @@ def test_gymnasium_env_checker_passes(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=config_id)
 def test_sb3_env_checker_passes(path):
     sb3_check_env(make_env(path).unwrapped, warn=True)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("attacked", [False, True], ids=["tiny", "tiny+attacks+privacy"])
+def test_env_checkers_pass_on_cuda(attacked):
+    """The simulator's tensors on the GPU; what the agent sees stays NumPy on the host. The checker wants
+    bit-equal steps from equal seeds, which CUDA gives under torch's deterministic flag (its atomic adds
+    sum in any order otherwise: docs/bench_cuda.md)."""
+    extra = dict(attack={"fraction": 0.25, "kinds": ["sign_flip", "gaussian"]},
+                 privacy={"mechanism": "laplace", "epsilon_per_report": 4.0, "budget": 20.0}) if attacked else {}
+    env = make_env(tiny_variant(device="cuda", **extra))
+    torch.use_deterministic_algorithms(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gym_check_env(env.unwrapped, skip_render_check=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    problems = [str(w.message) for w in caught if "gymnasium" in w.filename]
+    assert not problems, problems
+    sb3_check_env(make_env(tiny_variant(device="cuda", **extra)).unwrapped, warn=True)
+    obs, _ = env.reset(seed=0)
+    assert env.unwrapped.sim_state.params.device.type == "cuda"
+    assert all(isinstance(value, np.ndarray) for value in obs.values())
 
 
 def test_make_by_id_and_by_module_prefixed_id():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import all_nodes, make_env
+from conftest import NEEDS_CUDA, all_nodes, make_env, tiny_variant
 
 from envs.dynamics.energy import N_ACTIONS
 
@@ -19,8 +19,8 @@ def _actions(seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, N_ACTIONS, 8) for _ in range(ROUNDS)]
 
 
-def _rollout(seed: int, actions: list[np.ndarray]) -> list[tuple]:
-    env = make_env()
+def _rollout(seed: int, actions: list[np.ndarray], config=None) -> list[tuple]:
+    env = make_env() if config is None else make_env(config)
     obs, info = env.reset(seed=seed)
     record = [(obs, 0.0, False, False, info)]
     for action in actions:
@@ -47,6 +47,44 @@ def _assert_same(a, b, where: str = "") -> None:
 def test_same_seed_gives_identical_rollouts():
     actions = _actions()
     first, second = _rollout(7, actions), _rollout(7, actions)
+    assert len(first) == len(second)
+    for t, (a, b) in enumerate(zip(first, second)):
+        for part, x, y in zip(("obs", "reward", "terminated", "truncated", "info"), a, b):
+            _assert_same(x, y, f"round {t} {part}")
+
+
+@NEEDS_CUDA
+def test_cuda_rollout_repeats_and_follows_the_cpu_to_float32_rounding():
+    """On CUDA the scatter-adds sum in any order, so a rerun is equal to rounding, not bit for bit; the
+    CPU's episode is followed to rounding too (actions without q8/top-k compression, whose steps can turn
+    a rounding difference into a quantum: docs/bench_cuda.md)."""
+    rng = np.random.default_rng(3)
+    uncompressed = [rng.choice([0, 1, 2], 8) for _ in range(ROUNDS)]  # sleep, train silent, full broadcast
+    cpu = _rollout(7, uncompressed)
+    first, second = (_rollout(7, uncompressed, tiny_variant(device="cuda")) for _ in range(2))
+    assert len(first) == len(second) == len(cpu)
+    for t, (a, b, c) in enumerate(zip(first, second, cpu)):
+        for key in a[0]:
+            np.testing.assert_allclose(a[0][key], b[0][key], atol=1e-5, err_msg=f"round {t} rerun {key}")
+            np.testing.assert_allclose(a[0][key], c[0][key], atol=1e-4, err_msg=f"round {t} cpu {key}")
+        assert a[1] == pytest.approx(c[1], abs=1e-4) and a[2:4] == c[2:4]
+        for key in ("accuracy", "carbon_g", "energy_wh") if t > 0 else ():  # the reset's info has no KPIs
+            assert a[4][key] == pytest.approx(c[4][key], rel=1e-4, abs=1e-6), f"round {t} {key}"
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("n_nodes", [8, 100], ids=["dense blocks", "sparse CSR"])
+def test_cuda_reruns_are_bit_identical_under_torch_deterministic_algorithms(n_nodes):
+    """What a researcher sets for exact reruns on a GPU; the sparse products then sum each row in order
+    (``products.sparse_product``), since cuSPARSE is outside the flag."""
+    rng = np.random.default_rng(4)
+    actions = [rng.integers(0, N_ACTIONS, n_nodes) for _ in range(ROUNDS)]
+    config = tiny_variant(device="cuda", n_nodes=n_nodes)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = _rollout(7, actions, config), _rollout(7, actions, config)
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert len(first) == len(second)
     for t, (a, b) in enumerate(zip(first, second)):
         for part, x, y in zip(("obs", "reward", "terminated", "truncated", "info"), a, b):
@@ -142,3 +180,38 @@ def test_device_check_finds_the_cpu_identical_to_itself_and_reports_a_difference
     records, actions = check.run(env, 0, 3, 0)
     shifted = [(obs, reward + 0.5, info, done) for obs, reward, info, done in records]
     assert check.largest_differences(records, shifted)["reward"] == pytest.approx(0.5)
+
+
+def test_trace_device_finds_no_parting_call_between_equal_runs_and_the_one_call_that_differs():
+    """benchmarks/trace_device.py: two CPU runs of the same episode part nowhere; a call whose recorded
+    output is changed (its inputs untouched) is the one reported; the wrappers come off afterwards."""
+    import importlib.util as util
+
+    from conftest import ROOT, TINY
+
+    from envs import simulator
+    from envs.config import load_config
+
+    spec = util.spec_from_file_location("trace_device", ROOT / "benchmarks" / "trace_device.py")
+    trace = util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    original = simulator.transition
+    trace.install(trace.RECORDER)
+    try:
+        assert getattr(simulator.transition, "__traced__", False)
+        first, actions = trace.episode(load_config(TINY), 2, 2, 0)
+        second, _ = trace.episode(load_config(TINY), 2, 2, 0, actions)
+    finally:
+        trace.uninstall()
+    assert simulator.transition is original
+    assert len(first) == len(second) > 20
+    assert trace.parting_calls(first, second, 1e-5, 1e-4) == ([], 0)
+
+    changed = next(i for i, call in enumerate(second) if call[0].endswith("compress") and call[3])
+    name, index, inputs, outputs = second[changed]
+    second[changed] = (name, index, inputs, [(key, value + 1.0) for key, value in outputs])
+    parting, unmatched = trace.parting_calls(first, second, 1e-5, 1e-4)
+    assert [(call[1], call[2]) for call in parting] == [(name, index)] and unmatched == 0
+    # the gap is |a - b| / (1 + |a|), largest where |a| is smallest
+    expected = max(1.0 / (1.0 + float(np.abs(value).min())) for _, value in outputs)
+    assert parting[0][4] == pytest.approx(expected, rel=1e-3)

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conftest import make_env, tiny_variant
+from conftest import DEVICES, make_env, tiny_variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,9 +141,10 @@ def _episode_energy(config, seed: int, rounds: int):
     return records, env.unwrapped.config.energy.charge_efficiency
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("efficiency", [1.0, 0.9])
-def test_fleet_energy_balances_every_round_of_an_episode(efficiency):
-    config = tiny_variant(max_rounds=24, energy__charge_efficiency=efficiency,
+def test_fleet_energy_balances_every_round_of_an_episode(efficiency, device):
+    config = tiny_variant(max_rounds=24, device=device, energy__charge_efficiency=efficiency,
                           energy__initial_soc_low=0.05, energy__initial_soc_high=0.5)
     records, eff = _episode_energy(config, seed=1, rounds=24)
     assert len(records) >= 10

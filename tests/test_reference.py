@@ -240,6 +240,52 @@ def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
     assert (torch_accuracy - numpy_accuracy).abs().max() <= 1.5 / len(scenario.eval_index)
 
 
+def test_rowwise_sparse_product_equals_the_csr_product():
+    """The product that repeats bit for bit on CUDA under torch's deterministic flag
+    (``products.sparse_product``) computes CSR @ dense, empty rows and trailing value axes included."""
+    from envs.dynamics.products import rowwise_sparse_product
+
+    generator = torch.Generator().manual_seed(1)
+    dense = torch.rand(30, 40, generator=generator) * (torch.rand(30, 40, generator=generator) < 0.1)
+    dense[[3, 17]] = 0.0  # rows without a nonzero
+    matrix = dense.to_sparse_csr()
+    for shape in ((40, 650), (40, 2, 3)):
+        values = torch.randn(*shape, generator=generator)
+        expected = (dense @ values.reshape(40, -1)).view(30, *shape[1:])
+        torch.testing.assert_close(rowwise_sparse_product(matrix, values), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sparse_fleet_round_is_the_same_through_the_rowwise_product(monkeypatch):
+    """All three sparse products of a round (mixing, mixing over usable senders, the trust-weighted
+    pulls) through ``rowwise_sparse_product``, as CUDA runs them under the deterministic flag."""
+    from envs.dynamics import gossip, products
+
+    config = tiny_variant(n_nodes=100, attack={"fraction": 0.25, "kinds": ["sign_flip", "gaussian"]},
+                          defence={"aggregator": "clipped_gossip"})
+    scenario = make_scenario(config, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    actions = [_actions(rng, scenario.n_nodes, t) for t in range(4)]
+
+    def rollout():
+        state = initial_state(config, scenario)
+        for action in actions:
+            state, _ = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
+        return state
+
+    plain = rollout()
+    calls = []
+
+    def rowwise(matrix, values):
+        calls.append(matrix.layout)
+        return products.rowwise_sparse_product(matrix, values)
+
+    monkeypatch.setattr(gossip, "sparse_product", rowwise)
+    rowwise_state = rollout()
+    assert len(calls) >= 2 * len(actions) and set(calls) == {torch.sparse_csr}
+    for field in ("params", "public", "trust"):
+        torch.testing.assert_close(getattr(rowwise_state, field), getattr(plain, field), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("nodes_per_env", [40, 300], ids=["gram-matrix path", "sampled sparse product (> 64 nodes)"])
 def test_neighbour_distances_match_the_direct_norms(nodes_per_env):
     """Trust scores rest on these distances; both ways of computing them give ||x̂_j - x_i||."""

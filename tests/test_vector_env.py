@@ -6,6 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import DEVICES
 
 import envs  # noqa: F401
 from envs.config import load_config
@@ -24,9 +25,11 @@ def attack_config() -> dict:
     return config
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", [short_tiny(), attack_config()], ids=["tiny", "attacks+privacy"])
-def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config):
+def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config, device):
     n_envs, seed = 3, 5
+    config = {**config, "device": device}
     vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
                           config=config)
     singles = [gym.make("GreenGossip/EdgeLearning-v0", config=config) for _ in range(n_envs)]

@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
-from envs.dynamics.products import matmul, sort_rows
+from envs.dynamics.products import matmul, sort_rows, sparse_product
 from envs.dynamics.rows import select_rows
 
 FULL = COMPRESSION_LEVELS.index("full")
@@ -103,6 +103,8 @@ def mix(neighbour_mixing: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if neighbour_mixing.dim() == 3:
         n_envs, n = neighbour_mixing.shape[:2]
         return matmul(neighbour_mixing, values.reshape(n_envs, n, -1)).view(values.shape)
+    if neighbour_mixing.layout == torch.sparse_csr:
+        return sparse_product(neighbour_mixing, values)
     return neighbour_mixing @ values
 
 
@@ -124,7 +126,7 @@ def mix_usable(neighbour_mixing: torch.Tensor, values: torch.Tensor, usable: tor
         masked = torch.sparse_csr_tensor(neighbour_mixing.crow_indices(), columns,
                                          neighbour_mixing.values() * weight[columns], neighbour_mixing.shape,
                                          check_invariants=False)
-        return masked @ values
+        return sparse_product(masked, values)
     return (neighbour_mixing * weight) @ values
 
 
@@ -268,7 +270,7 @@ def slot_product(coefficients: torch.Tensor, values: torch.Tensor, neighbours: t
             pattern = neighbour_pattern(neighbours, neighbour_valid)
         weighted = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(),
                                            coefficients[neighbour_valid], pattern.shape, check_invariants=False)
-        return weighted @ values
+        return sparse_product(weighted, values)
     n = neighbour_mixing.shape[-1]
     rows = torch.zeros(len(neighbours), n, dtype=values.dtype, device=values.device)
     rows.scatter_add_(1, neighbours % n, coefficients * neighbour_valid)  # padding slots add 0
