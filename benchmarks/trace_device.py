@@ -5,7 +5,8 @@ each call's tensor inputs and outputs are recorded. The same episode (a vector e
 valid actions drawn at random from the CPU side's mask, as ``device_check.py`` draws them) runs on the
 CPU and on the device. Calls are matched by name and by their order among the calls of that name. Printed:
 the first calls whose inputs agree (within ``--input-tolerance``, relative to 1 + |value|) and whose
-outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves rather than pass one on.
+outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves rather
+than pass one on.
 
     python benchmarks/trace_device.py --device cuda --config configs/attack_heavy.yaml --batch 8 --rounds 3
 """
@@ -18,21 +19,26 @@ import functools
 import inspect
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import envs.fleet_batch  # noqa: F401  (loads the modules whose functions are wrapped)
-import envs.simulator  # noqa: F401
-from envs.config import load_config
-from envs.vector_env import EdgeLearningVectorEnv
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_check's action draw, also when loaded by path
+
+import envs.fleet_batch  # noqa: E402, F401  (loads the modules whose functions are wrapped)
+import envs.simulator  # noqa: E402, F401
+from device_check import random_valid_actions  # noqa: E402
+from envs.config import load_config  # noqa: E402
+from envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
 
 TRACED_PREFIXES = ("envs.dynamics.", "envs.simulator", "envs.state")
 UNTRACED = ("scratch",)  # returns uninitialised memory, different on every call
 
 
 def tensors_in(value, prefix: str = "") -> list[tuple[str, np.ndarray]]:
-    """The tensors inside a value (tuples, lists, dicts, dataclasses), as float64 arrays on the CPU."""
+    """The tensors inside a value (tuples, lists, dicts, dataclasses), as float32 arrays on the CPU (half the
+    memory of float64, and the simulator computes in float32)."""
     if isinstance(value, torch.Tensor):
         if value.layout != torch.strided:
             value = value.to_dense()
@@ -73,25 +79,27 @@ class Recorder:
         return traced
 
 
+def _envs_namespaces():
+    """(module, attribute, value) for every name in every loaded ``envs`` module."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("envs") and module is not None:
+            for attribute, value in list(vars(module).items()):
+                yield module, attribute, value
+
+
 def install(recorder: Recorder) -> None:
     """Replaces every traced function in every ``envs`` module's namespace by a recording wrapper."""
-    for module_name, module in list(sys.modules.items()):
-        if not module_name.startswith("envs") or module is None:
-            continue
-        for attribute, value in list(vars(module).items()):
-            if (inspect.isfunction(value) and not getattr(value, "__traced__", False)
-                    and value.__module__.startswith(TRACED_PREFIXES) and attribute not in UNTRACED):
-                setattr(module, attribute, recorder.wrap(value))
+    for module, attribute, value in _envs_namespaces():
+        if (inspect.isfunction(value) and not getattr(value, "__traced__", False)
+                and value.__module__.startswith(TRACED_PREFIXES) and attribute not in UNTRACED):
+            setattr(module, attribute, recorder.wrap(value))
 
 
 def uninstall() -> None:
     """Puts the original functions back (a test process goes on without recording)."""
-    for module_name, module in list(sys.modules.items()):
-        if not module_name.startswith("envs") or module is None:
-            continue
-        for attribute, value in list(vars(module).items()):
-            if getattr(value, "__traced__", False):
-                setattr(module, attribute, value.__wrapped__)
+    for module, attribute, value in _envs_namespaces():
+        if getattr(value, "__traced__", False):
+            setattr(module, attribute, value.__wrapped__)
 
 
 def largest_gap(left: list, right: list) -> float:
@@ -113,22 +121,17 @@ RECORDER = Recorder()
 
 def episode(config, batch: int, rounds: int, seed: int, actions=None, from_round: int = 0):
     RECORDER.calls, RECORDER.counts = [], defaultdict(int)
-    recorder = RECORDER
     env = EdgeLearningVectorEnv(num_envs=batch, config=config)
     observation, _ = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     chosen = []
     for t in range(rounds):
-        if actions is None:
-            mask = observation["action_mask"]
-            action = (rng.random(mask.shape) * (mask > 0)).argmax(-1).astype(np.int64)
-        else:
-            action = actions[t]
+        action = random_valid_actions(observation["action_mask"], rng) if actions is None else actions[t]
         chosen.append(action)
-        recorder.recording = t >= from_round
-        recorder.calls.append((f"-- round {t} --", 0, [], []))
+        RECORDER.recording = t >= from_round
+        RECORDER.calls.append((f"-- round {t} --", 0, [], []))
         observation, *_ = env.step(action)
-    return recorder.calls, chosen
+    return RECORDER.calls, chosen
 
 
 def parting_calls(on_cpu: list, on_device: list, input_tolerance: float, output_tolerance: float

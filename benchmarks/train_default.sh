@@ -6,8 +6,8 @@
 # test seeds of the default and the attack_heavy scenario, then run the same model unchanged on a fleet
 # four times as large. Not part of CI. TRAIN_MINUTES and TIMESTEPS, when set, override the settings' own
 # clock and step budget. The three comparisons and the last validation add about a minute and a half on a
-# 2-core machine: stop 24, one run at a time, 1,716-1,725 s for training and the default comparison,
-# 1,749-1,764 s in all. Other knobs: SETTINGS= (empty) trains from scratch with configs/train/default.yaml;
+# 2-core machine: stop 24, one run at a time, 1,716-1,731 s for training and the default comparison,
+# 1,749-1,777 s in all. Other knobs: SETTINGS= (empty) trains from scratch with configs/train/default.yaml;
 # ALSO_TRAIN_ON=configs/attack_heavy.yaml mixes attackers into training (half of the N_ENVS run it);
 # IMITATE=energy_carbon_trust warm-starts the policy from that heuristic (training/imitation.py);
 # PRIOR=carbon_periodic learns a residual policy on top of that rule (agents/policies.py).

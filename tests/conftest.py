@@ -32,11 +32,11 @@ settings.register_profile(
 )
 settings.load_profile("greengossip")
 
-# The torch devices an env test runs on: the CPU always, CUDA where torch sees one (CI has none; a session
-# lent a GPU runs `pytest -k cuda` there, docs/bench_cuda.md).
 # cuBLAS repeats its products under torch.use_deterministic_algorithms(True) only with this set before
 # its first use (torch raises otherwise); it changes nothing on the CPU.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# The torch devices an env test runs on: the CPU always, CUDA where torch sees one (CI has none; a session
+# lent a GPU runs `pytest -k cuda` there, docs/bench_cuda.md).
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
