@@ -14,10 +14,10 @@ _BUFFERS: dict[tuple, torch.Tensor] = {}
 MAX_BUFFERS = 8  # fleets of many sizes in one process: keep the memory bounded
 
 
-def scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def scratch(shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
     """A buffer of ``shape`` with ``like``'s dtype and device, the same one on every call with these
-    (the caller overwrites it whole)."""
-    key = (tuple(shape), like.dtype, like.device)
+    (the caller overwrites it whole). ``tag`` keeps apart buffers of one shape that are alive together."""
+    key = (tuple(shape), like.dtype, like.device, tag)
     buffer = _BUFFERS.get(key)
     if buffer is None:
         if len(_BUFFERS) >= MAX_BUFFERS:
@@ -26,8 +26,8 @@ def scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return buffer
 
 
-def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a - b (``b`` broadcast to ``a``'s shape), in a scratch buffer in inference mode."""
+def difference(a: torch.Tensor, b: torch.Tensor, tag: str = "") -> torch.Tensor:
+    """a - b (``b`` broadcast to ``a``'s shape), in a scratch buffer in inference mode (``scratch``'s tag)."""
     if not torch.is_inference_mode_enabled():
         return a - b
-    return torch.sub(a, b, out=scratch(a.shape, a))
+    return torch.sub(a, b, out=scratch(a.shape, a, tag))

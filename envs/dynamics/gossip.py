@@ -24,6 +24,7 @@ import warnings
 import torch
 
 from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
+from envs.dynamics.buffers import difference
 from envs.dynamics.products import matmul, sort_rows, sparse_product
 from envs.dynamics.rows import select_rows
 
@@ -320,9 +321,8 @@ def _about_the_fleet_mean(own: torch.Tensor, other: torch.Tensor, nodes_per_env:
     else:
         counts = finite.view(-1, nodes_per_env).sum(1).clamp_min(1)
         centre = blocks.sum(1, keepdim=True) / counts.view(-1, 1, 1)
-    shape = own.shape
-    return ((own.view_as(blocks) - centre).view(shape),
-            (other.view(-1, nodes_per_env, other.shape[1]) - centre).view(other.shape))
+    return (difference(own.view_as(blocks), centre, "centred own").view(own.shape),
+            difference(other.view(-1, nodes_per_env, other.shape[1]), centre, "centred other").view(other.shape))
 
 
 def neighbour_distances(own: torch.Tensor, other: torch.Tensor, neighbours: torch.Tensor,
