@@ -51,6 +51,8 @@ TIMED_FUNCTIONS = {
     "envs.dynamics.gossip": ("broadcast", "split_finite", "neighbour_distances", "aggregate_pull",
                              "neighbour_scores", "slots"),
     "envs.observation": ("model_lag",),
+    "envs.gossip_env": ("validate_actions", "single_env_info"),
+    "envs.vector_env": ("validate_actions",),
 }
 TIMED_METHODS = (FleetBatch, ("_round_info", "_full_split_accuracy", "_episode_info", "_refresh_telemetry"))
 STEP = "step"
