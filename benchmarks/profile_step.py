@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="steps played before profiling")
     parser.add_argument("--top", type=int, default=20, help="operators listed")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (as bench_step)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, at least 1")
     parser.add_argument("--out", default=None, help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
-    for name in ("nodes", "batch", "rounds", "top"):
+    for name in ("nodes", "batch", "rounds", "top", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:

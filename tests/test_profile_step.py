@@ -70,7 +70,7 @@ def test_operator_table_counts_the_steps_calls(profile_step):
 
 
 @pytest.mark.parametrize("argv, field", [(["--nodes", "0"], "--nodes"), (["--batch", "-1"], "--batch"),
-                                         (["--warmup", "-2"], "--warmup")])
+                                         (["--warmup", "-2"], "--warmup"), (["--threads", "0"], "--threads")])
 def test_bad_sizes_are_named(profile_step, capsys, argv, field):
     with pytest.raises(SystemExit):
         profile_step.main(argv)
