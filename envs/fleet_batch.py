@@ -17,6 +17,7 @@ from envs.config import EnvConfig
 from envs.dynamics import attacks
 from envs.dynamics.learning import accuracy_per_node
 from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
+from envs.memory import keep_freed_memory
 from envs.observation import adjacency_matrix, apply_lies, observe, scenario_features, true_telemetry
 from envs.reward import reward_components, reward_scales, weighted_reward
 from envs.scenario import Scenario, stack_scenarios
@@ -30,6 +31,7 @@ TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "mal
 
 class FleetBatch:
     def __init__(self, config: EnvConfig):
+        keep_freed_memory()  # the round's big blocks are reused, not faulted in as new pages (envs/memory.py)
         self.config = config
         self.spec = model_spec(config)
         self.scenarios: list[Scenario] = []
