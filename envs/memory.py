@@ -9,9 +9,9 @@ faults at 64 x 32 nodes). Stepped in alternation with 64 single envs (bench_step
 step took 32-36 ms against 27-29 ms with the thresholds below (stop 26, design note 33).
 
 The mmap threshold is glibc's own ceiling for the one it raises by itself (DEFAULT_MMAP_THRESHOLD_MAX, 32 MB
-on 64-bit systems), the trim threshold four times that: a process keeps at most that much freed memory. They are process-wide, like
-glibc's own adjustments; ``GREENGOSSIP_KEEP_FREED_MEMORY=0`` leaves malloc as it was. On systems
-without glibc (macOS, Windows, musl) nothing is changed.
+on 64-bit systems), the trim threshold four times that: a process keeps at most that much freed memory.
+They are process-wide, like glibc's own adjustments; ``GREENGOSSIP_KEEP_FREED_MEMORY=0`` leaves malloc as
+it was. On systems without glibc (macOS, Windows, musl) nothing is changed.
 """
 
 from __future__ import annotations
