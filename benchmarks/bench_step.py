@@ -19,7 +19,10 @@ observation, info). "bare ceiling" is reference / bare learning: the speed-up ov
 batched round with no overhead at all would reach, an upper bound for the column before it. The vector
 table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes (node-rounds/s = B·N / step time),
 and the last table compares B = 64, N = 32 in one batched program with 64 single envs in Gymnasium's
-``SyncVectorEnv``, stepping the two in alternation. ``--out`` writes all tables as Markdown.
+``SyncVectorEnv``, stepping the two in alternation, both on one core. ``--all-cores W`` adds the same
+comparison on every core: the vector env with W worker threads (each steps a group of the environments as
+one program) against Gymnasium's ``AsyncVectorEnv`` of 64 single envs, one forked process each (the
+``SubprocVecEnv`` way). ``--out`` writes all tables as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
@@ -38,6 +41,7 @@ tens of times slower than one thread does.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -184,13 +188,32 @@ def time_vector_against_sync(config: EnvConfig, n_envs: int, rounds: int, seed: 
     alternation round by round, so that a drift of the machine's speed hits both alike."""
     batched = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
     sync = gym.vector.SyncVectorEnv([lambda: EdgeLearningEnv(config) for _ in range(n_envs)])
+    return time_in_alternation((batched, sync), config, n_envs, rounds, seed)
+
+
+def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: int, rounds: int, seed: int
+                                      ) -> tuple[list[float], list[float]]:
+    """All cores on both sides: the vector env with ``workers`` threads against an AsyncVectorEnv of
+    ``n_envs`` single envs, one process each (forked, so they share the imported modules), in alternation."""
+    batched = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers)
+    processes = gym.vector.AsyncVectorEnv([functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)],
+                                          context="fork", shared_memory=False)
+    try:
+        return time_in_alternation((batched, processes), config, n_envs, rounds, seed)
+    finally:
+        processes.close()
+        batched.close()
+
+
+def time_in_alternation(envs: tuple[gym.vector.VectorEnv, ...], config: EnvConfig, n_envs: int, rounds: int,
+                        seed: int) -> tuple[list[float], ...]:
     action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
-    times: tuple[list[float], list[float]] = ([], [])
-    for env in (batched, sync):
+    times: tuple[list[float], ...] = tuple([] for _ in envs)
+    for env in envs:
         env.reset(seed=seed)
         env.step(action)
     for _ in range(rounds):
-        for env, record in zip((batched, sync), times):
+        for env, record in zip(envs, times):
             start = time.perf_counter()
             env.step(action)
             record.append(time.perf_counter() - start)
@@ -210,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", default=None, help="also write the tables to this Markdown file")
     parser.add_argument("--device", default="cpu", help="torch device of the simulator (cpu, cuda, cuda:N)")
+    parser.add_argument("--all-cores", type=int, default=0, metavar="WORKERS",
+                        help="also compare B = 64, N = 32 on all cores: the vector env with this many worker "
+                        "threads against an AsyncVectorEnv of 64 single-env processes (about 9 GB of memory)")
     args = parser.parse_args(argv)
     if args.device != "cpu":
         args.reference_up_to = 0
@@ -275,6 +301,17 @@ def main(argv: list[str] | None = None) -> None:
     emit(f"| EdgeLearningVectorEnv (one batched program) | {1e3 * vector:.1f} | {64 / vector:.0f} |")
     emit(f"| SyncVectorEnv of 64 EdgeLearningEnv | {1e3 * sync:.1f} | {64 / sync:.0f} |")
     emit(f"| ratio | | {sync / vector:.1f}x |")
+    if args.all_cores > 0:
+        threads, processes = (statistics.median(times) for times in time_workers_against_subprocesses(
+            config, 64, args.all_cores, 2 * args.rounds, args.seed))
+        emit()
+        emit(f"B = 64, N = 32 on all {os.cpu_count()} cores, {2 * args.rounds} rounds, in alternation:")
+        emit()
+        emit("| B = 64, N = 32 | step ms | env-steps/s |")
+        emit("|---|---:|---:|")
+        emit(f"| EdgeLearningVectorEnv, workers = {args.all_cores} | {1e3 * threads:.1f} | {64 / threads:.0f} |")
+        emit(f"| AsyncVectorEnv of 64 EdgeLearningEnv processes | {1e3 * processes:.1f} | {64 / processes:.0f} |")
+        emit(f"| ratio | | {processes / threads:.1f}x |")
     if args.out:
         with open(args.out, "w") as handle:
             handle.write("\n".join(lines) + "\n")

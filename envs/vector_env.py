@@ -9,10 +9,18 @@ Autoreset is Gymnasium 1.x's ``AutoresetMode.SAME_STEP``: an environment whose e
 inside the same ``step``; the returned observation is the new episode's first one, and the last
 observation and info of the finished episode are in ``info["final_obs"]`` / ``info["final_info"]``
 (masks ``info["_final_obs"]`` / ``info["_final_info"]``). Read KPIs from ``final_info``.
+
+``workers`` > 1 splits the environments into that many contiguous groups, each one batched program
+(``FleetBatch``), stepped at once in as many threads: torch and NumPy's BLAS release the GIL inside their
+kernels, and a batched round is mostly kernels, so the groups run on separate cores. With one torch and
+one BLAS thread per group (envs/threads.py), 2 workers step 64 environments of 32 nodes about 1.5x faster on
+this 2-core machine (stop 26, docs/bench_step.md). Each group's numbers equal those of a single env with
+the same seed, as for one group; only float32 summation order in the batched products differs.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,14 +36,19 @@ from envs.fleet_batch import FleetBatch
 from envs.gossip_env import validate_actions
 from envs.observation import observation_space
 from envs.scenario import make_scenario
+from envs.threads import simulator_call
 
 
 class EdgeLearningVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, render_mode=None):
+    def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, render_mode=None,
+                 workers: int = 1):
         if render_mode is not None:
             raise ValueError("the vector env does not render; use the single env with render_mode='rgb_array'")
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1 (threads, each stepping a group of the environments), "
+                             f"got {workers!r}")
         self.config = load_config(config)
         self.num_envs = int(num_envs)
         self.n_nodes = self.config.n_nodes
@@ -44,7 +57,11 @@ class EdgeLearningVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._device = torch.device(self.config.device)
-        self._fleet = FleetBatch(self.config)
+        self.workers = max(1, min(int(workers), self.num_envs))
+        # environments [bounds[k], bounds[k + 1]) are group k: one batched program each
+        self._bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(np.int64)
+        self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+        self._pool: ThreadPoolExecutor | None = None  # started at the first step with more than one group
         self._rngs: list[np.random.Generator] = []
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
@@ -57,37 +74,84 @@ class EdgeLearningVectorEnv(VectorEnv):
                 raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seed)}")
             seeds = list(seed)
         self._rngs = [seeding.np_random(s)[0] for s in seeds]
-        self._fleet.reset([make_scenario(self.config, rng) for rng in self._rngs])
-        return self._fleet.observation(), {}
+        # scenarios are built in this thread, in environment order (networkx and pvlib hold the GIL anyway)
+        for fleet, (first, last) in zip(self._fleets, self._groups()):
+            fleet.reset([make_scenario(self.config, rng) for rng in self._rngs[first:last]])
+        return _joined([fleet.observation() for fleet in self._fleets]), {}
 
     def step(self, actions):
-        if self._fleet.state is None:
+        if self._fleets[0].state is None:
             raise RuntimeError("call reset() before step()")
-        flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device)
-        rewards, terminated, truncated, info = self._fleet.step(flat)
-        observation = self._fleet.observation()
+        flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device).view(self.num_envs, -1)
+        parts = self._run_groups(flat)
+        rewards, terminated, truncated = (np.concatenate([part[i] for part in parts]) for i in range(3))
+        info = _joined([part[3] for part in parts])
+        observation = _joined([part[4] for part in parts])
         done = terminated | truncated
         info = {**info, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in info}}
         if done.any():
-            ended = np.flatnonzero(done)
+            last_observation = _joined([part[4] if part[5] is None else part[5] for part in parts])
             final_obs = np.empty(self.num_envs, dtype=object)
-            for index in ended:  # the finished episodes' last observations, handed over as Gymnasium does
-                final_obs[index] = {key: value[index] for key, value in observation.items()}
+            for index in np.flatnonzero(done):  # the finished episodes' last observations, as Gymnasium hands them
+                final_obs[index] = {key: value[index] for key, value in last_observation.items()}
             info["final_obs"], info["_final_obs"] = final_obs, done.copy()
             info["final_info"] = {key: value.copy() for key, value in info.items() if not key.startswith("_")}
             info["_final_info"] = done.copy()
-            # scenario building (networkx, pvlib) is per episode by design; the round itself stays batched
-            self._fleet.replace(ended, [make_scenario(self.config, self._rngs[i]) for i in ended])
-            observation = self._fleet.observation()
         return observation, rewards.astype(np.float64), terminated, truncated, info
+
+    @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone
+    def _run_groups(self, actions: torch.Tensor) -> list[tuple]:
+        groups = self._groups()
+        if len(groups) == 1:
+            return [self._step_group(0, actions)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gossip-group")
+        return list(self._pool.map(lambda k: self._step_group(k, actions[groups[k][0]:groups[k][1]].reshape(-1)),
+                                   range(self.workers)))
+
+    def _step_group(self, group: int, actions: torch.Tensor) -> tuple:
+        """One group's round: rewards, flags, info, observation (after any autoreset) and the observation
+        before the autoreset (None if no episode of the group ended)."""
+        fleet, first = self._fleets[group], self._groups()[group][0]
+        rewards, terminated, truncated, info = fleet.step(actions.reshape(-1))
+        observation, last_observation = fleet.observation(), None
+        ended = np.flatnonzero(terminated | truncated)
+        if len(ended):
+            # scenario building (networkx, pvlib) is per episode by design; the round itself stays batched
+            last_observation = observation
+            fleet.replace(ended, [make_scenario(self.config, self._rngs[first + i]) for i in ended])
+            observation = fleet.observation()
+        return rewards, terminated, truncated, info, observation, last_observation
+
+    def _groups(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
 
     def action_masks(self) -> np.ndarray:
         """(B, N, K) bool action masks of every environment."""
-        return self._fleet.action_masks()
+        return np.concatenate([fleet.action_masks() for fleet in self._fleets])
 
     @property
     def fleet(self) -> FleetBatch:
-        return self._fleet
+        """The batched program of all environments (one worker)."""
+        if len(self._fleets) != 1:
+            raise AttributeError(f"with workers={self.workers} each group of environments has its own FleetBatch: "
+                                 "use .fleets")
+        return self._fleets[0]
+
+    @property
+    def fleets(self) -> list[FleetBatch]:
+        """One batched program per worker, environments in order."""
+        return list(self._fleets)
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._fleet = FleetBatch(self.config)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-group dicts of (B_k, ...) arrays -> one dict of (B, ...) arrays, groups in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}

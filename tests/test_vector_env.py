@@ -27,11 +27,13 @@ def attack_config() -> dict:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", [short_tiny(), attack_config()], ids=["tiny", "attacks+privacy"])
-def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config, device):
-    n_envs, seed = 3, 5
+@pytest.mark.parametrize("workers", [1, 2], ids=["one group", "two threads"])
+def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config, device, workers):
+    n_envs, seed = 3, 5  # two workers: groups of 1 and 2 environments
     config = {**config, "device": device}
     vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
-                          config=config)
+                          workers=workers, config=config)
+    assert vector.unwrapped.workers == workers
     singles = [gym.make("GreenGossip/EdgeLearning-v0", config=config) for _ in range(n_envs)]
     obs, _ = vector.reset(seed=seed)
     single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
@@ -69,12 +71,47 @@ def test_vector_spaces_are_batched_single_spaces():
         vector.step(np.zeros((3, 8), dtype=np.int64))
 
 
-def test_maskable_ppo_trains_on_the_sb3_adapter():
+def test_worker_threads_give_the_numbers_of_one_group():
+    """Groups stepped in threads at once: each thread keeps its own scratch buffers, so the environments of one
+    group do not write into another's (envs/dynamics/buffers.py). Same shapes on both sides, so shared buffers
+    would collide."""
+    config = {**short_tiny(), "n_nodes": 16}
+    one = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                       config=config)
+    two = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                       workers=2, config=config)
+    assert len(two.unwrapped.fleets) == 2
+    with pytest.raises(AttributeError, match="fleets"):
+        two.unwrapped.fleet
+    obs_one, _ = one.reset(seed=3)
+    obs_two, _ = two.reset(seed=3)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        actions = rng.integers(0, 6, (4, 16))
+        np.testing.assert_array_equal(one.unwrapped.action_masks(), two.unwrapped.action_masks())
+        obs_one, rewards_one, *_ = one.step(actions)
+        obs_two, rewards_two, *_ = two.step(actions)
+        np.testing.assert_allclose(rewards_two, rewards_one, atol=1e-4)
+        for key in obs_one:
+            np.testing.assert_allclose(obs_two[key], obs_one[key], atol=1e-4)
+    two.close()
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_bad_worker_counts_are_named(workers):
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     workers=workers, config="configs/tiny.yaml")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_maskable_ppo_trains_on_the_sb3_adapter(workers):
     from sb3_contrib import MaskablePPO
 
     from envs.sb3_vec_env import GossipVecEnv
 
-    venv = GossipVecEnv(num_envs=4, config="configs/tiny.yaml", seed=0)
+    venv = GossipVecEnv(num_envs=4, config="configs/tiny.yaml", seed=0, workers=workers)
+    assert venv.venv.workers == workers
     model = MaskablePPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=128)
     assert model.num_timesteps >= 128

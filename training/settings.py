@@ -184,6 +184,13 @@ class TrainSettings(_Frozen):
         description="auto = subprocess workers when n_envs > 1, else in-process; batched = all n_envs "
         "stepped as one tensor program in this process (envs.sb3_vec_env.GossipVecEnv)",
     )
+    env_workers: int = Field(
+        1,
+        ge=1,
+        description="vec_env batched: threads that each step a group of the n_envs as one tensor program "
+        "(EdgeLearningVectorEnv's workers); more than 1 uses more cores, with float32 summation order "
+        "differing from one group in the last bits",
+    )
     also_train_on: list[str] = Field(
         [],
         description="further env scenario YAMLs trained on alongside --config (training env i runs scenario "

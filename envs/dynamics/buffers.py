@@ -4,25 +4,33 @@ In inference mode (how the env steps) a (B·N, P) temporary that is used and dro
 live in a buffer kept across rounds. A fresh block of several MB comes from the allocator as new pages
 every round, and faulting them in costs about as much as the arithmetic that fills them (2,048 nodes:
 5.3 MB per model-sized block; design note 21). Only for results nobody keeps past the call that asked.
+
+Each thread has buffers of its own: envs stepped in threads at once (the vector env's ``workers``, a
+threaded RL runner) would otherwise write into each other's scratch.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
-_BUFFERS: dict[tuple, torch.Tensor] = {}
-MAX_BUFFERS = 8  # fleets of many sizes in one process: keep the memory bounded
+_PER_THREAD = threading.local()  # .buffers: that thread's dict; freed with the thread
+MAX_BUFFERS = 8  # per thread; fleets of many sizes in one process: keep the memory bounded
 
 
 def scratch(shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
     """A buffer of ``shape`` with ``like``'s dtype and device, the same one on every call with these
     (the caller overwrites it whole). ``tag`` keeps apart buffers of one shape that are alive together."""
+    buffers = getattr(_PER_THREAD, "buffers", None)
+    if buffers is None:
+        buffers = _PER_THREAD.buffers = {}
     key = (tuple(shape), like.dtype, like.device, tag)
-    buffer = _BUFFERS.get(key)
+    buffer = buffers.get(key)
     if buffer is None:
-        if len(_BUFFERS) >= MAX_BUFFERS:
-            _BUFFERS.clear()
-        buffer = _BUFFERS[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if len(buffers) >= MAX_BUFFERS:
+            buffers.clear()
+        buffer = buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
     return buffer
 
 
