@@ -2,8 +2,11 @@
 of N nodes as one program), on each device given: env-steps/s of ``learn`` (rollouts and PPO updates
 together) and of the rollouts alone, and the mean episode return SB3 logged, so that a run on CUDA shows
 both that training works there and what it gains. The env and the policy sit on the same device.
+``--workers`` repeats each device with the vector env's worker threads (groups of environments stepped at
+once; design note 34).
 
     python benchmarks/vector_train_speed.py --devices cpu cuda --envs 64 --nodes 32 --timesteps 12288
+    python benchmarks/vector_train_speed.py --workers 1 2
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ class RolloutTimer(BaseCallback):
         return True
 
 
-def train(device: str, n_envs: int, n_nodes: int, timesteps: int, seed: int) -> tuple[float, float, int, float]:
+def train(device: str, n_envs: int, n_nodes: int, timesteps: int, seed: int, workers: int = 1
+          ) -> tuple[float, float, int, float]:
     config = EnvConfig(n_nodes=n_nodes, device=device)
-    env = GossipVecEnv(n_envs, config=config, seed=seed)
+    env = GossipVecEnv(n_envs, config=config, seed=seed, workers=workers)
     model = MaskablePPO(MaskableNodeSetPolicy, env, n_steps=32, batch_size=512, n_epochs=2, seed=seed,
                         device=device, verbose=0)
     timer = RolloutTimer()
@@ -59,14 +63,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=32, help="N, nodes per environment")
     parser.add_argument("--timesteps", type=int, default=64 * 32 * 4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="vector env worker threads to try")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; MaskablePPO, n_steps 32, B = {args.envs}, N = {args.nodes}, "
           f"{args.timesteps} env steps\n")
-    print("| device | learn env-steps/s | rollout env-steps/s | episodes ended | their mean return |")
-    print("|---|---:|---:|---:|---:|")
+    print("| device | workers | learn env-steps/s | rollout env-steps/s | episodes ended | their mean return |")
+    print("|---|---:|---:|---:|---:|---:|")
     for device in args.devices:
-        learn, rollout, episodes, mean_return = train(device, args.envs, args.nodes, args.timesteps, args.seed)
-        print(f"| {device} | {learn:.0f} | {rollout:.0f} | {episodes} | {mean_return:.2f} |", flush=True)
+        for workers in args.workers:
+            learn, rollout, episodes, mean_return = train(device, args.envs, args.nodes, args.timesteps, args.seed,
+                                                          workers)
+            print(f"| {device} | {workers} | {learn:.0f} | {rollout:.0f} | {episodes} | {mean_return:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
