@@ -1,0 +1,40 @@
+"""benchmarks/bench_step.py runs end to end on small sizes and writes every table it prints; the batched
+round and the per-node reference agree on the round they both played."""
+
+from __future__ import annotations
+
+import importlib.util as util
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def bench_step():
+    spec = util.spec_from_file_location("bench_step", ROOT / "benchmarks" / "bench_step.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_writes_its_tables(bench_step, tmp_path):
+    out = tmp_path / "bench.md"
+    bench_step.main(["--rounds", "2", "--default-rounds", "3", "--sizes", "8", "--batches", "1", "2",
+                     "--out", str(out)])
+    text = out.read_text()
+    size_row = next(line for line in text.splitlines() if line.startswith("| 8 | ") and "x |" in line)
+    cells = [cell.strip() for cell in size_row.strip("|").split("|")]
+    assert float(cells[9].rstrip("x")) > 0  # the bare ceiling: reference / bare work
+    assert float(cells[10]) < 1e-4  # largest |Δparams| between the batched round and the reference
+    assert "| 8 | 2 |" in text  # the vector table has B = 2
+    assert "SyncVectorEnv of 64 EdgeLearningEnv" in text
+
+
+def test_steps_in_alternation_time_every_env_every_round(bench_step):
+    config = bench_step.config_for(8, 4)
+    vector = bench_step.EdgeLearningVectorEnv(num_envs=2, config=config, workers=2)
+    single = bench_step.gym.vector.SyncVectorEnv([lambda: bench_step.EdgeLearningEnv(config) for _ in range(2)])
+    times = bench_step.time_in_alternation((vector, single), config, 2, 3, seed=0)
+    assert [len(record) for record in times] == [3, 3]
+    assert all(t > 0 for record in times for t in record)
+    vector.close()
