@@ -20,6 +20,9 @@ the same seed, as for one group; only float32 summation order in the batched pro
 
 from __future__ import annotations
 
+import functools
+import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,6 +65,9 @@ class EdgeLearningVectorEnv(VectorEnv):
         self._bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(np.int64)
         self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
         self._pool: ThreadPoolExecutor | None = None  # started at the first step with more than one group
+        if self.workers > 1 and hasattr(os, "register_at_fork"):
+            # a forked child inherits the pool but not its threads: work sent to it would wait forever
+            os.register_at_fork(after_in_child=functools.partial(_drop_pool, weakref.ref(self)))
         self._rngs: list[np.random.Generator] = []
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
@@ -148,6 +154,12 @@ class EdgeLearningVectorEnv(VectorEnv):
             self._pool.shutdown(wait=True)
             self._pool = None
         self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+
+
+def _drop_pool(env_ref: weakref.ref) -> None:
+    env = env_ref()
+    if env is not None:
+        env._pool = None
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -97,6 +97,24 @@ def test_worker_threads_give_the_numbers_of_one_group():
     two.close()
 
 
+def test_a_forked_child_steps_a_vector_env_with_workers():
+    """The child inherits the thread pool without its threads; it must start its own, not wait forever."""
+    import multiprocessing
+
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                          workers=2, config="configs/tiny.yaml")
+    vector.reset(seed=0)
+    actions = np.full((2, 8), 2)
+    vector.step(actions)  # the pool's threads are running in this process
+    child = multiprocessing.get_context("fork").Process(target=vector.step, args=(actions,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    vector.close()
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_bad_worker_counts_are_named(workers):
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
