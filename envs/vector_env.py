@@ -13,9 +13,10 @@ observation and info of the finished episode are in ``info["final_obs"]`` / ``in
 ``workers`` > 1 splits the environments into that many contiguous groups, each one batched program
 (``FleetBatch``), stepped at once in as many threads: torch and NumPy's BLAS release the GIL inside their
 kernels, and a batched round is mostly kernels, so the groups run on separate cores. With torch on one
-intra-op thread (as the training CLI and bench_step run it) and BLAS on one thread (envs/threads.py), 2 workers
-step 64 environments of 32 nodes about 1.5x faster than one on this 2-core machine (design note 34). Each group's numbers equal those of a single env with
-the same seed, as for one group; only float32 summation order in the batched products differs.
+intra-op thread (as the training CLI and bench_step run it) and BLAS on one thread (envs/threads.py), 2
+workers step 64 environments of 32 nodes about 1.5x faster than one on this 2-core machine (design note 34).
+Each group's numbers equal those of a single env with the same seed, as for one group; only float32
+summation order in the batched products differs.
 """
 
 from __future__ import annotations
