@@ -3,18 +3,13 @@ round and the per-node reference agree on the round they both played."""
 
 from __future__ import annotations
 
-import importlib.util as util
-
 import pytest
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_step():
-    spec = util.spec_from_file_location("bench_step", ROOT / "benchmarks" / "bench_step.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_step")
 
 
 def test_the_benchmark_writes_its_tables(bench_step, tmp_path):

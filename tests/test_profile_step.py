@@ -3,10 +3,8 @@ it rejects sizes it cannot run."""
 
 from __future__ import annotations
 
-import importlib.util as util
-
 import pytest
-from conftest import ROOT
+from conftest import load_benchmark
 
 import envs.dynamics.gossip
 import envs.fleet_batch
@@ -16,10 +14,7 @@ import envs.simulator
 
 @pytest.fixture(scope="module")
 def profile_step():
-    spec = util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile_step")
 
 
 @pytest.mark.parametrize("n_envs", [1, 3])
