@@ -25,7 +25,7 @@ import functools
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,17 @@ from envs.gossip_env import validate_actions
 from envs.observation import observation_space
 from envs.scenario import make_scenario
 from envs.threads import simulator_call
+
+
+class _GroupRound(NamedTuple):
+    """One group's round: (B_k,) arrays and dicts of them."""
+
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    info: dict[str, np.ndarray]
+    observation: dict[str, np.ndarray]  # after any autoreset
+    last_observation: dict[str, np.ndarray] | None  # before it; None if no episode of the group ended
 
 
 class EdgeLearningVectorEnv(VectorEnv):
@@ -62,8 +73,9 @@ class EdgeLearningVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._device = torch.device(self.config.device)
         self.workers = max(1, min(int(workers), self.num_envs))
-        # environments [bounds[k], bounds[k + 1]) are group k: one batched program each
-        self._bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(np.int64)
+        # group k is environments [first, last): one batched program each
+        bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(int).tolist()
+        self._groups = list(zip(bounds[:-1], bounds[1:]))
         self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
         self._pool: ThreadPoolExecutor | None = None  # started at the first step with more than one group
         if self.workers > 1 and hasattr(os, "register_at_fork"):
@@ -82,7 +94,7 @@ class EdgeLearningVectorEnv(VectorEnv):
             seeds = list(seed)
         self._rngs = [seeding.np_random(s)[0] for s in seeds]
         # scenarios are built in this thread, in environment order (networkx and pvlib hold the GIL anyway)
-        for fleet, (first, last) in zip(self._fleets, self._groups()):
+        for fleet, (first, last) in zip(self._fleets, self._groups):
             fleet.reset([make_scenario(self.config, rng) for rng in self._rngs[first:last]])
         return _joined([fleet.observation() for fleet in self._fleets]), {}
 
@@ -91,13 +103,15 @@ class EdgeLearningVectorEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device).view(self.num_envs, -1)
         parts = self._run_groups(flat)
-        rewards, terminated, truncated = (np.concatenate([part[i] for part in parts]) for i in range(3))
-        info = _joined([part[3] for part in parts])
-        observation = _joined([part[4] for part in parts])
+        rewards, terminated, truncated = (np.concatenate([getattr(part, name) for part in parts])
+                                          for name in ("rewards", "terminated", "truncated"))
+        info = _joined([part.info for part in parts])
+        observation = _joined([part.observation for part in parts])
         done = terminated | truncated
         info = {**info, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in info}}
         if done.any():
-            last_observation = _joined([part[4] if part[5] is None else part[5] for part in parts])
+            last_observation = _joined([part.observation if part.last_observation is None else part.last_observation
+                                        for part in parts])
             final_obs = np.empty(self.num_envs, dtype=object)
             for index in np.flatnonzero(done):  # the finished episodes' last observations, as Gymnasium hands them
                 final_obs[index] = {key: value[index] for key, value in last_observation.items()}
@@ -107,19 +121,18 @@ class EdgeLearningVectorEnv(VectorEnv):
         return observation, rewards.astype(np.float64), terminated, truncated, info
 
     @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone
-    def _run_groups(self, actions: torch.Tensor) -> list[tuple]:
-        groups = self._groups()
-        if len(groups) == 1:
+    def _run_groups(self, actions: torch.Tensor) -> list[_GroupRound]:
+        """``actions`` (B, N) -> each group's round, groups in order."""
+        if len(self._groups) == 1:
             return [self._step_group(0, actions)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gossip-group")
-        return list(self._pool.map(lambda k: self._step_group(k, actions[groups[k][0]:groups[k][1]].reshape(-1)),
+        return list(self._pool.map(lambda k: self._step_group(k, actions[slice(*self._groups[k])]),
                                    range(self.workers)))
 
-    def _step_group(self, group: int, actions: torch.Tensor) -> tuple:
-        """One group's round: rewards, flags, info, observation (after any autoreset) and the observation
-        before the autoreset (None if no episode of the group ended)."""
-        fleet, first = self._fleets[group], self._groups()[group][0]
+    def _step_group(self, group: int, actions: torch.Tensor) -> _GroupRound:
+        """Group ``group``'s round from its (B_k, N) actions, its autoresets included."""
+        fleet, first = self._fleets[group], self._groups[group][0]
         rewards, terminated, truncated, info = fleet.step(actions.reshape(-1))
         observation, last_observation = fleet.observation(), None
         ended = np.flatnonzero(terminated | truncated)
@@ -128,10 +141,7 @@ class EdgeLearningVectorEnv(VectorEnv):
             last_observation = observation
             fleet.replace(ended, [make_scenario(self.config, self._rngs[first + i]) for i in ended])
             observation = fleet.observation()
-        return rewards, terminated, truncated, info, observation, last_observation
-
-    def _groups(self) -> list[tuple[int, int]]:
-        return [(int(a), int(b)) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+        return _GroupRound(rewards, terminated, truncated, info, observation, last_observation)
 
     def action_masks(self) -> np.ndarray:
         """(B, N, K) bool action masks of every environment."""

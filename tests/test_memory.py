@@ -14,7 +14,7 @@ import pytest
 from envs.memory import OPT_OUT_VARIABLE
 
 ROUND_PATTERN = """
-import resource, sys, torch
+import resource, torch
 import envs
 from envs.gossip_env import EdgeLearningEnv
 from envs.memory import keep_freed_memory
