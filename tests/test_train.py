@@ -185,6 +185,9 @@ def test_misspelt_setting_is_named_in_the_error():
         load_settings(TINY_SETTINGS, maskable_ppo={"n_steps": 16, "batch_size": 64})
     with pytest.raises(SettingsError, match="seed"):
         load_settings(TINY_SETTINGS, seed=10_000)  # would overlap the held-out seeds
+    with pytest.raises(SettingsError, match="env_workers .* needs vec_env: batched"):
+        load_settings(TINY_SETTINGS, env_workers=2, vec_env="subprocess")  # the workers would be silently unused
+    assert load_settings(TINY_SETTINGS, env_workers=2, vec_env="batched").env_workers == 2
 
 
 def test_a_settings_file_extends_another_section_by_section(tmp_path):

@@ -270,6 +270,13 @@ class TrainSettings(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _env_workers_need_the_batched_env(self) -> TrainSettings:
+        if self.env_workers > 1 and self.vec_env != "batched":
+            raise ValueError(f"env_workers ({self.env_workers}) steps groups of the batched vector env; it needs "
+                             f"vec_env: batched, got vec_env: {self.vec_env}")
+        return self
+
+    @model_validator(mode="after")
     def _prior_regulariser_fits(self) -> TrainSettings:
         if self.policy.prior_regulariser != "entropy" and self.algo == "recurrent_ppo":
             raise ValueError("policy.prior_regulariser is for maskable_ppo, ppo and a2c; recurrent_ppo keeps the "
