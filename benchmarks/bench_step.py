@@ -18,11 +18,14 @@ env step / bare learning is the overhead of everything the env adds (energy, car
 observation, info). "bare ceiling" is reference / bare learning: the speed-up over the reference that a
 batched round with no overhead at all would reach, an upper bound for the column before it. The vector
 table times ``EdgeLearningVectorEnv.step`` for B environments of N nodes (node-rounds/s = B·N / step time),
-and the last table compares B = 64, N = 32 in one batched program with 64 single envs in Gymnasium's
-``SyncVectorEnv``, stepping the two in alternation, both on one core. ``--all-cores W`` adds the same
-comparison on every core: the vector env with W worker threads (each steps a group of the environments as
-one program) against Gymnasium's ``AsyncVectorEnv`` of 64 single envs, one forked process each (the
-``SubprocVecEnv`` way). ``--out`` writes all tables as Markdown.
+their batched round alone and the bare learning work of the same B·N nodes, batched alike; the speed-ups
+are over B rounds of the reference (a loop over nodes: B environments cost B times one), of the batched
+round (as in the first table) and of the whole vector step. The last table compares B = 64, N = 32
+in one batched program with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in
+alternation, both on one core. ``--all-cores W`` adds the same comparison on every core: the vector env
+with W worker threads (each steps a group of the environments as one program) against Gymnasium's
+``AsyncVectorEnv`` of 64 single envs, one forked process each (the ``SubprocVecEnv`` way). ``--out`` writes
+all tables as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
@@ -57,8 +60,9 @@ from envs.dynamics import gossip
 from envs.dynamics.learning import accuracy_per_node, local_sgd
 from envs.gossip_env import EdgeLearningEnv
 from envs.reference import reference_transition
+from envs.scenario import Scenario
 from envs.simulator import draw_randomness, transition
-from envs.state import model_spec
+from envs.state import SimState, model_spec
 from envs.vector_env import EdgeLearningVectorEnv
 
 ACTION_FULL = 2
@@ -111,15 +115,7 @@ def time_transitions(
     env.reset(seed=seed)
     scenario, start_state = env.scenario, env.sim_state
     action = torch.full((config.n_nodes,), ACTION_FULL, dtype=torch.long, device=config.device)
-    with torch.inference_mode():
-        transition(config, scenario, start_state, action, draw_randomness(config, scenario, start_state.round))
-    batched, state = [], start_state
-    for _ in range(rounds):
-        noise = draw_randomness(config, scenario, state.round)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            state, _ = transition(config, scenario, state, action, noise)
-        batched.append(time.perf_counter() - start)
+    batched = play_batched_rounds(config, scenario, start_state, action, rounds)
     reference, worst, state = [], 0.0, start_state
     for _ in range(rounds):
         noise = draw_randomness(config, scenario, state.round)
@@ -133,11 +129,39 @@ def time_transitions(
     return batched, reference, worst, int(scenario.edge_src.numel()) // 2
 
 
-def time_bare_learning(config: EnvConfig, rounds: int, seed: int) -> list[float]:
-    """The learning work of a round alone: SGD, full broadcast, mixing and evaluation of every node."""
-    env = EdgeLearningEnv(config)
+def play_batched_rounds(config: EnvConfig, scenario: Scenario, start_state: SimState, action: torch.Tensor,
+                        rounds: int) -> list[float]:
+    """Times of ``rounds`` batched rounds (``transition``) from ``start_state``, after one warm-up round."""
+    with torch.inference_mode():
+        transition(config, scenario, start_state, action, draw_randomness(config, scenario, start_state.round))
+    times, state = [], start_state
+    for _ in range(rounds):
+        noise = draw_randomness(config, scenario, state.round)
+        synchronize(config)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            state, _ = transition(config, scenario, state, action, noise)
+        synchronize(config)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_vector_rounds(config: EnvConfig, n_envs: int, rounds: int, seed: int) -> list[float]:
+    """Batched round times of the vector env's B = ``n_envs`` environments, as ``time_transitions`` times
+    one environment's."""
+    env = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
     env.reset(seed=seed)
-    scenario, state, spec = env.scenario, env.sim_state, model_spec(config)
+    action = torch.full((n_envs * config.n_nodes,), ACTION_FULL, dtype=torch.long, device=config.device)
+    return play_batched_rounds(config, env.fleet.scenario, env.fleet.state, action, rounds)
+
+
+def time_bare_learning(config: EnvConfig, rounds: int, seed: int, n_envs: int = 1) -> list[float]:
+    """The learning work of a round alone: SGD, full broadcast, mixing and evaluation of every node of
+    ``n_envs`` environments (the vector env's scenarios for that seed, batched as the vector env batches
+    them)."""
+    env = EdgeLearningVectorEnv(num_envs=n_envs, config=config)
+    env.reset(seed=seed)
+    scenario, state, spec = env.fleet.scenario, env.fleet.state, model_spec(config)
     everyone = torch.ones(scenario.n_nodes, dtype=torch.bool, device=config.device)
     full = torch.zeros(scenario.n_nodes, dtype=torch.long, device=config.device)
     eval_x, eval_y = scenario.eval_x, scenario.eval_y
@@ -264,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("| N | edges | env steps/s | env step ms | batched round ms | bare learning ms | env / bare "
          "| reference round ms | speed-up vs reference | bare ceiling | max abs Δparams |")
     emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    reference_round: dict[int, float] = {}  # N -> median reference round (s)
     for n in args.sizes:
         config = config_for(n, args.rounds, args.device)
         steps = statistics.median(time_env_steps(config, args.rounds, args.seed))
@@ -272,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             batched, reference, worst, edges = time_transitions(config, args.rounds, args.seed)
             fast, slow = statistics.median(batched), statistics.median(reference)
             tail = f"{1e3 * slow:.1f} | {slow / fast:.1f}x | {slow / bare:.1f}x | {worst:.1e}"
+            reference_round[n] = slow
         else:
             env = EdgeLearningEnv(config)
             env.reset(seed=args.seed)
@@ -280,16 +306,23 @@ def main(argv: list[str] | None = None) -> None:
         emit(f"| {n} | {edges} | {1 / steps:.1f} | {1e3 * steps:.2f} | {1e3 * fast:.2f} | {1e3 * bare:.2f} "
              f"| {steps / bare:.2f} | {tail} |")
     emit()
-    emit("| N | B | vector step ms | env-steps/s | node-rounds/s |")
-    emit("|---:|---:|---:|---:|---:|")
+    emit("| N | B | vector step ms | env-steps/s | node-rounds/s | batched round ms | bare learning ms "
+         "| vector / bare | round speed-up vs reference | step speed-up vs reference |")
+    emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         config = config_for(n, args.rounds, args.device)
         for b in args.batches:
             if b * n > args.max_node_rounds:
-                emit(f"| {n} | {b} | skipped (B·N > {args.max_node_rounds}) | | |")
+                emit(f"| {n} | {b} | skipped (B·N > {args.max_node_rounds}) | | | | | | | |")
                 continue
             step = statistics.median(time_vector_steps(config, b, args.rounds, args.seed))
-            emit(f"| {n} | {b} | {1e3 * step:.2f} | {b / step:.1f} | {b * n / step:.0f} |")
+            fast = statistics.median(time_vector_rounds(config, b, args.rounds, args.seed))
+            bare = statistics.median(time_bare_learning(config, args.rounds, args.seed, b))
+            # the reference is a loop over nodes: B environments take B of its rounds
+            slow = b * reference_round.get(n, float("nan"))
+            speed_ups = f"{slow / fast:.1f}x | {slow / step:.1f}x" if n in reference_round else "— | —"
+            emit(f"| {n} | {b} | {1e3 * step:.2f} | {b / step:.1f} | {b * n / step:.0f} | {1e3 * fast:.2f} "
+                 f"| {1e3 * bare:.2f} | {step / bare:.2f} | {speed_ups} |")
     emit()
     config = config_for(32, 2 * args.rounds, args.device)
     vector, sync = (statistics.median(times) for times in time_vector_against_sync(config, 64, 2 * args.rounds,

@@ -21,7 +21,10 @@ def test_the_benchmark_writes_its_tables(bench_step, tmp_path):
     cells = [cell.strip() for cell in size_row.strip("|").split("|")]
     assert float(cells[9].rstrip("x")) > 0  # the bare ceiling: reference / bare work
     assert float(cells[10]) < 1e-4  # largest |Δparams| between the batched round and the reference
-    assert "| 8 | 2 |" in text  # the vector table has B = 2
+    vector_row = next(line for line in text.splitlines() if line.startswith("| 8 | 2 |"))  # the vector table, B = 2
+    cells = [cell.strip() for cell in vector_row.strip("|").split("|")]
+    assert min(float(cells[i]) for i in (5, 6, 7)) > 0  # round and bare learning of the same 2 x 8 nodes, ratio
+    assert min(float(cells[i].rstrip("x")) for i in (8, 9)) > 0  # round and step speed-ups over 2 reference rounds
     assert "SyncVectorEnv of 64 EdgeLearningEnv" in text
 
 
