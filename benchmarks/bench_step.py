@@ -318,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
             step = statistics.median(time_vector_steps(config, b, args.rounds, args.seed))
             fast = statistics.median(time_vector_rounds(config, b, args.rounds, args.seed))
             bare = statistics.median(time_bare_learning(config, args.rounds, args.seed, b))
-            # the reference is a loop over nodes: B environments take B of its rounds
-            slow = b * reference_round.get(n, float("nan"))
-            speed_ups = f"{slow / fast:.1f}x | {slow / step:.1f}x" if n in reference_round else "— | —"
+            speed_ups = "— | —"
+            if n in reference_round:  # the reference is a loop over nodes: B environments take B of its rounds
+                slow = b * reference_round[n]
+                speed_ups = f"{slow / fast:.1f}x | {slow / step:.1f}x"
             emit(f"| {n} | {b} | {1e3 * step:.2f} | {b / step:.1f} | {b * n / step:.0f} | {1e3 * fast:.2f} "
                  f"| {1e3 * bare:.2f} | {step / bare:.2f} | {speed_ups} |")
     emit()
