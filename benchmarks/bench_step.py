@@ -23,9 +23,9 @@ are over B rounds of the reference (a loop over nodes: B environments cost B tim
 round (as in the first table) and of the whole vector step. The last table compares B = 64, N = 32
 in one batched program with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in
 alternation, both on one core. ``--all-cores W`` adds the same comparison on every core: the vector env
-with W worker threads (each steps a group of the environments as one program) against Gymnasium's
-``AsyncVectorEnv`` of 64 single envs, one forked process each (the ``SubprocVecEnv`` way). ``--out`` writes
-all tables as Markdown.
+with W workers (each steps a group of the environments as one program), as threads and as processes,
+against Gymnasium's ``AsyncVectorEnv`` of 64 single envs, one forked process each (the ``SubprocVecEnv``
+way), the three stepped in alternation. ``--out`` writes all tables as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
@@ -216,17 +216,19 @@ def time_vector_against_sync(config: EnvConfig, n_envs: int, rounds: int, seed: 
 
 
 def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: int, rounds: int, seed: int
-                                      ) -> tuple[list[float], list[float]]:
-    """All cores on both sides: the vector env with ``workers`` threads against an AsyncVectorEnv of
-    ``n_envs`` single envs, one process each (forked, so they share the imported modules), in alternation."""
-    batched = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers)
-    processes = gym.vector.AsyncVectorEnv([functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)],
-                                          context="fork", shared_memory=False)
+                                      ) -> tuple[list[float], list[float], list[float]]:
+    """All cores on both sides: the vector env with ``workers`` threads, the same with ``workers``
+    processes, and an AsyncVectorEnv of ``n_envs`` single envs, one process each (forked, so they share the
+    imported modules), in alternation."""
+    threads = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers)
+    in_processes = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers, worker_kind="process")
+    singles = gym.vector.AsyncVectorEnv([functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)],
+                                        context="fork", shared_memory=False)
     try:
-        return time_in_alternation((batched, processes), config, n_envs, rounds, seed)
+        return time_in_alternation((threads, in_processes, singles), config, n_envs, rounds, seed)
     finally:
-        processes.close()
-        batched.close()
+        for env in (singles, in_processes, threads):
+            env.close()
 
 
 def time_in_alternation(envs: tuple[gym.vector.VectorEnv, ...], config: EnvConfig, n_envs: int, rounds: int,
@@ -259,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the simulator (cpu, cuda, cuda:N)")
     parser.add_argument("--all-cores", type=int, default=0, metavar="WORKERS",
                         help="also compare B = 64, N = 32 on all cores: the vector env with this many worker "
-                        "threads against an AsyncVectorEnv of 64 single-env processes (about 9 GB of memory)")
+                        "threads, and with as many worker processes, against an AsyncVectorEnv of 64 single-env "
+                        "processes (about 9 GB of memory)")
     args = parser.parse_args(argv)
     if args.device != "cpu":
         args.reference_up_to = 0
@@ -336,16 +339,17 @@ def main(argv: list[str] | None = None) -> None:
     emit(f"| SyncVectorEnv of 64 EdgeLearningEnv | {1e3 * sync:.1f} | {64 / sync:.0f} |")
     emit(f"| ratio | | {sync / vector:.1f}x |")
     if args.all_cores > 0:
-        threads, processes = (statistics.median(times) for times in time_workers_against_subprocesses(
+        threads, in_processes, singles = (statistics.median(times) for times in time_workers_against_subprocesses(
             config, 64, args.all_cores, 2 * args.rounds, args.seed))
         emit()
         emit(f"B = 64, N = 32 on all {os.cpu_count()} cores, {2 * args.rounds} rounds, in alternation:")
         emit()
-        emit("| B = 64, N = 32 | step ms | env-steps/s |")
-        emit("|---|---:|---:|")
-        emit(f"| EdgeLearningVectorEnv, workers = {args.all_cores} | {1e3 * threads:.1f} | {64 / threads:.0f} |")
-        emit(f"| AsyncVectorEnv of 64 EdgeLearningEnv processes | {1e3 * processes:.1f} | {64 / processes:.0f} |")
-        emit(f"| ratio | | {processes / threads:.1f}x |")
+        emit("| B = 64, N = 32 | step ms | env-steps/s | ratio to the single-env processes |")
+        emit("|---|---:|---:|---:|")
+        for label, step in ((f"EdgeLearningVectorEnv, {args.all_cores} worker threads", threads),
+                            (f"EdgeLearningVectorEnv, {args.all_cores} worker processes", in_processes),
+                            ("AsyncVectorEnv of 64 EdgeLearningEnv processes", singles)):
+            emit(f"| {label} | {1e3 * step:.1f} | {64 / step:.0f} | {singles / step:.1f}x |")
     if args.out:
         with open(args.out, "w") as handle:
             handle.write("\n".join(lines) + "\n")

@@ -6,8 +6,9 @@ SB3 resets finished environments in the same step and passes the last observatio
 
 ``config`` may also be a list of scenarios with the same fleet size (a training mix, e.g. default and
 attack_heavy): environment i then runs scenario i mod k, and the environments of each scenario are one
-batched program (a Python loop over the k scenarios, never over environments). ``workers`` is each
-scenario's ``EdgeLearningVectorEnv`` workers: threads that step groups of its environments at once.
+batched program (a Python loop over the k scenarios, never over environments). ``workers`` and
+``worker_kind`` are each scenario's ``EdgeLearningVectorEnv`` workers: threads or processes that step
+groups of its environments at once.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from envs.vector_env import EdgeLearningVectorEnv
 
 
 class GossipVecEnv(VecEnv):
-    def __init__(self, num_envs: int, config=None, seed: int | None = None, workers: int = 1):
+    def __init__(self, num_envs: int, config=None, seed: int | None = None, workers: int = 1,
+                 worker_kind: str = "thread"):
         configs = list(config) if isinstance(config, (list, tuple)) else [config]
         if num_envs < len(configs):
             raise ValueError(f"num_envs ({num_envs}) must be at least the number of scenarios ({len(configs)})")
         self.groups = [np.arange(j, num_envs, len(configs)) for j in range(len(configs))]
-        self.venvs = [EdgeLearningVectorEnv(num_envs=len(group), config=c, workers=workers)
+        self.venvs = [EdgeLearningVectorEnv(num_envs=len(group), config=c, workers=workers, worker_kind=worker_kind)
                       for c, group in zip(configs, self.groups)]
         first = self.venvs[0]
         for venv in self.venvs[1:]:

@@ -11,10 +11,14 @@ observation and info of the finished episode are in ``info["final_obs"]`` / ``in
 (masks ``info["_final_obs"]`` / ``info["_final_info"]``). Read KPIs from ``final_info``.
 
 ``workers`` > 1 splits the environments into that many contiguous groups, each one batched program
-(``FleetBatch``), stepped at once in as many threads: torch and NumPy's BLAS release the GIL inside their
-kernels, and a batched round is mostly kernels, so the groups run on separate cores. With torch on one
-intra-op thread (as the training CLI and bench_step run it) and BLAS on one thread (envs/threads.py), 2
-workers step 64 environments of 32 nodes about 1.5x faster than one on this 2-core machine (design note 34).
+(``FleetBatch``), stepped at once. ``worker_kind="thread"`` (the default) steps them in as many threads:
+torch and NumPy's BLAS release the GIL inside their kernels, and a batched round is mostly kernels, so the
+groups run on separate cores. With torch on one intra-op thread (as the training CLI and bench_step run it)
+and BLAS on one thread (envs/threads.py), 2 workers step 64 environments of 32 nodes about 1.5x faster
+than one on this 2-core machine (design note 34). ``worker_kind="process"`` gives each group a worker
+process instead (``envs/env_groups.py``): no group waits for the GIL, which makes the same step another
+12-15 % faster, at the price of pickling each step's observations and of the groups' ``FleetBatch``
+objects living in the workers (CPU only; design note 35).
 Each group's numbers equal those of a single env with the same seed, as for one group; only float32
 summation order in the batched products differs.
 """
@@ -25,7 +29,7 @@ import functools
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,35 +40,31 @@ from gymnasium.vector.utils import batch_space
 
 from envs.config import EnvConfig, load_config
 from envs.dynamics.energy import N_ACTIONS
+from envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group
 from envs.fleet_batch import FleetBatch
 from envs.gossip_env import validate_actions
 from envs.observation import observation_space
-from envs.scenario import make_scenario
 from envs.threads import simulator_call
 
-
-class _GroupRound(NamedTuple):
-    """One group's round: (B_k,) arrays and dicts of them."""
-
-    rewards: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    info: dict[str, np.ndarray]
-    observation: dict[str, np.ndarray]  # after any autoreset
-    last_observation: dict[str, np.ndarray] | None  # before it; None if no episode of the group ended
+WORKER_KINDS = ("thread", "process")
 
 
 class EdgeLearningVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, render_mode=None,
-                 workers: int = 1):
+                 workers: int = 1, worker_kind: str = "thread"):
         if render_mode is not None:
             raise ValueError("the vector env does not render; use the single env with render_mode='rgb_array'")
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1 (threads, each stepping a group of the environments), "
-                             f"got {workers!r}")
+            raise ValueError(f"workers must be an integer >= 1 (threads or processes, each stepping a group of the "
+                             f"environments), got {workers!r}")
+        if worker_kind not in WORKER_KINDS:
+            raise ValueError(f"worker_kind must be one of {WORKER_KINDS}, got {worker_kind!r}")
         self.config = load_config(config)
+        if worker_kind == "process" and self.config.device != "cpu":
+            raise ValueError(f"worker_kind='process' steps the groups on the CPU only (device is "
+                             f"{self.config.device!r}); use worker_kind='thread'")
         self.num_envs = int(num_envs)
         self.n_nodes = self.config.n_nodes
         self.single_observation_space = observation_space(self.config)
@@ -73,15 +73,20 @@ class EdgeLearningVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._device = torch.device(self.config.device)
         self.workers = max(1, min(int(workers), self.num_envs))
+        # one group runs in the calling thread whatever the kind: there is nothing to run beside it
+        self.worker_kind = worker_kind if self.workers > 1 else "thread"
         # group k is environments [first, last): one batched program each
         bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(int).tolist()
         self._groups = list(zip(bounds[:-1], bounds[1:]))
-        self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+        in_processes = self.worker_kind == "process"
+        self._fleets = [] if in_processes else [FleetBatch(self.config) for _ in range(self.workers)]
+        self._processes: list[GroupProcess] = []  # started at the first reset (worker_kind "process")
         self._pool: ThreadPoolExecutor | None = None  # started at the first step with more than one group
-        if self.workers > 1 and hasattr(os, "register_at_fork"):
+        if self.workers > 1 and not in_processes and hasattr(os, "register_at_fork"):
             # a forked child inherits the pool but not its threads: work sent to it would wait forever
             os.register_at_fork(after_in_child=functools.partial(_drop_pool, weakref.ref(self)))
         self._rngs: list[np.random.Generator] = []
+        self._started = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
         if seed is None:
@@ -92,14 +97,23 @@ class EdgeLearningVectorEnv(VectorEnv):
             if len(seed) != self.num_envs:
                 raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seed)}")
             seeds = list(seed)
-        self._rngs = [seeding.np_random(s)[0] for s in seeds]
-        # scenarios are built in this thread, in environment order (networkx and pvlib hold the GIL anyway)
-        for fleet, (first, last) in zip(self._fleets, self._groups):
-            fleet.reset([make_scenario(self.config, rng) for rng in self._rngs[first:last]])
-        return _joined([fleet.observation() for fleet in self._fleets]), {}
+        if self.worker_kind == "process":
+            if not self._processes:
+                self._processes = [GroupProcess(self.config, k) for k in range(self.workers)]
+            for process, (first, last) in zip(self._processes, self._groups):
+                process.reset_async(seeds[first:last])  # each worker builds its group's scenarios
+            observations = [process.wait() for process in self._processes]
+        else:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+            # scenarios are built in this thread, in environment order (networkx and pvlib hold the GIL anyway)
+            observations = [reset_group(fleet, self.config, self._rngs[first:last])
+                            for fleet, (first, last) in zip(self._fleets, self._groups)]
+        self._started = True
+        self.closed = False  # a reset after close starts new workers: close must stop them again
+        return _joined(observations), {}
 
     def step(self, actions):
-        if self._fleets[0].state is None:
+        if not self._started:
             raise RuntimeError("call reset() before step()")
         flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device).view(self.num_envs, -1)
         parts = self._run_groups(flat)
@@ -120,9 +134,17 @@ class EdgeLearningVectorEnv(VectorEnv):
             info["_final_info"] = done.copy()
         return observation, rewards.astype(np.float64), terminated, truncated, info
 
-    @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone
-    def _run_groups(self, actions: torch.Tensor) -> list[_GroupRound]:
+    def _run_groups(self, actions: torch.Tensor) -> list[GroupRound]:
         """``actions`` (B, N) -> each group's round, groups in order."""
+        if self.worker_kind == "process":
+            values = actions.numpy()
+            for process, bounds in zip(self._processes, self._groups):
+                process.step_async(values[slice(*bounds)])  # every group starts before any is waited for
+            return [process.wait() for process in self._processes]
+        return self._run_groups_here(actions)
+
+    @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone
+    def _run_groups_here(self, actions: torch.Tensor) -> list[GroupRound]:
         if len(self._groups) == 1:
             return [self._step_group(0, actions)]
         if self._pool is None:
@@ -130,41 +152,43 @@ class EdgeLearningVectorEnv(VectorEnv):
         return list(self._pool.map(lambda k: self._step_group(k, actions[slice(*self._groups[k])]),
                                    range(self.workers)))
 
-    def _step_group(self, group: int, actions: torch.Tensor) -> _GroupRound:
-        """Group ``group``'s round from its (B_k, N) actions, its autoresets included."""
-        fleet, first = self._fleets[group], self._groups[group][0]
-        rewards, terminated, truncated, info = fleet.step(actions.reshape(-1))
-        observation, last_observation = fleet.observation(), None
-        ended = np.flatnonzero(terminated | truncated)
-        if len(ended):
-            # scenario building (networkx, pvlib) is per episode by design; the round itself stays batched
-            last_observation = observation
-            fleet.replace(ended, [make_scenario(self.config, self._rngs[first + i]) for i in ended])
-            observation = fleet.observation()
-        return _GroupRound(rewards, terminated, truncated, info, observation, last_observation)
+    def _step_group(self, group: int, actions: torch.Tensor) -> GroupRound:
+        first, last = self._groups[group]
+        return play_group_round(self._fleets[group], self.config, self._rngs[first:last], actions)
 
     def action_masks(self) -> np.ndarray:
         """(B, N, K) bool action masks of every environment."""
+        if self.worker_kind == "process":
+            if not self._started:
+                raise RuntimeError("call reset() before action_masks()")
+            return np.concatenate([process.masks for process in self._processes])
         return np.concatenate([fleet.action_masks() for fleet in self._fleets])
 
     @property
     def fleet(self) -> FleetBatch:
         """The batched program of all environments (one worker)."""
-        if len(self._fleets) != 1:
+        if len(self._groups) != 1:
             raise AttributeError(f"with workers={self.workers} each group of environments has its own FleetBatch: "
                                  "use .fleets")
         return self._fleets[0]
 
     @property
     def fleets(self) -> list[FleetBatch]:
-        """One batched program per worker, environments in order."""
+        """One batched program per worker, environments in order (worker threads only)."""
+        if self.worker_kind == "process":
+            raise AttributeError("with worker_kind='process' each group's FleetBatch lives in its worker process")
         return list(self._fleets)
 
     def close_extras(self, **kwargs: Any) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+        for process in self._processes:
+            process.close()
+        self._processes = []
+        if self.worker_kind == "thread":
+            self._fleets = [FleetBatch(self.config) for _ in range(self.workers)]
+        self._started = False
 
 
 def _drop_pool(env_ref: weakref.ref) -> None:

@@ -27,13 +27,16 @@ def attack_config() -> dict:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", [short_tiny(), attack_config()], ids=["tiny", "attacks+privacy"])
-@pytest.mark.parametrize("workers", [1, 2], ids=["one group", "two threads"])
-def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config, device, workers):
+@pytest.mark.parametrize("workers,kind", [(1, "thread"), (2, "thread"), (2, "process")],
+                         ids=["one group", "two threads", "two processes"])
+def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(config, device, workers, kind):
+    if kind == "process" and device != "cpu":
+        pytest.skip("worker processes run on the CPU only")
     n_envs, seed = 3, 5  # two workers: groups of 1 and 2 environments
     config = {**config, "device": device}
     vector = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
-                          workers=workers, config=config)
-    assert vector.unwrapped.workers == workers
+                          workers=workers, worker_kind=kind, config=config)
+    assert (vector.unwrapped.workers, vector.unwrapped.worker_kind) == (workers, kind)
     singles = [gym.make("GreenGossip/EdgeLearning-v0", config=config) for _ in range(n_envs)]
     obs, _ = vector.reset(seed=seed)
     single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
@@ -59,6 +62,7 @@ def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(co
             for key in s_obs:
                 np.testing.assert_allclose(obs[key][i], s_obs[key], atol=1e-4)
     assert episodes_ended >= n_envs  # autoreset really happened
+    vector.close()
 
 
 def test_vector_spaces_are_batched_single_spaces():
@@ -122,17 +126,116 @@ def test_bad_worker_counts_are_named(workers):
                      workers=workers, config="configs/tiny.yaml")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_maskable_ppo_trains_on_the_sb3_adapter(workers):
+def test_bad_worker_kinds_are_named():
+    with pytest.raises(ValueError, match=r"worker_kind must be one of \('thread', 'process'\), got 'fork'"):
+        gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     workers=2, worker_kind="fork", config="configs/tiny.yaml")
+
+
+def process_env(n_envs: int = 4, config="configs/tiny.yaml"):
+    return gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
+                        workers=2, worker_kind="process", config=config)
+
+
+def test_worker_processes_give_the_numbers_of_worker_threads_and_close():
+    """The same groups in processes and in threads: the same bits, masks included; closing stops the
+    workers, and a reset after close starts new ones."""
+    config = {**short_tiny(), "n_nodes": 16}
+    threads = gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                           workers=2, config=config)
+    processes = process_env(config=config)
+    with pytest.raises(RuntimeError, match="reset"):
+        processes.unwrapped.action_masks()
+    with pytest.raises(AttributeError, match="worker process"):
+        processes.unwrapped.fleets
+    for round_trip in range(2):
+        obs_threads, _ = threads.reset(seed=3)
+        obs_processes, _ = processes.reset(seed=3)
+        workers = [process._process for process in processes.unwrapped._processes]
+        assert all(worker.is_alive() for worker in workers)
+        rng = np.random.default_rng(1)
+        for _ in range(15):  # through the autoresets of 12-round episodes
+            np.testing.assert_array_equal(processes.unwrapped.action_masks(), threads.unwrapped.action_masks())
+            actions = rng.integers(0, 6, (4, 16))
+            obs_threads, rewards_threads, *_, info_threads = threads.step(actions)
+            obs_processes, rewards_processes, *_, info_processes = processes.step(actions)
+            np.testing.assert_array_equal(rewards_processes, rewards_threads)
+            for key in obs_threads:
+                np.testing.assert_array_equal(obs_processes[key], obs_threads[key])
+            assert info_processes.keys() == info_threads.keys()
+        processes.close()
+        assert not any(worker.is_alive() for worker in workers)
+    threads.close()
+
+
+def test_a_failed_worker_process_is_reported_not_waited_for():
+    vector = process_env()
+    vector.reset(seed=0)
+    actions = np.full((4, 8), 2)
+    vector.step(actions)
+    worker = vector.unwrapped._processes[1]._process
+    worker.kill()
+    worker.join()
+    with pytest.raises(RuntimeError, match="worker process 1 of the vector env stopped"):
+        vector.step(actions)
+    vector.close()
+
+
+def test_an_error_in_a_worker_process_comes_back_with_its_traceback():
+    vector = process_env()
+    vector.reset(seed=0)
+    vector.unwrapped._processes[0].step_async(np.full((2, 3), 2))  # the wrong number of nodes reaches the worker
+    with pytest.raises(RuntimeError, match="(?s)worker process 0 of the vector env failed:.*Traceback"):
+        vector.unwrapped._processes[0].wait()
+    vector.step(np.full((4, 8), 2))  # the worker is still there
+    vector.close()
+
+
+def test_a_forked_child_may_not_step_its_parents_worker_processes():
+    """It would send commands to the parent's workers and take the answers the parent waits for."""
+    import multiprocessing
+
+    vector = process_env()
+    vector.reset(seed=0)
+    actions = np.full((4, 8), 2)
+
+    def step_in_child(queue):
+        try:
+            vector.step(actions)
+            queue.put("stepped")
+        except RuntimeError as error:
+            queue.put(str(error))
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=step_in_child, args=(queue,))
+    child.start()
+    message = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert "belong to process" in message
+    vector.step(actions)  # the parent's workers were not disturbed
+    vector.close()
+
+
+def test_worker_processes_need_the_cpu():
+    config = {**short_tiny(), "device": "cuda"}
+    with pytest.raises(ValueError, match="CPU only"):
+        gym.make_vec("GreenGossip/EdgeLearning-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     workers=2, worker_kind="process", config=config)
+
+
+@pytest.mark.parametrize("workers,kind", [(1, "thread"), (2, "thread"), (2, "process")])
+def test_maskable_ppo_trains_on_the_sb3_adapter(workers, kind):
     from sb3_contrib import MaskablePPO
 
     from envs.sb3_vec_env import GossipVecEnv
 
-    venv = GossipVecEnv(num_envs=4, config="configs/tiny.yaml", seed=0, workers=workers)
-    assert venv.venv.workers == workers
+    venv = GossipVecEnv(num_envs=4, config="configs/tiny.yaml", seed=0, workers=workers, worker_kind=kind)
+    assert (venv.venv.workers, venv.venv.worker_kind) == (workers, kind)
     model = MaskablePPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=128)
     assert model.num_timesteps >= 128
     obs = venv.reset()
     actions, _ = model.predict(obs, action_masks=venv.action_masks())
     assert actions.shape == (4, 8)
+    venv.close()

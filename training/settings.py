@@ -187,9 +187,14 @@ class TrainSettings(_Frozen):
     env_workers: int = Field(
         1,
         ge=1,
-        description="vec_env batched: threads that each step a group of the n_envs as one tensor program "
-        "(EdgeLearningVectorEnv's workers); more than 1 uses more cores, with float32 summation order "
-        "differing from one group in the last bits",
+        description="vec_env batched: threads or processes (env_worker_kind) that each step a group of the n_envs "
+        "as one tensor program (EdgeLearningVectorEnv's workers); more than 1 uses more cores, with float32 "
+        "summation order differing from one group in the last bits",
+    )
+    env_worker_kind: Literal["thread", "process"] = Field(
+        "thread",
+        description="env_workers above 1: threads of this process, or worker processes (no GIL between the "
+        "groups; CPU only; EdgeLearningVectorEnv's worker_kind)",
     )
     also_train_on: list[str] = Field(
         [],

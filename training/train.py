@@ -236,7 +236,8 @@ def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
     if settings.vec_env == "batched":
         from envs.sb3_vec_env import GossipVecEnv
 
-        return VecMonitor(GossipVecEnv(settings.n_envs, config=configs, workers=settings.env_workers),
+        return VecMonitor(GossipVecEnv(settings.n_envs, config=configs, workers=settings.env_workers,
+                                       worker_kind=settings.env_worker_kind),
                           filename=str(monitor_file))
     factories = [partial(make_env, configs[i % len(configs)]) for i in range(settings.n_envs)]
     subprocess = settings.vec_env == "subprocess" or (settings.vec_env == "auto" and settings.n_envs > 1)
