@@ -188,6 +188,12 @@ def test_misspelt_setting_is_named_in_the_error():
     with pytest.raises(SettingsError, match="env_workers .* needs vec_env: batched"):
         load_settings(TINY_SETTINGS, env_workers=2, vec_env="subprocess")  # the workers would be silently unused
     assert load_settings(TINY_SETTINGS, env_workers=2, vec_env="batched").env_workers == 2
+    with pytest.raises(SettingsError, match="env_worker_kind: process needs env_workers above 1"):
+        load_settings(TINY_SETTINGS, env_worker_kind="process", vec_env="batched")
+    with pytest.raises(SettingsError, match="env_worker_kind.*'thread' or 'process'"):
+        load_settings(TINY_SETTINGS, env_workers=2, env_worker_kind="fork", vec_env="batched")
+    settings = load_settings(TINY_SETTINGS, env_workers=2, env_worker_kind="process", vec_env="batched")
+    assert settings.env_worker_kind == "process"
 
 
 def test_a_settings_file_extends_another_section_by_section(tmp_path):
@@ -252,8 +258,10 @@ def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
     assert elapsed < 180, f"took {elapsed:.0f} s"
 
 
-def test_training_runs_on_the_batched_vector_env(tmp_path):
-    settings = _settings(vec_env="batched", n_envs=4, total_timesteps=256)
+@pytest.mark.parametrize("workers,kind", [(1, "thread"), (2, "process")], ids=["one group", "two processes"])
+def test_training_runs_on_the_batched_vector_env(tmp_path, workers, kind):
+    settings = _settings(vec_env="batched", n_envs=4, total_timesteps=256, env_workers=workers,
+                         env_worker_kind=kind)
     result = train(TINY, settings, tmp_path / "batched")
     assert result.timesteps >= 256
     assert (tmp_path / "batched" / "monitor.csv").exists()

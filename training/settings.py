@@ -279,6 +279,8 @@ class TrainSettings(_Frozen):
         if self.env_workers > 1 and self.vec_env != "batched":
             raise ValueError(f"env_workers ({self.env_workers}) steps groups of the batched vector env; it needs "
                              f"vec_env: batched, got vec_env: {self.vec_env}")
+        if self.env_worker_kind == "process" and self.env_workers == 1:
+            raise ValueError("env_worker_kind: process needs env_workers above 1 (one group runs in this process)")
         return self
 
     @model_validator(mode="after")
