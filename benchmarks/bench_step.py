@@ -24,8 +24,9 @@ round (as in the first table) and of the whole vector step. The last table compa
 in one batched program with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in
 alternation, both on one core. ``--all-cores W`` adds the same comparison on every core: the vector env
 with W workers (each steps a group of the environments as one program), as threads and as processes,
-against Gymnasium's ``AsyncVectorEnv`` of 64 single envs, one forked process each (the ``SubprocVecEnv``
-way), the three stepped in alternation. ``--out`` writes all tables as Markdown.
+against 64 single envs in forked processes of their own: SB3's ``SubprocVecEnv``, or with ``--subprocesses
+gymnasium`` Gymnasium's ``AsyncVectorEnv``; the three stepped in alternation. ``--out`` writes all tables
+as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
@@ -53,6 +54,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import SubprocVecEnv
 from threadpoolctl import threadpool_limits
 
 from envs.config import EnvConfig
@@ -66,6 +68,7 @@ from envs.state import SimState, model_spec
 from envs.vector_env import EdgeLearningVectorEnv
 
 ACTION_FULL = 2
+SUBPROCESS_LABELS = {"sb3": "SB3 SubprocVecEnv", "gymnasium": "Gymnasium AsyncVectorEnv"}
 
 
 def config_for(n_nodes: int, rounds: int, device: str = "cpu") -> EnvConfig:
@@ -215,15 +218,19 @@ def time_vector_against_sync(config: EnvConfig, n_envs: int, rounds: int, seed: 
     return time_in_alternation((batched, sync), config, n_envs, rounds, seed)
 
 
-def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: int, rounds: int, seed: int
-                                      ) -> tuple[list[float], list[float], list[float]]:
+def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: int, rounds: int, seed: int,
+                                      subprocesses: str = "sb3") -> tuple[list[float], list[float], list[float]]:
     """All cores on both sides: the vector env with ``workers`` threads, the same with ``workers``
-    processes, and an AsyncVectorEnv of ``n_envs`` single envs, one process each (forked, so they share the
-    imported modules), in alternation."""
+    processes, and ``n_envs`` single envs, one process each (forked, so they share the imported modules),
+    in SB3's SubprocVecEnv (``subprocesses="sb3"``) or Gymnasium's AsyncVectorEnv ("gymnasium"), in
+    alternation."""
     threads = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers)
     in_processes = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers, worker_kind="process")
-    singles = gym.vector.AsyncVectorEnv([functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)],
-                                        context="fork", shared_memory=False)
+    factories = [functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)]
+    if subprocesses == "sb3":
+        singles = _SeededSubprocVecEnv(SubprocVecEnv(factories, start_method="fork"))
+    else:
+        singles = gym.vector.AsyncVectorEnv(factories, context="fork", shared_memory=False)
     try:
         return time_in_alternation((threads, in_processes, singles), config, n_envs, rounds, seed)
     finally:
@@ -231,8 +238,27 @@ def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: i
             env.close()
 
 
-def time_in_alternation(envs: tuple[gym.vector.VectorEnv, ...], config: EnvConfig, n_envs: int, rounds: int,
-                        seed: int) -> tuple[list[float], ...]:
+class _SeededSubprocVecEnv:
+    """SB3's SubprocVecEnv with the ``reset(seed=)`` and ``close`` that ``time_in_alternation`` calls."""
+
+    def __init__(self, venv: SubprocVecEnv):
+        self.venv = venv
+
+    def reset(self, seed: int):
+        self.venv.seed(seed)
+        return self.venv.reset()
+
+    def step(self, actions: np.ndarray):
+        return self.venv.step(actions)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def time_in_alternation(envs: tuple, config: EnvConfig, n_envs: int, rounds: int, seed: int
+                        ) -> tuple[list[float], ...]:
+    """Step times of each of ``envs`` (vector envs: ``reset(seed=)`` and ``step`` of (B, N) actions), round by
+    round in turn."""
     action = np.full((n_envs, config.n_nodes), ACTION_FULL, dtype=np.int64)
     times: tuple[list[float], ...] = tuple([] for _ in envs)
     for env in envs:
@@ -261,8 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the simulator (cpu, cuda, cuda:N)")
     parser.add_argument("--all-cores", type=int, default=0, metavar="WORKERS",
                         help="also compare B = 64, N = 32 on all cores: the vector env with this many worker "
-                        "threads, and with as many worker processes, against an AsyncVectorEnv of 64 single-env "
-                        "processes (about 9 GB of memory)")
+                        "threads, and with as many worker processes, against 64 single-env processes (about 9 GB "
+                        "of memory)")
+    parser.add_argument("--subprocesses", choices=("sb3", "gymnasium"), default="sb3",
+                        help="--all-cores: the 64 single-env processes in SB3's SubprocVecEnv or in Gymnasium's "
+                        "AsyncVectorEnv")
     args = parser.parse_args(argv)
     if args.device != "cpu":
         args.reference_up_to = 0
@@ -340,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     emit(f"| ratio | | {sync / vector:.1f}x |")
     if args.all_cores > 0:
         threads, in_processes, singles = (statistics.median(times) for times in time_workers_against_subprocesses(
-            config, 64, args.all_cores, 2 * args.rounds, args.seed))
+            config, 64, args.all_cores, 2 * args.rounds, args.seed, args.subprocesses))
         emit()
         emit(f"B = 64, N = 32 on all {os.cpu_count()} cores, {2 * args.rounds} rounds, in alternation:")
         emit()
@@ -348,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         emit("|---|---:|---:|---:|")
         for label, step in ((f"EdgeLearningVectorEnv, {args.all_cores} worker threads", threads),
                             (f"EdgeLearningVectorEnv, {args.all_cores} worker processes", in_processes),
-                            ("AsyncVectorEnv of 64 EdgeLearningEnv processes", singles)):
+                            (f"{SUBPROCESS_LABELS[args.subprocesses]} of 64 EdgeLearningEnv processes", singles)):
             emit(f"| {label} | {1e3 * step:.1f} | {64 / step:.0f} | {singles / step:.1f}x |")
     if args.out:
         with open(args.out, "w") as handle:

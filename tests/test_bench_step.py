@@ -36,3 +36,11 @@ def test_steps_in_alternation_time_every_env_every_round(bench_step):
     assert [len(record) for record in times] == [3, 3]
     assert all(t > 0 for record in times for t in record)
     vector.close()
+
+
+@pytest.mark.parametrize("subprocesses", ["sb3", "gymnasium"])
+def test_all_cores_times_threads_processes_and_single_env_processes(bench_step, subprocesses):
+    config = bench_step.config_for(8, 4)
+    times = bench_step.time_workers_against_subprocesses(config, 2, 2, 3, seed=0, subprocesses=subprocesses)
+    assert [len(record) for record in times] == [3, 3, 3]
+    assert all(t > 0 for record in times for t in record)
