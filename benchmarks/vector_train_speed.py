@@ -2,11 +2,11 @@
 of N nodes as one program), on each device given: env-steps/s of ``learn`` (rollouts and PPO updates
 together) and of the rollouts alone, and the mean episode return SB3 logged, so that a run on CUDA shows
 both that training works there and what it gains. The env and the policy sit on the same device.
-``--workers`` repeats each device with the vector env's worker threads (groups of environments stepped at
-once; design note 34).
+``--workers`` repeats each device with the vector env's workers (groups of environments stepped at once;
+design note 34), as threads and, with ``--worker-kinds thread process``, as processes too (design note 35).
 
     python benchmarks/vector_train_speed.py --devices cpu cuda --envs 64 --nodes 32 --timesteps 12288
-    python benchmarks/vector_train_speed.py --workers 1 2
+    python benchmarks/vector_train_speed.py --workers 1 2 --worker-kinds thread process
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ class RolloutTimer(BaseCallback):
         return True
 
 
-def train(device: str, n_envs: int, n_nodes: int, timesteps: int, seed: int, workers: int = 1
-          ) -> tuple[float, float, int, float]:
+def train(device: str, n_envs: int, n_nodes: int, timesteps: int, seed: int, workers: int = 1,
+          worker_kind: str = "thread") -> tuple[float, float, int, float]:
     config = EnvConfig(n_nodes=n_nodes, device=device)
-    env = GossipVecEnv(n_envs, config=config, seed=seed, workers=workers)
+    env = GossipVecEnv(n_envs, config=config, seed=seed, workers=workers, worker_kind=worker_kind)
     model = MaskablePPO(MaskableNodeSetPolicy, env, n_steps=32, batch_size=512, n_epochs=2, seed=seed,
                         device=device, verbose=0)
     timer = RolloutTimer()
     start = time.perf_counter()
     model.learn(timesteps, callback=timer)
     total = time.perf_counter() - start
+    env.close()
     returns = [episode["r"] for episode in model.ep_info_buffer]
     mean_return = sum(returns) / len(returns) if returns else float("nan")
     return model.num_timesteps / total, model.num_timesteps / timer.seconds, len(returns), mean_return
@@ -63,18 +64,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=32, help="N, nodes per environment")
     parser.add_argument("--timesteps", type=int, default=64 * 32 * 4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="vector env worker threads to try")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="vector env workers to try")
+    parser.add_argument("--worker-kinds", nargs="+", choices=("thread", "process"), default=["thread"],
+                        help="how workers above 1 run (processes: CPU only)")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; MaskablePPO, n_steps 32, B = {args.envs}, N = {args.nodes}, "
           f"{args.timesteps} env steps\n")
     print("| device | workers | learn env-steps/s | rollout env-steps/s | episodes ended | their mean return |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|")
     for device in args.devices:
         for workers in args.workers:
-            learn, rollout, episodes, mean_return = train(device, args.envs, args.nodes, args.timesteps, args.seed,
-                                                          workers)
-            print(f"| {device} | {workers} | {learn:.0f} | {rollout:.0f} | {episodes} | {mean_return:.2f} |",
-                  flush=True)
+            kinds = [kind for kind in args.worker_kinds if workers > 1 and (kind == "thread" or device == "cpu")]
+            for kind in kinds or ["thread"]:
+                learn, rollout, episodes, mean_return = train(device, args.envs, args.nodes, args.timesteps,
+                                                              args.seed, workers, kind)
+                label = f"{workers} {kind}{'es' if kind == 'process' else 's'}" if workers > 1 else "1"
+                print(f"| {device} | {label} | {learn:.0f} | {rollout:.0f} | {episodes} | {mean_return:.2f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":
