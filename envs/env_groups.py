@@ -66,7 +66,11 @@ def play_group_round(fleet: FleetBatch, config: EnvConfig, rngs: list[np.random.
 
 def start_method() -> str:
     """Fork where the platform has it: the worker inherits the imported modules and the parent's caches
-    (pvlib's clear-sky years, the digits split) instead of spending seconds rebuilding them."""
+    (pvlib's clear-sky years, the digits split) instead of spending seconds rebuilding them.
+    ``GREENGOSSIP_START_METHOD`` overrides (fork, spawn, forkserver), as for the evaluation's workers."""
+    wanted = os.environ.get("GREENGOSSIP_START_METHOD")
+    if wanted:
+        return wanted
     return "fork" if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
