@@ -134,6 +134,20 @@ class GroupProcess:
                                f"{self._process.exitcode}); the vector env cannot step any more") from error
 
 
+def wait_for_all(processes: list[GroupProcess]) -> list[Any]:
+    """Every group's answer, in order. A failed group is raised only once all answers are in: an answer
+    left unread in its pipe would be taken for the answer to the next command."""
+    answers, failure = [], None
+    for process in processes:
+        try:
+            answers.append(process.wait())
+        except RuntimeError as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return answers
+
+
 def _serve(connection: Connection, config: EnvConfig) -> None:
     """The worker's loop: answer reset and step commands until told to close or the parent goes away."""
     torch.set_num_threads(1)  # one core per worker: the round's tensors are small (design note 34)

@@ -40,7 +40,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs.config import EnvConfig, load_config
 from envs.dynamics.energy import N_ACTIONS
-from envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group
+from envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group, wait_for_all
 from envs.fleet_batch import FleetBatch
 from envs.gossip_env import validate_actions
 from envs.observation import observation_space
@@ -102,7 +102,7 @@ class EdgeLearningVectorEnv(VectorEnv):
                 self._processes = [GroupProcess(self.config, k) for k in range(self.workers)]
             for process, (first, last) in zip(self._processes, self._groups):
                 process.reset_async(seeds[first:last])  # each worker builds its group's scenarios
-            observations = [process.wait() for process in self._processes]
+            observations = wait_for_all(self._processes)
         else:
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
             # scenarios are built in this thread, in environment order (networkx and pvlib hold the GIL anyway)
@@ -140,7 +140,7 @@ class EdgeLearningVectorEnv(VectorEnv):
             values = actions.numpy()
             for process, bounds in zip(self._processes, self._groups):
                 process.step_async(values[slice(*bounds)])  # every group starts before any is waited for
-            return [process.wait() for process in self._processes]
+            return wait_for_all(self._processes)
         return self._run_groups_here(actions)
 
     @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone

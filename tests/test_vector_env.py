@@ -239,3 +239,28 @@ def test_maskable_ppo_trains_on_the_sb3_adapter(workers, kind):
     actions, _ = model.predict(obs, action_masks=venv.action_masks())
     assert actions.shape == (4, 8)
     venv.close()
+
+
+def test_after_a_failed_worker_the_answers_stay_in_step(monkeypatch):
+    """Group 0 fails, group 1 steps: the next step must read the next answers, not the one left over."""
+    from envs import env_groups
+
+    play = env_groups.play_group_round
+
+    def fails_on_fives(fleet, config, rngs, actions):
+        if bool((actions == 5).all()):
+            raise ValueError("planted failure")
+        return play(fleet, config, rngs, actions)
+
+    monkeypatch.setattr(env_groups, "play_group_round", fails_on_fives)  # forked workers inherit the patch
+    vector = process_env()
+    vector.reset(seed=0)
+    actions = np.full((4, 8), 2)
+    *_, info = vector.step(actions)
+    assert (info["round"] == 1).all()
+    actions[:2] = 5  # group 0's environments
+    with pytest.raises(RuntimeError, match="(?s)worker process 0 .* failed.*planted failure"):
+        vector.step(actions)
+    *_, info = vector.step(np.full((4, 8), 2))
+    np.testing.assert_array_equal(info["round"], [2, 2, 3, 3])  # group 1 stepped in the failed step too
+    vector.close()
