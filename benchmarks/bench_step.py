@@ -24,9 +24,9 @@ round (as in the first table) and of the whole vector step. The last table compa
 in one batched program with 64 single envs in Gymnasium's ``SyncVectorEnv``, stepping the two in
 alternation, both on one core. ``--all-cores W`` adds the same comparison on every core: the vector env
 with W workers (each steps a group of the environments as one program), as threads and as processes,
-against 64 single envs in forked processes of their own: SB3's ``SubprocVecEnv``, or with ``--subprocesses
-gymnasium`` Gymnasium's ``AsyncVectorEnv``; the three stepped in alternation. ``--out`` writes all tables
-as Markdown.
+against 64 single envs in forked processes of their own (SB3's ``SubprocVecEnv``, or with ``--subprocesses
+gymnasium`` Gymnasium's ``AsyncVectorEnv``) and in a ``SyncVectorEnv``, which runs on one core whatever the
+machine has; the four stepped in alternation. ``--out`` writes all tables as Markdown.
 
 The bare work and the batched round run in torch's inference mode, as the env's own step does
 (``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
@@ -219,11 +219,12 @@ def time_vector_against_sync(config: EnvConfig, n_envs: int, rounds: int, seed: 
 
 
 def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: int, rounds: int, seed: int,
-                                      subprocesses: str = "sb3") -> tuple[list[float], list[float], list[float]]:
+                                      subprocesses: str = "sb3") -> tuple[list[float], ...]:
     """All cores on both sides: the vector env with ``workers`` threads, the same with ``workers``
     processes, and ``n_envs`` single envs, one process each (forked, so they share the imported modules),
-    in SB3's SubprocVecEnv (``subprocesses="sb3"``) or Gymnasium's AsyncVectorEnv ("gymnasium"), in
-    alternation."""
+    in SB3's SubprocVecEnv (``subprocesses="sb3"``) or Gymnasium's AsyncVectorEnv ("gymnasium"); and, for
+    the other baseline the issue names, the same single envs in a SyncVectorEnv (which can only use one
+    core). Stepped in alternation, in that order."""
     threads = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers)
     in_processes = EdgeLearningVectorEnv(num_envs=n_envs, config=config, workers=workers, worker_kind="process")
     factories = [functools.partial(EdgeLearningEnv, config) for _ in range(n_envs)]
@@ -231,10 +232,11 @@ def time_workers_against_subprocesses(config: EnvConfig, n_envs: int, workers: i
         singles = _SeededSubprocVecEnv(SubprocVecEnv(factories, start_method="fork"))
     else:
         singles = gym.vector.AsyncVectorEnv(factories, context="fork", shared_memory=False)
+    sync = gym.vector.SyncVectorEnv(factories)
     try:
-        return time_in_alternation((threads, in_processes, singles), config, n_envs, rounds, seed)
+        return time_in_alternation((threads, in_processes, singles, sync), config, n_envs, rounds, seed)
     finally:
-        for env in (singles, in_processes, threads):
+        for env in (sync, singles, in_processes, threads):
             env.close()
 
 
@@ -368,17 +370,20 @@ def main(argv: list[str] | None = None) -> None:
     emit(f"| SyncVectorEnv of 64 EdgeLearningEnv | {1e3 * sync:.1f} | {64 / sync:.0f} |")
     emit(f"| ratio | | {sync / vector:.1f}x |")
     if args.all_cores > 0:
-        threads, in_processes, singles = (statistics.median(times) for times in time_workers_against_subprocesses(
-            config, 64, args.all_cores, 2 * args.rounds, args.seed, args.subprocesses))
+        threads, in_processes, singles, sync = (statistics.median(times) for times in
+                                                time_workers_against_subprocesses(config, 64, args.all_cores,
+                                                                                  2 * args.rounds, args.seed,
+                                                                                  args.subprocesses))
         emit()
         emit(f"B = 64, N = 32 on all {os.cpu_count()} cores, {2 * args.rounds} rounds, in alternation:")
         emit()
-        emit("| B = 64, N = 32 | step ms | env-steps/s | ratio to the single-env processes |")
-        emit("|---|---:|---:|---:|")
+        emit("| B = 64, N = 32 | step ms | env-steps/s | ratio to the single-env processes | ratio to SyncVectorEnv |")
+        emit("|---|---:|---:|---:|---:|")
         for label, step in ((f"EdgeLearningVectorEnv, {args.all_cores} worker threads", threads),
                             (f"EdgeLearningVectorEnv, {args.all_cores} worker processes", in_processes),
-                            (f"{SUBPROCESS_LABELS[args.subprocesses]} of 64 EdgeLearningEnv processes", singles)):
-            emit(f"| {label} | {1e3 * step:.1f} | {64 / step:.0f} | {singles / step:.1f}x |")
+                            (f"{SUBPROCESS_LABELS[args.subprocesses]} of 64 EdgeLearningEnv processes", singles),
+                            ("SyncVectorEnv of 64 EdgeLearningEnv (one core)", sync)):
+            emit(f"| {label} | {1e3 * step:.1f} | {64 / step:.0f} | {singles / step:.1f}x | {sync / step:.1f}x |")
     if args.out:
         with open(args.out, "w") as handle:
             handle.write("\n".join(lines) + "\n")
