@@ -74,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for device in args.devices:
         for workers in args.workers:
-            kinds = [kind for kind in args.worker_kinds if workers > 1 and (kind == "thread" or device == "cpu")]
-            for kind in kinds or ["thread"]:
+            for kind in args.worker_kinds if workers > 1 else ["thread"]:
+                label = f"{workers} {kind}{'es' if kind == 'process' else 's'}" if workers > 1 else "1"
+                if kind == "process" and device != "cpu":
+                    print(f"| {device} | {label} | skipped: worker processes run on the CPU only | | | |")
+                    continue
                 learn, rollout, episodes, mean_return = train(device, args.envs, args.nodes, args.timesteps,
                                                               args.seed, workers, kind)
-                label = f"{workers} {kind}{'es' if kind == 'process' else 's'}" if workers > 1 else "1"
                 print(f"| {device} | {label} | {learn:.0f} | {rollout:.0f} | {episodes} | {mean_return:.2f} |",
                       flush=True)
 

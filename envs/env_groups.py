@@ -101,8 +101,7 @@ class GroupProcess:
         try:
             status, answer, masks = self._connection.recv()
         except (EOFError, ConnectionError, OSError) as error:
-            raise RuntimeError(f"worker process {self.index} of the vector env stopped (exit code "
-                               f"{self._process.exitcode}); the vector env cannot step any more") from error
+            raise self._stopped() from error
         if status == "error":
             raise RuntimeError(f"worker process {self.index} of the vector env failed:\n{answer}")
         self.masks = masks
@@ -130,8 +129,11 @@ class GroupProcess:
         try:
             self._connection.send((command, payload))
         except (BrokenPipeError, OSError) as error:
-            raise RuntimeError(f"worker process {self.index} of the vector env stopped (exit code "
-                               f"{self._process.exitcode}); the vector env cannot step any more") from error
+            raise self._stopped() from error
+
+    def _stopped(self) -> RuntimeError:
+        return RuntimeError(f"worker process {self.index} of the vector env stopped (exit code "
+                            f"{self._process.exitcode}); the vector env cannot step any more")
 
 
 def wait_for_all(processes: list[GroupProcess]) -> list[Any]:
