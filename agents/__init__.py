@@ -10,9 +10,9 @@ from __future__ import annotations
 
 # Import from the submodules (not ``from agents import ...``) inside the project: the editable install
 # may expose ``agents`` as a namespace package when run from outside the repository.
-from agents.base import HeuristicScheduler, Scheduler
-from agents.heuristics import HEURISTICS
-from agents.learned import LearnedScheduler, is_model_spec, load_scheduler, make_scheduler, scheduler_label
+from greengossip.agents.base import HeuristicScheduler, Scheduler
+from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.learned import LearnedScheduler, is_model_spec, load_scheduler, make_scheduler, scheduler_label
 
 __all__ = [
     "HEURISTICS", "HeuristicScheduler", "LearnedScheduler", "Scheduler", "is_model_spec", "load_scheduler",

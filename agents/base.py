@@ -4,10 +4,10 @@ A scheduler is anything with SB3's ``predict(observation, state=None, episode_st
 deterministic=True) -> (action, state)``, so a trained SB3 model and a heuristic are interchangeable in
 the evaluation harness (``training/evaluate.py``) and in ``stable_baselines3.common.evaluation``.
 ``observation_kind`` says which observation it expects: ``"dict"`` (the env's own ``Dict``) or
-``"flat"`` (through ``envs.wrappers.FlattenGossipObservation``).
+``"flat"`` (through ``greengossip.envs.wrappers.FlattenGossipObservation``).
 
 Heuristics read only the observation, the same information a learned policy gets: the ``(N, F)`` node
-features named in ``envs.observation.NODE_FEATURES``, the global features and ``action_mask``. They may
+features named in ``greengossip.envs.observation.NODE_FEATURES``, the global features and ``action_mask``. They may
 remember earlier observations of the same episode (as a recurrent policy would) and forget them on
 ``episode_start``.
 """
@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from envs.dynamics.energy import N_ACTIONS
-from envs.observation import GLOBAL_FEATURES, NODE_INDEX
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.observation import GLOBAL_FEATURES, NODE_INDEX
 
 ObservationKind = Literal["dict", "flat"]
 
@@ -43,7 +43,7 @@ class Scheduler(Protocol):
 
 
 def node_feature(observation: dict[str, np.ndarray], name: str) -> np.ndarray:
-    """(N,) column ``name`` of ``observation["nodes"]`` (see ``envs.observation.NODE_FEATURES``); (B, N)
+    """(N,) column ``name`` of ``observation["nodes"]`` (see ``greengossip.envs.observation.NODE_FEATURES``); (B, N)
     for a batch of observations."""
     return observation["nodes"][..., NODE_INDEX[name]]
 
@@ -98,7 +98,7 @@ class HeuristicScheduler:
     name: ClassVar[str] = "heuristic"
     observation_kind: ObservationKind = "dict"
     # True when ``act`` is a function of the current observation alone (no rng, no memory): such a rule
-    # can serve as the prior of a residual learned policy (``agents.policies``, ``prior``)
+    # can serve as the prior of a residual learned policy (``greengossip.agents.policies``, ``prior``)
     memoryless: ClassVar[bool] = False
     # True when ``act`` also takes a batch (observation arrays and mask with a leading (B,) axis) and
     # returns (B, N) actions: ``act_batch`` then calls it once rather than once per observation, which a

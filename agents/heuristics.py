@@ -2,7 +2,7 @@
 
 Every class reads only the ``Dict`` observation (node features, global features, ``action_mask``), the
 information a learned policy gets, and never the simulator. Actions are the env's codes
-(``envs.dynamics.energy``): 0 idle, 1 train only, 2 train + full broadcast, 3 train + 8-bit,
+(``greengossip.envs.dynamics.energy``): 0 idle, 1 train only, 2 train + full broadcast, 3 train + 8-bit,
 4 train + top-10 %, 5 train + top-1 %. The base class turns anything a rule picks that the node cannot
 afford into idle, so every action respects ``observation["action_mask"]``.
 
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from agents.base import (
+from greengossip.agents.base import (
     IDLE,
     SEND_FULL,
     SEND_Q8,
@@ -36,7 +36,7 @@ from agents.base import (
     node_feature,
     sent_last_round,
 )
-from envs.observation import STALENESS_HORIZON
+from greengossip.envs.observation import STALENESS_HORIZON
 
 
 class _IdleCounter:
@@ -370,7 +370,7 @@ HEURISTICS: dict[str, type[HeuristicScheduler]] = {
                 EnergyCarbonTrust, CarbonPeriodic)
 }
 
-# rules that can be a residual policy's prior (``agents.policies``: ``prior``)
+# rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)
 MEMORYLESS_HEURISTICS = tuple(name for name, cls in HEURISTICS.items() if cls.memoryless)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agents.base import ObservationKind, Scheduler
-from agents.heuristics import HEURISTICS, build_heuristic
+from greengossip.agents.base import ObservationKind, Scheduler
+from greengossip.agents.heuristics import HEURISTICS, build_heuristic
 
 # Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
 # are the specific ones (a MaskablePPO zip would also load as a plain PPO and then ignore masks).
@@ -89,7 +89,7 @@ class LearnedScheduler:
 
     ``predict`` forwards to the model; ``action_masks`` (the env's ``action_masks()``) reaches
     MaskablePPO, the other algorithms ignore it. ``observation_kind`` is ``"flat"`` when the model
-    was trained on a ``Box`` observation (``GreenGossip/EdgeLearningFlat-v0``), else ``"dict"``.
+    was trained on a ``Box`` observation (``GreenGossip/EdgeLearningFlat-v1``), else ``"dict"``.
     """
 
     def __init__(self, model: Any, algorithm: str, path: str | Path | None = None, seed: int = 0):
@@ -180,7 +180,7 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     """
     text = str(spec)
     if text.startswith(DECENTRALIZED_PREFIX):  # a per-node policy shared by all nodes (PettingZoo training)
-        from training.multi_agent import load_decentralized_scheduler
+        from greengossip.training.multi_agent import load_decentralized_scheduler
 
         return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):

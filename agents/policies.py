@@ -272,7 +272,7 @@ def _prior_rule(prior: str | None, prior_weight: float):
     name fails when the policy is built, not in the middle of a rollout."""
     if prior is None:
         return None
-    from agents.heuristics import memoryless_heuristic
+    from greengossip.agents.heuristics import memoryless_heuristic
 
     try:
         rule = memoryless_heuristic(prior)

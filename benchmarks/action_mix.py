@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 import torch
 
-from envs.config import load_config
-from envs.dynamics.energy import N_ACTIONS
-from envs.sb3_vec_env import GossipVecEnv
-from training.callbacks import run_vec_episodes
-from training.settings import FIRST_VALIDATION_SEED
+from greengossip.envs.config import load_config
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.sb3_vec_env import GossipVecEnv
+from greengossip.training.callbacks import run_vec_episodes
+from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 ACTION_NAMES = ("idle", "train", "full", "8-bit", "top-10%", "top-1%")
 

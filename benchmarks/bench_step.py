@@ -57,15 +57,15 @@ import torch
 from stable_baselines3.common.vec_env import SubprocVecEnv
 from threadpoolctl import threadpool_limits
 
-from envs.config import EnvConfig
-from envs.dynamics import gossip
-from envs.dynamics.learning import accuracy_per_node, local_sgd
-from envs.gossip_env import EdgeLearningEnv
-from envs.reference import reference_transition
-from envs.scenario import Scenario
-from envs.simulator import draw_randomness, transition
-from envs.state import SimState, model_spec
-from envs.vector_env import EdgeLearningVectorEnv
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics import gossip
+from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.reference import reference_transition
+from greengossip.envs.scenario import Scenario
+from greengossip.envs.simulator import draw_randomness, transition
+from greengossip.envs.state import SimState, model_spec
+from greengossip.envs.vector_env import EdgeLearningVectorEnv
 
 ACTION_FULL = 2
 SUBPROCESS_LABELS = {"sb3": "SB3 SubprocVecEnv", "gymnasium": "Gymnasium AsyncVectorEnv"}

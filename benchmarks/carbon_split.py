@@ -18,11 +18,11 @@ import collections
 import numpy as np
 import torch
 
-from agents.learned import make_scheduler
-from envs.gossip_env import EdgeLearningEnv
-from envs.config import load_config
-from training.evaluate import _accepts_action_masks
-from training.settings import FIRST_VALIDATION_SEED
+from greengossip.agents.learned import make_scheduler
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.config import load_config
+from greengossip.training.evaluate import _accepts_action_masks
+from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
 def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:

@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from envs.config import load_config
-from envs.gossip_env import EdgeLearningEnv
-from envs.vector_env import EdgeLearningVectorEnv
+from greengossip.envs.config import load_config
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.vector_env import EdgeLearningVectorEnv
 
 KPIS = ("accuracy", "carbon_g", "energy_wh", "harvested_wh", "spilled_wh", "consensus_distance",
         "malicious_participants", "participants", "epsilon_spent")

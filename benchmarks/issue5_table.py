@@ -18,7 +18,7 @@ at their defaults (the prior rule of a residual model runs in the comparisons to
 plain pick beside the guarded one. Where both picks are the same validation, the best model's rows stand
 for it; otherwise its rows come from ``<run>/<model>/<comparison>/results.csv``, written by
 
-    python -m training.cli evaluate --config configs/default.yaml --schedulers RUN/best_model_unguarded.zip \
+    python -m greengossip.training.cli evaluate --config configs/default.yaml --schedulers RUN/best_model_unguarded.zip \
         --seeds 20000 ... 20009 --out RUN/best_model_unguarded/comparison   # and attack_heavy likewise
 
 with the heuristics' rows taken from the run's own comparisons. A comparison not run shows as "not run".
@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.heuristics import HEURISTICS  # noqa: E402
-from training.evaluate import read_csv, summarize  # noqa: E402
+from greengossip.agents.heuristics import HEURISTICS  # noqa: E402
+from greengossip.training.evaluate import read_csv, summarize  # noqa: E402
 
 MODEL = "best_model"
 BEST_ON_CARBON = "carbon_periodic"

@@ -38,21 +38,21 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import ACTION_FULL, config_for  # noqa: E402
 
-from envs.fleet_batch import FleetBatch  # noqa: E402
-from envs.gossip_env import EdgeLearningEnv  # noqa: E402
-from envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
+from greengossip.envs.fleet_batch import FleetBatch  # noqa: E402
+from greengossip.envs.gossip_env import EdgeLearningEnv  # noqa: E402
+from greengossip.envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
 
 # module -> functions timed where that module calls them (the name the module looks up at call time)
 TIMED_FUNCTIONS = {
-    "envs.fleet_batch": ("draw_randomness", "transition", "observe", "reward_components", "weighted_reward",
+    "greengossip.envs.fleet_batch": ("draw_randomness", "transition", "observe", "reward_components", "weighted_reward",
                          "trust_in_nodes", "true_telemetry", "affordable_actions"),
-    "envs.simulator": ("local_sgd", "accuracy_per_node", "consensus_distance", "settle_energy", "select_rows",
+    "greengossip.envs.simulator": ("local_sgd", "accuracy_per_node", "consensus_distance", "settle_energy", "select_rows",
                        "affordable", "decode_action", "honest_mean", "at_round"),
-    "envs.dynamics.gossip": ("broadcast", "split_finite", "neighbour_distances", "aggregate_pull",
+    "greengossip.envs.dynamics.gossip": ("broadcast", "split_finite", "neighbour_distances", "aggregate_pull",
                              "neighbour_scores", "slots"),
-    "envs.observation": ("model_lag",),
-    "envs.gossip_env": ("validate_actions", "single_env_info"),
-    "envs.vector_env": ("validate_actions",),
+    "greengossip.envs.observation": ("model_lag",),
+    "greengossip.envs.gossip_env": ("validate_actions", "single_env_info"),
+    "greengossip.envs.vector_env": ("validate_actions",),
 }
 TIMED_METHODS = (FleetBatch, ("_round_info", "_full_split_accuracy", "_episode_info", "_refresh_telemetry"))
 STEP = "step"

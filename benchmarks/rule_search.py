@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import run_evaluation
-from training.settings import FIRST_VALIDATION_SEED, load_settings
-from training.train import prior_rule_specs
+from greengossip.training.evaluate import run_evaluation
+from greengossip.training.settings import FIRST_VALIDATION_SEED, load_settings
+from greengossip.training.train import prior_rule_specs
 
 GRADED_SETTINGS = Path(__file__).resolve().parent.parent / "configs" / "train" / "residual_sprint_graded_mix.yaml"
 # the defaults and the graded prior, read from its settings file so that the two cannot drift apart

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.base import IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature, node_feature
-from agents.heuristics import CarbonPeriodic, build_heuristic
-from envs.config import load_config
-from envs.observation import STALENESS_HORIZON
-from training.settings import FIRST_VALIDATION_SEED
+from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature, node_feature
+from greengossip.agents.heuristics import CarbonPeriodic, build_heuristic
+from greengossip.envs.config import load_config
+from greengossip.envs.observation import STALENESS_HORIZON
+from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
 def _sibling(name: str):

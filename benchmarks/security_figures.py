@@ -17,8 +17,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs  # noqa: F401
-from envs.config import load_config
+from greengossip import envs  # noqa: F401
+from greengossip.envs.config import load_config
 
 DEFENCES = {
     "mean": {"aggregator": "mean"},
@@ -30,7 +30,7 @@ DEFENCES = {
 
 
 def episode(config: dict, seed: int, target: float) -> tuple[float, int | None, float]:
-    env = gym.make("GreenGossip/EdgeLearning-v0", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
     env.reset(seed=seed)
     action = np.full(env.unwrapped.n_nodes, 2)
     influence, reached = [], None

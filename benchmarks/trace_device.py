@@ -1,6 +1,6 @@
 """Finds where the CPU and another torch device part, function by function.
 
-Every function of ``envs.dynamics``, ``envs.simulator`` and ``envs.state`` is wrapped where it is used, and
+Every function of ``greengossip.envs.dynamics``, ``greengossip.envs.simulator`` and ``greengossip.envs.state`` is wrapped where it is used, and
 each call's tensor inputs and outputs are recorded. The same episode (a vector env of B environments,
 valid actions drawn at random from the CPU side's mask, as ``device_check.py`` draws them) runs on the
 CPU and on the device. Calls are matched by name and by their order among the calls of that name. Printed:
@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_check's action draw, also when loaded by path
 
-import envs.fleet_batch  # noqa: E402, F401  (loads the modules whose functions are wrapped)
-import envs.simulator  # noqa: E402, F401
+import greengossip.envs.fleet_batch  # noqa: E402, F401  (loads the modules whose functions are wrapped)
+import greengossip.envs.simulator  # noqa: E402, F401
 from device_check import random_valid_actions  # noqa: E402
-from envs.config import load_config  # noqa: E402
-from envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
+from greengossip.envs.config import load_config  # noqa: E402
+from greengossip.envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
 
-TRACED_PREFIXES = ("envs.dynamics.", "envs.simulator", "envs.state")
+TRACED_PREFIXES = ("greengossip.envs.dynamics.", "greengossip.envs.simulator", "greengossip.envs.state")
 UNTRACED = ("scratch",)  # returns uninitialised memory, different on every call
 
 
@@ -82,7 +82,7 @@ class Recorder:
 def _envs_namespaces():
     """(module, attribute, value) for every name in every loaded ``envs`` module."""
     for module_name, module in list(sys.modules.items()):
-        if module_name.startswith("envs") and module is not None:
+        if module_name.startswith("greengossip.envs") and module is not None:
             for attribute, value in list(vars(module).items()):
                 yield module, attribute, value
 

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import yaml
 
-from training.evaluate import run_evaluation
-from training.settings import FIRST_TEST_SEED, load_settings
-from training.train import prior_rule_specs
+from greengossip.training.evaluate import run_evaluation
+from greengossip.training.settings import FIRST_TEST_SEED, load_settings
+from greengossip.training.train import prior_rule_specs
 
 out = Path(os.environ["OUT"])
 heuristics = ["all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold", "event_triggered",

@@ -18,9 +18,9 @@ import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.policies import MaskableNodeSetPolicy
-from envs.config import EnvConfig
-from envs.sb3_vec_env import GossipVecEnv
+from greengossip.agents.policies import MaskableNodeSetPolicy
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.sb3_vec_env import GossipVecEnv
 
 
 class RolloutTimer(BaseCallback):

@@ -1,24 +1,24 @@
 """GreenGossip: a Gymnasium environment for green, secure, accurate decentralized learning at the edge.
 
-Importing this package registers ``GreenGossip/EdgeLearning-v0`` (and the flat-observation variant
-``GreenGossip/EdgeLearningFlat-v0``); ``gymnasium.make("envs:GreenGossip/EdgeLearning-v0")`` imports it
+Importing this package registers ``GreenGossip/EdgeLearning-v1`` (and the flat-observation variant
+``GreenGossip/EdgeLearningFlat-v1``); ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v1")`` imports it
 for you.
 """
 
 from gymnasium.envs.registration import register, registry
 
-from envs.config import ConfigError, EnvConfig, load_config
-from envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.config import ConfigError, EnvConfig, load_config
+from greengossip.envs.gossip_env import EdgeLearningEnv
 
 __all__ = ["ConfigError", "EdgeLearningEnv", "EnvConfig", "load_config"]
 
-ENV_ID = "GreenGossip/EdgeLearning-v0"
-FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v0"
+ENV_ID = "GreenGossip/EdgeLearning-v1"
+FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v1"
 
 if ENV_ID not in registry:
     # The env truncates itself at config.max_rounds (with the deadline penalty); no TimeLimit on top,
     # so that max_rounds from the config is the one deadline.
-    register(id=ENV_ID, entry_point="envs.gossip_env:EdgeLearningEnv",
-             vector_entry_point="envs.vector_env:EdgeLearningVectorEnv")
+    register(id=ENV_ID, entry_point="greengossip.envs.gossip_env:EdgeLearningEnv",
+             vector_entry_point="greengossip.envs.vector_env:EdgeLearningVectorEnv")
 if FLAT_ENV_ID not in registry:
-    register(id=FLAT_ENV_ID, entry_point="envs.wrappers:make_flat_env")
+    register(id=FLAT_ENV_ID, entry_point="greengossip.envs.wrappers:make_flat_env")

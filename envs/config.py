@@ -4,7 +4,7 @@ Every input that is not simulator state lives here as a frozen pydantic model wi
 so a misspelt key is an error and not a silent default. ``EnvConfig()`` with no arguments *is* the
 default scenario; ``configs/default.yaml`` spells the same values out (a test keeps the two equal).
 
-``load_config`` accepts a path, a dict or a model and turns every validation failure into one
+``load_config`` accepts a shipped config's name (``"tiny"``), a path, a dict or a model and turns every validation failure into one
 :class:`ConfigError` whose message names the field, the value received and what is allowed.
 """
 
@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.devices import DEVICE_PROFILES, LINK_PROFILES, country_energy_mix
+from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, country_energy_mix
+from greengossip.envs.shipped import find_config
 
 
 class ConfigError(ValueError):
@@ -280,10 +281,11 @@ def load_config(config: str | Path | dict | EnvConfig | None = None) -> EnvConfi
         return config
     source = "dict"
     if isinstance(config, (str, Path)):
-        path = Path(config)
+        try:
+            path = find_config(config)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{exc} (or pass a dict or an EnvConfig)") from None
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (pass a YAML path, a dict or an EnvConfig)")
         try:
             config = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

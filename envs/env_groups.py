@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 
-from envs.config import EnvConfig
-from envs.fleet_batch import FleetBatch
-from envs.scenario import make_scenario
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.fleet_batch import FleetBatch
+from greengossip.envs.scenario import make_scenario
 
 
 class GroupRound(NamedTuple):

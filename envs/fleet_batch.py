@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.config import EnvConfig
-from envs.dynamics import attacks
-from envs.dynamics.learning import accuracy_per_node
-from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
-from envs.memory import keep_freed_memory
-from envs.observation import adjacency_matrix, apply_lies, observe, scenario_features, true_telemetry
-from envs.reward import reward_components, reward_scales, weighted_reward
-from envs.scenario import Scenario, stack_scenarios
-from envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
-from envs.state import PER_ENV_FIELDS, SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
-from envs.threads import simulator_call
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics import attacks
+from greengossip.envs.dynamics.learning import accuracy_per_node
+from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
+from greengossip.envs.memory import keep_freed_memory
+from greengossip.envs.observation import adjacency_matrix, apply_lies, observe, scenario_features, true_telemetry
+from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
+from greengossip.envs.scenario import Scenario, stack_scenarios
+from greengossip.envs.simulator import RoundOutcome, affordable_actions, draw_randomness, transition
+from greengossip.envs.state import PER_ENV_FIELDS, SimState, honest_mean, initial_state, model_spec, per_env, trust_in_nodes
+from greengossip.envs.threads import simulator_call
 
 COUNTS = ("participants", "trained_nodes", "broadcasting_nodes", "dropped_nodes", "malicious_participants")
 TOTALS = ("carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "malicious_participants")

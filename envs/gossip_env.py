@@ -1,4 +1,4 @@
-"""The Gymnasium environment ``GreenGossip/EdgeLearning-v0``."""
+"""The Gymnasium environment ``GreenGossip/EdgeLearning-v1``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.config import EnvConfig, load_config
-from envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
-from envs.fleet_batch import FleetBatch
-from envs.observation import observation_space
-from envs.render import draw_network, summary_line
-from envs.scenario import Scenario, make_scenario
-from envs.state import SimState
+from greengossip.envs.config import EnvConfig, load_config
+from greengossip.envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
+from greengossip.envs.fleet_batch import FleetBatch
+from greengossip.envs.observation import observation_space
+from greengossip.envs.render import draw_network, summary_line
+from greengossip.envs.scenario import Scenario, make_scenario
+from greengossip.envs.state import SimState
 
 
 class EdgeLearningEnv(gym.Env):
@@ -52,14 +52,14 @@ class EdgeLearningEnv(gym.Env):
 
     | key | shape | content |
     |---|---|---|
-    | ``nodes`` | (N, 16) | per-node features, see ``envs.observation.NODE_FEATURES`` (name, range, unit) |
+    | ``nodes`` | (N, 16) | per-node features, see ``greengossip.envs.observation.NODE_FEATURES`` (name, range, unit) |
     | ``global`` | (8,) | time of day, progress, mean accuracy, gap to target, consensus distance, shares |
     | ``action_mask`` | (N, 6) | 1 = action affordable |
     | ``adjacency`` | (N, N) | 0/1 communication graph (only if ``observation.adjacency``) |
 
     Node features: battery_soc, harvest_now, harvest_forecast, carbon_now, carbon_forecast,
     grid_connected, trust, staleness, local_loss, degree, last_action, dropped, round_cost,
-    compute_time, load. ``envs.wrappers.FlattenGossipObservation`` flattens it for plain SB3 policies.
+    compute_time, load. ``greengossip.envs.wrappers.FlattenGossipObservation`` flattens it for plain SB3 policies.
 
     ## Rewards
     Weighted sum of named components (weights ``config.reward``), each reported every step in
@@ -113,7 +113,7 @@ class EdgeLearningEnv(gym.Env):
     its telemetry goes stale (``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
 
     ## Arguments
-    ``gymnasium.make("GreenGossip/EdgeLearning-v0", config="configs/tiny.yaml", render_mode="ansi")``:
+    ``gymnasium.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml", render_mode="ansi")``:
     ``config`` is a YAML path, a dict or an ``EnvConfig`` (None = default scenario); ``render_mode`` is
     ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round).
 
@@ -122,7 +122,7 @@ class EdgeLearningEnv(gym.Env):
 
     ## Example
     >>> import gymnasium as gym, envs
-    >>> env = gym.make("GreenGossip/EdgeLearning-v0", config="configs/tiny.yaml")
+    >>> env = gym.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml")
     >>> obs, info = env.reset(seed=0)
     """
 

@@ -13,11 +13,11 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from envs.config import EnvConfig
-from envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
-from envs.gossip_env import EdgeLearningEnv
-from envs.observation import GLOBAL_FEATURES, NODE_FEATURES
-from envs.reward import reward_scales
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES
+from greengossip.envs.reward import reward_scales
 
 # Global features a node knows without asking anyone: its own clock and the round counter. Accuracy,
 # consensus distance and the fleet's drop-out / awake shares are fleet-wide and stay out of its view.
@@ -90,7 +90,7 @@ def local_observations(
 class EdgeLearningParallelEnv(ParallelEnv):
     """
     ## Description
-    The simulator of ``GreenGossip/EdgeLearning-v0`` (same scenarios, same dynamics, same seeds) seen
+    The simulator of ``GreenGossip/EdgeLearning-v1`` (same scenarios, same dynamics, same seeds) seen
     from the nodes: every node is an agent named ``node_<i>`` that decides for itself, from what it and
     its neighbours know, whether to sleep, train, or train and broadcast at a compression level. There
     is no central scheduler. Agents are homogeneous (identical spaces), so one shared policy (parameter
@@ -107,7 +107,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
 
     | entries | content |
     |---|---|
-    | 0-15 | the node's own features (``envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
+    | 0-15 | the node's own features (``greengossip.envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
     | 16-31 | mean of the same features over the node's neighbours (what they gossip) |
     | 32-47 | max over the neighbours |
     | 48-50 | hour_sin, hour_cos, progress (the node's clock) |
@@ -138,7 +138,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
     reward).
 
     ## Version History
-    * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v0``).
+    * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v1``).
 
     ## Example
     >>> from envs.multi_agent import parallel_env

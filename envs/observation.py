@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.config import EnvConfig
-from envs.dynamics.buffers import difference
-from envs.dynamics.energy import N_ACTIONS
-from envs.scenario import Scenario
-from envs.state import SimState, at_round, consensus_distance, per_env, time_index
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics.buffers import difference
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.scenario import Scenario
+from greengossip.envs.state import SimState, at_round, consensus_distance, per_env, time_index
 
 # Staleness is observed in units of this many rounds (4 hours of 15-minute rounds), capped at 1: fine
 # enough to tell 1 from 2 rounds of silence, which a scale of max_rounds (192) all but hides.

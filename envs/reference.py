@@ -1,7 +1,7 @@
 """A slow, obviously correct per-node reference of one communication round.
 
 ``reference_transition(config, scenario, state, action, noise)`` has the semantics of
-:func:`envs.simulator.transition` but is written the long way: a Python loop over nodes, torch autograd
+:func:`greengossip.envs.simulator.transition` but is written the long way: a Python loop over nodes, torch autograd
 (``cross_entropy`` + ``backward``) for each node's SGD steps, each node's compression on its own row,
 each receiver's neighbours taken from the directed edge list (never the mixing matrix), and the energy
 of every node settled with plain Python floats and ``if``/``else``. Action costs are recomputed from
@@ -21,7 +21,7 @@ A round, as the batched simulator defines it:
 5. accuracy of every node on the evaluation split, mean over honest nodes.
 
 It uses only public pieces (``Scenario`` fields, ``SimState``, the config, the figures of
-``envs.devices``, the attack names of ``envs.dynamics.attacks``) and none of the batched helpers it
+``greengossip.envs.devices``, the attack names of ``greengossip.envs.dynamics.attacks``) and none of the batched helpers it
 checks (``settle_energy``, ``action_costs``, ``compress``, ``broadcast``, ``aggregate_pull``,
 ``neighbour_scores``, ``crafted_broadcasts``, ``local_sgd``, ``loss_and_grad``), so that
 ``tests/test_reference.py`` compares two independent implementations. ``benchmarks/bench_step.py``
@@ -37,11 +37,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from envs.config import EnvConfig
-from envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS, TOPK_FRACTION
-from envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
-from envs.scenario import N_CLASSES, N_INPUTS, Scenario
-from envs.state import SimState
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS, TOPK_FRACTION
+from greengossip.envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
+from greengossip.envs.scenario import N_CLASSES, N_INPUTS, Scenario
+from greengossip.envs.state import SimState
 
 IDLE = 0
 N_ACTIONS = 2 + len(COMPRESSION_LEVELS)

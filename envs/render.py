@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.scenario import Scenario
-from envs.state import SimState
+from greengossip.envs.scenario import Scenario
+from greengossip.envs.state import SimState
 
 
 def draw_network(scenario: Scenario, state: SimState, sent: np.ndarray | None, title: str) -> np.ndarray:

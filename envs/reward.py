@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.config import EnvConfig
-from envs.scenario import Scenario
-from envs.state import per_env
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.scenario import Scenario
+from greengossip.envs.state import per_env
 
 WORLD_MEAN_G_PER_KWH = 481.0  # Ember, Global Electricity Review 2023
 COMPONENTS = ("accuracy", "carbon", "energy", "security", "deadline")

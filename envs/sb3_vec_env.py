@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from envs.gossip_env import single_env_info
-from envs.vector_env import EdgeLearningVectorEnv
+from greengossip.envs.gossip_env import single_env_info
+from greengossip.envs.vector_env import EdgeLearningVectorEnv
 
 
 class GossipVecEnv(VecEnv):

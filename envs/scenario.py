@@ -16,11 +16,11 @@ import networkx as nx
 import numpy as np
 import torch
 
-from envs.config import EnvConfig
-from envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
-from envs.dynamics.attacks import HONEST, assign_attackers
-from envs.dynamics.energy import ActionCosts, action_costs
-from envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix, neighbour_pattern
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
+from greengossip.envs.dynamics.attacks import HONEST, assign_attackers
+from greengossip.envs.dynamics.energy import ActionCosts, action_costs
+from greengossip.envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix, neighbour_pattern
 
 N_FEATURES = 64  # the digits' 8x8 pixels
 N_INPUTS = N_FEATURES + 1  # the model inputs: the pixels and a constant 1, the bias input

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.config import EnvConfig
-from envs.dynamics import attacks, gossip, streams
-from envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
-from envs.dynamics.learning import accuracy_per_node, local_sgd
-from envs.dynamics.rows import select_rows
-from envs.scenario import N_CLASSES, Scenario
-from envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics import attacks, gossip, streams
+from greengossip.envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
+from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
+from greengossip.envs.dynamics.rows import select_rows
+from greengossip.envs.scenario import N_CLASSES, Scenario
+from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
 
 # share of trainers from which local SGD runs on every node rather than on a copy of the trainers' rows

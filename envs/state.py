@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.config import EnvConfig
-from envs.dynamics import streams
-from envs.dynamics.buffers import difference
-from envs.dynamics.learning import ModelSpec, accuracy_per_node
-from envs.scenario import Scenario
+from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics import streams
+from greengossip.envs.dynamics.buffers import difference
+from greengossip.envs.dynamics.learning import ModelSpec, accuracy_per_node
+from greengossip.envs.scenario import Scenario
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A native Gymnasium vector env: B environments x N nodes stepped as one tensor program.
 
-``gymnasium.make_vec("GreenGossip/EdgeLearning-v0", num_envs=B, vectorization_mode="vector_entry_point")``
+``gymnasium.make_vec("GreenGossip/EdgeLearning-v1", num_envs=B, vectorization_mode="vector_entry_point")``
 returns it. Every environment keeps its own numpy generator (seeded ``seed + i`` as Gymnasium's vector
 envs do) for its scenarios, and all randomness inside a round comes from counter-based streams keyed per
 episode, so environment i gives exactly the numbers of a single env reset with ``seed + i``.
@@ -38,13 +38,13 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.config import EnvConfig, load_config
-from envs.dynamics.energy import N_ACTIONS
-from envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group, wait_for_all
-from envs.fleet_batch import FleetBatch
-from envs.gossip_env import validate_actions
-from envs.observation import observation_space
-from envs.threads import simulator_call
+from greengossip.envs.config import EnvConfig, load_config
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group, wait_for_all
+from greengossip.envs.fleet_batch import FleetBatch
+from greengossip.envs.gossip_env import validate_actions
+from greengossip.envs.observation import observation_space
+from greengossip.envs.threads import simulator_call
 
 WORKER_KINDS = ("thread", "process")
 

@@ -17,4 +17,4 @@ class FlattenGossipObservation(FlattenObservation):
 
 def make_flat_env(config=None, **kwargs) -> gym.Env:
     """``gymnasium.make`` of the registered id with the flattening wrapper on top."""
-    return FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v0", config=config, **kwargs))
+    return FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v1", config=config, **kwargs))

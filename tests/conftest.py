@@ -14,15 +14,15 @@ import torch
 import yaml
 from hypothesis import HealthCheck, settings
 
-import envs  # noqa: F401  (registers the GreenGossip ids)
-from envs.config import EnvConfig, load_config
+from greengossip import envs  # noqa: F401  (registers the GreenGossip ids)
+from greengossip.envs.config import EnvConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 TINY = CONFIG_DIR / "tiny.yaml"
 DEFAULT = CONFIG_DIR / "default.yaml"
-ENV_ID = "GreenGossip/EdgeLearning-v0"
-FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v0"
+ENV_ID = "GreenGossip/EdgeLearning-v1"
+FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v1"
 
 # A round's tensors are small: one intra-op thread is faster, and on a shared machine whose cores are
 # busy two waiting OpenMP threads make a step 20-40x slower (see benchmarks/bench_step.py --threads).

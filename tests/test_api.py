@@ -14,9 +14,9 @@ from conftest import (ENV_ID, FLAT_ENV_ID, NEEDS_CUDA, TINY, all_nodes, config_i
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from envs.dynamics.energy import IDLE, N_ACTIONS
-from envs.reward import COMPONENTS
-from envs.wrappers import FlattenGossipObservation
+from greengossip.envs.dynamics.energy import IDLE, N_ACTIONS
+from greengossip.envs.reward import COMPONENTS
+from greengossip.envs.wrappers import FlattenGossipObservation
 
 CONFIGS = env_config_paths()
 STEP_KEYS = ("accuracy", "carbon_g", "energy_wh", "grid_wh", "harvested_wh", "bytes_sent", "participants",
@@ -71,7 +71,7 @@ def test_env_checkers_pass_on_cuda(attacked):
 
 
 def test_make_by_id_and_by_module_prefixed_id():
-    for env_id in (ENV_ID, f"envs:{ENV_ID}"):
+    for env_id in (ENV_ID, f"greengossip:{ENV_ID}"):
         env = gym.make(env_id, config=TINY)
         obs, _ = env.reset(seed=0)
         assert env.unwrapped.n_nodes == 8
@@ -271,8 +271,8 @@ def test_model_lag_measures_what_the_neighbours_copy_is_missing():
     nodes train without broadcasting, and a full broadcast (then mixing) leaves less than silence does."""
     import torch
 
-    from agents.base import SEND_FULL, TRAIN
-    from envs.observation import NODE_INDEX
+    from greengossip.agents.base import SEND_FULL, TRAIN
+    from greengossip.envs.observation import NODE_INDEX
 
     env = make_env()
     obs, _ = env.reset(seed=4)

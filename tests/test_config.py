@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import DEFAULT, ENV_ID, TINY, config_id, env_config_paths
 
-from envs.config import ConfigError, EnvConfig, load_config
+from greengossip.envs.config import ConfigError, EnvConfig, load_config
 
 TINY_DICT = yaml.safe_load(TINY.read_text())
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import NEEDS_CUDA, all_nodes, make_env, tiny_variant
 
-from envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.dynamics.energy import N_ACTIONS
 
 ROUNDS = 12
 
@@ -137,7 +137,7 @@ def test_different_seeds_give_different_rollouts():
 
 def test_numpy_and_torch_stream_hashes_agree():
     """The CPU path hashes in NumPy, other devices in torch: both must give the same random bits."""
-    from envs.dynamics import streams
+    from greengossip.envs.dynamics import streams
 
     key = torch.tensor([0, 12345, 2**31 + 7, 2**32 - 1])
     rounds = torch.tensor([0, 5, 191, 3])
@@ -189,8 +189,8 @@ def test_trace_device_finds_no_parting_call_between_equal_runs_and_the_one_call_
 
     from conftest import ROOT, TINY
 
-    from envs import simulator
-    from envs.config import load_config
+    from greengossip.envs import simulator
+    from greengossip.envs.config import load_config
 
     spec = util.spec_from_file_location("trace_device", ROOT / "benchmarks" / "trace_device.py")
     trace = util.module_from_spec(spec)

@@ -24,11 +24,11 @@ from conftest import DEVICES, make_env, tiny_variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.dynamics.energy import available_for_actions, settle_energy
-from envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix
-from envs.dynamics.learning import ModelSpec
-from envs.reference import settle_node
-from envs.scenario import make_scenario, metropolis_hastings_edges
+from greengossip.envs.dynamics.energy import available_for_actions, settle_energy
+from greengossip.envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix
+from greengossip.envs.dynamics.learning import ModelSpec
+from greengossip.envs.reference import settle_node
+from greengossip.envs.scenario import make_scenario, metropolis_hastings_edges
 
 TOL = 1e-9  # float64 throughout the property tests
 FLOWS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", "stored_in", "charge_loss",

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import FLAT_ENV_ID, TINY
 
-from agents.heuristics import HEURISTICS
-from agents.learned import LearnedScheduler, detect_algorithm, make_scheduler
-from training import cli
-from training.evaluate import expand_schedulers, markdown_table, mean_ci, run_episode, run_evaluation
-from training.render import episode_frames, write_animation
+from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.learned import LearnedScheduler, detect_algorithm, make_scheduler
+from greengossip.training import cli
+from greengossip.training.evaluate import expand_schedulers, markdown_table, mean_ci, run_episode, run_evaluation
+from greengossip.training.render import episode_frames, write_animation
 
 OUTPUTS = ("results.csv", "rounds.csv", "results.md", "pareto.png", "curves.png", "battery.png")
 
@@ -156,7 +156,7 @@ def test_cli_evaluate_writes_every_output(tmp_path, capsys):
 
 
 def test_cli_keeps_a_heuristic_s_parameter_list_together(tmp_path):
-    from training.evaluate import _split
+    from greengossip.training.evaluate import _split
 
     graded = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
     out = tmp_path / "cli"

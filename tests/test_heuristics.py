@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import CONFIG_DIR, TINY, make_env
 
-from agents.base import (
+from greengossip.agents.base import (
     GLOBAL_INDEX,
     IDLE,
     SEND_FULL,
@@ -16,10 +16,10 @@ from agents.base import (
     Scheduler,
     first_affordable,
 )
-from agents.heuristics import HEURISTICS
-from agents.learned import make_scheduler
-from envs.dynamics.energy import N_ACTIONS
-from envs.observation import NODE_INDEX, STALENESS_HORIZON
+from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.learned import make_scheduler
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.observation import NODE_INDEX, STALENESS_HORIZON
 
 # Top-level configs only (the issue: glob, skip sub-folders), so new scenarios are covered automatically.
 TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from envs.config import load_config
+from greengossip.envs.config import load_config
 from tests.conftest import ROOT, TINY
 from tests.test_train import _scalar_tags
-from training.cli import main
-from training.imitation import collect_demonstrations, discounted_returns, fit
-from training.settings import SettingsError, load_settings
-from training.train import build_model, make_vec_env
+from greengossip.training.cli import main
+from greengossip.training.imitation import collect_demonstrations, discounted_returns, fit
+from greengossip.training.settings import SettingsError, load_settings
+from greengossip.training.train import build_model, make_vec_env
 
 TINY_SETTINGS = ROOT / "configs" / "train" / "tiny.yaml"
 HEURISTIC = "energy_carbon_trust"

@@ -82,7 +82,7 @@ def test_default_all_full_reaches_target_before_deadline():
 def test_target_is_confirmed_on_the_whole_test_split(subsample):
     """The round's accuracy comes from a fixed subsample (here a tiny, noisy one); the episode terminates
     only once the whole split also meets the target, so rounds_to_target keeps its full-split meaning."""
-    from envs.config import load_config
+    from greengossip.envs.config import load_config
 
     config = load_config("configs/tiny.yaml").model_dump()
     config["learning"]["eval_samples_per_round"] = subsample
@@ -110,11 +110,11 @@ def test_local_sgd_gives_the_same_models_with_its_reused_buffer(monkeypatch):
     import numpy as np
     import torch
 
-    from envs.dynamics import learning
-    from envs.dynamics.learning import ModelSpec, local_sgd
-    from envs.scenario import make_scenario
-    from envs.simulator import draw_randomness
-    from envs.state import initial_state
+    from greengossip.envs.dynamics import learning
+    from greengossip.envs.dynamics.learning import ModelSpec, local_sgd
+    from greengossip.envs.scenario import make_scenario
+    from greengossip.envs.simulator import draw_randomness
+    from greengossip.envs.state import initial_state
 
     from conftest import tiny_variant
 
@@ -150,7 +150,7 @@ def test_mixing_with_silent_senders_masks_their_weights_like_zeroed_models(layou
     of models; the result must be what mixing the zeroed models gives, a non-finite model included."""
     import torch
 
-    from envs.dynamics.gossip import mix, mix_usable, mixing_matrix
+    from greengossip.envs.dynamics.gossip import mix, mix_usable, mixing_matrix
 
     generator = torch.Generator().manual_seed(0)
     n_envs, n, p = 3, 70, 5
@@ -181,8 +181,8 @@ def test_mixing_with_silent_senders_masks_their_weights_like_zeroed_models(layou
 def test_full_broadcast_copies_the_model_exactly_and_compressed_ones_add_their_message():
     import torch
 
-    from envs.devices import COMPRESSION_LEVELS
-    from envs.dynamics.gossip import broadcast, compress
+    from greengossip.envs.devices import COMPRESSION_LEVELS
+    from greengossip.envs.dynamics.gossip import broadcast, compress
 
     generator = torch.Generator().manual_seed(1)
     params, public = torch.randn(6, 50, generator=generator), torch.randn(6, 50, generator=generator)
@@ -206,7 +206,7 @@ def test_cross_entropy_matches_log_softmax_and_stays_finite_for_hopeless_predict
 
     import torch
 
-    from envs.dynamics.learning import SMALLEST_PROBABILITY, _cross_entropy_and_delta
+    from greengossip.envs.dynamics.learning import SMALLEST_PROBABILITY, _cross_entropy_and_delta
 
     generator = torch.Generator().manual_seed(2)
     logits = 4 * torch.randn(5, 10, 8, generator=generator)
@@ -230,7 +230,7 @@ def test_select_rows_is_torch_where_over_rows(share, rows, into):
     and leaves the side it does not write intact."""
     import torch
 
-    from envs.dynamics import rows as row_selection
+    from greengossip.envs.dynamics import rows as row_selection
 
     generator = torch.Generator().manual_seed(rows)
     a, b = torch.randn(rows, 650, generator=generator), torch.randn(rows, 650, generator=generator)

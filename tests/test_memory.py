@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from envs.memory import OPT_OUT_VARIABLE
+from greengossip.envs.memory import OPT_OUT_VARIABLE
 
 ROUND_PATTERN = """
 import resource, torch
-import envs
-from envs.gossip_env import EdgeLearningEnv
-from envs.memory import keep_freed_memory
+from greengossip import envs
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.memory import keep_freed_memory
 
 EdgeLearningEnv("configs/tiny.yaml")  # the env sets the thresholds itself
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -13,8 +13,8 @@ pytest.importorskip("pettingzoo")
 from conftest import TINY, make_env  # noqa: E402
 from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test  # noqa: E402
 
-from envs.dynamics.energy import N_ACTIONS  # noqa: E402
-from envs.multi_agent import (  # noqa: E402
+from greengossip.envs.dynamics.energy import N_ACTIONS  # noqa: E402
+from greengossip.envs.multi_agent import (  # noqa: E402
     LOCAL_FEATURE_NAMES,
     LOCAL_OBS_DIM,
     EdgeLearningParallelEnv,
@@ -23,7 +23,7 @@ from envs.multi_agent import (  # noqa: E402
     neighbour_table_from_adjacency,
     parallel_env,
 )
-from envs.observation import NODE_FEATURES  # noqa: E402
+from greengossip.envs.observation import NODE_FEATURES  # noqa: E402
 
 N_FEATURES = len(NODE_FEATURES)
 SHORT = {**yaml.safe_load(TINY.read_text()), "max_rounds": 10}  # tiny, fewer rounds: API tests stay quick
@@ -147,8 +147,8 @@ def test_negative_local_reward_weight_is_rejected():
 def trained(tmp_path_factory, short_config_path):
     """A shared per-node PPO policy trained for a few rounds with SuperSuit + SB3 (parameter sharing)."""
     pytest.importorskip("supersuit")
-    from training.multi_agent import train_multi_agent
-    from training.settings import load_settings
+    from greengossip.training.multi_agent import train_multi_agent
+    from greengossip.training.settings import load_settings
 
     settings = load_settings(
         None,
@@ -168,7 +168,7 @@ def trained(tmp_path_factory, short_config_path):
 
 
 def test_parameter_shared_training_saves_a_per_node_policy(trained):
-    from training.multi_agent import is_decentralized_model
+    from greengossip.training.multi_agent import is_decentralized_model
 
     assert trained.model_path.is_file() and trained.best_model_path.is_file()
     assert trained.rounds == 32
@@ -181,9 +181,9 @@ def test_decentralized_scheduler_runs_through_the_evaluation_harness(
 ):
     import importlib
 
-    import agents
-    from training.evaluate import run_evaluation
-    from training.multi_agent import DECENTRALIZED_PREFIX, load_decentralized_scheduler
+    from greengossip import agents
+    from greengossip.training.evaluate import run_evaluation
+    from greengossip.training.multi_agent import DECENTRALIZED_PREFIX, load_decentralized_scheduler
 
     spec = DECENTRALIZED_PREFIX + str(trained.best_model_path)
     try:
@@ -201,7 +201,7 @@ def test_decentralized_scheduler_runs_through_the_evaluation_harness(
 
         for module in (
             agents,
-            importlib.import_module("agents.learned"),
+            importlib.import_module("greengossip.agents.learned"),
         ):  # wherever the harness imports from
             if hasattr(module, "make_scheduler"):
                 monkeypatch.setattr(module, "make_scheduler", make_scheduler)
@@ -215,7 +215,7 @@ def test_decentralized_scheduler_runs_through_the_evaluation_harness(
 
 
 def test_scheduler_respects_the_mask_and_needs_a_graph(trained):
-    from training.multi_agent import load_decentralized_scheduler
+    from greengossip.training.multi_agent import load_decentralized_scheduler
 
     scheduler = load_decentralized_scheduler(trained.model_path)
     single = make_env(SHORT)
@@ -233,7 +233,7 @@ def test_scheduler_respects_the_mask_and_needs_a_graph(trained):
 
 
 def test_loading_a_missing_model_says_how_to_make_one(tmp_path):
-    from training.multi_agent import load_decentralized_scheduler
+    from greengossip.training.multi_agent import load_decentralized_scheduler
 
     with pytest.raises(ValueError, match="greengossip train --multi-agent"):
         load_decentralized_scheduler(f"decentralized:{tmp_path / 'nothing.zip'}")
@@ -242,7 +242,7 @@ def test_loading_a_missing_model_says_how_to_make_one(tmp_path):
 def test_multi_agent_training_rejects_other_algorithms():
     import argparse
 
-    from training.multi_agent import run
+    from greengossip.training.multi_agent import run
 
     args = argparse.Namespace(
         algo="maskable_ppo",
@@ -262,9 +262,9 @@ def test_multi_agent_training_rejects_other_algorithms():
 
 
 def test_multi_agent_training_uses_the_ppo_schedule_and_refuses_training_reward_weights(tmp_path, short_config_path):
-    from training.multi_agent import train_multi_agent
-    from training.settings import SettingsError, load_settings
-    from training.train import algorithm_kwargs
+    from greengossip.training.multi_agent import train_multi_agent
+    from greengossip.training.settings import SettingsError, load_settings
+    from greengossip.training.train import algorithm_kwargs
 
     settings = load_settings(None, algo="ppo", ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4})
     schedule = algorithm_kwargs(settings)["learning_rate"]

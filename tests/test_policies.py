@@ -7,7 +7,7 @@ import pytest
 import torch as th
 from sb3_contrib import MaskablePPO
 
-from agents.policies import (
+from greengossip.agents.policies import (
     MaskableNodeSetPolicy,
     NodeSetPolicy,
     RecurrentNodeSetPolicy,
@@ -17,7 +17,7 @@ from agents.policies import (
     load_policy,
     policy_class,
 )
-from envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.dynamics.energy import N_ACTIONS
 from tests.conftest import make_env, tiny_variant
 
 POLICIES = [MaskableNodeSetPolicy, NodeSetPolicy, RecurrentNodeSetPolicy]
@@ -155,7 +155,7 @@ def test_plain_sb3_load_resizes_on_a_bigger_observation(tmp_path, envs_8_and_32)
 
 
 def test_flattened_observation_is_rejected_with_a_hint():
-    from envs.wrappers import FlattenGossipObservation
+    from greengossip.envs.wrappers import FlattenGossipObservation
 
     env = FlattenGossipObservation(make_env())
     with pytest.raises(TypeError, match="FlattenGossipObservation"):
@@ -166,7 +166,7 @@ def test_flattened_observation_is_rejected_with_a_hint():
 @pytest.mark.parametrize("prior, period", [("carbon_periodic", 4), ("carbon_periodic:period=6", 6)])
 @pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__name__)
 def test_untrained_residual_policy_acts_like_its_prior(cls, prior, period, envs_8_and_32):
-    from agents.heuristics import CarbonPeriodic
+    from greengossip.agents.heuristics import CarbonPeriodic
 
     _, env = envs_8_and_32
     th.manual_seed(0)
@@ -215,7 +215,7 @@ def test_residual_prior_is_saved_with_the_model_and_checked(tmp_path, envs_8_and
 
 
 def test_act_batch_refuses_rules_with_memory():
-    from agents.heuristics import HEURISTICS
+    from greengossip.agents.heuristics import HEURISTICS
 
     env = make_env()
     obs, _ = env.reset(seed=0)
@@ -233,9 +233,9 @@ def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(s
     row must be what ``predict`` gives for that observation alone. The batch mixes envs, rounds, random
     actions (staleness, batteries), attackers (trust), random masks and target gaps on both sides of the
     sprint's, so every branch of the rules is taken in some row and left in another."""
-    from agents.heuristics import build_heuristic
-    from agents.base import GLOBAL_INDEX, IDLE
-    from envs.observation import NODE_INDEX
+    from greengossip.agents.heuristics import build_heuristic
+    from greengossip.agents.base import GLOBAL_INDEX, IDLE
+    from greengossip.envs.observation import NODE_INDEX
 
     rng = np.random.default_rng(0)
     rows = []
@@ -259,8 +259,8 @@ def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(s
 
 
 def test_prior_setting_names_the_allowed_rules():
-    from training.settings import SettingsError, load_settings
-    from training.train import policy_kwargs
+    from greengossip.training.settings import SettingsError, load_settings
+    from greengossip.training.train import policy_kwargs
 
     with pytest.raises(SettingsError, match=r"policy\.prior = 'oort': .*carbon_periodic"):
         load_settings(prior="oort")
@@ -328,7 +328,7 @@ def test_prior_regulariser_measures_the_distance_to_the_rule_and_pulls_towards_i
 
 
 def test_prior_regulariser_needs_a_prior_and_a_feed_forward_policy(envs_8_and_32):
-    from training.settings import SettingsError, load_settings
+    from greengossip.training.settings import SettingsError, load_settings
 
     small, _ = envs_8_and_32
     space = (small.observation_space, small.action_space, _constant_lr)

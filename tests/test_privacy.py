@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import envs  # noqa: F401
-from envs.config import PrivacyConfig, load_config
-from envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, noise_scale, privatize
+from greengossip import envs  # noqa: F401
+from greengossip.envs.config import PrivacyConfig, load_config
+from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, noise_scale, privatize
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
@@ -49,7 +49,7 @@ def private_env(**privacy):
     config["privacy"] = {"mechanism": "laplace", "epsilon_per_report": 2.0, "budget": 12.0, **privacy}
     config["max_rounds"] = 30
     config["target_accuracy"] = 1.0
-    return gym.make("GreenGossip/EdgeLearning-v0", config=config)
+    return gym.make("GreenGossip/EdgeLearning-v1", config=config)
 
 
 def test_epsilon_spent_grows_monotonically_and_stops_at_the_budget():
@@ -90,7 +90,7 @@ def test_observation_never_shows_raw_telemetry_when_private():
 
 
 def test_privacy_off_reports_the_truth_and_spends_nothing():
-    env = gym.make("GreenGossip/EdgeLearning-v0", config="configs/tiny.yaml")
+    env = gym.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml")
     obs, _ = env.reset(seed=0)
     true_soc = (env.unwrapped.sim_state.battery_wh / env.unwrapped.scenario.capacity_wh).numpy()
     assert np.allclose(obs["nodes"][:, 0], true_soc, atol=1e-6)
@@ -99,7 +99,7 @@ def test_privacy_off_reports_the_truth_and_spends_nothing():
 
 
 def test_rdp_accountant_needs_the_gaussian_mechanism():
-    from envs.config import ConfigError
+    from greengossip.envs.config import ConfigError
 
     with pytest.raises(ConfigError, match="rdp.*gaussian"):
         load_config({"privacy": {"mechanism": "laplace", "accountant": "rdp"}})

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from conftest import load_benchmark
 
-import envs.dynamics.gossip
-import envs.fleet_batch
-import envs.gossip_env
-import envs.simulator
+import greengossip.envs.dynamics.gossip
+import greengossip.envs.fleet_batch
+import greengossip.envs.gossip_env
+import greengossip.envs.simulator
+from greengossip import envs
 
 
 @pytest.fixture(scope="module")

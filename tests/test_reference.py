@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import tiny_variant
 
-from envs.dynamics.energy import N_ACTIONS
-from envs.dynamics.learning import ModelSpec
-from envs.reference import node_action_cost, reference_transition
-from envs.scenario import N_CLASSES, N_INPUTS, make_scenario
-from envs.simulator import draw_randomness, transition
-from envs.state import initial_state
+from greengossip.envs.dynamics.energy import N_ACTIONS
+from greengossip.envs.dynamics.learning import ModelSpec
+from greengossip.envs.reference import node_action_cost, reference_transition
+from greengossip.envs.scenario import N_CLASSES, N_INPUTS, make_scenario
+from greengossip.envs.simulator import draw_randomness, transition
+from greengossip.envs.state import initial_state
 
 ROUNDS = 6
 ATOL = 1e-5
@@ -45,7 +45,8 @@ def _actions(rng, n: int, round_index: int) -> torch.Tensor:
 @pytest.mark.parametrize("whole_fleet_sgd", [True, False])
 def test_batched_transition_matches_per_node_reference(model, whole_fleet_sgd, monkeypatch):
     # local SGD on every node with the idle ones' results dropped, or on a copy of the trainers' rows
-    import envs.simulator
+    import greengossip.envs.simulator
+    from greengossip import envs
 
     monkeypatch.setattr(envs.simulator, "WHOLE_FLEET_SGD_SHARE", 0.0 if whole_fleet_sgd else 1.01)
     config, scenario, generator, state, rng = _setup(model, seed=3)
@@ -194,7 +195,7 @@ def test_manual_gradients_match_autograd(kind):
 @pytest.mark.parametrize("kind", ["softmax", "mlp"])
 @pytest.mark.parametrize("n_nodes", [50, 600], ids=["one block", "several blocks"])
 def test_accuracy_is_argmax_accuracy_with_ties_and_non_finite_models(kind, n_nodes):
-    from envs.dynamics.learning import accuracy_per_node
+    from greengossip.envs.dynamics.learning import accuracy_per_node
 
     spec = ModelSpec(kind, hidden=16)
     gen = torch.Generator().manual_seed(2)
@@ -220,7 +221,7 @@ def test_accuracy_is_argmax_accuracy_with_ties_and_non_finite_models(kind, n_nod
 def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
     """On the CPU the matrix products run through NumPy; other devices (CUDA) run torch's. Run the same
     rounds both ways on the CPU: the torch path must compute the same round."""
-    from envs.dynamics import products
+    from greengossip.envs.dynamics import products
 
     config, scenario, _, start, rng = _setup(model, seed=5)
     actions = [_actions(rng, scenario.n_nodes, t) for t in range(ROUNDS)]
@@ -243,7 +244,7 @@ def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
 def test_rowwise_sparse_product_equals_the_csr_product():
     """The product that repeats bit for bit on CUDA under torch's deterministic flag
     (``products.sparse_product``) computes CSR @ dense, empty rows and trailing value axes included."""
-    from envs.dynamics.products import rowwise_sparse_product
+    from greengossip.envs.dynamics.products import rowwise_sparse_product
 
     generator = torch.Generator().manual_seed(1)
     dense = torch.rand(30, 40, generator=generator) * (torch.rand(30, 40, generator=generator) < 0.1)
@@ -258,7 +259,7 @@ def test_rowwise_sparse_product_equals_the_csr_product():
 def test_a_sparse_fleet_round_is_the_same_through_the_rowwise_product(monkeypatch):
     """All three sparse products of a round (mixing, mixing over usable senders, the trust-weighted
     pulls) through ``rowwise_sparse_product``, as CUDA runs them under the deterministic flag."""
-    from envs.dynamics import gossip, products
+    from greengossip.envs.dynamics import gossip, products
 
     config = tiny_variant(n_nodes=100, attack={"fraction": 0.25, "kinds": ["sign_flip", "gaussian"]},
                           defence={"aggregator": "clipped_gossip"})
@@ -289,7 +290,7 @@ def test_a_sparse_fleet_round_is_the_same_through_the_rowwise_product(monkeypatc
 @pytest.mark.parametrize("nodes_per_env", [40, 300], ids=["gram-matrix path", "sampled sparse product (> 64 nodes)"])
 def test_neighbour_distances_match_the_direct_norms(nodes_per_env):
     """Trust scores rest on these distances; both ways of computing them give ||x̂_j - x_i||."""
-    from envs.dynamics import gossip
+    from greengossip.envs.dynamics import gossip
 
     generator = torch.Generator().manual_seed(0)
     n_envs, width, n_params = 2, 7, 650
@@ -311,7 +312,7 @@ def test_neighbour_distances_stay_accurate_for_close_models_far_from_the_origin(
     """After a few gossip rounds the models lie close together, far from the origin (|x|² ~ 6e4 here,
     distances ~ 0.03): the distance expansion must not cancel to float32 noise, on any device. A model
     with non-finite entries leaves the others' distances exact."""
-    from envs.dynamics import gossip
+    from greengossip.envs.dynamics import gossip
 
     generator = torch.Generator().manual_seed(1)
     n_envs, width, n_params = 2, 6, 650
@@ -335,7 +336,7 @@ def test_the_same_model_is_at_distance_zero_and_fully_trusted(nodes_per_env):
     """Nodes that kept the shared initial model: their copies are at distance exactly 0 (not the square
     root of rounding, which differs between devices), and a receiver whose neighbours mostly hold its own
     model (median distance 0) scores those copies 1 and a different one 0."""
-    from envs.dynamics import gossip
+    from greengossip.envs.dynamics import gossip
 
     generator = torch.Generator().manual_seed(2)
     n_params = 650
@@ -358,9 +359,9 @@ def test_the_same_model_is_at_distance_zero_and_fully_trusted(nodes_per_env):
 def test_top_k_compression_breaks_ties_like_the_reference():
     """Equal magnitudes across the k-th place (SGD steps do tie) keep the lowest indices, as the
     reference's stable sort does, so the message does not depend on topk's device-specific choice."""
-    from envs.devices import COMPRESSION_LEVELS
-    from envs.dynamics import gossip
-    from envs.reference import compress_row
+    from greengossip.envs.devices import COMPRESSION_LEVELS
+    from greengossip.envs.dynamics import gossip
+    from greengossip.envs.reference import compress_row
 
     generator = torch.Generator().manual_seed(3)
     deltas = torch.randint(-3, 4, (64, 200), generator=generator).float()  # ties everywhere
@@ -373,8 +374,8 @@ def test_top_k_compression_breaks_ties_like_the_reference():
 
 @pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy sort", "torch sort"])
 def test_lower_median_is_torch_nanmedian(numpy_on_cpu, monkeypatch):
-    from envs.dynamics import products
-    from envs.dynamics.gossip import lower_median
+    from greengossip.envs.dynamics import products
+    from greengossip.envs.dynamics.gossip import lower_median
 
     monkeypatch.setattr(products, "NUMPY_ON_CPU", numpy_on_cpu)
     generator = torch.Generator().manual_seed(1)

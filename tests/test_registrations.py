@@ -18,7 +18,7 @@ import yaml
 from conftest import FLAT_ENV_ID, ROOT, TINY
 
 ZOO_FILE = ROOT / "configs" / "zoo" / "ppo.yml"
-ENV_ID = "GreenGossip/EdgeLearning-v0"
+ENV_ID = "GreenGossip/EdgeLearning-v1"
 
 
 def _quiet_env() -> dict[str, str]:
@@ -37,7 +37,7 @@ def _zoo_command(out, timesteps: int, *hyperparams: str) -> list[str]:
         "--env",
         ENV_ID,
         "--gym-packages",
-        "envs",
+        "greengossip",
         "-n",
         str(timesteps),
         "--conf-file",
@@ -78,7 +78,7 @@ def _run_zoo(tmp_path, timesteps: int, *hyperparams: str):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    models = list((tmp_path / "ppo").glob("GreenGossip-EdgeLearning-v0_*/GreenGossip-EdgeLearning-v0.zip"))
+    models = list((tmp_path / "ppo").glob("GreenGossip-EdgeLearning-v1_*/GreenGossip-EdgeLearning-v1.zip"))
     assert len(models) == 1, f"no model saved under {tmp_path}: {result.stdout[-2000:]}"
     from stable_baselines3 import PPO
 
@@ -95,7 +95,7 @@ def test_rl_zoo3_trains_a_few_thousand_steps_from_the_documented_command(tmp_pat
 def test_cleanrl_style_script_trains_on_a_tiny_budget(tmp_path):
     """The README's command-line flags, through the script's own ``main(argv)`` (in-process: it shares this
     session's imports and solar caches; ``python training/cleanrl_ppo.py ...`` only adds the interpreter)."""
-    from training import cleanrl_ppo
+    from greengossip.training import cleanrl_ppo
 
     summary = cleanrl_ppo.main(
         [

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import envs  # noqa: F401  (registers the env)
-from envs.config import load_config
-from envs.dynamics import gossip
-from envs.dynamics.attacks import ATTACK_KINDS, alie_z
+from greengossip import envs  # noqa: F401  (registers the env)
+from greengossip.envs.config import load_config
+from greengossip.envs.dynamics import gossip
+from greengossip.envs.dynamics.attacks import ATTACK_KINDS, alie_z
 
 ROUNDS = 40
 
@@ -25,7 +25,7 @@ def small_fleet(**overrides) -> dict:
 
 
 def rollout(config: dict, seed: int, action: int = 2):
-    env = gym.make("GreenGossip/EdgeLearning-v0", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
     obs, _ = env.reset(seed=seed)
     infos, observations, rewards = [], [obs], []
     for _ in range(ROUNDS):
@@ -113,7 +113,7 @@ def test_no_attackers_means_no_influence_and_full_honesty():
 def test_every_attack_kind_runs_and_keeps_observations_finite(kind):
     config = small_fleet(attack={"fraction": 0.3, "kinds": [kind]})
     config["max_rounds"] = 6
-    env = gym.make("GreenGossip/EdgeLearning-v0", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
     obs, _ = env.reset(seed=3)
     for _ in range(6):
         obs, reward, *_ = env.step(np.full(20, 2))
@@ -151,7 +151,7 @@ def test_robust_aggregators_ignore_an_excluded_neighbour():
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 0, 4])
     weight = torch.full((10,), 1 / 3)
     mixing = gossip.mixing_matrix(n, src, dst, weight, include_self=False)
-    from envs.scenario import neighbour_table
+    from greengossip.envs.scenario import neighbour_table
 
     table, valid, slot_weight = (torch.as_tensor(a) for a in neighbour_table(n, src.numpy(), dst.numpy(),
                                                                               weight.numpy()))
@@ -172,8 +172,8 @@ def test_robust_aggregators_ignore_an_excluded_neighbour():
 def test_weighted_pull_matches_the_gathered_neighbour_models(n_nodes, n_envs, aggregator):
     """Trust-weighted mean and ClippedGossip take Σ_d c_id (x̂_j - x_i) as a product with a matrix laid
     out like W; this is the same pull written out over an (N, D, P) block of the neighbours' models."""
-    from envs.fleet_batch import FleetBatch
-    from envs.scenario import make_scenario
+    from greengossip.envs.fleet_batch import FleetBatch
+    from greengossip.envs.scenario import make_scenario
 
     config = load_config("configs/attack_heavy.yaml").model_copy(update={"n_nodes": n_nodes})
     fleet = FleetBatch(config)

@@ -16,12 +16,12 @@ import pytest
 import torch as th
 
 from tests.conftest import ROOT, TINY
-from training.cli import main
-from training.settings import SettingsError, load_settings
-from training.train import latest_checkpoint, train
+from greengossip.training.cli import main
+from greengossip.training.settings import SettingsError, load_settings
+from greengossip.training.train import latest_checkpoint, train
 
 TINY_SETTINGS = ROOT / "configs" / "train" / "tiny.yaml"
-HARNESS = importlib.util.find_spec("training.evaluate") is not None
+HARNESS = importlib.util.find_spec("greengossip.training.evaluate") is not None
 
 
 def _settings(**overrides):
@@ -222,7 +222,7 @@ def test_settings_files_are_valid_and_hyperparameters_render_as_text():
 
 
 def test_the_comparison_adds_a_residual_policy_s_own_prior_rule():
-    from training.train import comparison_schedulers
+    from greengossip.training.train import comparison_schedulers
 
     model = Path("run/best_model.zip")
     assert comparison_schedulers(model, load_settings()) == [str(model), "all"]
@@ -239,7 +239,7 @@ def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "training.cli",
+        "greengossip.training.cli",
         "train",
         "--config",
         str(TINY),
@@ -268,8 +268,8 @@ def test_training_runs_on_the_batched_vector_env(tmp_path, workers, kind):
 
 
 def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
-    from envs.config import load_config
-    from training.train import make_vec_env, training_scenarios
+    from greengossip.envs.config import load_config
+    from greengossip.training.train import make_vec_env, training_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     settings = _settings(n_envs=4, vec_env="dummy", also_train_on=[str(attacked_path)])
@@ -299,8 +299,8 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
 
 
 def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
-    from envs.config import load_config
-    from training.train import make_vec_env, training_scenarios, validation_scenarios
+    from greengossip.envs.config import load_config
+    from greengossip.training.train import make_vec_env, training_scenarios, validation_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     twice = [str(attacked_path), str(tmp_path / "." / "tiny_attacked.yaml")]  # one file, two spellings
@@ -324,8 +324,8 @@ def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
 
 
 def test_settings_reward_weights_replace_the_scenarios_in_training_only(tmp_path):
-    from envs.config import load_config
-    from training.train import training_scenarios
+    from greengossip.envs.config import load_config
+    from greengossip.training.train import training_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     settings = _settings(n_envs=2, also_train_on=[str(attacked_path)], reward={"carbon": 3.0, "deadline": 5.0})
@@ -352,7 +352,7 @@ def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
 
 
 def test_learning_rate_holds_for_learning_rate_decay_start_then_falls():
-    from training.train import DelayedLinearSchedule, algorithm_kwargs
+    from greengossip.training.train import DelayedLinearSchedule, algorithm_kwargs
 
     schedule = algorithm_kwargs(_settings(maskable_ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4,
                                                         "learning_rate_decay_start": 0.6}))["learning_rate"]
@@ -423,11 +423,11 @@ def test_batched_validation_gives_the_sequential_episodes():
     the same rounds, carbon and outcome per seed, returns equal up to float32 rewards."""
     from sb3_contrib import MaskablePPO
 
-    from agents.policies import MaskableNodeSetPolicy
-    from envs.config import load_config
-    from envs.sb3_vec_env import GossipVecEnv
-    from training.callbacks import run_episode, run_vec_episodes
-    from training.train import make_env
+    from greengossip.agents.policies import MaskableNodeSetPolicy
+    from greengossip.envs.config import load_config
+    from greengossip.envs.sb3_vec_env import GossipVecEnv
+    from greengossip.training.callbacks import run_episode, run_vec_episodes
+    from greengossip.training.train import make_env
 
     config = load_config(TINY)
     env = make_env(config, worker=False)
@@ -452,9 +452,9 @@ def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
 
     from sb3_contrib import MaskablePPO
 
-    from agents.policies import MaskableNodeSetPolicy
-    from envs.config import load_config
-    from training.train import make_env
+    from greengossip.agents.policies import MaskableNodeSetPolicy
+    from greengossip.envs.config import load_config
+    from greengossip.training.train import make_env
 
     spec = util.spec_from_file_location("action_mix", ROOT / "benchmarks" / "action_mix.py")
     action_mix = util.module_from_spec(spec)
@@ -473,8 +473,8 @@ def test_carbon_split_adds_up_to_the_episode_carbon_and_broadcasts(tmp_path, cap
     harness records it, and the regions' broadcasts are the harness's broadcasting node-rounds."""
     import importlib.util as util
 
-    from envs.config import load_config
-    from training.evaluate import run_evaluation
+    from greengossip.envs.config import load_config
+    from greengossip.training.evaluate import run_evaluation
 
     spec = util.spec_from_file_location("carbon_split", ROOT / "benchmarks" / "carbon_split.py")
     carbon_split = util.module_from_spec(spec)
@@ -497,7 +497,7 @@ def test_rule_variants_as_it_is_plays_the_graded_prior(capsys):
     episode, and a changed one plays differently."""
     import importlib.util as util
 
-    from envs.config import load_config
+    from greengossip.envs.config import load_config
 
     spec = util.spec_from_file_location("rule_variants", ROOT / "benchmarks" / "rule_variants.py")
     rule_variants = util.module_from_spec(spec)
@@ -517,7 +517,7 @@ def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys)
     heuristic accepts, and a short search prints one ranked row per rule."""
     import importlib.util as util
 
-    from agents.learned import make_scheduler
+    from greengossip.agents.learned import make_scheduler
 
     spec = util.spec_from_file_location("rule_search", ROOT / "benchmarks" / "rule_search.py")
     rule_search = util.module_from_spec(spec)
@@ -598,7 +598,7 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
 
     from stable_baselines3.common.logger import configure
 
-    from training.callbacks import HeldOutEvalCallback
+    from greengossip.training.callbacks import HeldOutEvalCallback
 
     def episodes(ret, carbon, reached=True):
         return [{"return": ret, "final_accuracy": 0.9, "episode_carbon_g": carbon, "episode_energy_wh": 1.0,

@@ -210,7 +210,7 @@ _VALIDATION_WORKER: dict[str, Any] = {}
 def _start_validation_worker(scenarios: dict[str, Any], settings) -> None:
     import torch
 
-    from training.train import make_eval_env
+    from greengossip.training.train import make_eval_env
 
     torch.set_num_threads(1)
     _VALIDATION_WORKER.update(settings=settings,
@@ -218,7 +218,7 @@ def _start_validation_worker(scenarios: dict[str, Any], settings) -> None:
 
 
 def _validate_snapshot(path: str) -> dict[str, list[dict[str, Any]]]:
-    from agents.policies import algorithm_class
+    from greengossip.agents.policies import algorithm_class
 
     settings = _VALIDATION_WORKER["settings"]
     model = algorithm_class(settings.algo).load(path, device="cpu")

@@ -9,13 +9,13 @@ import sys
 
 import torch
 
-from envs.config import ConfigError
-from training.settings import SettingsError
+from greengossip.envs.config import ConfigError
+from greengossip.training.settings import SettingsError
 
 SUBCOMMANDS = {
-    "train": ("training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
-    "evaluate": ("training.evaluate", "run schedulers on the same seeds and configs; write CSV, tables, plots"),
-    "render": ("training.render", "write an animation / frame strip of one episode"),
+    "train": ("greengossip.training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
+    "evaluate": ("greengossip.training.evaluate", "run schedulers on the same seeds and configs; write CSV, tables, plots"),
+    "render": ("greengossip.training.render", "write an animation / frame strip of one episode"),
 }
 
 

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- jobs
 def expand_schedulers(schedulers: Sequence[str]) -> list[str]:
     """``"all"`` becomes every heuristic; duplicates are dropped, order kept."""
-    from agents.heuristics import HEURISTICS
+    from greengossip.agents.heuristics import HEURISTICS
 
     out: list[str] = []
     for spec in schedulers:
@@ -152,9 +152,9 @@ def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
     """One episode of ``spec`` on ``config`` with env seed ``seed``: (KPI row, per-round trace)."""
     import gymnasium as gym
 
-    import envs  # registers the env ids
-    from agents.learned import make_scheduler, scheduler_label
-    from envs.wrappers import FlattenGossipObservation
+    from greengossip import envs  # registers the env ids
+    from greengossip.agents.learned import make_scheduler, scheduler_label
+    from greengossip.envs.wrappers import FlattenGossipObservation
 
     with _one_torch_thread():
         env = gym.make(envs.ENV_ID, config=config)
@@ -269,7 +269,7 @@ def _warm_caches(configs: Sequence[Any], seed: int) -> None:
     """Build each config's scenario once in the parent so that forked workers inherit the caches."""
     import gymnasium as gym
 
-    import envs
+    from greengossip import envs
 
     with _one_torch_thread():
         for config in configs:
@@ -305,7 +305,7 @@ def run_evaluation(
     if not specs or not configs or not seeds:
         raise ValueError("run_evaluation needs at least one scheduler, one config and one seed; got "
                          f"schedulers={schedulers!r}, configs={configs!r}, seeds={seeds!r}")
-    from agents.learned import make_scheduler, scheduler_label
+    from greengossip.agents.learned import make_scheduler, scheduler_label
 
     for spec in specs:  # fail before any work on a misspelt name or a missing model
         make_scheduler(spec, seed=0)
@@ -359,7 +359,7 @@ def run_evaluation(
     write_csv(rows, out / "results.csv")
     write_traces(traces, out / "rounds.csv")
     (out / "results.md").write_text(markdown_table(rows, baseline))
-    from training import plots
+    from greengossip.training import plots
 
     plots.write_all(rows, traces, out, baseline=baseline)
     return rows

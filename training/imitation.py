@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch as th
 
-from training.settings import ImitationSettings
+from greengossip.training.settings import ImitationSettings
 
 LOG = logging.getLogger("greengossip.train.imitation")
 
@@ -82,13 +82,13 @@ def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> 
 
 
 def collect_demonstrations(venv, heuristic: str, steps: int, gamma: float, seed: int = 0) -> Demonstrations:
-    """Run ``heuristic`` (a name in ``agents.heuristics.HEURISTICS``) on every env of ``venv`` (an SB3
+    """Run ``heuristic`` (a name in ``greengossip.agents.heuristics.HEURISTICS``) on every env of ``venv`` (an SB3
     ``VecEnv`` with the Dict observation and ``action_masks``) for ``steps`` env steps, rounded up to
     whole steps of the vec env. Env i's heuristic is seeded with ``seed + i``."""
     from sb3_contrib.common.maskable.utils import get_action_masks
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from agents.learned import make_scheduler
+    from greengossip.agents.learned import make_scheduler
 
     if isinstance(venv, VecMonitor):  # monitor.csv is the learner's training curve: keep these episodes out
         venv = venv.venv

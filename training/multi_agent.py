@@ -1,9 +1,9 @@
 """Decentralized scheduling: one policy shared by every node, trained with SuperSuit + Stable-Baselines3.
 
     greengossip train --multi-agent --config configs/tiny.yaml --settings configs/train/tiny.yaml
-    python -m training.multi_agent --config configs/tiny.yaml --settings configs/train/tiny.yaml   # the same
+    python -m greengossip.training.multi_agent --config configs/tiny.yaml --settings configs/train/tiny.yaml   # the same
 
-Each node of ``envs.multi_agent.EdgeLearningParallelEnv`` is an agent with the same spaces, so SuperSuit
+Each node of ``greengossip.envs.multi_agent.EdgeLearningParallelEnv`` is an agent with the same spaces, so SuperSuit
 turns one env of ``N`` nodes into an SB3 vector env of ``N`` "envs" (``pettingzoo_env_to_vec_env_v1``),
 ``concat_vec_envs_v1`` stacks ``n_envs`` copies, and a plain SB3 PPO learns one per-node policy from every
 node's experience at once (parameter sharing; Terry et al., "Revisiting parameter sharing in multi-agent
@@ -92,7 +92,7 @@ def make_vec_env(
     import supersuit as ss
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from envs.multi_agent import EdgeLearningParallelEnv
+    from greengossip.envs.multi_agent import EdgeLearningParallelEnv
 
     parallel = EdgeLearningParallelEnv(config=config, local_reward_weight=local_reward_weight)
     vec = ss.pettingzoo_env_to_vec_env_v1(parallel)
@@ -108,7 +108,7 @@ class DecentralizedScheduler:
     """A shared per-node policy (trained on ``EdgeLearningParallelEnv``) as a fleet scheduler.
 
     ``predict`` takes the single-agent env's ``Dict`` observation, as every scheduler of the harness does,
-    builds each node's local view with ``envs.multi_agent.local_observations`` (the same function the
+    builds each node's local view with ``greengossip.envs.multi_agent.local_observations`` (the same function the
     multi-agent env uses, so training and evaluation see the same numbers) and lets each node choose from
     its own view only; infeasible actions are masked out of each node's choice. The graph comes from the
     observation's ``adjacency`` when present, else from ``env.unwrapped.scenario`` (pass ``env``).
@@ -162,7 +162,7 @@ class DecentralizedScheduler:
         return self._act(observation, deterministic), state
 
     def _graph(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        from envs.multi_agent import neighbour_table_from_adjacency
+        from greengossip.envs.multi_agent import neighbour_table_from_adjacency
 
         scenario = None if self.env is None else getattr(self.env.unwrapped, "scenario", None)
         if scenario is not None and scenario.n_nodes == np.asarray(observation["nodes"]).shape[0]:
@@ -177,7 +177,7 @@ class DecentralizedScheduler:
     def _act(self, observation: dict[str, np.ndarray], deterministic: bool) -> np.ndarray:
         import torch
 
-        from envs.multi_agent import local_observations
+        from greengossip.envs.multi_agent import local_observations
 
         local = local_observations(observation, *self._graph(observation))
         policy = self.model.policy
@@ -195,7 +195,7 @@ def is_decentralized_model(path: str | Path) -> bool:
     """True when ``path`` is an SB3 zip whose policy reads one node's local view (``LOCAL_OBS_DIM``)."""
     from stable_baselines3.common.save_util import load_from_zip_file
 
-    from envs.multi_agent import local_observation_space
+    from greengossip.envs.multi_agent import local_observation_space
 
     try:
         data, _params, _variables = load_from_zip_file(
@@ -218,7 +218,7 @@ def load_decentralized_scheduler(
     """
     from stable_baselines3 import PPO
 
-    from envs.multi_agent import LOCAL_OBS_DIM, local_observation_space
+    from greengossip.envs.multi_agent import LOCAL_OBS_DIM, local_observation_space
 
     text = str(path)
     text = text[len(DECENTRALIZED_PREFIX) :] if text.startswith(DECENTRALIZED_PREFIX) else text
@@ -235,10 +235,10 @@ def load_decentralized_scheduler(
         raise ValueError(
             f"{file} is not a shared per-node policy: it reads {model.observation_space}, but a node's local "
             f"view is Box({LOCAL_OBS_DIM},) (envs.multi_agent.LOCAL_FEATURES). Load centralized models with "
-            "agents.make_scheduler(path) instead"
+            "greengossip.agents.make_scheduler(path) instead"
         )
     if config is not None and env is None:
-        from envs.config import load_config
+        from greengossip.envs.config import load_config
 
         if not load_config(config).observation.adjacency:
             raise ValueError(
@@ -362,14 +362,14 @@ def train_multi_agent(
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
 
-    import envs
-    from envs.config import load_config
+    from greengossip import envs
+    from greengossip.envs.config import load_config
 
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from training.settings import SettingsError
-    from training.train import algorithm_kwargs, setup_logging
+    from greengossip.training.settings import SettingsError
+    from greengossip.training.train import algorithm_kwargs, setup_logging
 
     if settings.reward is not None:
         raise SettingsError("reward: training reward weights apply to the centralized scheduler; with "
@@ -445,7 +445,7 @@ def train_multi_agent(
         evaluation = _decentralized_eval_callback()(
             eval_env, settings.validation_seeds, settings.eval_freq, n_nodes, out
         )
-        from training.train import training_callbacks
+        from greengossip.training.train import training_callbacks
 
         texts = {
             "settings/env": "```yaml\n" + (out / "env_config.yaml").read_text() + "\n```",
@@ -512,7 +512,7 @@ def compare_with_heuristics(
     progress: bool = False,
 ) -> tuple[list[dict] | None, str | None, str | None]:
     """The evaluation harness on held-out seeds: ``decentralized:<model>`` beside every heuristic."""
-    from training.evaluate import run_evaluation
+    from greengossip.training.evaluate import run_evaluation
 
     spec = DECENTRALIZED_PREFIX + str(model_path)
     LOG.info("comparing %s with all heuristics on %s, seeds %d..%d", spec, config_path, seeds[0], seeds[-1])
@@ -531,8 +531,8 @@ def compare_with_heuristics(
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``python -m training.multi_agent`` (``greengossip train --multi-agent`` has the same ones)."""
-    from training.train import DEFAULT_CONFIG
+    """Flags of ``python -m greengossip.training.multi_agent`` (``greengossip train --multi-agent`` has the same ones)."""
+    from greengossip.training.train import DEFAULT_CONFIG
 
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="env scenario YAML")
     parser.add_argument("--settings", default=None, help="training settings YAML (its ppo section is used)")
@@ -563,8 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point for ``greengossip train --multi-agent`` and ``python -m training.multi_agent``."""
-    from training.settings import load_settings
+    """Entry point for ``greengossip train --multi-agent`` and ``python -m greengossip.training.multi_agent``."""
+    from greengossip.training.settings import load_settings
 
     algo = getattr(args, "algo", None)
     if algo not in (None, "ppo"):
@@ -594,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.multi_agent", description=__doc__.splitlines()[0]
+        prog="python -m greengossip.training.multi_agent", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

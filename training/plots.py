@@ -65,7 +65,7 @@ def _fit_axis(set_limits, values, floor: float | None = None, ceiling: float | N
 
 
 def pareto_plot(rows: list[dict], path: Path, baseline: str | None = None) -> None:
-    from training.evaluate import mean_ci
+    from greengossip.training.evaluate import mean_ci
 
     plt = _pyplot()
     configs, schedulers = _order(rows, "config"), _order(rows, "scheduler")

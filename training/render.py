@@ -20,8 +20,8 @@ import numpy as np
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default="energy_carbon_trust",
                         help="heuristic name or saved SB3 model path (default energy_carbon_trust)")
-    parser.add_argument("--config", default="configs/tiny.yaml",
-                        help="env config (default configs/tiny.yaml)")
+    parser.add_argument("--config", default="tiny",
+                        help="env scenario: a shipped name or a YAML path (default tiny)")
     parser.add_argument("--out", required=True, help="output file: .gif (animation) or .png (frame strip)")
     parser.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
     parser.add_argument("--max-frames", type=int, default=48,
@@ -41,10 +41,10 @@ def episode_frames(scheduler: str, config, seed: int = 0, max_frames: int = 48) 
     """RGB frames of one episode: the state after reset, then after every round (at most ``max_frames``)."""
     import gymnasium as gym
 
-    import envs
-    from agents.learned import make_scheduler
-    from envs.wrappers import FlattenGossipObservation
-    from training.evaluate import _accepts_action_masks, _one_torch_thread
+    from greengossip import envs
+    from greengossip.agents.learned import make_scheduler
+    from greengossip.envs.wrappers import FlattenGossipObservation
+    from greengossip.training.evaluate import _accepts_action_masks, _one_torch_thread
 
     with _one_torch_thread():
         env = gym.make(envs.ENV_ID, config=config, render_mode="rgb_array")

@@ -5,7 +5,7 @@ virtual environment). One iteration on this machine::
 
     python training/rllib_example.py --config configs/tiny.yaml --iterations 1
 
-Centralized scheduler (default): the flat single-agent env ``GreenGossip/EdgeLearningFlat-v0``,
+Centralized scheduler (default): the flat single-agent env ``GreenGossip/EdgeLearningFlat-v1``,
 ``MultiDiscrete([6] * N)`` actions. ``--multi-agent``: the PettingZoo ParallelEnv of
 ``envs/multi_agent.py`` through RLlib's ``ParallelPettingZooEnv``, every node mapped to one shared policy
 (parameter sharing, as ``greengossip train --multi-agent`` does with SB3).
@@ -42,8 +42,8 @@ SHARED_POLICY = "shared_node_policy"
 
 
 def _flat_env_creator(env_config: dict):
-    import envs  # noqa: F401  (registers the ids inside the env-runner process)
-    from envs.wrappers import make_flat_env
+    from greengossip import envs  # noqa: F401  (registers the ids inside the env-runner process)
+    from greengossip.envs.wrappers import make_flat_env
 
     return make_flat_env(config=env_config.get("config"))
 
@@ -51,7 +51,7 @@ def _flat_env_creator(env_config: dict):
 def _parallel_env_creator(env_config: dict):
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
-    from envs.multi_agent import EdgeLearningParallelEnv
+    from greengossip.envs.multi_agent import EdgeLearningParallelEnv
 
     return ParallelPettingZooEnv(
         EdgeLearningParallelEnv(

@@ -14,9 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.config import RewardWeights
+from greengossip.envs.config import RewardWeights
+from greengossip.envs.shipped import TRAINING, find_config, shipped_dir
 
-DEFAULT_SETTINGS = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
+DEFAULT_SETTINGS = shipped_dir(TRAINING) / "default.yaml"
 FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (best-model selection)
 FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heuristics
 
@@ -129,7 +130,7 @@ class PolicySettings(_Frozen):
     @classmethod
     def _memoryless_heuristic(cls, name: str | None) -> str | None:
         if name is not None:
-            from agents.heuristics import memoryless_heuristic  # imports torch: only when asked for
+            from greengossip.agents.heuristics import memoryless_heuristic  # imports torch: only when asked for
 
             memoryless_heuristic(name)
         return name
@@ -158,7 +159,7 @@ class ImitationSettings(_Frozen):
     @classmethod
     def _known_heuristic(cls, name: str | None) -> str | None:
         if name is not None:
-            from agents.heuristics import HEURISTICS  # imports torch: only when a warm start is asked for
+            from greengossip.agents.heuristics import HEURISTICS  # imports torch: only when a warm start is asked for
 
             if name not in HEURISTICS:
                 raise ValueError(f"unknown heuristic {name!r}; allowed: {list(HEURISTICS)}")
@@ -335,7 +336,7 @@ def settings_for_config(config: str | Path | None) -> Path | None:
     one (e.g. ``tiny.yaml`` for ``configs/tiny.yaml``: small rollouts for quick runs), else
     ``configs/train/default.yaml`` (None if neither exists)."""
     if config is not None:
-        specific = DEFAULT_SETTINGS.parent / f"{Path(config).stem}.yaml"
+        specific = shipped_dir(TRAINING) / f"{Path(config).stem}.yaml"
         if specific.is_file():
             return specific
     return DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None
@@ -376,7 +377,10 @@ def load_settings(path: str | Path | None = None, imitate: str | None = None, pr
     if path is None and DEFAULT_SETTINGS.is_file():
         path = DEFAULT_SETTINGS
     if path is not None:
-        path = Path(path)
+        try:
+            path = find_config(path, TRAINING, "training settings")
+        except FileNotFoundError as exc:
+            raise SettingsError(str(exc)) from None
         source = str(path)
         data = _read_settings_file(path)
     data.update({key: value for key, value in overrides.items() if value is not None})

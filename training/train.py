@@ -39,17 +39,17 @@ from typing import Any
 
 import yaml
 
-from training.settings import ALGORITHMS, SettingsError, TrainSettings, load_settings, settings_for_config
+from greengossip.training.settings import ALGORITHMS, SettingsError, TrainSettings, load_settings, settings_for_config
 
-ENV_ID = "GreenGossip/EdgeLearning-v0"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+ENV_ID = "GreenGossip/EdgeLearning-v1"
+DEFAULT_CONFIG = "default"
 LOG = logging.getLogger("greengossip.train")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="env scenario YAML (default: configs/default.yaml)"
+        "--config", default=str(DEFAULT_CONFIG), help="env scenario: a shipped name (default, tiny, attack_heavy, ...) or a YAML path (default: default)"
     )
     parser.add_argument(
         "--settings",
@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.multi_agent:
-        from training import multi_agent
+        from greengossip.training import multi_agent
 
         return multi_agent.run(args)
     settings_path = args.settings or settings_for_config(args.config)
@@ -170,7 +170,7 @@ def training_callbacks(settings: TrainSettings, out: Path, texts: dict[str, str]
     evaluation, wall-clock limit, codecarbon), and the emissions callback if carbon is tracked."""
     from stable_baselines3.common.callbacks import CheckpointCallback
 
-    from training.callbacks import (
+    from greengossip.training.callbacks import (
         EnvKpiCallback,
         SettingsTextCallback,
         StepsPerSecondCallback,
@@ -203,7 +203,7 @@ def make_env(config, worker: bool = True):
     import gymnasium as gym
     import torch
 
-    import envs  # noqa: F401  (registers the id in a fresh worker process)
+    from greengossip import envs  # noqa: F401  (registers the id in a fresh worker process)
 
     if worker:
         torch.set_num_threads(1)
@@ -219,7 +219,7 @@ def make_eval_env(config, settings: TrainSettings):
         env = make_env(config, worker=False)
         env.reset(seed=settings.validation_seeds[0])
         return env
-    from envs.sb3_vec_env import GossipVecEnv
+    from greengossip.envs.sb3_vec_env import GossipVecEnv
 
     env = GossipVecEnv(len(settings.validation_seeds), config=config)
     env.seed(settings.validation_seeds[0])
@@ -234,7 +234,7 @@ def make_vec_env(configs: list, settings: TrainSettings, monitor_file: Path):
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
     if settings.vec_env == "batched":
-        from envs.sb3_vec_env import GossipVecEnv
+        from greengossip.envs.sb3_vec_env import GossipVecEnv
 
         return VecMonitor(GossipVecEnv(settings.n_envs, config=configs, workers=settings.env_workers,
                                        worker_kind=settings.env_worker_kind),
@@ -275,7 +275,7 @@ def validation_scenarios(config, settings: TrainSettings, scenarios: list) -> di
 def training_scenarios(env_config, settings: TrainSettings) -> list:
     """``env_config`` and the ``also_train_on`` scenarios (with ``settings.reward`` where set), checked to
     fit one policy's spaces."""
-    from envs.config import load_config
+    from greengossip.envs.config import load_config
 
     if settings.n_envs < 1 + len(settings.also_train_on):
         raise SettingsError(f"also_train_on: {1 + len(settings.also_train_on)} scenarios need n_envs >= "
@@ -362,7 +362,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
-    from agents.policies import algorithm_class, detect_algorithm, load_for_nodes, policy_class
+    from greengossip.agents.policies import algorithm_class, detect_algorithm, load_for_nodes, policy_class
 
     if resume:
         path = latest_checkpoint(out / "checkpoints") if resume == "latest" else Path(resume)
@@ -398,7 +398,7 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
 
 def imitate(model, settings: TrainSettings) -> None:
     """The behaviour-cloning warm start (training/imitation.py), its figures logged at step 0."""
-    from training.imitation import warm_start
+    from greengossip.training.imitation import warm_start
 
     summary = warm_start(model, settings.imitation, seed=settings.seed)
     for name in ("cross_entropy", "value_loss", "agreement"):
@@ -428,7 +428,7 @@ def compare_with_heuristics(
     """The harness on the held-out test seeds, the model against every heuristic (and its prior rule, see
     ``comparison_schedulers``): (rows, table, error)."""
     try:
-        from training.evaluate import run_evaluation
+        from greengossip.training.evaluate import run_evaluation
     except ImportError as exc:
         LOG.info("comparison skipped: the evaluation harness is not available (%s)", exc)
         return None, None, None
@@ -472,8 +472,8 @@ def train(
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
 
-    from envs.config import load_config
-    from training.callbacks import HeldOutEvalCallback
+    from greengossip.envs.config import load_config
+    from greengossip.training.callbacks import HeldOutEvalCallback
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -510,7 +510,7 @@ def train(
         validated = {"": scenarios[0]}
     background = None
     if settings.validation_in_background:
-        from training.callbacks import BackgroundValidation
+        from greengossip.training.callbacks import BackgroundValidation
 
         background = BackgroundValidation(validated, settings, out / "validation_snapshots")
         eval_envs = dict.fromkeys(validated)

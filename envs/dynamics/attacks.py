@@ -25,7 +25,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from envs.config import AttackConfig
+from greengossip.envs.config import AttackConfig
 
 ATTACK_KINDS = ("sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry")
 CODE = {name: i for i, name in enumerate(ATTACK_KINDS)}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS
+from greengossip.envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS
 
 IDLE, TRAIN = 0, 1
 N_ACTIONS = 2 + len(COMPRESSION_LEVELS)  # idle, train only, train + broadcast at each level

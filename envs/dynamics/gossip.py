@@ -23,10 +23,10 @@ import warnings
 
 import torch
 
-from envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
-from envs.dynamics.buffers import difference
-from envs.dynamics.products import matmul, sort_rows, sparse_product
-from envs.dynamics.rows import select_rows
+from greengossip.envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
+from greengossip.envs.dynamics.buffers import difference
+from greengossip.envs.dynamics.products import matmul, sort_rows, sparse_product
+from greengossip.envs.dynamics.rows import select_rows
 
 FULL = COMPRESSION_LEVELS.index("full")
 # Fleets of up to this many nodes per environment mix and compare models through dense per-environment

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.dynamics.buffers import scratch
-from envs.dynamics.products import matmul
-from envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
+from greengossip.envs.dynamics.buffers import scratch
+from greengossip.envs.dynamics.products import matmul
+from greengossip.envs.scenario import N_CLASSES, N_FEATURES, N_INPUTS
 
 # logits evaluated at once: larger blocks of (test points x classes x nodes) fall out of the cache and,
 # above a few MB, cost a fresh zero-filled allocation every round; the evaluation walks nodes in blocks

@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from envs.config import PrivacyConfig
-from envs.dynamics import streams
+from greengossip.envs.config import PrivacyConfig
+from greengossip.envs.dynamics import streams
 
 PRIVATE_RANGES = {"battery_soc": 1.0, "harvest_now": 10.0, "harvest_forecast": 10.0, "load": 1.0}
 L1_SENSITIVITY = float(len(PRIVATE_RANGES))
