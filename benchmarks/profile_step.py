@@ -40,12 +40,14 @@ from bench_step import ACTION_FULL, config_for  # noqa: E402
 
 from greengossip.envs.fleet_batch import FleetBatch  # noqa: E402
 from greengossip.envs.gossip_env import EdgeLearningEnv  # noqa: E402
+from greengossip.envs.telemetry import TelemetryChannel  # noqa: E402
 from greengossip.envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
 
 # module -> functions timed where that module calls them (the name the module looks up at call time)
 TIMED_FUNCTIONS = {
-    "greengossip.envs.fleet_batch": ("draw_randomness", "transition", "observe", "reward_components", "weighted_reward",
-                         "trust_in_nodes", "true_telemetry", "affordable_actions"),
+    "greengossip.envs.fleet_batch": ("draw_randomness", "transition", "observe", "round_kpis", "reward_components",
+                                     "weighted_reward", "trust_in_nodes"),
+    "greengossip.envs.telemetry": ("true_telemetry", "affordable_actions"),
     "greengossip.envs.simulator": ("local_sgd", "accuracy_per_node", "consensus_distance", "settle_energy", "select_rows",
                        "affordable", "decode_action", "honest_mean", "at_round"),
     "greengossip.envs.dynamics.gossip": ("broadcast", "split_finite", "neighbour_distances", "aggregate_pull",
@@ -54,7 +56,7 @@ TIMED_FUNCTIONS = {
     "greengossip.envs.gossip_env": ("validate_actions", "single_env_info"),
     "greengossip.envs.vector_env": ("validate_actions",),
 }
-TIMED_METHODS = (FleetBatch, ("_round_info", "_full_split_accuracy", "_episode_info", "_refresh_telemetry"))
+TIMED_METHODS = ((FleetBatch, ("_full_split_accuracy",)), (TelemetryChannel, ("refresh",)))
 STEP = "step"
 
 
@@ -102,10 +104,10 @@ def instrumented(timer: PartTimer) -> Iterator[None]:
             for name in names:
                 originals.append((module, name, getattr(module, name)))
                 setattr(module, name, timer.wrap(name, getattr(module, name)))
-        owner, methods = TIMED_METHODS
-        for name in methods:
-            originals.append((owner, name, owner.__dict__[name]))
-            setattr(owner, name, timer.wrap(name.lstrip("_"), owner.__dict__[name]))
+        for owner, methods in TIMED_METHODS:
+            for name in methods:
+                originals.append((owner, name, owner.__dict__[name]))
+                setattr(owner, name, timer.wrap(name.lstrip("_"), owner.__dict__[name]))
         yield
     finally:
         for owner, name, original in reversed(originals):

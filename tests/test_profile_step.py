@@ -21,18 +21,18 @@ def profile_step():
 @pytest.mark.parametrize("n_envs", [1, 3])
 def test_parts_nest_inside_the_step_and_the_wrappers_come_off(profile_step, n_envs):
     before = (envs.simulator.local_sgd, envs.fleet_batch.transition, envs.dynamics.gossip.neighbour_distances,
-              envs.fleet_batch.FleetBatch.__dict__["_round_info"])
+              envs.fleet_batch.FleetBatch.__dict__["_full_split_accuracy"])
     rounds = 3
     timer, steps = profile_step.profile_parts(8, n_envs, rounds, warmup=1, seed=0)
     after = (envs.simulator.local_sgd, envs.fleet_batch.transition, envs.dynamics.gossip.neighbour_distances,
-             envs.fleet_batch.FleetBatch.__dict__["_round_info"])
+             envs.fleet_batch.FleetBatch.__dict__["_full_split_accuracy"])
     assert after == before
 
     assert len(steps) == rounds
     step = ("step",)
     transition = ("step", "transition")
     for path in (transition, transition + ("local_sgd",), transition + ("accuracy_per_node",),
-                 transition + ("neighbour_distances",), ("step", "observe"), ("step", "round_info")):
+                 transition + ("neighbour_distances",), ("step", "observe"), ("step", "round_kpis"), ("step", "refresh")):
         assert path in timer.seconds, path
     # a part's time includes its children's, and the parts of a step lie within the step's own timing
     for path, seconds in timer.seconds.items():
