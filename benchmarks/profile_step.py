@@ -48,7 +48,7 @@ TIMED_FUNCTIONS = {
     "greengossip.envs.fleet_batch": ("draw_randomness", "transition", "observe", "round_kpis", "reward_components",
                                      "weighted_reward", "trust_in_nodes"),
     "greengossip.envs.telemetry": ("true_telemetry", "affordable_actions"),
-    "greengossip.envs.simulator": ("local_sgd", "accuracy_per_node", "consensus_distance", "settle_energy", "select_rows",
+    "greengossip.envs.simulator": ("local_sgd", "accuracy_per_node", "consensus_distance", "settle_energy",
                        "affordable", "decode_action", "honest_mean", "at_round"),
     "greengossip.envs.dynamics.gossip": ("broadcast", "split_finite", "neighbour_distances", "aggregate_pull",
                              "neighbour_scores", "slots"),

@@ -15,7 +15,6 @@ from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics import attacks, gossip, streams
 from greengossip.envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
 from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
-from greengossip.envs.dynamics.rows import select_rows
 from greengossip.envs.scenario import N_CLASSES, Scenario
 from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
@@ -144,7 +143,7 @@ def transition(
         if trainers.numel() == scenario.n_nodes:
             params, local_loss = new_params, loss
         elif whole_fleet:  # new_params is SGD's fresh block: the selection can take its memory
-            params = select_rows(learners, new_params, params, out=None if new_params.requires_grad else new_params)
+            params = torch.where(learners.unsqueeze(1), new_params, params)
             local_loss = torch.where(learners, loss, local_loss)
         else:
             params = params.index_copy(0, trainers, new_params)
@@ -162,7 +161,7 @@ def transition(
             crafted = attacks.crafted_broadcasts(config.attack, kind, per_env(scenario.honest, scenario),
                                                  per_env(params, scenario), noise.attack_noise,
                                                  noise.nonfinite_draw)
-            public = select_rows(poisoning, crafted, public)
+            public = torch.where(poisoning.unsqueeze(1), crafted, public)
         # active model-poisoning attackers keep their own model out of the consensus step (their public
         # copy is the crafted one, so following the protocol would only feed their attack back into them)
         mixes = awake & ~poisoner

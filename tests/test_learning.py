@@ -220,28 +220,3 @@ def test_cross_entropy_matches_log_softmax_and_stays_finite_for_hopeless_predict
     assert torch.isfinite(loss).all() and exact[0, 0] > 400
     onehot = torch.nn.functional.one_hot(y, 10).permute(0, 2, 1).float()
     torch.testing.assert_close(delta, (torch.softmax(logits, 1) - onehot) / 8, atol=1e-7, rtol=1e-5)
-
-
-@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.9, 1.0])
-@pytest.mark.parametrize("rows", [6, 300])  # one torch.where, and the copy of the majority side
-@pytest.mark.parametrize("into", [None, "a", "b"])
-def test_select_rows_is_torch_where_over_rows(share, rows, into):
-    """The row selection of broadcasts and partial rounds equals torch.where bit for bit, in place too,
-    and leaves the side it does not write intact."""
-    import torch
-
-    from greengossip.envs.dynamics import rows as row_selection
-
-    generator = torch.Generator().manual_seed(rows)
-    a, b = torch.randn(rows, 650, generator=generator), torch.randn(rows, 650, generator=generator)
-    mask = torch.rand(rows, generator=generator) < share
-    expected = torch.where(mask.unsqueeze(1), a, b)
-    assert (a.numel() >= row_selection.ROW_COPY_FROM) == (rows == 300)
-    a_before, b_before = a.clone(), b.clone()
-    out = {"a": a, "b": b}.get(into)
-    got = row_selection.select_rows(mask, a, b, out=out)
-    assert torch.equal(got, expected)
-    if out is not None:
-        assert got.data_ptr() == out.data_ptr()
-    assert into == "a" or torch.equal(a, a_before)
-    assert into == "b" or torch.equal(b, b_before)

@@ -217,30 +217,6 @@ def test_accuracy_is_argmax_accuracy_with_ties_and_non_finite_models(kind, n_nod
     assert (accuracy[:5] == (y == 0).float().mean()).all()
 
 
-@pytest.mark.parametrize("model", ["softmax", "mlp"])
-def test_torch_kernels_give_the_numpy_kernels_round(model, monkeypatch):
-    """On the CPU the matrix products run through NumPy; other devices (CUDA) run torch's. Run the same
-    rounds both ways on the CPU: the torch path must compute the same round."""
-    from greengossip.envs.dynamics import products
-
-    config, scenario, _, start, rng = _setup(model, seed=5)
-    actions = [_actions(rng, scenario.n_nodes, t) for t in range(ROUNDS)]
-
-    def rollout():
-        state, accuracy = start, []
-        for action in actions:
-            state, _ = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
-            accuracy.append(state.node_accuracy)
-        return state, torch.stack(accuracy)
-
-    numpy_state, numpy_accuracy = rollout()
-    monkeypatch.setattr(products, "NUMPY_ON_CPU", False)
-    torch_state, torch_accuracy = rollout()
-    for field in ("params", "public", "local_loss", "trust"):
-        torch.testing.assert_close(getattr(torch_state, field), getattr(numpy_state, field), atol=1e-5, rtol=1e-5)
-    assert (torch_accuracy - numpy_accuracy).abs().max() <= 1.5 / len(scenario.eval_index)
-
-
 def test_rowwise_sparse_product_equals_the_csr_product():
     """The product that repeats bit for bit on CUDA under torch's deterministic flag
     (``products.sparse_product``) computes CSR @ dense, empty rows and trailing value axes included."""
@@ -372,12 +348,9 @@ def test_top_k_compression_breaks_ties_like_the_reference():
         assert torch.equal(gossip.compress(deltas, levels), expected), name
 
 
-@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy sort", "torch sort"])
-def test_lower_median_is_torch_nanmedian(numpy_on_cpu, monkeypatch):
-    from greengossip.envs.dynamics import products
+def test_lower_median_is_torch_nanmedian():
     from greengossip.envs.dynamics.gossip import lower_median
 
-    monkeypatch.setattr(products, "NUMPY_ON_CPU", numpy_on_cpu)
     generator = torch.Generator().manual_seed(1)
     values = torch.rand(400, 9, generator=generator)
     valid = torch.rand(400, 9, generator=generator) < 0.6

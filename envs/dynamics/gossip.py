@@ -25,8 +25,7 @@ import torch
 
 from greengossip.envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
 from greengossip.envs.dynamics.buffers import difference
-from greengossip.envs.dynamics.products import matmul, sort_rows, sparse_product
-from greengossip.envs.dynamics.rows import select_rows
+from greengossip.envs.dynamics.products import matmul, sparse_product
 
 FULL = COMPRESSION_LEVELS.index("full")
 # Fleets of up to this many nodes per environment mix and compare models through dense per-environment
@@ -145,8 +144,7 @@ def neighbour_pattern(neighbours: torch.Tensor, neighbour_valid: torch.Tensor) -
 
 def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, send: torch.Tensor) -> torch.Tensor:
     """New public copies after the senders broadcast their compressed difference. A full-precision
-    sender's copy becomes its model exactly (x̂ + (x - x̂) = x): a copy of the majority side's rows with
-    the others put in (``select_rows``)."""
+    sender's copy becomes its model exactly (x̂ + (x - x̂) = x)."""
     full = send & (level == FULL)
     compressed = send & ~full
     n_full, n_compressed = int(full.sum()), int(compressed.sum())
@@ -155,7 +153,7 @@ def broadcast(params: torch.Tensor, public: torch.Tensor, level: torch.Tensor, s
     if n_compressed == send.shape[0]:
         return public + compress(params - public, level)
     if n_full:
-        public = select_rows(full, params, public)
+        public = torch.where(full.unsqueeze(1), params, public)
     if n_compressed:
         public = public if n_full else public.clone()
         rows = compressed.nonzero().squeeze(1)
@@ -302,7 +300,7 @@ def neighbour_scores(own: torch.Tensor, public: torch.Tensor, neighbours: torch.
 def lower_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(N, 1) lower median of each row's ``valid`` entries of (N, D) ``values`` (NaN for a row without any),
     as ``torch.nanmedian`` defines it; one sort of the row is several times faster than nanmedian here."""
-    ordered = sort_rows(torch.where(valid, values, torch.inf))
+    ordered = torch.where(valid, values, torch.inf).sort(1).values
     count = valid.sum(1, keepdim=True)
     median = ordered.gather(1, ((count - 1) // 2).clamp_min(0))
     return torch.where(count > 0, median, torch.nan)
