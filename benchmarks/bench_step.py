@@ -28,8 +28,8 @@ against 64 single envs in forked processes of their own (SB3's ``SubprocVecEnv``
 gymnasium`` Gymnasium's ``AsyncVectorEnv``) and in a ``SyncVectorEnv``, which runs on one core whatever the
 machine has; the four stepped in alternation. ``--out`` writes all tables as Markdown.
 
-The bare work and the batched round run in torch's inference mode, as the env's own step does
-(``envs/threads.py``); the reference takes its per-node gradients with autograd, so it runs without.
+The bare work and the batched round run in torch's inference mode (no autograd bookkeeping); the
+reference takes its per-node gradients with autograd, so it runs without.
 
 ``--device cuda`` runs every table on that torch device (``device`` in the env config); the per-node
 reference then is skipped, since its thousands of tiny kernels time the launch latency, not the round,
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         args.reference_up_to = 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-        # the env runs NumPy's BLAS with one thread (envs/threads.py); the bare learning work must too
+        # NumPy's BLAS on as many threads as torch, for the bare learning work and the env alike
         threadpool_limits(args.threads, user_api="blas")
     lines: list[str] = []
 

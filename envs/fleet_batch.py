@@ -22,10 +22,16 @@ from greengossip.envs.observation import adjacency_matrix, observe, scenario_fea
 from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
 from greengossip.envs.scenario import Scenario, stack_scenarios
 from greengossip.envs.simulator import RoundOutcome, draw_randomness, transition
-from greengossip.envs.state import (PER_ENV_FIELDS, SimState, honest_mean, initial_state, model_spec, per_env,
-                                    trust_in_nodes)
+from greengossip.envs.state import (
+    PER_ENV_FIELDS,
+    SimState,
+    honest_mean,
+    initial_state,
+    model_spec,
+    per_env,
+    trust_in_nodes,
+)
 from greengossip.envs.telemetry import TelemetryChannel
-from greengossip.envs.threads import simulator_call
 
 
 class FleetBatch:
@@ -41,7 +47,6 @@ class FleetBatch:
         self.last_outcome: RoundOutcome | None = None
 
     # ------------------------------------------------------------------ episodes
-    @simulator_call
     def reset(self, scenarios: list[Scenario]) -> None:
         """Start a new episode in every environment."""
         self.scenarios = list(scenarios)
@@ -53,7 +58,6 @@ class FleetBatch:
         self._after_new_scenario()
         self.channel.refresh(self.scenario, self.features, self.state)
 
-    @simulator_call
     def replace(self, envs: np.ndarray, scenarios: list[Scenario]) -> None:
         """Start a new episode in environments ``envs`` only (autoreset); the others carry on."""
         for index, scenario in zip(envs, scenarios):
@@ -93,7 +97,6 @@ class FleetBatch:
         self.channel.new_scenario(self.scenario)
 
     # ------------------------------------------------------------------ one round
-    @simulator_call
     def step(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Play one round in every environment: (B·N,) actions -> rewards, terminated, truncated (each (B,))
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
@@ -153,7 +156,6 @@ class FleetBatch:
     def mask(self) -> torch.Tensor:
         return self.channel.mask
 
-    @simulator_call
     def observation(self) -> dict[str, np.ndarray]:
         """Batched Dict observation: every array has the environment axis first."""
         adjacency = None if self.adjacency is None else self.adjacency.copy()

@@ -18,7 +18,6 @@ from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
 from greengossip.envs.scenario import N_CLASSES, Scenario
 from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
-
 # share of trainers from which local SGD runs on every node rather than on a copy of the trainers' rows
 WHOLE_FLEET_SGD_SHARE = 0.75
 

@@ -13,8 +13,8 @@ observation and info of the finished episode are in ``info["final_obs"]`` / ``in
 ``workers`` > 1 splits the environments into that many contiguous groups, each one batched program
 (``FleetBatch``), stepped at once. ``worker_kind="thread"`` (the default) steps them in as many threads:
 torch and NumPy's BLAS release the GIL inside their kernels, and a batched round is mostly kernels, so the
-groups run on separate cores. With torch on one intra-op thread (as the training CLI and bench_step run it)
-and BLAS on one thread (envs/threads.py), 2 workers step 64 environments of 32 nodes about 1.5x faster
+groups run on separate cores. With torch on one intra-op thread (as the training CLI and bench_step run it),
+2 workers step 64 environments of 32 nodes about 1.5x faster
 than one on this 2-core machine (design note 34). ``worker_kind="process"`` gives each group a worker
 process instead (``envs/env_groups.py``): no group waits for the GIL, which makes the same step another
 12-15 % faster, at the price of pickling each step's observations and of the groups' ``FleetBatch``
@@ -44,7 +44,6 @@ from greengossip.envs.env_groups import GroupProcess, GroupRound, play_group_rou
 from greengossip.envs.fleet_batch import FleetBatch
 from greengossip.envs.gossip_env import validate_actions
 from greengossip.envs.observation import observation_space
-from greengossip.envs.threads import simulator_call
 
 WORKER_KINDS = ("thread", "process")
 
@@ -143,7 +142,6 @@ class EdgeLearningVectorEnv(VectorEnv):
             return wait_for_all(self._processes)
         return self._run_groups_here(actions)
 
-    @simulator_call  # BLAS limited once here, so the groups' own calls leave the shared setting alone
     def _run_groups_here(self, actions: torch.Tensor) -> list[GroupRound]:
         if len(self._groups) == 1:
             return [self._step_group(0, actions)]
