@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# Issue 5's benchmark: train the learned scheduler (MaskablePPO + node-set policy) on configs/default.yaml
-# with the README quick start's recipe (SETTINGS, default configs/train/residual_sprint_graded_decay_guard.yaml:
-# a residual policy over a carbon_periodic variant, attack_heavy mixed in, a falling step size, the carbon
-# guard; 340k steps or 28 minutes, whichever comes first), compare it with every heuristic on held-out
-# test seeds of the default and the attack_heavy scenario, then run the same model unchanged on a fleet
-# four times as large. Not part of CI. TRAIN_MINUTES and TIMESTEPS, when set, override the settings' own
-# clock and step budget. The three comparisons and the last validation add about a minute and a half on a
-# 2-core machine: stop 24, one run at a time, 1,716-1,731 s for training and the default comparison,
-# 1,749-1,777 s in all. Other knobs: SETTINGS= (empty) trains from scratch with configs/train/default.yaml;
-# ALSO_TRAIN_ON=configs/attack_heavy.yaml mixes attackers into training (half of the N_ENVS run it);
+# Trains the learned scheduler (MaskablePPO + node-set policy) on the default scenario with the quick
+# start's recipe (configs/train/quick_start.yaml unless SETTINGS names another: a residual policy over a
+# carbon_periodic variant, attack_heavy mixed in, a falling step size, the carbon guard; 340k steps or 28
+# minutes), compares it with every heuristic on held-out test seeds of the default and the attack_heavy
+# scenario, then runs the same model unchanged on a fleet four times as large. Not part of CI; about half an
+# hour on 2 cores, training included. Run nothing else beside it: a second process costs the learner steps.
+#
+#   benchmarks/train_default.sh                                           # the quick start's recipe, seed 0
+#   SEED=5 OUT=runs/s5 benchmarks/train_default.sh                        # another seed
+#   SETTINGS=configs/train/ablations/no_carbon_guard.yaml benchmarks/train_default.sh   # an ablation
+#   OUT=runs/short TRAIN_MINUTES=8 benchmarks/train_default.sh            # a shortened run
+#
+# Knobs: TRAIN_MINUTES and TIMESTEPS override the recipe's clock and step budget; SETTINGS= (empty) trains
+# from scratch with configs/train/default.yaml; ALSO_TRAIN_ON=attack_heavy mixes attackers into training;
 # IMITATE=energy_carbon_trust warm-starts the policy from that heuristic (training/imitation.py);
 # PRIOR=carbon_periodic learns a residual policy on top of that rule (agents/policies.py).
 #
-#   benchmarks/train_default.sh                                # the quick start's recipe, seed 0
-#   SEED=5 OUT=runs/s5 benchmarks/train_default.sh             # another seed
-#   OUT=runs/b1 TRAIN_MINUTES=8 benchmarks/train_default.sh    # a shortened run
-#
-# What it prints / leaves in $OUT: the training log with the held-out evaluations and the training run's
-# own footprint (codecarbon), comparison/results.md (model vs. heuristics on test seeds 20000.., never
-# used in training or model selection), attack_heavy/results.md (the same on configs/attack_heavy.yaml),
-# x4/results.md (the model on 4x the nodes vs. the heuristics). benchmarks/issue5_table.py checks the
-# figures. Run nothing else beside it: on 2 cores a second process costs the learner steps.
+# Left in $OUT: the training log with the held-out validations and the run's own footprint (codecarbon),
+# comparison/results.md (model against the heuristics on test seeds 20000.., never used in training or
+# model selection), attack_heavy/results.md, x4/results.md (the model on 4x the nodes).
+# benchmarks/results_table.py turns run folders into the table of docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,10 +34,10 @@ ALSO_TRAIN_ON=${ALSO_TRAIN_ON-}
 ATTACK_SEEDS=${ATTACK_SEEDS:-10}
 IMITATE=${IMITATE-}
 PRIOR=${PRIOR-}
-SETTINGS=${SETTINGS-configs/train/residual_sprint_graded_decay_guard.yaml}
+SETTINGS=${SETTINGS-quick_start}
 
 start=$(date +%s)
-"$PYTHON" -m training.cli train --config configs/default.yaml ${TIMESTEPS:+--timesteps $TIMESTEPS} \
+"$PYTHON" -m greengossip.training.cli train --config default ${TIMESTEPS:+--timesteps $TIMESTEPS} \
   ${TRAIN_MINUTES:+--time-limit $TRAIN_MINUTES} --seed "$SEED" --n-envs "$N_ENVS" --out "$OUT" --no-progress \
   ${ALSO_TRAIN_ON:+--also-train-on $ALSO_TRAIN_ON} \
   ${IMITATE:+--imitate $IMITATE} ${PRIOR:+--prior $PRIOR} ${SETTINGS:+--settings $SETTINGS}

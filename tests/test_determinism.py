@@ -180,38 +180,3 @@ def test_device_check_finds_the_cpu_identical_to_itself_and_reports_a_difference
     records, actions = check.run(env, 0, 3, 0)
     shifted = [(obs, reward + 0.5, info, done) for obs, reward, info, done in records]
     assert check.largest_differences(records, shifted)["reward"] == pytest.approx(0.5)
-
-
-def test_trace_device_finds_no_parting_call_between_equal_runs_and_the_one_call_that_differs():
-    """benchmarks/trace_device.py: two CPU runs of the same episode part nowhere; a call whose recorded
-    output is changed (its inputs untouched) is the one reported; the wrappers come off afterwards."""
-    import importlib.util as util
-
-    from conftest import ROOT, TINY
-
-    from greengossip.envs import simulator
-    from greengossip.envs.config import load_config
-
-    spec = util.spec_from_file_location("trace_device", ROOT / "benchmarks" / "trace_device.py")
-    trace = util.module_from_spec(spec)
-    spec.loader.exec_module(trace)
-    original = simulator.transition
-    trace.install(trace.RECORDER)
-    try:
-        assert getattr(simulator.transition, "__traced__", False)
-        first, actions = trace.episode(load_config(TINY), 2, 2, 0)
-        second, _ = trace.episode(load_config(TINY), 2, 2, 0, actions)
-    finally:
-        trace.uninstall()
-    assert simulator.transition is original
-    assert len(first) == len(second) > 20
-    assert trace.parting_calls(first, second, 1e-5, 1e-4) == ([], 0)
-
-    changed = next(i for i, call in enumerate(second) if call[0].endswith("compress") and call[3])
-    name, index, inputs, outputs = second[changed]
-    second[changed] = (name, index, inputs, [(key, value + 1.0) for key, value in outputs])
-    parting, unmatched = trace.parting_calls(first, second, 1e-5, 1e-4)
-    assert [(call[1], call[2]) for call in parting] == [(name, index)] and unmatched == 0
-    # the gap is |a - b| / (1 + |a|), largest where |a| is smallest
-    expected = max(1.0 / (1.0 + float(np.abs(value).min())) for _, value in outputs)
-    assert parting[0][4] == pytest.approx(expected, rel=1e-3)

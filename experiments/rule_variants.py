@@ -2,7 +2,7 @@
 
     python benchmarks/rule_variants.py [--config configs/default.yaml] [--seeds 20]
 
-The graded prior of ``configs/train/residual_sprint_graded_mix.yaml`` (every 6th round from grids above 0.3
+The graded prior of ``configs/train/quick_start.yaml`` (every 6th round from grids above 0.3
 kgCO2e/kWh, every 10th above 0.5, a sprint within 0.02 of the target) spends about half of its carbon on
 the 8-bit broadcasts of the two dirtiest grids (``benchmarks/carbon_split.py``). Each variant here changes
 one thing: periods counted on the round number rather than on each node's staleness, a top-k message
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature, node_feature
+from greengossip.agents.base import (IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature,
+                                     node_feature)
 from greengossip.agents.heuristics import CarbonPeriodic, build_heuristic
 from greengossip.envs.config import load_config
 from greengossip.envs.observation import STALENESS_HORIZON
@@ -28,7 +29,7 @@ from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
 def _sibling(name: str):
-    """The benchmark script ``name``.py beside this one, as a module (benchmarks/ is not a package)."""
+    """The script ``name``.py beside this one, as a module (experiments/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -36,7 +37,7 @@ def _sibling(name: str):
 
 
 carbon_split = _sibling("carbon_split")
-# the graded prior as residual_sprint_graded_mix.yaml names it (rule_search.py reads it from there)
+# the graded prior as quick_start.yaml names it (rule_search.py reads it from there)
 GRADED_PRIOR = _sibling("rule_search").ALWAYS[1]
 RULE_OPTIONS = ("period", "dirty_intensity", "trust_threshold", "sprint_gap", "dirtier_period", "dirtier_intensity")
 

@@ -1,12 +1,12 @@
 """Finds where the CPU and another torch device part, function by function.
 
-Every function of ``greengossip.envs.dynamics``, ``greengossip.envs.simulator`` and ``greengossip.envs.state`` is wrapped where it is used, and
-each call's tensor inputs and outputs are recorded. The same episode (a vector env of B environments,
-valid actions drawn at random from the CPU side's mask, as ``device_check.py`` draws them) runs on the
-CPU and on the device. Calls are matched by name and by their order among the calls of that name. Printed:
-the first calls whose inputs agree (within ``--input-tolerance``, relative to 1 + |value|) and whose
-outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves rather
-than pass one on.
+Every function of ``greengossip.envs.dynamics``, ``greengossip.envs.simulator`` and ``greengossip.envs.state``
+is wrapped where it is used, and each call's tensor inputs and outputs are recorded. The same episode (a
+vector env of B environments, valid actions drawn at random from the CPU side's mask, as ``device_check.py``
+draws them) runs on the CPU and on the device. Calls are matched by name and by their order among the calls of
+that name. Printed: the first calls whose inputs agree (within ``--input-tolerance``, relative to 1 + |value|)
+and whose outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves
+rather than pass one on.
 
     python benchmarks/trace_device.py --device cuda --config configs/attack_heavy.yaml --batch 8 --rounds 3
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_check's action draw, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # device_check's action draw
 
 import greengossip.envs.fleet_batch  # noqa: E402, F401  (loads the modules whose functions are wrapped)
 import greengossip.envs.simulator  # noqa: E402, F401

@@ -1,12 +1,12 @@
-"""Issue 5's figures for runs of ``benchmarks/train_default.sh``: one Markdown row per run folder.
+"""The table of docs/results.md: one Markdown row per run folder of ``benchmarks/train_default.sh``.
 
-    python benchmarks/issue5_table.py runs/s19-attack5-s*
+    python benchmarks/results_table.py runs/quick-start-s*
 
 Reads each run's ``evaluations.csv`` (steps trained, step of the best model) and the harness's
 ``results.csv`` files of its three comparisons on the test seeds: ``comparison/`` (default scenario),
 ``attack_heavy/`` and ``x4/`` (four times the nodes). Carbon is carbon-to-target, averaged over the episodes
-that reached the target. The last two columns check issue 5's figures against the registered heuristics
-at their defaults (the prior rule of a residual model runs in the comparisons too, but is not counted):
+that reached the target. The last two columns check the learned scheduler's two targets against the registered
+heuristics at their defaults (the prior rule of a residual model runs in the comparisons too, but is not counted):
 
 * ``default``: at least as many targets reached as ``carbon_periodic`` (the best heuristic on carbon to
   target) and at least 20 % less carbon to target than it;
@@ -18,7 +18,7 @@ at their defaults (the prior rule of a residual model runs in the comparisons to
 plain pick beside the guarded one. Where both picks are the same validation, the best model's rows stand
 for it; otherwise its rows come from ``<run>/<model>/<comparison>/results.csv``, written by
 
-    python -m greengossip.training.cli evaluate --config configs/default.yaml --schedulers RUN/best_model_unguarded.zip \
+    greengossip evaluate --config default --schedulers RUN/best_model_unguarded.zip \
         --seeds 20000 ... 20009 --out RUN/best_model_unguarded/comparison   # and attack_heavy likewise
 
 with the heuristics' rows taken from the run's own comparisons. A comparison not run shows as "not run".

@@ -5,7 +5,7 @@
 Draws ``--samples`` option sets of ``carbon_periodic`` (period 3-10, a longer or equal period for the
 dirtiest grids up to 17, the dirty threshold at 0.3 or 0.02 kgCO2e/kWh (0.02 makes Oslo's nodes periodic
 too), no sprint or a sprint gap of 0.005-0.04), adds the defaults and the graded sprint rule of
-``configs/train/residual_sprint_graded_mix.yaml``, runs each on validation seeds 10000.. through the
+``configs/train/quick_start.yaml``, runs each on validation seeds 10000.. through the
 evaluation harness and prints them sorted by mean carbon-to-target; a rule that misses a target ranks
 last, with its count of reached targets. It measures how much a better hand-set rule of this family could
 still give, the bar a learned scheduler over such a rule has to clear (docs/results.md). Test seeds are
@@ -27,7 +27,7 @@ from greengossip.training.evaluate import run_evaluation
 from greengossip.training.settings import FIRST_VALIDATION_SEED, load_settings
 from greengossip.training.train import prior_rule_specs
 
-GRADED_SETTINGS = Path(__file__).resolve().parent.parent / "configs" / "train" / "residual_sprint_graded_mix.yaml"
+GRADED_SETTINGS = Path(__file__).resolve().parent.parent / "configs" / "train" / "quick_start.yaml"
 # the defaults and the graded prior, read from its settings file so that the two cannot drift apart
 ALWAYS = ["carbon_periodic", *prior_rule_specs(load_settings(GRADED_SETTINGS))]
 
