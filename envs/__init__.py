@@ -2,7 +2,8 @@
 
 Importing this package registers ``GreenGossip/EdgeLearning-v1`` (and the flat-observation variant
 ``GreenGossip/EdgeLearningFlat-v1``); ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v1")`` imports it
-for you.
+for you. Both ids have a vector entry point: ``gymnasium.make_vec(id, num_envs=B)`` steps B environments as
+one batched program (``EdgeLearningVectorEnv``).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -21,4 +22,5 @@ if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="greengossip.envs.gossip_env:EdgeLearningEnv",
              vector_entry_point="greengossip.envs.vector_env:EdgeLearningVectorEnv")
 if FLAT_ENV_ID not in registry:
-    register(id=FLAT_ENV_ID, entry_point="greengossip.envs.wrappers:make_flat_env")
+    register(id=FLAT_ENV_ID, entry_point="greengossip.envs.wrappers:make_flat_env",
+             vector_entry_point="greengossip.envs.wrappers:make_flat_vector_env")

@@ -133,16 +133,16 @@ class EdgeLearningParallelEnv(ParallelEnv):
     the target, and are truncated together at ``max_rounds``; ``agents`` is then empty until ``reset``.
 
     ## Arguments
-    ``config``: YAML path, dict or ``EnvConfig`` (None = default scenario); ``render_mode``: ``"ansi"`` or
-    ``"rgb_array"``; ``local_reward_weight``: weight ``w`` of the local component (default 0: pure team
+    ``config``: YAML path, dict or ``EnvConfig`` (None = default scenario); ``render_mode``: ``"human"``
+    (prints the round's one-line summary), ``"ansi"`` (returns it) or ``"rgb_array"`` (the network drawn); ``local_reward_weight``: weight ``w`` of the local component (default 0: pure team
     reward).
 
     ## Version History
     * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v1``).
 
     ## Example
-    >>> from envs.multi_agent import parallel_env
-    >>> env = parallel_env(config="configs/tiny.yaml")
+    >>> from greengossip.envs.multi_agent import parallel_env
+    >>> env = parallel_env(config="tiny")
     >>> observations, infos = env.reset(seed=0)
     >>> actions = {agent: env.action_space(agent).sample(infos[agent]["action_mask"]) for agent in env.agents}
     >>> observations, rewards, terminations, truncations, infos = env.step(actions)
@@ -150,7 +150,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
 
     metadata = {
         "name": "greengossip_edge_learning_v0",
-        "render_modes": ["rgb_array", "ansi"],
+        "render_modes": ["human", "rgb_array", "ansi"],
         "render_fps": 4,
         "is_parallelizable": True,
     }
@@ -166,7 +166,11 @@ class EdgeLearningParallelEnv(ParallelEnv):
                 f"local_reward_weight must be a finite number >= 0 (0 = pure team reward), "
                 f"got {local_reward_weight!r}"
             )
-        self._env = EdgeLearningEnv(config=config, render_mode=render_mode)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r} is not supported; allowed: "
+                             f"{self.metadata['render_modes']} or None")
+        # "human" prints what "ansi" returns: a text line per round needs no display
+        self._env = EdgeLearningEnv(config=config, render_mode="ansi" if render_mode == "human" else render_mode)
         self.config = self._env.config
         self.render_mode = render_mode
         self.local_reward_weight = float(local_reward_weight)
@@ -228,7 +232,12 @@ class EdgeLearningParallelEnv(ParallelEnv):
         return spaces.flatten(self._env.observation_space, self._dict_observation).astype(np.float32)
 
     def render(self):
-        return self._env.render()
+        frame = self._env.render()
+        if self.render_mode != "human":
+            return frame
+        if frame is not None:
+            print(frame)
+        return None
 
     def close(self) -> None:
         self._env.close()

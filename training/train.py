@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from greengossip.envs.shipped import find_config
 from greengossip.training.settings import ALGORITHMS, SettingsError, TrainSettings, load_settings, settings_for_config
 
 ENV_ID = "GreenGossip/EdgeLearning-v1"
@@ -484,7 +485,7 @@ def train(
     config_path = out / "env_config.yaml"
     config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
     if isinstance(config, (str, Path)):
-        config_path = Path(config)  # the harness names the scenario after the file
+        config_path = find_config(config)  # the harness names the scenario after the file; a name is a shipped file
     (out / "settings.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     torch.set_num_threads(settings.torch_threads)
     LOG.info(
