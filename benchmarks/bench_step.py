@@ -49,6 +49,7 @@ import functools
 import math
 import os
 import statistics
+import sys
 import time
 
 import gymnasium as gym
@@ -385,8 +386,18 @@ def main(argv: list[str] | None = None) -> None:
                             ("SyncVectorEnv of 64 EdgeLearningEnv (one core)", sync)):
             emit(f"| {label} | {1e3 * step:.1f} | {64 / step:.0f} | {singles / step:.1f}x | {sync / step:.1f}x |")
     if args.out:
-        with open(args.out, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+        write_markdown(args.out, lines, argv if argv is not None else sys.argv[1:])
+
+
+def write_markdown(path: str, lines: list[str], argv: list[str]) -> None:
+    """The tables as a page of their own (docs/bench_step.md): this module's docstring is the method, then
+    the command that regenerates the page, then the tables."""
+    method = __doc__.split("\n    python benchmarks/bench_step.py")[0].strip()
+    command = " ".join(["python benchmarks/bench_step.py", *argv])
+    page = ["# Environment step speed", "", method, "", f"Regenerate this page with `{command}`.", "",
+            "## Tables", "", *lines]
+    with open(path, "w") as handle:
+        handle.write("\n".join(page) + "\n")
 
 
 if __name__ == "__main__":

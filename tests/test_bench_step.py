@@ -26,6 +26,9 @@ def test_the_benchmark_writes_its_tables(bench_step, tmp_path):
     assert min(float(cells[i]) for i in (5, 6, 7)) > 0  # round and bare learning of the same 2 x 8 nodes, ratio
     assert min(float(cells[i].rstrip("x")) for i in (8, 9)) > 0  # round and step speed-ups over 2 reference rounds
     assert "SyncVectorEnv of 64 EdgeLearningEnv" in text
+    # the page carries its method (the module's docstring) and the command that regenerates it
+    assert text.startswith("# Environment step speed\n") and "random-geometric graph" in text
+    assert "Regenerate this page with `python benchmarks/bench_step.py --rounds 2 " in text
 
 
 def test_steps_in_alternation_time_every_env_every_round(bench_step):
