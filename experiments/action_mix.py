@@ -1,6 +1,6 @@
 """Which actions a saved scheduler takes: the share of node-rounds per action on held-out seeds.
 
-    python benchmarks/action_mix.py runs/res3-s2/best_model.zip runs/res3-s3/model.zip [--config C] [--seeds 10]
+    python experiments/action_mix.py runs/res3-s2/best_model.zip runs/res3-s3/model.zip [--config C] [--seeds 10]
 
 Runs the deterministic policy of each model on validation seeds 10000.. of the scenario (all seeds as one
 batched program, up to each episode's end) and prints the shares of idle / train / train + full /

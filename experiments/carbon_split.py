@@ -1,6 +1,6 @@
 """Where a scheduler's carbon goes: grid draw and backbone bytes, per region, on validation seeds.
 
-    python benchmarks/carbon_split.py carbon_periodic "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02" \
+    python experiments/carbon_split.py carbon_periodic "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02" \
         runs/s17-graded28-s0/best_model.zip [--config configs/default.yaml] [--seeds 20]
 
 Plays each scheduler (a heuristic, a ``name:key=value`` spec or a saved model) deterministically on
@@ -28,7 +28,7 @@ from greengossip.training.settings import FIRST_VALIDATION_SEED
 def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:
     """Per-episode means over ``seeds``: carbon_to_target_g (reached episodes), targets, rounds, grid_g and,
     for each region, backbone_g:<region> and broadcasts:<region> (whole episodes). ``spec``: what
-    ``make_scheduler`` takes, or a scheduler object (``benchmarks/rule_variants.py``)."""
+    ``make_scheduler`` takes, or a scheduler object (``experiments/rule_variants.py``)."""
     totals: collections.Counter = collections.Counter()
     reached_carbon = []
     for seed in seeds:

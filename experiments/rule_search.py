@@ -1,6 +1,6 @@
 """How good can `carbon_periodic` get? A random search over its options on validation seeds.
 
-    python benchmarks/rule_search.py --samples 40 --seeds 40 [--config configs/default.yaml] [--out DIR]
+    python experiments/rule_search.py --samples 40 --seeds 40 [--config configs/default.yaml] [--out DIR]
 
 Draws ``--samples`` option sets of ``carbon_periodic`` (period 3-10, a longer or equal period for the
 dirtiest grids up to 17, the dirty threshold at 0.3 or 0.02 kgCO2e/kWh (0.02 makes Oslo's nodes periodic

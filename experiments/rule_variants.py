@@ -1,10 +1,10 @@
 """Variants of the graded `carbon_periodic` rule that go after the dirty grids' bytes in other ways.
 
-    python benchmarks/rule_variants.py [--config configs/default.yaml] [--seeds 20]
+    python experiments/rule_variants.py [--config configs/default.yaml] [--seeds 20]
 
 The graded prior of ``configs/train/quick_start.yaml`` (every 6th round from grids above 0.3
 kgCO2e/kWh, every 10th above 0.5, a sprint within 0.02 of the target) spends about half of its carbon on
-the 8-bit broadcasts of the two dirtiest grids (``benchmarks/carbon_split.py``). Each variant here changes
+the 8-bit broadcasts of the two dirtiest grids (``experiments/carbon_split.py``). Each variant here changes
 one thing: periods counted on the round number rather than on each node's staleness, a top-k message
 instead of training only in the rounds a dirty node waits, or a period kept by the dirtiest grids during
 the sprint. Prints carbon-to-target, targets and rounds on validation seeds 10000.. (docs/results.md,

@@ -23,7 +23,7 @@ def load(name: str):
 
 
 def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
-    """benchmarks/action_mix.py: an untrained residual model over all_nodes acts like the rule, so
+    """experiments/action_mix.py: an untrained residual model over all_nodes acts like the rule, so
     (almost) every node-round is train + full broadcast; shares sum to one."""
     from sb3_contrib import MaskablePPO
 
@@ -42,7 +42,7 @@ def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
 
 
 def test_carbon_split_adds_up_to_the_episode_carbon_and_broadcasts(tmp_path, capsys):
-    """benchmarks/carbon_split.py: grid + every region's backbone carbon is the episode's carbon as the
+    """experiments/carbon_split.py: grid + every region's backbone carbon is the episode's carbon as the
     harness records it, and the regions' broadcasts are the harness's broadcasting node-rounds."""
     from greengossip.envs.config import load_config
     from greengossip.training.evaluate import run_evaluation
@@ -62,7 +62,7 @@ def test_carbon_split_adds_up_to_the_episode_carbon_and_broadcasts(tmp_path, cap
 
 
 def test_rule_variants_as_it_is_plays_the_graded_prior(capsys):
-    """benchmarks/rule_variants.py: the unchanged variant is the graded carbon_periodic rule episode for
+    """experiments/rule_variants.py: the unchanged variant is the graded carbon_periodic rule episode for
     episode, and a changed one plays differently."""
     from greengossip.envs.config import load_config
 
@@ -78,7 +78,7 @@ def test_rule_variants_as_it_is_plays_the_graded_prior(capsys):
 
 
 def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys):
-    """benchmarks/rule_search.py: the fixed rules come first, the draws are distinct option sets the
+    """experiments/rule_search.py: the fixed rules come first, the draws are distinct option sets the
     heuristic accepts, and a short search prints one ranked row per rule."""
     from greengossip.agents.learned import make_scheduler
 
@@ -97,7 +97,7 @@ def test_rule_search_draws_valid_distinct_rules_and_ranks_them(tmp_path, capsys)
 
 
 def test_trace_device_finds_no_parting_call_between_equal_runs_and_the_one_call_that_differs():
-    """benchmarks/trace_device.py: two CPU runs of the same episode part nowhere; a call whose recorded
+    """experiments/trace_device.py: two CPU runs of the same episode part nowhere; a call whose recorded
     output is changed (its inputs untouched) is the one reported; the wrappers come off afterwards."""
     from greengossip.envs import simulator
     from greengossip.envs.config import load_config

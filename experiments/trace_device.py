@@ -8,7 +8,7 @@ that name. Printed: the first calls whose inputs agree (within ``--input-toleran
 and whose outputs do not (beyond ``--output-tolerance``): the functions that make a difference themselves
 rather than pass one on.
 
-    python benchmarks/trace_device.py --device cuda --config configs/attack_heavy.yaml --batch 8 --rounds 3
+    python experiments/trace_device.py --device cuda --config configs/attack_heavy.yaml --batch 8 --rounds 3
 """
 
 from __future__ import annotations
