@@ -8,7 +8,7 @@
 #
 #   benchmarks/train_default.sh                                           # the quick start's recipe, seed 0
 #   SEED=5 OUT=runs/s5 benchmarks/train_default.sh                        # another seed
-#   SETTINGS=configs/train/ablations/no_carbon_guard.yaml benchmarks/train_default.sh   # an ablation
+#   SETTINGS=ablations/no_carbon_guard benchmarks/train_default.sh        # an ablation
 #   OUT=runs/short TRAIN_MINUTES=8 benchmarks/train_default.sh            # a shortened run
 #
 # Knobs: TRAIN_MINUTES and TIMESTEPS override the recipe's clock and step budget; SETTINGS= (empty) trains

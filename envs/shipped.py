@@ -39,6 +39,10 @@ def find_config(name_or_path: str | Path, kind: str = SCENARIOS, what: str = "co
     # a bare name ("tiny") or a repository-relative path ("configs/tiny.yaml") of a shipped file
     if candidate.is_file() and (len(path.parts) == 1 or path.parent.name in ("configs", kind)):
         return candidate
+    # a shipped file in a sub-folder, named from the kind's folder: --settings ablations/no_carbon_guard
+    nested = shipped_dir(kind) / path.parent / f"{stem}.yaml"
+    if len(path.parts) > 1 and not path.is_absolute() and ".." not in path.parts and nested.is_file():
+        return nested
     names = ", ".join(shipped_names(kind)) or "(none)"
     raise FileNotFoundError(f"{what} not found: {str(name_or_path)!r} is neither a file nor a shipped {what} "
                             f"name; shipped names: {names}")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from greengossip.envs.shipped import TRAINING, shipped_dir
-from greengossip.training.settings import load_settings
+from greengossip.training.settings import SettingsError, load_settings
 from tests.conftest import ROOT
 
 RECIPES = ROOT / "configs" / "train"
@@ -21,6 +21,13 @@ def test_the_quick_start_recipe_is_found_by_name_and_spelled_out():
     settings = load_settings("quick_start")
     assert settings.policy.prior is not None and settings.carbon_guard == 1.0
     assert settings.also_train_on == ["attack_heavy"]
+
+
+def test_an_ablation_is_found_by_its_name_under_the_shipped_recipes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nowhere near the checkout's configs/
+    assert load_settings("ablations/no_carbon_guard").carbon_guard is None
+    with pytest.raises(SettingsError, match="shipped names: .*quick_start"):
+        load_settings("ablations/no_such_recipe")
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
