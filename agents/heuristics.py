@@ -364,10 +364,57 @@ class CarbonPeriodic(HeuristicScheduler):
         return np.where(node_feature(observation, "trust") >= self.trust_threshold, action, IDLE)
 
 
+class HarvestAware(CarbonPeriodic):
+    """``carbon_periodic`` under energy-neutral operation (Kansal, Hsu, Zahedi & Srivastava, "Power
+    Management in Energy Harvesting Sensor Networks", ACM TECS 2007): a node spends what it harvests as
+    it comes, and its battery only down to what it needs until the sun returns. A node works as
+    ``carbon_periodic`` says when this round's sun pays for a full round, or when its battery above the
+    round's cost stays over a reserve; the reserve is ``night_reserve`` of the capacity when no sun is
+    forecast and shrinks to 0 as the ``harvest_forecast`` approaches one full round per round. Otherwise
+    it sleeps, so that its battery (and not the grid) carries it to the morning."""
+
+    name = "harvest_aware"
+
+    def __init__(self, seed: int = 0, night_reserve: float = 0.5, **periodic):
+        super().__init__(seed, **periodic)
+        self.night_reserve = night_reserve
+
+    def act(self, observation, mask):
+        action = super().act(observation, mask)
+        forecast = np.clip(node_feature(observation, "harvest_forecast"), 0.0, 1.0)
+        reserve = self.night_reserve * (1.0 - forecast)
+        spare = node_feature(observation, "battery_soc") - node_feature(observation, "round_cost")
+        spend = (node_feature(observation, "harvest_now") >= 1.0) | (spare >= reserve)
+        return np.where(spend, action, IDLE)
+
+
+class CarbonTiming(CarbonPeriodic):
+    """``carbon_periodic`` that also shifts work in time: "Let's Wait Awhile" (Wiesner, Behnke, Scheinert,
+    Gontarska & Thamsen, Middleware 2021) delays deferrable jobs to the hours of lowest forecast
+    intensity. A node on a grid dirtier than ``dirty_intensity`` whose intensity now is more than
+    ``slack`` above its forecast (a cleaner hour is coming) sleeps instead of working, for at most
+    ``max_wait`` rounds since its last broadcast; otherwise it follows ``carbon_periodic``."""
+
+    name = "carbon_timing"
+
+    def __init__(self, seed: int = 0, slack: float = 0.05, max_wait: int = 8, **periodic):
+        super().__init__(seed, **periodic)
+        self.slack = slack
+        self.max_wait = max_wait
+
+    def act(self, observation, mask):
+        action = super().act(observation, mask)
+        silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
+        now = node_feature(observation, "carbon_now")
+        cleaner_ahead = now > node_feature(observation, "carbon_forecast") * (1.0 + self.slack)
+        wait = (now > self.dirty_intensity) & cleaner_ahead & (silent_rounds < self.max_wait)
+        return np.where(wait, IDLE, action)
+
+
 HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     cls.name: cls
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
-                EnergyCarbonTrust, CarbonPeriodic)
+                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming)
 }
 
 # rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)

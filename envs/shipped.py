@@ -12,6 +12,7 @@ from pathlib import Path
 
 SCENARIOS = ""  # the configs/ folder itself: scenario configs
 TRAINING = "train"  # configs/train/: training recipes
+FAMILIES = "scenarios"  # configs/scenarios/: the scenario families, found as scenario configs too
 
 
 def shipped_dir(kind: str = SCENARIOS) -> Path:
@@ -43,6 +44,12 @@ def find_config(name_or_path: str | Path, kind: str = SCENARIOS, what: str = "co
     nested = shipped_dir(kind) / path.parent / f"{stem}.yaml"
     if len(path.parts) > 1 and not path.is_absolute() and ".." not in path.parts and nested.is_file():
         return nested
-    names = ", ".join(shipped_names(kind)) or "(none)"
+    family = shipped_dir(FAMILIES) / f"{stem}.yaml"  # a scenario family by its bare name: "solar_sensor_field"
+    if kind == SCENARIOS and len(path.parts) == 1 and family.is_file():
+        return family
+    listed = shipped_names(kind)
+    if kind == SCENARIOS:
+        listed += [f"{FAMILIES}/{name}" for name in shipped_names(FAMILIES)]
+    names = ", ".join(listed) or "(none)"
     raise FileNotFoundError(f"{what} not found: {str(name_or_path)!r} is neither a file nor a shipped {what} "
                             f"name; shipped names: {names}")

@@ -25,7 +25,7 @@ from greengossip.envs.observation import NODE_INDEX, STALENESS_HORIZON
 TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
-            "event_triggered", "energy_carbon_trust", "carbon_periodic"}
+            "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:

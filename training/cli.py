@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "train": ("greengossip.training.train", "train a scheduler with stable-baselines3 and compare it with the heuristics"),
     "evaluate": ("greengossip.training.evaluate", "run schedulers on the same seeds and configs; write CSV, tables, plots"),
     "render": ("greengossip.training.render", "write an animation / frame strip of one episode"),
+    "ablate": ("greengossip.training.ablate", "each scenario family's best rule with its factor shown, hidden, known"),
 }
 
 

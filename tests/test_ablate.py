@@ -1,0 +1,122 @@
+"""The ablation: scenario families load by name, the information views change exactly the family's factor,
+and ``greengossip ablate`` writes its table."""
+
+from __future__ import annotations
+
+import csv
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from greengossip import envs
+from greengossip.envs.config import ConfigError, load_config
+from greengossip.envs.observation import NODE_INDEX
+from greengossip.envs.shipped import find_config
+from greengossip.training import ablate
+from greengossip.training.cli import main
+
+FAMILY_NAMES = list(ablate.FAMILIES)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_every_family_loads_by_name_and_spans_two_days(name):
+    by_name = load_config(name)
+    assert load_config(f"scenarios/{name}") == by_name
+    assert find_config(name).parent.name == "scenarios"
+    assert by_name.max_rounds * by_name.round_minutes >= 48 * 60
+
+
+def test_families_cover_the_factors_and_a_large_network():
+    assert {family.factor for family in ablate.FAMILIES.values()} >= {"harvest", "intensity", "trust", "telemetry"}
+    assert max(load_config(name).n_nodes for name in FAMILY_NAMES) >= 1024
+    adversarial = load_config("adversarial_fleet").attack
+    assert adversarial.fraction > 0 and "lying_telemetry" in adversarial.kinds
+    assert load_config("private_sensor_field").privacy.mechanism != "none"
+
+
+def test_unknown_family_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="solar_sensor_field"):
+        load_config("scenarios/no_such_family")
+
+
+def _env(config):
+    env = gym.make(envs.ENV_ID, config=config)
+    observation, _ = env.reset(seed=ablate.HELD_OUT_SEED_START)
+    return env, observation
+
+
+def _changed_columns(before, after) -> set[str]:
+    return {name for name, i in NODE_INDEX.items() if not np.array_equal(before["nodes"][:, i], after["nodes"][:, i])}
+
+
+def test_trust_views_hide_trust_or_reveal_the_attackers():
+    env, observation = _env("adversarial_fleet")
+    honest = env.unwrapped._fleet.scenario.honest.numpy()
+    blind = ablate.InformationView("trust", "blind", env)(observation)
+    oracle = ablate.InformationView("trust", "oracle", env)(observation)
+    assert np.all(blind["nodes"][:, NODE_INDEX["trust"]] == 1.0)
+    assert np.array_equal(oracle["nodes"][:, NODE_INDEX["trust"]], honest.astype(np.float32))
+    assert _changed_columns(observation, oracle) <= {"trust"}
+    assert ablate.InformationView("trust", "full", env)(observation) is observation
+
+
+def test_harvest_and_intensity_views_change_only_their_columns():
+    env, observation = _env("solar_sensor_field")
+    for _ in range(20):  # into daylight for most start hours
+        observation, *_ = env.step(np.zeros(env.unwrapped.n_nodes, dtype=np.int64))
+    blind = ablate.InformationView("harvest", "blind", env)(observation)
+    assert np.all(blind["nodes"][:, NODE_INDEX["harvest_forecast"]] == 0.0)
+    assert _changed_columns(observation, blind) <= {"harvest_forecast"}
+    oracle = ablate.InformationView("harvest", "oracle", env)(observation)
+    assert _changed_columns(observation, oracle) <= {"harvest_forecast"}
+    flat = ablate.InformationView("intensity", "blind", env)(observation)
+    assert _changed_columns(observation, flat) <= {"carbon_now", "carbon_forecast"}
+    assert np.array_equal(flat["nodes"][:, NODE_INDEX["carbon_now"]], flat["nodes"][:, NODE_INDEX["carbon_forecast"]])
+
+
+def test_telemetry_oracle_sees_the_true_battery_behind_private_reports():
+    env, observation = _env("private_sensor_field")
+    truth = env.unwrapped._fleet.state.battery_wh / env.unwrapped._fleet.scenario.capacity_wh
+    oracle = ablate.InformationView("telemetry", "oracle", env)(observation)
+    assert np.allclose(oracle["nodes"][:, NODE_INDEX["battery_soc"]], truth.numpy(), atol=1e-6)
+    assert not np.allclose(observation["nodes"][:, NODE_INDEX["battery_soc"]], truth.numpy(), atol=1e-3)
+    blind = ablate.InformationView("telemetry", "blind", env)(observation)
+    assert np.all(blind["action_mask"] == 1.0)
+
+
+def test_bad_factor_or_variant_is_named():
+    with pytest.raises(ValueError, match="allowed: full, blind, oracle"):
+        ablate.InformationView("trust", "half", None)
+    with pytest.raises(ValueError, match="allowed: harvest"):
+        ablate.InformationView("weather", "full", None)
+
+
+def test_factor_effect_compares_full_with_blind_and_oracle():
+    def row(variant, met, carbon):
+        return ablate.Row("f", "trust", variant, "x", 4, met, carbon, 0.0, float("nan"))
+
+    rows = {"full": row("full", 4, 10.0), "blind": row("blind", 4, 10.5), "oracle": row("oracle", 4, 8.0)}
+    assert ablate.factor_effect(rows) == pytest.approx(0.2)
+    rows["blind"] = row("blind", 2, float("nan"))
+    assert ablate.factor_effect(rows) == pytest.approx(0.5)
+
+
+def test_ablate_command_writes_the_table(tmp_path, monkeypatch):
+    tiny = ablate.Family("tiny_trust", "trust", ("all_nodes", "trust_threshold"), "tiny fleet with attackers")
+    monkeypatch.setitem(ablate.FAMILIES, tiny.name, tiny)
+    monkeypatch.setattr(ablate, "_family_config", lambda family: {
+        **load_config("tiny").model_dump(), "max_rounds": 12, "attack": {"fraction": 0.25, "kinds": ["sign_flip"]}})
+    assert main(["ablate", "--out", str(tmp_path), "--seeds", "1", "--families", tiny.name]) == 0
+    with open(tmp_path / "ablation.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == ablate.COLUMNS
+    assert [row["variant"] for row in rows] == list(ablate.VARIANTS)
+    assert len({row["scheduler"] for row in rows}) == 1 and rows[0]["scheduler"] in tiny.schedulers
+    assert float(rows[2]["attackers"]) <= float(rows[1]["attackers"])  # knowing the attackers keeps them out
+    assert "| tiny_trust | trust | oracle |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_ablate_command_refuses_an_unknown_family(tmp_path, capsys):
+    assert main(["ablate", "--out", str(tmp_path), "--families", "atlantis"]) == 2
+    assert "atlantis" in capsys.readouterr().err

@@ -1,0 +1,384 @@
+"""``greengossip ablate``: does each scenario family's own factor decide the outcome?
+
+    greengossip ablate --out runs/ablate [--seeds 5] [--families solar_sensor_field trusted_fleet]
+
+For every family in :data:`FAMILIES` (a shipped config in ``configs/scenarios/`` and the factor it is built
+around) the command picks the best heuristic on full information (most targets met, then least
+carbon-to-target) among the family's candidates, and runs it three ways on the same held-out seeds:
+
+* ``full``: the observation as the env gives it;
+* ``blind``: the family's factor hidden or flattened in what the scheduler sees (:class:`InformationView`);
+* ``oracle``: the factor replaced by the truth the simulator holds (future harvest or intensity beyond the
+  forecast window, the true battery instead of private reports, who the attackers are instead of trust).
+
+Only the scheduler's view changes: the world, its seeds and its KPIs are the same in all three, so the
+difference is what the information is worth to that rule. Seeds are ``HELD_OUT_SEED_START`` onwards,
+disjoint from the training (0..), validation (10000..) and test seeds the other commands use.
+
+Writes ``ablation.csv`` (one row per family and variant: :data:`COLUMNS`) and ``ablation.md`` (the same as a
+Markdown table with the factor's effect per family), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from greengossip.envs.config import ConfigError
+
+HELD_OUT_SEED_START = 20000
+VARIANTS = ("full", "blind", "oracle")
+COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "carbon_to_target_g", "attackers",
+           "harm")
+# the effect a family's factor must have on carbon-to-target or targets met (full against blind, or
+# oracle against full) for the family to pose its problem
+EFFECT_BAR = 0.10
+ORACLE_HOURS = 12.0  # how far ahead the oracle sees harvest and intensity (the observation sees forecast_rounds)
+
+
+# ---------------------------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class Family:
+    """A scenario family: a shipped config, the factor it is built around, and the heuristics that may be
+    its best rule."""
+
+    name: str
+    factor: str
+    schedulers: tuple[str, ...]
+    description: str
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("solar_sensor_field", "harvest",
+           ("all_nodes", "battery_greedy", "harvest_aware", "carbon_periodic"),
+           "battery + solar sensor field, a few mains nodes; batteries run out overnight"),
+    Family("continental_grid", "intensity",
+           ("all_nodes", "carbon_aware", "carbon_periodic", "carbon_timing"),
+           "mixed European grids on hourly traces"),
+    Family("adversarial_fleet", "trust",
+           ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
+           "lying telemetry, ALIE and adaptive attackers against robust gossip"),
+    Family("private_sensor_field", "telemetry",
+           ("all_nodes", "battery_greedy", "harvest_aware"),
+           "battery nodes whose state reaches the scheduler only through private reports"),
+    Family("large_network", "intensity",
+           ("all_nodes", "carbon_periodic", "carbon_timing"),
+           "1,024 nodes on a geometric graph in four grids"),
+)}
+
+
+# ---------------------------------------------------------------------------------------------- views
+@dataclass
+class Truth:
+    """What the simulator knows and the scheduler may not: read from the env at each step."""
+
+    columns: dict[str, np.ndarray]  # (N,) node columns the oracle substitutes
+    mask: np.ndarray  # (N, K) what each node can truly afford
+
+
+def _window_mean(trace, start, horizon: int) -> np.ndarray:
+    """(N,) mean of each row of ``trace`` (N, T) over the ``horizon`` entries after column ``start`` (N,),
+    the last column repeated past the end of the trace."""
+    import torch
+
+    offsets = torch.arange(1, horizon + 1, device=trace.device).unsqueeze(0)
+    index = (start.unsqueeze(1) + offsets).clamp(max=trace.shape[1] - 1)
+    return trace.gather(1, index).mean(1).double().cpu().numpy()
+
+
+def read_truth(env) -> Truth:
+    """The truth behind one env's observation (B = 1)."""
+    from greengossip.envs.observation import true_telemetry
+    from greengossip.envs.simulator import affordable_actions
+    from greengossip.envs.state import time_index
+
+    fleet = env.unwrapped._fleet
+    scenario, state, features, config = fleet.scenario, fleet.state, fleet.features, fleet.config
+    t = time_index(scenario, state.round)
+    horizon = max(1, int(round(ORACLE_HOURS * 60 / config.round_minutes)))
+    telemetry = true_telemetry(scenario, features, state)
+    full_round_wh = scenario.costs.total_wh[:, 2]
+    columns = {
+        "harvest_forecast": _window_mean(scenario.harvest_wh / full_round_wh.unsqueeze(1), t, horizon),
+        "carbon_forecast": _window_mean(scenario.carbon_g_per_kwh / 1000.0, t, horizon),
+        "trust": scenario.honest.double().cpu().numpy(),
+        **{name: telemetry[name].double().cpu().numpy() for name in ("battery_soc", "harvest_now", "load")},
+    }
+    mask = affordable_actions(config, scenario, state.battery_wh, telemetry["harvest_now"] * full_round_wh)
+    return Truth(columns, mask.cpu().numpy())
+
+
+def _episode_mean_intensity(env) -> np.ndarray:
+    """(N,) each node's grid intensity averaged over the episode's trace, kgCO2e/kWh: the flat figure
+    a scheduler without hourly data would use."""
+    scenario = env.unwrapped._fleet.scenario
+    return (scenario.carbon_g_per_kwh.mean(1) / 1000.0).double().cpu().numpy()
+
+
+def _set(observation: dict, columns: dict[str, Any]) -> dict:
+    from greengossip.envs.observation import NODE_INDEX
+
+    nodes = np.array(observation["nodes"], copy=True)
+    for name, value in columns.items():
+        nodes[..., NODE_INDEX[name]] = value
+    return {**observation, "nodes": nodes}
+
+
+def _blind(factor: str, observation: dict, env) -> dict:
+    if factor == "harvest":  # the forecast zeroed: the node knows only this round's sun
+        return _set(observation, {"harvest_forecast": 0.0})
+    if factor == "intensity":  # flattened to each grid's mean: where is dirty stays known, when does not
+        flat = _episode_mean_intensity(env)
+        return _set(observation, {"carbon_now": flat, "carbon_forecast": flat})
+    if factor == "trust":  # every node looks trusted
+        return _set(observation, {"trust": 1.0})
+    if factor == "telemetry":  # no reports: mid-range battery, and a mask that allows everything
+        blind = _set(observation, {"battery_soc": 0.5})
+        return {**blind, "action_mask": np.ones_like(observation["action_mask"])}
+    raise ValueError(f"unknown factor {factor!r}; allowed: {', '.join(FACTORS)}")
+
+
+def _oracle(factor: str, observation: dict, env) -> dict:
+    truth = read_truth(env)
+    if factor == "harvest":
+        return _set(observation, {"harvest_forecast": truth.columns["harvest_forecast"]})
+    if factor == "intensity":
+        return _set(observation, {"carbon_forecast": truth.columns["carbon_forecast"]})
+    if factor == "trust":  # who the attackers are
+        return _set(observation, {"trust": truth.columns["trust"]})
+    if factor == "telemetry":
+        seen = _set(observation, {name: truth.columns[name] for name in ("battery_soc", "harvest_now", "load")})
+        return {**seen, "action_mask": truth.mask.astype(np.float32)}
+    raise ValueError(f"unknown factor {factor!r}; allowed: {', '.join(FACTORS)}")
+
+
+FACTORS: dict[str, str] = {
+    "harvest": "blind: harvest forecast zeroed; oracle: true mean harvest over the next 12 h",
+    "intensity": "blind: each grid flattened to its episode mean; oracle: true mean intensity over the next 12 h",
+    "trust": "blind: every node trusted; oracle: attackers at trust 0, honest nodes at 1",
+    "telemetry": "blind: no battery reports (0.5) and no mask; oracle: true battery, harvest, load and mask",
+}
+
+
+class InformationView:
+    """What a scheduler sees of one env under a variant: ``view(observation)`` hides the factor
+    (``blind``), substitutes the truth (``oracle``) or leaves the observation as it is (``full``)."""
+
+    def __init__(self, factor: str, variant: str, env):
+        if factor not in FACTORS:
+            raise ValueError(f"unknown factor {factor!r}; allowed: {', '.join(FACTORS)}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+        self.factor, self.variant, self.env = factor, variant, env
+        self._transform: Callable | None = {"full": None, "blind": _blind, "oracle": _oracle}[variant]
+
+    def __call__(self, observation: dict) -> dict:
+        if self._transform is None:
+            return observation
+        return self._transform(self.factor, observation, self.env)
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+@dataclass(frozen=True)
+class EpisodeResult:
+    reached: bool
+    carbon_to_target_g: float  # NaN where the target was missed
+    attackers: float  # attacker participations over the episode (node-rounds)
+    harm: float  # honest accuracy lost against the attack-free twin at the end (NaN where not reported)
+
+
+def run_episode(config: Any, spec: str, factor: str, variant: str, seed: int) -> EpisodeResult:
+    import gymnasium as gym
+    import torch
+
+    from greengossip import envs
+    from greengossip.agents.heuristics import build_heuristic
+
+    torch.set_num_threads(1)
+    env = gym.make(envs.ENV_ID, config=config)
+    scheduler = build_heuristic(spec, seed=seed)
+    view = InformationView(factor, variant, env)
+    observation, info = env.reset(seed=seed)
+    attackers, done, steps = 0.0, False, 0
+    max_steps = env.unwrapped.config.max_rounds + 1
+    while not done:
+        action, _ = scheduler.predict(view(observation), deterministic=True)
+        observation, _, terminated, truncated, info = env.step(action)
+        attackers += float(info.get("malicious_participants", 0) or 0)
+        done = terminated or truncated
+        steps += 1
+        if steps > max_steps:
+            raise RuntimeError(f"{spec} on {config}: the episode did not end after {steps} steps")
+    env.close()
+    reached = info.get("rounds_to_target") is not None
+    carbon = info.get("carbon_to_target_g")
+    harm = info.get("harm")
+    return EpisodeResult(reached, float(carbon) if reached and carbon is not None else math.nan, attackers,
+                         float(harm) if harm is not None else math.nan)
+
+
+def _run_job(job: tuple) -> EpisodeResult:
+    return run_episode(*job)
+
+
+def run_jobs(jobs: Sequence[tuple], workers: int) -> list[EpisodeResult]:
+    """Episodes in job order; each job is independent, so the results do not depend on ``workers``."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_run_job(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(_run_job, jobs, chunksize=1))
+
+
+# ---------------------------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class Row:
+    family: str
+    factor: str
+    variant: str
+    scheduler: str
+    seeds: int
+    targets_met: int
+    carbon_to_target_g: float  # mean over the seeds that met the target
+    attackers: float
+    harm: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+def summarise(family: Family, variant: str, spec: str, results: Sequence[EpisodeResult]) -> Row:
+    met = [r.carbon_to_target_g for r in results if r.reached]
+    harms = [r.harm for r in results if not math.isnan(r.harm)]
+    return Row(family.name, family.factor, variant, spec, len(results), len(met),
+               float(np.mean(met)) if met else math.nan, float(np.mean([r.attackers for r in results])),
+               float(np.mean(harms)) if harms else math.nan)
+
+
+def rank_key(row: Row) -> tuple[float, float]:
+    """Best first: most targets met, then least carbon-to-target."""
+    carbon = row.carbon_to_target_g
+    return (-row.targets_met, carbon if not math.isnan(carbon) else math.inf)
+
+
+def relative_change(new: float, old: float) -> float:
+    if math.isnan(new) or math.isnan(old) or old == 0:
+        return math.nan
+    return (new - old) / abs(old)
+
+
+def factor_effect(rows: dict[str, Row]) -> float:
+    """The largest relative change in carbon-to-target or targets met, full against blind or oracle
+    against full (NaN where nothing could be compared)."""
+    full = rows["full"]
+    changes = []
+    for other in (rows["blind"], rows["oracle"]):
+        changes.append(relative_change(other.carbon_to_target_g, full.carbon_to_target_g))
+        changes.append(relative_change(other.targets_met, full.targets_met) if full.targets_met else
+                       (math.inf if other.targets_met else math.nan))
+    changes = [abs(c) for c in changes if not math.isnan(c)]
+    return max(changes) if changes else math.nan
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "–" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
+    lines = [
+        f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant). carbon-to-target is the "
+        "mean over the seeds that met the target; attackers counts attacker participations (node-rounds) per "
+        "episode; harm is the honest accuracy lost against the attack-free twin. effect: the largest relative "
+        f"change in carbon-to-target or targets met, full against blind or oracle against full (bar: "
+        f"{EFFECT_BAR:.0%}).",
+        "",
+        "| family | factor | variant | scheduler | targets met | carbon-to-target (g) | attackers | harm | effect |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_family: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        by_family.setdefault(row.family, {})[row.variant] = row
+    for family, variants in by_family.items():
+        effect = factor_effect(variants) if len(variants) == len(VARIANTS) else math.nan
+        for variant in VARIANTS:
+            row = variants.get(variant)
+            if row is None:
+                continue
+            shown = f"{effect:.0%}" if variant == "full" and not math.isnan(effect) else ""
+            lines.append(f"| {family} | {row.factor} | {variant} | `{row.scheduler}` | {row.targets_met}/{row.seeds} | "
+                         f"{_fmt(row.carbon_to_target_g)} | {_fmt(row.attackers, 1)} | {_fmt(row.harm, 3)} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _family_config(family: Family) -> Any:
+    """The env config a family's episodes run on: its shipped file."""
+    return f"scenarios/{family.name}"
+
+
+def run_ablation(out: str | Path, families: Sequence[str], seeds: Sequence[int], workers: int = 1,
+                 progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Pick each family's best heuristic on full information, run it blind and as an oracle; write the
+    CSV and the Markdown table to ``out``; return the rows."""
+    unknown = [name for name in families if name not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"unknown families {unknown}; allowed: {', '.join(FAMILIES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for name in families:
+        family = FAMILIES[name]
+        config = _family_config(family)
+        candidates = list(family.schedulers)
+        jobs = [(config, spec, family.factor, "full", seed) for spec in candidates for seed in seeds]
+        results = run_jobs(jobs, workers)
+        full_rows = [summarise(family, "full", spec, results[i * len(seeds):(i + 1) * len(seeds)])
+                     for i, spec in enumerate(candidates)]
+        best = min(full_rows, key=rank_key)
+        if progress:
+            progress(f"{name}: " + ", ".join(f"{r.scheduler} {r.targets_met}/{r.seeds} "
+                                             f"{_fmt(r.carbon_to_target_g)} g" for r in full_rows)
+                     + f" -> {best.scheduler}")
+        rows.append(best)
+        for variant in VARIANTS[1:]:
+            jobs = [(config, best.scheduler, family.factor, variant, seed) for seed in seeds]
+            rows.append(summarise(family, variant, best.scheduler, run_jobs(jobs, workers)))
+            if progress:
+                progress(f"{name} {variant}: {rows[-1].targets_met}/{rows[-1].seeds} "
+                         f"{_fmt(rows[-1].carbon_to_target_g)} g")
+    with open(out / "ablation.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(row.as_dict() for row in rows)
+    (out / "ablation.md").write_text(markdown_table(rows, list(seeds)))
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument("--seeds", type=int, default=5, help=f"held-out seeds per family and variant, from "
+                        f"{HELD_OUT_SEED_START} (default 5)")
+    parser.add_argument("--families", nargs="+", default=None, metavar="NAME",
+                        help=f"families to run (default all: {', '.join(FAMILIES)})")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (results do not depend on it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise SystemExit(f"greengossip ablate: --seeds must be at least 1, got {args.seeds}")
+    families = [item for value in args.families or FAMILIES for item in value.split(",") if item]
+    seeds = list(range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + args.seeds))
+    run_ablation(args.out, families, seeds, workers=args.workers or os.cpu_count() or 1,
+                 progress=lambda line: print(line, flush=True))
+    out = Path(args.out)
+    print(f"\n{(out / 'ablation.md').read_text()}")
+    print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
+    return 0
