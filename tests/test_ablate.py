@@ -120,3 +120,13 @@ def test_ablate_command_writes_the_table(tmp_path, monkeypatch):
 def test_ablate_command_refuses_an_unknown_family(tmp_path, capsys):
     assert main(["ablate", "--out", str(tmp_path), "--families", "atlantis"]) == 2
     assert "atlantis" in capsys.readouterr().err
+
+
+def test_docs_section_is_replaced_not_appended(tmp_path):
+    doc = tmp_path / "world.md"
+    doc.write_text("# World\n\n## Attacks\n\ntext\n\n## Sources\n\n| a |\n")
+    ablate.write_docs_section(doc, "| old |\n")
+    ablate.write_docs_section(doc, "| new |\n")
+    text = doc.read_text()
+    assert text.count("## Ablation") == 1 and "| new |" in text and "| old |" not in text
+    assert text.index("## Attacks") < text.index("## Ablation") < text.index("## Sources")

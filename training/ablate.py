@@ -1,6 +1,7 @@
 """``greengossip ablate``: does each scenario family's own factor decide the outcome?
 
-    greengossip ablate --out runs/ablate [--seeds 5] [--families solar_sensor_field trusted_fleet]
+    greengossip ablate --out runs/ablate [--seeds 5] [--families solar_sensor_field adversarial_fleet]
+        [--workers 2] [--docs docs/world_model.md]
 
 For every family in :data:`FAMILIES` (a shipped config in ``configs/scenarios/`` and the factor it is built
 around) the command picks the best heuristic on full information (most targets met, then least
@@ -42,7 +43,9 @@ COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "
 # the effect a family's factor must have on carbon-to-target or targets met (full against blind, or
 # oracle against full) for the family to pose its problem
 EFFECT_BAR = 0.10
-ORACLE_HOURS = 12.0  # how far ahead the oracle sees harvest and intensity (the observation sees forecast_rounds)
+# how far ahead the oracle sees (the observation's forecasts cover forecast_rounds): harvest until the sun
+# is back after a night; intensity as far as carbon_timing lets a node wait for a cleaner hour
+ORACLE_HOURS = {"harvest": 12.0, "intensity": 2.0}
 
 
 # ---------------------------------------------------------------------------------------------- families
@@ -68,7 +71,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
            "lying telemetry, ALIE and adaptive attackers against robust gossip"),
     Family("private_sensor_field", "telemetry",
-           ("all_nodes", "battery_greedy", "harvest_aware"),
+           ("all_nodes", "carbon_periodic", "battery_greedy", "harvest_aware"),
            "battery nodes whose state reaches the scheduler only through private reports"),
     Family("large_network", "intensity",
            ("all_nodes", "carbon_periodic", "carbon_timing"),
@@ -104,12 +107,13 @@ def read_truth(env) -> Truth:
     fleet = env.unwrapped._fleet
     scenario, state, features, config = fleet.scenario, fleet.state, fleet.features, fleet.config
     t = time_index(scenario, state.round)
-    horizon = max(1, int(round(ORACLE_HOURS * 60 / config.round_minutes)))
+    horizon = {factor: max(1, int(round(hours * 60 / config.round_minutes))) for factor, hours in ORACLE_HOURS.items()}
     telemetry = true_telemetry(scenario, features, state)
     full_round_wh = scenario.costs.total_wh[:, 2]
     columns = {
-        "harvest_forecast": _window_mean(scenario.harvest_wh / full_round_wh.unsqueeze(1), t, horizon),
-        "carbon_forecast": _window_mean(scenario.carbon_g_per_kwh / 1000.0, t, horizon),
+        "harvest_forecast": _window_mean(scenario.harvest_wh / full_round_wh.unsqueeze(1), t,
+                                         horizon["harvest"]),
+        "carbon_forecast": _window_mean(scenario.carbon_g_per_kwh / 1000.0, t, horizon["intensity"]),
         "trust": scenario.honest.double().cpu().numpy(),
         **{name: telemetry[name].double().cpu().numpy() for name in ("battery_soc", "harvest_now", "load")},
     }
@@ -163,7 +167,7 @@ def _oracle(factor: str, observation: dict, env) -> dict:
 
 FACTORS: dict[str, str] = {
     "harvest": "blind: harvest forecast zeroed; oracle: true mean harvest over the next 12 h",
-    "intensity": "blind: each grid flattened to its episode mean; oracle: true mean intensity over the next 12 h",
+    "intensity": "blind: each grid flattened to its episode mean; oracle: true mean intensity over the next 2 h",
     "trust": "blind: every node trusted; oracle: attackers at trust 0, honest nodes at 1",
     "telemetry": "blind: no battery reports (0.5) and no mask; oracle: true battery, harvest, load and mask",
 }
@@ -362,6 +366,27 @@ def run_ablation(out: str | Path, families: Sequence[str], seeds: Sequence[int],
     return rows
 
 
+DOCS_HEADING = "## Ablation"
+
+
+def write_docs_section(path: str | Path, table: str) -> None:
+    """Replace the body of the ``## Ablation`` section of ``path`` (up to the next ``## `` heading) with
+    ``table``; the section is added before ``## Sources`` (or at the end) where there is none."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    body = ["", "Written by `greengossip ablate --docs` (training/ablate.py): each family's best rule with its "
+            "factor as observed (full), hidden or flattened (blind), and replaced by the truth (oracle).", "",
+            *table.rstrip("\n").splitlines(), ""]
+    if DOCS_HEADING in lines:
+        start = lines.index(DOCS_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start + 1:end] = body
+    else:
+        at = lines.index("## Sources") if "## Sources" in lines else len(lines)
+        lines[at:at] = [DOCS_HEADING, *body]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--seeds", type=int, default=5, help=f"held-out seeds per family and variant, from "
@@ -369,6 +394,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--families", nargs="+", default=None, metavar="NAME",
                         help=f"families to run (default all: {', '.join(FAMILIES)})")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (results do not depend on it)")
+    parser.add_argument("--docs", default=None, metavar="MARKDOWN",
+                        help="also write the table into this file's '## Ablation' section (docs/world_model.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
     run_ablation(args.out, families, seeds, workers=args.workers or os.cpu_count() or 1,
                  progress=lambda line: print(line, flush=True))
     out = Path(args.out)
+    if args.docs:
+        write_docs_section(args.docs, (out / "ablation.md").read_text())
     print(f"\n{(out / 'ablation.md').read_text()}")
     print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
     return 0
