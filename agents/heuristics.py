@@ -36,6 +36,7 @@ from greengossip.agents.base import (
     node_feature,
     sent_last_round,
 )
+from greengossip.envs.errors import UserError
 from greengossip.envs.observation import STALENESS_HORIZON
 
 
@@ -428,7 +429,7 @@ def _parse_parameters(spec: str, text: str) -> dict:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"scheduler {spec!r}: parameter {item!r} must look like key=value")
+            raise UserError(f"scheduler {spec!r}: parameter {item!r} must look like key=value")
         try:
             params[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
@@ -443,8 +444,8 @@ def build_heuristic(spec: str, seed: int = 0) -> HeuristicScheduler:
     name, _, params = str(spec).partition(":")
     try:
         return HEURISTICS[name](seed=seed, **_parse_parameters(spec, params))
-    except TypeError as exc:
-        raise ValueError(f"scheduler {spec!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a parameter the rule does not take, or a value it refuses
+        raise UserError(f"scheduler {spec!r}: {exc}") from None
 
 
 def memoryless_heuristic(spec: str) -> HeuristicScheduler:
@@ -454,7 +455,7 @@ def memoryless_heuristic(spec: str) -> HeuristicScheduler:
     name = str(spec).partition(":")[0]
     if name not in MEMORYLESS_HEURISTICS:
         known = "" if name in HEURISTICS else " (no such heuristic)"
-        raise ValueError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
+        raise UserError(f"must be one of {', '.join(MEMORYLESS_HEURISTICS)} (rules that act on the current "
                          f"observation alone; parameters as name:key=value), or None for no prior; got "
                          f"{spec!r}{known}")
     return build_heuristic(spec)

@@ -18,6 +18,7 @@ from gymnasium import spaces
 
 from greengossip.agents.base import ObservationKind, Scheduler
 from greengossip.agents.heuristics import HEURISTICS, build_heuristic
+from greengossip.envs.errors import UserError
 
 # Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
 # are the specific ones (a MaskablePPO zip would also load as a plain PPO and then ignore masks).
@@ -57,7 +58,7 @@ def detect_algorithm(path: str | Path) -> str:
     data, _params, _variables = load_from_zip_file(path, device="cpu", load_data=True,
                                                    print_system_info=False)
     if not data or "policy_class" not in data:
-        raise ValueError(f"{path} is not a Stable-Baselines3 model zip (no policy_class in its data)")
+        raise UserError(f"{path} is not a Stable-Baselines3 model zip (no policy_class in its data)")
     policy_class = data["policy_class"]
     if isinstance(policy_class, type):
         if issubclass(policy_class, MaskableActorCriticPolicy):
@@ -74,14 +75,20 @@ def detect_algorithm(path: str | Path) -> str:
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime: float, algorithm: str | None):
     """The model itself, cached per process (evaluation runs one model on many seeds)."""
-    names = [algorithm] if algorithm else [detect_algorithm(path)] + list(ALGORITHMS)
+    try:
+        names = [algorithm] if algorithm else [detect_algorithm(path)] + list(ALGORITHMS)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails anywhere inside SB3's reader
+        raise UserError(f"{path} is not a readable Stable-Baselines3 model zip ({type(exc).__name__}: "
+                        f"{str(exc)[:200]})") from None
     errors = []
     for name in dict.fromkeys(names):
         try:
             return name, _algorithm_class(name).load(path, device="cpu")
         except Exception as exc:  # noqa: BLE001 - try the next algorithm, report all at the end
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    raise ValueError(f"could not load {path} with any of {names}:\n  " + "\n  ".join(errors))
+    raise UserError(f"could not load {path} with any of {names}:\n  " + "\n  ".join(errors))
 
 
 class LearnedScheduler:
@@ -128,7 +135,7 @@ class LearnedScheduler:
         flat = spaces.flatdim(env.observation_space) if isinstance(env.observation_space, spaces.Dict) \
             else int(np.prod(env.observation_space.shape))
         if (flat,) != tuple(expected):
-            raise ValueError(
+            raise UserError(
                 f"{self.path} expects a flat observation of shape {expected}, but this env's flattened "
                 f"observation has {flat} values; the model was trained on another fleet size or observation "
                 "layout. Evaluate it on the config it was trained on, or train a node-set policy "
@@ -186,6 +193,6 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
     if text.partition(":")[0] not in HEURISTICS:
-        raise ValueError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
+        raise UserError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
                          "saved model at that path. Use a heuristic name, 'all', or the path of an SB3 .zip")
     return build_heuristic(text, seed)

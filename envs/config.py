@@ -4,8 +4,11 @@ Every input that is not simulator state lives here as a frozen pydantic model wi
 so a misspelt key is an error and not a silent default. ``EnvConfig()`` with no arguments *is* the
 default scenario; ``configs/default.yaml`` spells the same values out (a test keeps the two equal).
 
-``load_config`` accepts a shipped config's name (``"tiny"``), a path, a dict or a model and turns every validation failure into one
-:class:`ConfigError` whose message names the field, the value received and what is allowed.
+``load_config`` accepts a shipped config's name (``"tiny"``), a path, a dict or a model and turns every
+validation failure into one :class:`ConfigError` whose message names the field, the value received and
+what is allowed. Floats must be finite, YAML is read by ``envs/safe_yaml.py`` (no alias bombs, duplicate
+keys or empty files), and a config whose estimated memory (``envs/footprint.py``) exceeds the device's is
+refused before anything is built.
 """
 
 from __future__ import annotations
@@ -14,19 +17,35 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, country_energy_mix
+from greengossip.envs.errors import UserError, bounded_repr
+from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import find_config
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is missing, misspelt or out of range. The message says how to fix it."""
 
 
+# Beyond this magnitude no quantity of the model means anything (the largest physical ones are Wh of a
+# battery and bytes of a model), and products of a few such values still fit in float32 (3.4e38).
+FLOAT_MAGNITUDE_LIMIT = 1e12
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and inf are refused for every float field, in every section (pydantic's allow_inf_nan)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _floats_of_sane_magnitude(self):
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, float) and abs(value) > FLOAT_MAGNITUDE_LIMIT:
+                raise ValueError(f"{name} = {value:.3g} is beyond any quantity the model uses; "
+                                 f"allowed |{name}| <= {FLOAT_MAGNITUDE_LIMIT:.0e}")
+        return self
 
 
 class TopologyConfig(_Frozen):
@@ -68,8 +87,8 @@ class FleetGroup(_Frozen):
     device: str = Field(description="device profile name, see envs/devices.py")
     link: str = Field("wifi", description="uplink profile name, see envs/devices.py")
     fraction: float = Field(gt=0, le=1)
-    battery_wh: float = Field(gt=0, description="usable cell capacity, Wh")
-    solar_wp: float = Field(ge=0, description="panel peak power, W")
+    battery_wh: float = Field(gt=0, le=1e5, description="usable cell capacity, Wh (up to 100 kWh)")
+    solar_wp: float = Field(ge=0, le=1e5, description="panel peak power, W (up to 100 kWp)")
     grid_connected: bool = Field(False, description="may draw from the grid when harvest and battery run out")
 
     @field_validator("device")
@@ -140,8 +159,8 @@ class AttackConfig(_Frozen):
                                           description="attack kinds, dealt to attackers in turn")
     start_round: int = Field(0, ge=0, description="attacks start after this many rounds")
     on_probability: float = Field(1.0, gt=0, le=1, description="chance an attacker attacks in a given round")
-    gaussian_std: float = Field(1.0, gt=0, description="gaussian: std of the noise added to the model")
-    ipm_epsilon: float = Field(0.5, gt=0, description="ipm: sends -epsilon x honest mean (Xie et al. 2020)")
+    gaussian_std: float = Field(1.0, gt=0, le=1e6, description="gaussian: std of the noise added to the model")
+    ipm_epsilon: float = Field(0.5, gt=0, le=1e6, description="ipm: sends -epsilon x honest mean (Xie et al. 2020)")
     nonfinite_probability: float = Field(0.0, ge=0, le=1,
                                          description="chance an active model attacker sends NaN/inf")
 
@@ -161,7 +180,7 @@ class PrivacyConfig(_Frozen):
     """Differentially private telemetry (battery, harvest, load) as the scheduler sees it."""
 
     mechanism: Literal["none", "laplace", "gaussian"] = "none"
-    epsilon_per_report: float = Field(1.0, gt=0, description="epsilon spent by one report of one node")
+    epsilon_per_report: float = Field(1.0, gt=0, le=1e3, description="epsilon spent by one report of one node")
     delta: float = Field(1e-5, gt=0, lt=1, description="gaussian mechanism and RDP conversion delta")
     budget: float = Field(50.0, gt=0, description="epsilon a node may spend before it stops reporting")
     accountant: Literal["basic", "rdp"] = "basic"
@@ -193,7 +212,8 @@ class EnvConfig(_Frozen):
 
     n_nodes: int = Field(32, ge=2, le=65536)
     max_rounds: int = Field(192, ge=1, description="deadline: rounds before truncation")
-    round_minutes: float = Field(15.0, gt=0, le=1440)
+    round_minutes: float = Field(15.0, ge=1, le=1440, description="length of a round, minutes; a day holds a whole "
+                                 "number of rounds")
     target_accuracy: float = Field(0.9, gt=0, le=1)
     year: int = Field(2023, ge=1990, le=2100, description="calendar year of the simulated days")
     device: str = Field("cpu", description="torch device for the simulator tensors")
@@ -246,35 +266,85 @@ class EnvConfig(_Frozen):
         if abs(rounds_per_day - round(rounds_per_day)) > 1e-9:
             raise ValueError(f"a day must hold a whole number of rounds; {value} min gives {rounds_per_day:.3f} "
                              "(allowed e.g. 5, 10, 15, 20, 30, 60)")
-        return value
+        return _pandas_frequency_checked(value)
 
     @field_validator("device")
     @classmethod
     def _torch_device(cls, value: str) -> str:
-        if value != "cpu" and not value.startswith("cuda"):
-            raise ValueError(f"device {value!r} not supported; allowed: 'cpu', 'cuda', 'cuda:N'")
+        return _available_device(value)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> EnvConfig:
+        from greengossip.envs.footprint import check_fits
+
+        check_fits(self)
+        return self
+
+
+def _pandas_frequency_checked(minutes: float) -> float:
+    """The solar traces are built on a pandas time index with ``freq=f"{minutes}min"``: a value pandas
+    cannot read as that frequency is refused here, not deep inside the trace builder."""
+    import pandas as pd
+
+    try:
+        offset = pd.tseries.frequencies.to_offset(f"{minutes}min")
+        exact = pd.Timedelta(offset).total_seconds() == minutes * 60
+    except (ValueError, TypeError, OverflowError):
+        exact = False
+    if not exact:
+        raise ValueError(f"{minutes} min is not a time step pandas can index by (allowed: whole seconds, "
+                         "e.g. 5, 7.5, 15, 60)")
+    return minutes
+
+
+def available_devices() -> list[str]:
+    """Torch devices the simulator can run on here: 'cpu' and one 'cuda:N' per visible GPU."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu", *(["cuda"] if gpus else []), *(f"cuda:{index}" for index in range(gpus))]
+
+
+def _available_device(value: str) -> str:
+    if value == "cpu":
         return value
+    if not isinstance(value, str) or not (value == "cuda" or value.startswith("cuda:")):
+        raise ValueError(f"device {bounded_repr(value)} not supported; allowed: 'cpu', 'cuda', 'cuda:N'")
+    available = available_devices()
+    if value not in available:
+        gpus = sum(device.startswith("cuda:") for device in available)
+        raise ValueError(f"device {bounded_repr(value)} is not available here (torch sees {gpus} GPU(s)); "
+                         f"available devices: {available}")
+    return value
+
+
+MAX_ERROR_LINES = 20  # a config with more mistakes than this is listed in part: fix these first
+def _bounded(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"invalid GreenGossip config ({source}):"]
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+    lines = [f"invalid GreenGossip config ({_bounded(source, 200)}):"]
+    items = error.errors(include_url=False, include_context=False)
+    for item in items[:MAX_ERROR_LINES]:
+        field = _bounded(".".join(str(part) for part in item["loc"]) or "<root>", 120)
         value = item.get("input")
         if item["type"] == "extra_forbidden":
-            lines.append(f"  - {field}: unknown key (value {value!r}); check the spelling against envs/config.py")
+            lines.append(f"  - {field}: unknown key (value {bounded_repr(value)}); check the spelling against "
+                         "envs/config.py")
         elif item["type"] == "missing":
             lines.append(f"  - {field}: required field is missing")
         else:
-            shown = repr(value)
-            if len(shown) > 80:
-                shown = shown[:77] + "..."
-            lines.append(f"  - {field} = {shown}: {item['msg']}")
+            message = _bounded(item["msg"].removeprefix("Value error, "), 800)
+            lines.append(f"  - {field} = {bounded_repr(value)}: {message}" if item["loc"] else f"  - {message}")
+    if len(items) > MAX_ERROR_LINES:
+        lines.append(f"  ... and {len(items) - MAX_ERROR_LINES} more")
     return "\n".join(lines)
 
 
 def load_config(config: str | Path | dict | EnvConfig | None = None) -> EnvConfig:
-    """Return a validated :class:`EnvConfig` from a YAML path, a dict, a model or None (the default)."""
+    """Return a validated :class:`EnvConfig` from a YAML path, a shipped config's name, a dict, a model or
+    None (the default). Every failure, from a missing file to a field out of range, is a ConfigError."""
     if config is None:
         return EnvConfig()
     if isinstance(config, EnvConfig):
@@ -283,16 +353,19 @@ def load_config(config: str | Path | dict | EnvConfig | None = None) -> EnvConfi
     if isinstance(config, (str, Path)):
         try:
             path = find_config(config)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{exc} (or pass a dict or an EnvConfig)") from None
+        except (FileNotFoundError, OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+            raise ConfigError(f"{_bounded(str(exc), 600)} (or pass a dict or an EnvConfig)") from None
         source = str(path)
         try:
-            config = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            config = load_yaml_file(path)
+        except YAMLInputError as exc:
+            raise ConfigError(str(exc)) from None
     if not isinstance(config, dict):
-        raise ConfigError(f"config ({source}) must be a mapping of fields, got {type(config).__name__}")
+        raise ConfigError(f"config ({_bounded(source, 200)}) must be a mapping of fields, got "
+                          f"{type(config).__name__}")
     try:
         return EnvConfig.model_validate(config)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"config ({_bounded(source, 200)}) nests too deeply to validate") from None

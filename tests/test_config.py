@@ -104,10 +104,12 @@ def test_invalid_yaml_syntax_is_a_config_error(tmp_path):
         load_config(path)
 
 
-def test_empty_yaml_is_the_default(tmp_path):
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_empty_yaml_is_an_error_not_the_default(tmp_path, text):
     path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert load_config(path) == EnvConfig()
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(path)
 
 
 def test_env_constructor_raises_config_error():

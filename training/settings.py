@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from greengossip.envs.config import RewardWeights
+from greengossip.envs.errors import bounded_repr
+from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import TRAINING, find_config, shipped_dir
 
 DEFAULT_SETTINGS = shipped_dir(TRAINING) / "default.yaml"
@@ -30,7 +31,7 @@ class SettingsError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN/inf never train
 
 
 class PPOSettings(_Frozen):
@@ -347,12 +348,12 @@ def _read_settings_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, An
     file's settings, section by section: a variant names only what it changes."""
     if path.resolve() in seen:
         raise SettingsError(f"training settings file {path} extends itself (through {' -> '.join(map(str, seen))})")
-    if not path.is_file():
+    if not path.exists():
         raise SettingsError(f"training settings file not found: {path} (see configs/train/default.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"training settings file {path} is not valid YAML: {exc}") from None
+        data = load_yaml_file(path)
+    except YAMLInputError as exc:
+        raise SettingsError(f"training settings: {exc}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"training settings ({path}) must be a mapping, got {type(data).__name__}")
     parent = data.pop("extends", None)
@@ -398,5 +399,5 @@ def load_settings(path: str | Path | None = None, imitate: str | None = None, pr
             if item["type"] == "extra_forbidden":
                 lines.append(f"  - {field}: unknown setting; check the spelling against training/settings.py")
             else:
-                lines.append(f"  - {field} = {item.get('input')!r}: {item['msg']}")
+                lines.append(f"  - {field} = {bounded_repr(item.get('input'))}: {item['msg'][:500]}")
         raise SettingsError("\n".join(lines)) from None
