@@ -217,7 +217,11 @@ def test_a_forked_child_may_not_step_its_parents_worker_processes():
     vector.close()
 
 
-def test_worker_processes_need_the_cpu():
+def test_worker_processes_need_the_cpu(monkeypatch):
+    from greengossip.envs import config as config_module
+
+    # a CUDA config must load here, where torch may see no GPU: the refusal under test comes after loading
+    monkeypatch.setattr(config_module, "available_devices", lambda: ["cpu", "cuda", "cuda:0"])
     config = {**short_tiny(), "device": "cuda"}
     with pytest.raises(ValueError, match="CPU only"):
         gym.make_vec("GreenGossip/EdgeLearning-v1", num_envs=2, vectorization_mode="vector_entry_point",
