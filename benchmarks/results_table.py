@@ -1,6 +1,7 @@
 """The table of docs/results.md: one Markdown row per run folder of ``benchmarks/train_default.sh``.
 
-    python benchmarks/results_table.py runs/quick-start-s*
+    python benchmarks/results_table.py runs/*               # one row per run
+    python benchmarks/results_table.py --by-recipe runs/*   # one row per recipe: docs/results.md's table
 
 Reads each run's ``evaluations.csv`` (steps trained, step of the best model) and the harness's
 ``results.csv`` files of its three comparisons on the test seeds: ``comparison/`` (default scenario),
@@ -29,10 +30,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
 
 from greengossip.agents.heuristics import HEURISTICS  # noqa: E402
 from greengossip.training.evaluate import read_csv, summarize  # noqa: E402
@@ -72,13 +76,15 @@ def comparison_kpis(run: Path, part: str, model: str, same_as_best: bool) -> dic
     return {**kpis, MODEL: scheduler_kpis(extra)[model]}
 
 
-def summarise(run: Path, model: str = MODEL) -> str:
+def run_figures(run: Path, model: str = MODEL) -> dict | None:
+    """One run's figures against the heuristics, or None where its comparisons were not run for ``model``."""
     steps, best = training_steps(run, model)
     same_as_best = model == MODEL or best == training_steps(run)[1]
     default, attacked, larger = (comparison_kpis(run, part, model, same_as_best)
                                  for part in ("comparison", "attack_heavy", "x4"))
+    figures = {"steps": steps, "best": best}
     if default is None or attacked is None:
-        return f"| `{run.name}` ({model}) | {steps // 1000}k ({best // 1000}k) | not run |"
+        return {**figures, "run": False}
 
     def to_target(kpis: dict) -> tuple[float, int, int]:
         carbon, _, reached = kpis["carbon_to_target_g"]
@@ -91,19 +97,64 @@ def summarise(run: Path, model: str = MODEL) -> str:
     base_carbon, base_reached, _ = to_target(default[BEST_ON_CARBON])
     a_carbon, a_reached, a_episodes = to_target(attacked[MODEL])
     a_count, base_count = attackers(attacked[MODEL]), attackers(attacked[BEST_ON_CARBON])
-    fewest = min(attackers(kpis) for name, kpis in attacked.items() if name in HEURISTICS)
-    if larger is None:
+    figures.update(
+        run=True, carbon=carbon, reached=reached, episodes=episodes, saving=1 - carbon / base_carbon,
+        attack_carbon=a_carbon, attack_reached=a_reached, attack_episodes=a_episodes, attackers=a_count,
+        base_attackers=base_count,
+        fewest=min(attackers(kpis) for name, kpis in attacked.items() if name in HEURISTICS),
+        default_ok=reached >= base_reached and carbon <= 0.8 * base_carbon, attack_ok=a_count < base_count,
+        x4=None if larger is None else (*to_target(larger[MODEL]), to_target(larger["random_k"])[0]),
+    )
+    return figures
+
+
+def summarise(run: Path, model: str = MODEL) -> str:
+    f = run_figures(run, model)
+    steps = f"{f['steps'] // 1000}k ({f['best'] // 1000}k)"
+    if not f["run"]:
+        return f"| `{run.name}` ({model}) | {steps} | not run |"
+    if f["x4"] is None:
         x4 = "not run"
     else:
-        x4_carbon, x4_reached, x4_episodes = to_target(larger[MODEL])
-        x4 = f"{x4_carbon:.0f} g, {x4_reached}/{x4_episodes} (random k {to_target(larger['random_k'])[0]:,.0f} g)"
-    saving = 1 - carbon / base_carbon
-    default_ok = reached >= base_reached and carbon <= 0.8 * base_carbon
+        x4_carbon, x4_reached, x4_episodes, random_k = f["x4"]
+        x4 = f"{x4_carbon:.0f} g, {x4_reached}/{x4_episodes} (random k {random_k:,.0f} g)"
     name = f"`{run.name}`" + ("" if model == MODEL else f" ({model})")
-    return (f"| {name} | {steps // 1000}k ({best // 1000}k) | {carbon:.1f} g, {reached}/{episodes} "
-            f"({-saving:+.1%}) | {a_carbon:.1f} g / {a_count:.0f}, {a_reached}/{a_episodes} | {x4} "
-            f"| {'yes' if default_ok else 'no'} | {'yes' if a_count < base_count else 'no'} "
-            f"({base_count:.0f}; fewest {fewest:.0f}) |")
+    return (f"| {name} | {steps} | {f['carbon']:.1f} g, {f['reached']}/{f['episodes']} "
+            f"({-f['saving']:+.1%}) | {f['attack_carbon']:.1f} g / {f['attackers']:.0f}, "
+            f"{f['attack_reached']}/{f['attack_episodes']} | {x4} "
+            f"| {'yes' if f['default_ok'] else 'no'} | {'yes' if f['attack_ok'] else 'no'} "
+            f"({f['base_attackers']:.0f}; fewest {f['fewest']:.0f}) |")
+
+
+def recipe_of(run: Path) -> str:
+    """The training recipe a run used, by name: the settings file its train.log names."""
+    log = run / "train.log"
+    found = re.search(r"\(settings (\S+?)\)", log.read_text()) if log.is_file() else None
+    return Path(found.group(1)).stem if found else "unknown"
+
+
+def recipe_rows(runs: list[Path], model: str = MODEL) -> list[str]:
+    """docs/results.md's table of recipes: the runs grouped by the recipe they trained with."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for run in runs:
+        figures = run_figures(run, model)
+        if figures["run"]:
+            seed = yaml.safe_load((run / "settings.yaml").read_text())["seed"]
+            groups.setdefault(recipe_of(run), []).append((seed, figures))
+    rows = ["| recipe | seeds | carbon to target | attackers | targets missed | both targets met |",
+            "|---|---|---|---|---|---|"]
+    for recipe, members in sorted(groups.items()):
+        figures = [f for _, f in sorted(members, key=lambda member: member[0])]
+        carbon = [f["carbon"] for f in figures]
+        saving = [-f["saving"] for f in figures]
+        attackers = [f["attackers"] for f in figures]
+        missed = sum(f["episodes"] - f["reached"] + f["attack_episodes"] - f["attack_reached"] for f in figures)
+        total = sum(f["episodes"] + f["attack_episodes"] for f in figures)
+        met = sum(f["default_ok"] and f["attack_ok"] for f in figures)
+        rows.append(f"| `{recipe}` | {', '.join(str(seed) for seed, _ in sorted(members))} "
+                    f"| {min(carbon):.1f}–{max(carbon):.1f} g ({min(saving):+.0%} to {max(saving):+.0%}) "
+                    f"| {min(attackers):.0f}–{max(attackers):.0f} | {missed} of {total} | {met} of {len(figures)} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,24 +162,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="output folders of benchmarks/train_default.sh")
     parser.add_argument("--model", default=MODEL, help="which saved model of each run (file stem; default "
                         f"{MODEL}, or best_model_unguarded for a carbon_guard run's plain pick)")
+    parser.add_argument("--by-recipe", action="store_true", help="one row per training recipe (the table of "
+                        "docs/results.md) instead of one per run")
     args = parser.parse_args(argv)
-    print("| run | steps (best) | default: carbon to target | attack_heavy: carbon / attackers | 4x nodes "
-          "| default figure | fewer attackers than carbon_periodic |")
-    print("|---|---|---|---|---|---|---|")
+    finished = []
     for run in args.runs:
         if not run.is_dir():
             print(f"skipped {run}: not a folder", file=sys.stderr)
             continue
         missing = [part for part in ("evaluations.csv", "comparison/results.csv", "attack_heavy/results.csv",
                                      "x4/results.csv") if not (run / part).exists()]
-        if missing:
-            print(f"| `{run.name}` | unfinished: no {', '.join(missing)} |")
-            continue
         if args.model != MODEL and not (run / f"{args.model}.json").is_file():
-            print(f"| `{run.name}` | no {args.model}.json (not a carbon_guard run?) |")
+            missing.append(f"{args.model}.json (not a carbon_guard run?)")
+        if missing:
+            print(f"skipped {run}: unfinished, no {', '.join(missing)}", file=sys.stderr)
             continue
+        finished.append(run)
+    if args.by_recipe:
+        print("\n".join(recipe_rows(finished, args.model)))
+        return
+    print("| run | steps (best) | default: carbon to target | attack_heavy: carbon / attackers | 4x nodes "
+          "| default target | fewer attackers than carbon_periodic |")
+    print("|---|---|---|---|---|---|---|")
+    for run in finished:
         print(summarise(run, args.model))
-
 
 if __name__ == "__main__":
     main()

@@ -56,3 +56,14 @@ def test_results_table_checks_the_targets_against_carbon_periodic(tmp_path, caps
     assert rows["passing"].endswith("| yes | yes (200; fewest 120) |") and "20k (10k)" in rows["passing"]
     assert "20k (20k) | 15.0 g, 2/2 (-25.0%) | 15.0 g / 150, 2/2 | not run | yes | yes" in rows["short"]
     assert rows["missed"].endswith("| not run |")
+
+    # --by-recipe: runs grouped by the settings file their train.log names, seeds from settings.yaml
+    for run, recipe, seed in ((passing, "quick_start", 1), (short, "quick_start", 0), (missed, "ablations/x", 2)):
+        (run / "train.log").write_text(f"12:00:00 training maskable_ppo (settings /any/where/{recipe}.yaml) on "
+                                       "default (32 nodes) for 340000 steps, seed 0, 8 env(s) -> run\n")
+        (run / "settings.yaml").write_text(f"seed: {seed}\n")
+    table.main(["--by-recipe", str(passing), str(short), str(missed)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].startswith("| `quick_start` | 0, 1 | 16.0–16.1 g (")
+    assert rows[2].endswith("| 199–200 | 0 of 8 | 1 of 2 |")
+    assert rows[3] == "| `x` | 2 | 10.0–10.0 g (-50% to -50%) | 100–100 | 1 of 4 | 0 of 1 |"
