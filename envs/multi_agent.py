@@ -133,9 +133,10 @@ class EdgeLearningParallelEnv(ParallelEnv):
     the target, and are truncated together at ``max_rounds``; ``agents`` is then empty until ``reset``.
 
     ## Arguments
-    ``config``: YAML path, dict or ``EnvConfig`` (None = default scenario); ``render_mode``: ``"human"``
-    (prints the round's one-line summary), ``"ansi"`` (returns it) or ``"rgb_array"`` (the network drawn); ``local_reward_weight``: weight ``w`` of the local component (default 0: pure team
-    reward).
+    ``config``: a shipped config's name, a YAML path, a dict or an ``EnvConfig`` (None = default scenario);
+    ``render_mode``: ``"human"`` (prints the round's one-line summary), ``"ansi"`` (returns it) or
+    ``"rgb_array"`` (the network drawn); ``local_reward_weight``: weight ``w`` of the local component
+    (default 0: pure team reward).
 
     ## Version History
     * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v1``).
