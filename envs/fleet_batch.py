@@ -17,7 +17,6 @@ from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics.learning import accuracy_per_node
 from greengossip.envs.episode import EpisodeState, episode_end
 from greengossip.envs.kpis import StepKPIs, round_kpis
-from greengossip.envs.memory import keep_freed_memory
 from greengossip.envs.observation import adjacency_matrix, observe, scenario_features
 from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
 from greengossip.envs.scenario import Scenario, stack_scenarios
@@ -36,7 +35,6 @@ from greengossip.envs.telemetry import TelemetryChannel
 
 class FleetBatch:
     def __init__(self, config: EnvConfig):
-        keep_freed_memory()  # the round's big blocks are reused, not faulted in as new pages (envs/memory.py)
         self.config = config
         self.spec = model_spec(config)
         self.scenarios: list[Scenario] = []
