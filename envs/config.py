@@ -148,7 +148,8 @@ class EnergyConfig(_Frozen):
         return self
 
 
-AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry"]
+AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry",
+                     "dissensus", "min_max"]
 
 
 class AttackConfig(_Frozen):
@@ -161,6 +162,10 @@ class AttackConfig(_Frozen):
     on_probability: float = Field(1.0, gt=0, le=1, description="chance an attacker attacks in a given round")
     gaussian_std: float = Field(1.0, gt=0, le=1e6, description="gaussian: std of the noise added to the model")
     ipm_epsilon: float = Field(0.5, gt=0, le=1e6, description="ipm: sends -epsilon x honest mean (Xie et al. 2020)")
+    dissensus_epsilon: float = Field(1.5, gt=0, le=1e6, description="dissensus: how far each target's consensus "
+                                     "step is reversed (He, Karimireddy & Jaggi 2022; 1 cancels it)")
+    harm_twin: bool = Field(True, description="step an attack-free twin of each episode beside it to measure harm "
+                            "(honest accuracy lost); about doubles the round's cost where attackers are configured")
     nonfinite_probability: float = Field(0.0, ge=0, le=1,
                                          description="chance an active model attacker sends NaN/inf")
 

@@ -20,7 +20,7 @@ from greengossip.envs.kpis import StepKPIs, round_kpis
 from greengossip.envs.observation import adjacency_matrix, observe, scenario_features
 from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
 from greengossip.envs.scenario import Scenario, stack_scenarios
-from greengossip.envs.simulator import RoundOutcome, draw_randomness, transition
+from greengossip.envs.simulator import RoundOutcome, RoundRandomness, draw_randomness, transition
 from greengossip.envs.state import (
     PER_ENV_FIELDS,
     SimState,
@@ -33,6 +33,27 @@ from greengossip.envs.state import (
 from greengossip.envs.telemetry import TelemetryChannel
 
 
+def merge_rows(state: SimState, fresh: SimState, env_index: torch.Tensor, rows: torch.Tensor, scenario: Scenario,
+               old_width: int) -> SimState:
+    """``state`` with environments ``env_index`` (node rows ``rows``) replaced by ``fresh``; the trust table
+    takes the width of the new ``scenario`` (``old_width``: its width before)."""
+    width = scenario.neighbours.shape[1]
+    trust = torch.zeros(scenario.n_nodes, width, device=rows.device)
+    keep = min(old_width, width)
+    trust[:, :keep] = state.trust[:, :keep]
+    trust[rows, : fresh.trust.shape[1]] = fresh.trust
+    trust[rows, fresh.trust.shape[1]:] = 0.0
+    changes: dict[str, Any] = {"trust": trust}
+    for field in dataclasses.fields(SimState):
+        name = field.name
+        if name == "trust":
+            continue
+        value = getattr(state, name).clone()
+        value[env_index if name in PER_ENV_FIELDS else rows] = getattr(fresh, name)
+        changes[name] = value
+    return state.replace(**changes)
+
+
 class FleetBatch:
     def __init__(self, config: EnvConfig):
         self.config = config
@@ -40,6 +61,8 @@ class FleetBatch:
         self.scenarios: list[Scenario] = []
         self.scenario: Scenario | None = None
         self.state: SimState | None = None
+        # the attack-free twin: the same episodes, actions and random streams with every attacker honest
+        self.twin: SimState | None = None
         self.episode: EpisodeState | None = None
         self.channel = TelemetryChannel(config)
         self.last_outcome: RoundOutcome | None = None
@@ -50,6 +73,7 @@ class FleetBatch:
         self.scenarios = list(scenarios)
         self.scenario = stack_scenarios(self.scenarios)
         self.state = initial_state(self.config, self.scenario)
+        self.twin = self.state if self._steps_twin() else None
         self.episode = EpisodeState.fresh(len(scenarios))
         self.last_outcome = None
         self.channel.start(self.scenario)
@@ -66,27 +90,20 @@ class FleetBatch:
         n = self.scenario.nodes_per_env
         env_index = torch.as_tensor(np.asarray(envs), dtype=torch.long, device=self.state.params.device)
         rows = (env_index.unsqueeze(1) * n + torch.arange(n, device=env_index.device)).view(-1)
-        width = self.scenario.neighbours.shape[1]
-        trust = torch.zeros(self.scenario.n_nodes, width, device=rows.device)
-        keep = min(old_width, width)
-        trust[:, :keep] = self.state.trust[:, :keep]
-        trust[rows, : fresh.trust.shape[1]] = fresh.trust
-        trust[rows, fresh.trust.shape[1]:] = 0.0
-        changes: dict[str, Any] = {"trust": trust}
-        for field in dataclasses.fields(SimState):
-            name = field.name
-            if name == "trust":
-                continue
-            value = getattr(self.state, name).clone()
-            value[env_index if name in PER_ENV_FIELDS else rows] = getattr(fresh, name)
-            changes[name] = value
-        self.state = self.state.replace(**changes)
+        self.state = merge_rows(self.state, fresh, env_index, rows, self.scenario, old_width)
+        if self.twin is not None:
+            self.twin = merge_rows(self.twin, fresh, env_index, rows, self.scenario, old_width)
+        elif self._steps_twin():  # the first attackers of this batch: the twins start here
+            self.twin = self.state
         self.channel.restart_rows(rows)
         self.episode.restart(envs)
         self._after_new_scenario()
         replaced = torch.zeros(self.scenario.n_nodes, dtype=torch.bool, device=rows.device)
         replaced[rows] = True
         self.channel.refresh(self.scenario, self.features, self.state, replaced)
+
+    def _steps_twin(self) -> bool:
+        return self.config.attack.harm_twin and not self.scenario.all_honest
 
     def _after_new_scenario(self) -> None:
         self.scales = reward_scales(self.scenario)
@@ -101,6 +118,8 @@ class FleetBatch:
         config, scenario = self.config, self.scenario
         noise = draw_randomness(config, scenario, self.state.round)
         self.state, outcome = transition(config, scenario, self.state, action, noise)
+        if self.twin is not None:  # no attack draws: every attacker behaves as an honest node
+            self.twin, _ = transition(config, scenario, self.twin, action, RoundRandomness(batches=noise.batches))
         self.last_outcome = outcome
         state = self.state
         accuracy = state.accuracy.double().cpu().numpy()
@@ -110,13 +129,13 @@ class FleetBatch:
         terminated, truncated = episode_end(config, claimed, full_accuracy, rounds)
         kpis = StepKPIs(round_kpis(outcome, scenario, rounds))
         figures = kpis.round
+        figures["harm"] = self._harm(accuracy)
         self.episode.add_round(figures)
         kpis.reward = reward_components(
             config, self.scales,
             accuracy=accuracy, previous_accuracy=outcome.previous_accuracy.double().cpu().numpy(),
             carbon_g=figures["carbon_g"], energy_wh=figures["energy_wh"],
-            malicious_share=figures["malicious_participants"] / scenario.nodes_per_env,
-            attack_influence=np.minimum(figures["attack_influence"], 10.0),
+            security_loss=self._security_loss(figures),
             terminated=terminated, truncated=truncated,
         )
         reward = weighted_reward(config, kpis.reward)
@@ -125,6 +144,18 @@ class FleetBatch:
         self.channel.refresh(scenario, self.features, state)
         kpis.privacy = self.channel.epsilon_spent(scenario)
         return reward, terminated, truncated, kpis.info()
+
+    def _harm(self, accuracy: np.ndarray) -> np.ndarray:
+        """(B,) honest accuracy lost to the attackers: the attack-free twin's minus the episode's (0 without
+        attackers; NaN where attackers play but no twin is stepped)."""
+        if self.twin is not None:
+            return self.twin.accuracy.double().cpu().numpy() - accuracy
+        return np.full(len(accuracy), 0.0 if self.scenario.all_honest else np.nan)
+
+    def _security_loss(self, figures: dict[str, np.ndarray]) -> np.ndarray:
+        if self.twin is not None or self.scenario.all_honest:
+            return np.maximum(figures["harm"], 0.0)
+        return np.minimum(figures["attack_influence"], 10.0)
 
     def _full_split_accuracy(self, accuracy: np.ndarray, needed: np.ndarray) -> np.ndarray:
         """(B,) mean honest accuracy on the whole test split where ``needed`` (NaN elsewhere); the round's

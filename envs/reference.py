@@ -215,10 +215,13 @@ def _alie_z(n_nodes: int, n_attackers: int) -> float:
     return NormalDist().inv_cdf(quantile)
 
 
-def crafted_message(config: EnvConfig, kind: str, own: torch.Tensor, honest_models: list[torch.Tensor],
-                    n_nodes: int, n_attackers: int, noise_row: torch.Tensor | None, nonfinite: bool
-                    ) -> torch.Tensor:
-    """What one active model-poisoning attacker puts in its neighbours' mailboxes."""
+def crafted_message(config: EnvConfig, kind: str, own: torch.Tensor, neighbour_models: list[torch.Tensor],
+                    n_colluders: int, noise_row: torch.Tensor | None, nonfinite: bool,
+                    targets: list[tuple[torch.Tensor, list[tuple[torch.Tensor, float]], float]]) -> torch.Tensor:
+    """What one active model-poisoning attacker puts in its neighbours' mailboxes. ``neighbour_models``:
+    its honest neighbours' public copies; ``n_colluders``: its attacker neighbours; ``targets`` (dissensus):
+    per honest neighbour, its copy, its honest neighbours' copies with their weights, and its attackers'
+    total weight."""
     if nonfinite:  # NaN on even, +inf on odd coordinates
         message = torch.full_like(own, float("nan"))
         message[1::2] = float("inf")
@@ -227,12 +230,33 @@ def crafted_message(config: EnvConfig, kind: str, own: torch.Tensor, honest_mode
         return -own
     if kind == "gaussian":
         return own + config.attack.gaussian_std * noise_row
-    mean_h = sum(honest_models) / len(honest_models)
+    if not neighbour_models:
+        return own
+    count = len(neighbour_models)
+    mean_h = sum(neighbour_models) / count
+    std_h = (sum((m - mean_h) ** 2 for m in neighbour_models) / count).sqrt()
     if kind == "ipm":
         return -config.attack.ipm_epsilon * mean_h
     if kind == "alie":
-        var_h = sum((m - mean_h) ** 2 for m in honest_models) / len(honest_models)
-        return mean_h - _alie_z(n_nodes, n_attackers) * var_h.sqrt()
+        return mean_h - _alie_z(count + n_colluders + 1, n_colluders + 1) * std_h
+    if kind == "dissensus":
+        messages = []
+        for centre, heard, attacker_weight in targets:
+            step = sum((w * (model - centre) for model, w in heard), torch.zeros_like(centre))
+            messages.append(centre - config.attack.dissensus_epsilon * step / max(attacker_weight, 1e-12))
+        return sum(messages) / len(messages)
+    if kind == "min_max":
+        direction = -std_h / max(float(std_h.norm()), 1e-12)
+        distances = sorted(float((mean_h - m).norm()) for m in neighbour_models)
+        if config.defence.aggregator == "clipped_gossip" or config.defence.trust_weighting:
+            return mean_h + distances[(count - 1) // 2] * direction
+        radius = max(float((a - b).norm()) for a in neighbour_models for b in neighbour_models)
+        gamma = math.inf
+        for model in neighbour_models:
+            b = float(direction @ (mean_h - model))
+            c = float((mean_h - model).norm()) ** 2 - radius**2
+            gamma = min(gamma, max(0.0, -b + math.sqrt(max(b * b - c, 0.0))))
+        return mean_h + gamma * direction
     raise ValueError(f"{kind!r} is not a model-poisoning attack")
 
 
@@ -361,27 +385,34 @@ def reference_transition(
     # 3. CHOCO: senders add their compressed difference to their public copy (label flippers too: they
     #    broadcast their poisoned model honestly); an active free rider's copy stays stale and an active
     #    model poisoner's copy becomes its crafted message
+    #    (poisoners craft after every honest copy of the round is out: a rushing attacker sends last)
     public = [state.public[i].detach().clone() for i in range(n)]
-    honest_models = [params[i] for i in range(n) if honest[i]]
     n_attackers = honest.count(False)
     for i in range(n):
-        if not sent[i]:
-            continue
         free_riding = attacking[i] and kinds[i] == "free_rider"
-        if not free_riding and not poisoner[i]:
+        if sent[i] and not free_riding and not poisoner[i]:
             public[i] = public[i] + compress_row(params[i] - public[i], carried[i] - 2)
-        if poisoner[i]:
-            noise_row = None if noise.attack_noise is None else noise.attack_noise[i]
-            nonfinite = float(noise.nonfinite_draw[i]) < config.attack.nonfinite_probability
-            public[i] = crafted_message(config, kinds[i], params[i], honest_models, n, n_attackers,
-                                        noise_row, nonfinite)
-    usable = [bool(torch.isfinite(public[i]).all()) for i in range(n)]
 
     # neighbour lists from the edge list; trust slots from the neighbour table
     incoming: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     edges = zip(scenario.edge_src.tolist(), scenario.edge_dst.tolist(), scenario.edge_weight.tolist())
     for src, dst, w in edges:
         incoming[dst].append((src, w))
+
+    honest_copies = list(public)  # what the attackers hear before any crafted message goes out
+    for i in range(n):
+        if not (sent[i] and poisoner[i]):
+            continue
+        # in double, as the batched round takes these statistics
+        neighbour_models = [honest_copies[j].double() for j, _ in incoming[i] if honest[j]]
+        colluders = sum(1 for j, _ in incoming[i] if not honest[j])
+        targets = [(honest_copies[j].double(), [(honest_copies[k].double(), w) for k, w in incoming[j] if honest[k]],
+                    sum(w for k, w in incoming[j] if not honest[k])) for j, _ in incoming[i] if honest[j]]
+        noise_row = None if noise.attack_noise is None else noise.attack_noise[i].double()
+        nonfinite = float(noise.nonfinite_draw[i]) < config.attack.nonfinite_probability
+        public[i] = crafted_message(config, kinds[i], params[i].double(), neighbour_models, colluders, noise_row,
+                                    nonfinite, targets).to(params[i].dtype)
+    usable = [bool(torch.isfinite(public[i]).all()) for i in range(n)]
     slots: list[dict[int, int]] = [{} for _ in range(n)]
     for i in range(n):
         for slot, (j, valid) in enumerate(zip(scenario.neighbours[i].tolist(),

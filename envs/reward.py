@@ -3,7 +3,10 @@
     accuracy  = Δ accuracy of the honest nodes this round (potential-based progress)
     carbon    = -(gCO2e of the round) / carbon_scale
     energy    = -(Wh consumed in the round) / energy_scale
-    security  = -(attacker participation share + attack influence)
+    security  = -(harm): the honest accuracy the attackers cost this round against the episode's attack-free
+                twin (floored at 0, envs/fleet_batch.py); where no twin is stepped (``attack.harm_twin``
+                off) the attack influence stands in: how far the attackers moved the honest models
+                this round, relative to their norm (capped at 10)
     deadline  = +1 on reaching the target; -(target - accuracy) / target when the deadline passes first
 
 The scales make one unit "every node doing a full round (train + full broadcast)": energy_scale is that
@@ -41,8 +44,7 @@ def reward_components(
     previous_accuracy: np.ndarray,
     carbon_g: np.ndarray,
     energy_wh: np.ndarray,
-    malicious_share: np.ndarray,
-    attack_influence: np.ndarray,
+    security_loss: np.ndarray,
     terminated: np.ndarray,
     truncated: np.ndarray,
 ) -> dict[str, np.ndarray]:
@@ -54,7 +56,7 @@ def reward_components(
         "accuracy": accuracy - previous_accuracy,
         "carbon": -carbon_g / carbon_scale,
         "energy": -energy_wh / energy_scale,
-        "security": -(malicious_share + attack_influence),
+        "security": -security_loss,
         "deadline": deadline,
     }
 

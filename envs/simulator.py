@@ -157,10 +157,12 @@ def transition(
     if poisoner is not None:
         poisoning = sent & poisoner
         if bool(poisoning.any()):
-            crafted = attacks.crafted_broadcasts(config.attack, kind, per_env(scenario.honest, scenario),
-                                                 per_env(params, scenario), noise.attack_noise,
+            rows = poisoning.nonzero().squeeze(1)
+            crafted = attacks.crafted_broadcasts(config.attack, config.defence, kind, scenario.honest, params, public,
+                                                 scenario.neighbours, scenario.neighbour_valid,
+                                                 scenario.neighbour_weight, rows, noise.attack_noise,
                                                  noise.nonfinite_draw)
-            public = torch.where(poisoning.unsqueeze(1), crafted, public)
+            public = public.index_copy(0, rows, crafted)
         # active model-poisoning attackers keep their own model out of the consensus step (their public
         # copy is the crafted one, so following the protocol would only feed their attack back into them)
         mixes = awake & ~poisoner
@@ -190,7 +192,7 @@ def transition(
         step = config.learning.gossip_step * step
     pull = pull_from(usable)
     influence = torch.zeros(scenario.n_envs, device=params.device)
-    if not scenario.all_honest:
+    if noise.attack_on is not None:  # attackers in the batch (an attack-free twin draws no attack)
         clean_pull = pull_from(usable & scenario.honest)
         started = state.round >= config.attack.start_round
         scale = honest_mean(params.norm(dim=1), scenario).clamp_min(1e-8)
