@@ -366,27 +366,32 @@ class CarbonPeriodic(HeuristicScheduler):
 
 
 class HarvestAware(CarbonPeriodic):
-    """``carbon_periodic`` under energy-neutral operation (Kansal, Hsu, Zahedi & Srivastava, "Power
-    Management in Energy Harvesting Sensor Networks", ACM TECS 2007): a node spends what it harvests as
-    it comes, and its battery only down to what it needs until the sun returns. A node works as
-    ``carbon_periodic`` says when this round's sun pays for a full round, or when its battery above the
-    round's cost stays over a reserve; the reserve is ``night_reserve`` of the capacity when no sun is
-    forecast and shrinks to 0 as the ``harvest_forecast`` approaches one full round per round. Otherwise
-    it sleeps, so that its battery (and not the grid) carries it to the morning."""
+    """``carbon_periodic`` that waits for the sun on mains-backed solar nodes, after energy-neutral
+    operation (Kansal, Hsu, Zahedi & Srivastava, "Power Management in Energy Harvesting Sensor Networks",
+    ACM TECS 2007: spend harvested energy as it comes, and plan on the harvest forecast). A grid-connected
+    node with a panel whose harvest this round and battery above ``reserve`` do not pay for a full round
+    would draw the rest from the grid; if the ``harvest_forecast`` says at least ``sun`` full rounds' worth
+    per round is coming, it sleeps and waits for it instead, for at most ``max_wait`` rounds since its last
+    broadcast. Battery-only nodes follow ``carbon_periodic``: their energy costs no carbon, and the action
+    mask keeps them within it."""
 
     name = "harvest_aware"
 
-    def __init__(self, seed: int = 0, night_reserve: float = 0.5, **periodic):
+    def __init__(self, seed: int = 0, reserve: float = 0.3, sun: float = 0.5, max_wait: int = 8, **periodic):
         super().__init__(seed, **periodic)
-        self.night_reserve = night_reserve
+        self.reserve = reserve
+        self.sun = sun
+        self.max_wait = max_wait
 
     def act(self, observation, mask):
         action = super().act(observation, mask)
-        forecast = np.clip(node_feature(observation, "harvest_forecast"), 0.0, 1.0)
-        reserve = self.night_reserve * (1.0 - forecast)
-        spare = node_feature(observation, "battery_soc") - node_feature(observation, "round_cost")
-        spend = (node_feature(observation, "harvest_now") >= 1.0) | (spare >= reserve)
-        return np.where(spend, action, IDLE)
+        spare = (node_feature(observation, "battery_soc") - self.reserve) / np.maximum(
+            node_feature(observation, "round_cost"), 1e-6)
+        paid = node_feature(observation, "harvest_now") + np.maximum(spare, 0.0) >= 1.0
+        silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
+        wait = ((node_feature(observation, "grid_connected") > 0.5) & ~paid
+                & (node_feature(observation, "harvest_forecast") >= self.sun) & (silent_rounds < self.max_wait))
+        return np.where(wait, IDLE, action)
 
 
 class CarbonTiming(CarbonPeriodic):
