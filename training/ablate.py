@@ -36,7 +36,7 @@ import numpy as np
 
 from greengossip.envs.config import ConfigError
 
-HELD_OUT_SEED_START = 20000
+HELD_OUT_SEED_START = 20000  # the test split (training.settings.FIRST_TEST_SEED): never trained on or selected on
 VARIANTS = ("full", "blind", "oracle")
 COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "carbon_to_target_g", "attackers",
            "harm")
@@ -197,7 +197,7 @@ class EpisodeResult:
     reached: bool
     carbon_to_target_g: float  # NaN where the target was missed
     attackers: float  # attacker participations over the episode (node-rounds)
-    harm: float  # honest accuracy lost against the attack-free twin at the end (NaN where not reported)
+    harm: float  # honest accuracy lost against the attack-free twin, mean over rounds (NaN where not reported)
 
 
 def run_episode(config: Any, spec: str, factor: str, variant: str, seed: int) -> EpisodeResult:
@@ -212,12 +212,14 @@ def run_episode(config: Any, spec: str, factor: str, variant: str, seed: int) ->
     scheduler = build_heuristic(spec, seed=seed)
     view = InformationView(factor, variant, env)
     observation, info = env.reset(seed=seed)
-    attackers, done, steps = 0.0, False, 0
+    attackers, harms, done, steps = 0.0, [], False, 0
     max_steps = env.unwrapped.config.max_rounds + 1
     while not done:
         action, _ = scheduler.predict(view(observation), deterministic=True)
         observation, _, terminated, truncated, info = env.step(action)
         attackers += float(info.get("malicious_participants", 0) or 0)
+        if info.get("harm") is not None:
+            harms.append(float(info["harm"]))
         done = terminated or truncated
         steps += 1
         if steps > max_steps:
@@ -225,9 +227,8 @@ def run_episode(config: Any, spec: str, factor: str, variant: str, seed: int) ->
     env.close()
     reached = info.get("rounds_to_target") is not None
     carbon = info.get("carbon_to_target_g")
-    harm = info.get("harm")
     return EpisodeResult(reached, float(carbon) if reached and carbon is not None else math.nan, attackers,
-                         float(harm) if harm is not None else math.nan)
+                         float(np.nanmean(harms)) if harms and not np.isnan(harms).all() else math.nan)
 
 
 def _run_job(job: tuple) -> EpisodeResult:
@@ -300,7 +301,7 @@ def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
     lines = [
         f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant). carbon-to-target is the "
         "mean over the seeds that met the target; attackers counts attacker participations (node-rounds) per "
-        "episode; harm is the honest accuracy lost against the attack-free twin. effect: the largest relative "
+        "episode; harm is the honest accuracy lost against the attack-free twin (mean over rounds and seeds). effect: the largest relative "
         f"change in carbon-to-target or targets met, full against blind or oracle against full (bar: "
         f"{EFFECT_BAR:.0%}).",
         "",
