@@ -36,7 +36,7 @@ import numpy as np
 
 from greengossip.envs.config import ConfigError
 
-HELD_OUT_SEED_START = 20000  # the test split (training.settings.FIRST_TEST_SEED): never trained on or selected on
+HELD_OUT_SEED_START = 20000  # the test split (training.settings.FIRST_TEST_SEED): never trained or selected on
 VARIANTS = ("full", "blind", "oracle")
 COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "carbon_to_target_g", "attackers",
            "harm")
