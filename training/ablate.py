@@ -301,7 +301,8 @@ def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
     lines = [
         f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant). carbon-to-target is the "
         "mean over the seeds that met the target; attackers counts attacker participations (node-rounds) per "
-        "episode; harm is the honest accuracy lost against the attack-free twin (mean over rounds and seeds). effect: the largest relative "
+        "episode; harm is the honest accuracy lost against the attack-free twin (mean over rounds and seeds). "
+        "effect: the largest relative "
         f"change in carbon-to-target or targets met, full against blind or oracle against full (bar: "
         f"{EFFECT_BAR:.0%}).",
         "",
