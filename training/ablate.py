@@ -299,7 +299,9 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
     lines = [
-        f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant). carbon-to-target is the "
+        f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant; the test split, never "
+        "trained or selected on). The scheduler of a family is its best candidate on full information (most "
+        "targets met, then least carbon-to-target). carbon-to-target is the "
         "mean over the seeds that met the target; attackers counts attacker participations (node-rounds) per "
         "episode; harm is the honest accuracy lost against the attack-free twin (mean over rounds and seeds). "
         "effect: the largest relative "
@@ -321,6 +323,8 @@ def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
             shown = f"{effect:.0%}" if variant == "full" and not math.isnan(effect) else ""
             lines.append(f"| {family} | {row.factor} | {variant} | `{row.scheduler}` | {row.targets_met}/{row.seeds} | "
                          f"{_fmt(row.carbon_to_target_g)} | {_fmt(row.attackers, 1)} | {_fmt(row.harm, 3)} | {shown} |")
+    lines += ["", "What each variant shows the scheduler:", ""]
+    lines += [f"- {factor}: {views}" for factor, views in FACTORS.items() if factor in {r.factor for r in rows}]
     return "\n".join(lines) + "\n"
 
 
