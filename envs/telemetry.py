@@ -77,7 +77,7 @@ class TelemetryChannel:
                               for name, value in telemetry.items()}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
-        self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest)
+        self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round)
 
     def epsilon_spent(self, scenario: Scenario) -> dict[str, np.ndarray]:
         """(B,) the most and the mean ε any node of each environment has spent."""

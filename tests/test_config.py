@@ -63,10 +63,16 @@ def test_config_is_frozen():
          [r"topology\.kind", "'torus'", "random_geometric", "small_world"]),
         (_tiny(energy={"initial_soc_low": 0.9, "initial_soc_high": 0.2}), ["initial_soc_low", "0.9", "0.2"]),
         (_tiny(device="tpu"), [r"device = 'tpu'", "cpu", "cuda"]),
+        (_tiny(regions=[{"name": "X", "country_iso": "USA", "latitude": 37, "longitude": -122, "fraction": 1.0,
+                         "grid_zone": "ERCOT"}]),
+         [r"regions\.0\.grid_zone", "'ERCOT'", "CAISO", "DE"]),
+        (_tiny(grid={"intensity": "hourly"}), [r"grid\.intensity", "'hourly'", "traces", "annual_mean"]),
+        (_tiny(grid={"trace_year": 2023}), [r"grid\.trace_year = 2023", "less than or equal to 2020"]),
+        (_tiny(availability={"model": "poisson"}), [r"availability\.model", "'poisson'", "always", "markov"]),
     ],
     ids=["misspelt-key", "misspelt-nested-key", "negative-n_nodes", "unknown-device", "unknown-link",
          "unknown-country", "fleet-fractions", "region-fractions", "topology-kind", "soc-range",
-         "torch-device"],
+         "torch-device", "unknown-grid-zone", "grid-intensity", "trace-year", "availability-model"],
 )
 def test_bad_value_error_names_field_value_and_what_is_allowed(data, patterns):
     with pytest.raises(ConfigError, match=patterns[0]) as caught:

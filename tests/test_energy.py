@@ -56,10 +56,13 @@ def fleets(draw):
     return demand, battery, capacity, harvest, grid, charge_limit, efficiency
 
 
-@given(fleets())
-def test_energy_is_conserved_per_node(fleet):
+reserves = st.one_of(st.just(0.0), st.floats(0.0, 0.5, allow_nan=False))
+
+
+@given(fleets(), reserves)
+def test_energy_is_conserved_per_node(fleet, min_soc):
     demand, battery, capacity, harvest, grid, limit, eff = fleet
-    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
     supplied = flow.harvested + flow.grid + flow.from_battery
     used = flow.consumed + flow.stored_in + flow.charge_loss + flow.spilled
     torch.testing.assert_close(supplied, used, atol=TOL, rtol=TOL)
@@ -70,10 +73,10 @@ def test_energy_is_conserved_per_node(fleet):
     torch.testing.assert_close(flow.consumed + flow.unmet, demand, atol=TOL, rtol=TOL)
 
 
-@given(fleets())
-def test_flows_are_non_negative_and_battery_stays_in_range(fleet):
+@given(fleets(), reserves)
+def test_flows_are_non_negative_and_battery_stays_in_range(fleet, min_soc):
     demand, battery, capacity, harvest, grid, limit, eff = fleet
-    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
     for name in FLOWS:
         assert (getattr(flow, name) >= -TOL).all(), f"{name} negative: {getattr(flow, name)}"
     assert (flow.battery_after >= -TOL).all()
@@ -81,14 +84,15 @@ def test_flows_are_non_negative_and_battery_stays_in_range(fleet):
     assert (flow.stored_in <= limit * eff + TOL).all()
 
 
-@given(fleets())
-def test_supply_order_harvest_then_battery_then_grid(fleet):
+@given(fleets(), reserves)
+def test_supply_order_harvest_then_battery_then_grid(fleet, min_soc):
     demand, battery, capacity, harvest, grid, limit, eff = fleet
-    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
     uses_battery = flow.from_battery > TOL
     assert torch.allclose(flow.from_harvest[uses_battery], harvest[uses_battery], atol=TOL)
     uses_grid = flow.grid > TOL
-    assert torch.allclose(flow.from_battery[uses_grid], battery[uses_grid], atol=TOL)
+    above_reserve = (battery - min_soc * capacity).clamp_min(0.0)
+    assert torch.allclose(flow.from_battery[uses_grid], above_reserve[uses_grid], atol=TOL)
     assert (flow.grid[~grid] == 0).all(), "only grid-connected nodes may draw from the grid"
     assert (flow.unmet[grid] <= TOL).all(), "a grid-connected node is never short"
     # surplus is only spilled when the cell is full or the charge rate is used up
@@ -98,13 +102,13 @@ def test_supply_order_harvest_then_battery_then_grid(fleet):
     assert (full | at_rate)[spills].all()
 
 
-@given(fleets())
-def test_settle_energy_matches_per_node_reference(fleet):
+@given(fleets(), reserves)
+def test_settle_energy_matches_per_node_reference(fleet, min_soc):
     demand, battery, capacity, harvest, grid, limit, eff = fleet
-    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
     for i in range(len(demand)):
         ref = settle_node(float(demand[i]), float(battery[i]), float(capacity[i]), float(harvest[i]),
-                          bool(grid[i]), float(limit[i]), eff)
+                          bool(grid[i]), float(limit[i]), eff, min_soc)
         for name, value in ref.items():
             assert float(getattr(flow, name)[i]) == pytest.approx(value, abs=TOL), name
 
@@ -114,12 +118,26 @@ def test_affordable_demand_never_browns_out_or_digs_into_the_reserve(fleet, min_
     demand, battery, capacity, harvest, grid, limit, eff = fleet
     budget = available_for_actions(battery, capacity, harvest, grid, min_soc)
     demand = torch.minimum(demand, budget)  # the node only attempts what it can afford
-    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff)
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
     assert (flow.unmet <= TOL).all()
     reserve = min_soc * capacity
     off_grid = ~grid
     floor = torch.minimum(battery, reserve)
     assert (flow.battery_after[off_grid] >= floor[off_grid] - TOL).all()
+
+
+@given(fleets(), st.floats(0.01, 0.5, allow_nan=False))
+def test_battery_is_never_drawn_below_the_reserve_whatever_the_demand(fleet, min_soc):
+    """The reserve binds every draw, sleep included: demand beyond harvest + battery above the reserve (off the
+    grid) is unmet, the node browns out, and a cell below its reserve only ever charges."""
+    demand, battery, capacity, harvest, grid, limit, eff = fleet
+    flow = settle_energy(demand, battery, capacity, harvest, grid, limit, eff, min_soc)
+    reserve = min_soc * capacity
+    assert (flow.battery_after >= torch.minimum(battery, reserve) - TOL).all()
+    below = battery < reserve
+    assert (flow.from_battery[below] == 0).all()
+    short = ~grid & (demand > harvest + (battery - reserve).clamp_min(0.0) + TOL)
+    assert (flow.unmet[short] > 0).all()
 
 
 # ---------------------------------------------------------------------------------------------- episodes
@@ -160,6 +178,30 @@ def test_fleet_energy_balances_every_round_of_an_episode(efficiency, device):
         tol = 1e-4 * (1 + info["harvested_wh"] + info["energy_wh"])
         assert loss >= -tol
         assert loss <= (1 - eff) * (info["harvested_wh"] - info["spilled_wh"]) + tol
+
+
+def test_batteries_stay_above_the_reserve_over_an_episode_of_greedy_actions():
+    """Every node trains and broadcasts in full every round, on small cells: batteries run down to the
+    reserve and stay there (they reached 0 when the reserve bound only the actions)."""
+    config = tiny_variant(max_rounds=40, energy__initial_soc_low=0.15, energy__initial_soc_high=0.3,
+                          fleet=[{"device": "rpi4", "link": "wifi", "fraction": 1.0, "battery_wh": 1.0,
+                                  "solar_wp": 0.5}])
+    env = make_env(config)
+    env.reset(seed=4)
+    scenario = env.unwrapped.scenario
+    reserve = config.energy.battery_min_soc * scenario.capacity_wh
+    lowest = scenario.capacity_wh.clone()
+    dropped = 0
+    for _ in range(config.max_rounds):
+        *_, terminated, truncated, info = env.step(np.full(config.n_nodes, 2))
+        battery = env.unwrapped.sim_state.battery_wh
+        assert (battery >= reserve - 1e-6).all(), (battery, reserve)
+        lowest = torch.minimum(lowest, battery)
+        dropped += int(info["dropped_nodes"])
+        if terminated or truncated:
+            break
+    assert dropped > 0, "no node ran short: the reserve went untested"
+    assert torch.allclose(lowest, reserve, atol=1e-4), "some battery never reached the reserve"
 
 
 def test_episode_totals_are_sums_of_rounds():

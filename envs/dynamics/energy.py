@@ -4,9 +4,12 @@ Costs per round (all Wh), for a node with device profile D and uplink L:
     compute = D.busy_w · t_train,           t_train = local_steps · batch / D.samples_per_s
     radio   = bits · L.J/bit + L.tail_s · L.tail_w (+ D.idle_w while sending),  bits = 8 · model_bytes · ratio
     sleep   = D.sleep_w · (round length - time awake)
-Supply order: harvest first, then battery (down to the min state of charge for actions), then grid
-(grid-connected nodes only). Surplus harvest charges the battery, limited by the charge rate and the
-free capacity; charging loses (1 - efficiency); the rest is spilled. Per node and round:
+Supply order: harvest first, then battery down to its reserve (``battery_min_soc`` of capacity, the
+battery-management cut-off: the cell is never drawn below it), then grid (grid-connected nodes only). Sleep
+draw is charged every round to every node, whatever it does. Demand that no source covers is ``unmet``: an
+off-grid node whose harvest and battery above the reserve cannot pay even its sleep draw browns out for the
+round. Surplus harvest charges the battery, limited by the charge rate and the free capacity; charging loses
+(1 - efficiency); the rest is spilled. Per node and round:
 
     harvested + grid = consumed + Δstored + spilled + charge_loss          (tests/test_energy.py)
 
@@ -108,12 +111,15 @@ def available_for_actions(battery_wh, capacity_wh, harvest_wh, grid_connected, m
 
 
 def settle_energy(
-    demand_wh, battery_wh, capacity_wh, harvest_wh, grid_connected, charge_limit_wh, efficiency: float
+    demand_wh, battery_wh, capacity_wh, harvest_wh, grid_connected, charge_limit_wh, efficiency: float,
+    min_soc: float = 0.0,
 ) -> EnergyFlow:
-    """Meet each node's demand from harvest, battery, grid in that order; store or spill the surplus."""
+    """Meet each node's demand from harvest, battery above the reserve ``min_soc`` · capacity, and grid, in that
+    order; store or spill the surplus."""
     from_harvest = torch.minimum(harvest_wh, demand_wh)
     rest = demand_wh - from_harvest
-    from_battery = torch.minimum(rest, battery_wh)
+    above_reserve = (battery_wh - min_soc * capacity_wh).clamp_min(0.0)
+    from_battery = torch.minimum(rest, above_reserve)
     rest = rest - from_battery
     grid = torch.where(grid_connected, rest, torch.zeros_like(rest))
     unmet = rest - grid

@@ -20,6 +20,7 @@ GOLDEN = 0x9E3779B9
 
 # stream ids: one per use, so draws never collide
 BATCHES, ATTACK_ON, ATTACK_NOISE, NONFINITE, PRIVACY, MODEL_INIT = range(1, 7)
+AVAILABILITY = 50  # drawn once per episode at scenario build (envs/availability.py)
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
