@@ -138,7 +138,9 @@ class Region(_Frozen):
 
 
 class EnergyConfig(_Frozen):
-    battery_min_soc: float = Field(0.1, ge=0, lt=1, description="state of charge never drawn below")
+    battery_min_soc: float = Field(
+        0.1, ge=0, lt=1, description="reserve: state of charge no draw takes a cell below (sleep included); an "
+        "off-grid node that cannot pay its sleep draw above it browns out for the round")
     initial_soc_low: float = Field(0.3, ge=0, le=1)
     initial_soc_high: float = Field(0.9, ge=0, le=1)
     charge_efficiency: float = Field(0.9, gt=0, le=1, description="share of charged energy that is stored")

@@ -311,22 +311,26 @@ def region_intensity(config: EnvConfig, region: Region, start_step: int, utc_hou
                      rng) -> tuple[np.ndarray, str]:
     """gCO2e/kWh of one region at every round, and its source: the measured hourly trace of the region's zone
     where one ships (``config.grid.intensity == "traces"``), else the synthetic daily shape; flattened to the
-    annual mean of whichever source applies under ``"annual_mean"``."""
+    annual mean of whichever source applies under ``"annual_mean"``.
+
+    The synthetic shape's noise is drawn from ``rng`` whichever source is used, so that the same seed deals the
+    same graph, fleet, data and streams under every setting of ``grid.intensity`` (paired ablations)."""
+    synthetic = carbon_intensity_trace(region.country_iso, region.longitude, utc_hours, rng, config.round_minutes)
     zone = grid_traces.zone_of(region.country_iso, region.grid_zone)
     trace = None
     if config.grid.intensity != "synthetic" and zone is not None:
         trace = grid_traces.hourly_intensity(zone, config.grid.trace_year)
         if trace is None:
             _warn_no_trace(zone, config.grid.trace_year)
-    if trace is not None:
-        if config.grid.intensity == "annual_mean":
-            return np.full(len(utc_hours), float(trace.mean())), zone
-        return grid_traces.intensity_per_round(trace, start_step, len(utc_hours), config.round_minutes), zone
-    if config.grid.intensity == "annual_mean":
+    if trace is None:
+        series, source = synthetic, "synthetic"
         annual = float(country_energy_mix()[region.country_iso]["carbon_intensity"])
-        return np.full(len(utc_hours), annual), "synthetic"
-    return carbon_intensity_trace(region.country_iso, region.longitude, utc_hours, rng, config.round_minutes), \
-        "synthetic"
+    else:
+        series, source = grid_traces.intensity_per_round(trace, start_step, len(utc_hours), config.round_minutes), zone
+        annual = float(trace.mean())
+    if config.grid.intensity == "annual_mean":
+        series = np.full(len(utc_hours), annual)
+    return series, source
 
 
 @functools.cache

@@ -294,3 +294,27 @@ def test_full_gossip_round_keeps_the_fleet_mean(graph, seed):
     x = torch.randn(n, ModelSpec("softmax").n_params, generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)
     torch.testing.assert_close((w @ x).mean(0), x.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_a_node_refuses_what_its_true_battery_cannot_pay_whatever_the_scheduler_was_told():
+    """The round decides on the true battery: nodes at their reserve with no sun are asked to train and send
+    in full (as a scheduler misled by noisy telemetry would), and the off-grid ones quietly sleep instead."""
+    import dataclasses
+
+    from greengossip.envs.simulator import draw_randomness, transition
+    from greengossip.envs.state import initial_state
+
+    config = tiny_variant(availability__model="always")
+    scenario = make_scenario(config, np.random.default_rng(0))
+    scenario = dataclasses.replace(scenario, harvest_wh=torch.zeros_like(scenario.harvest_wh))
+    state = initial_state(config, scenario)
+    reserve = config.energy.battery_min_soc * scenario.capacity_wh
+    state = state.replace(battery_wh=reserve + 1e-4)
+    action = torch.full((scenario.n_nodes,), 2)
+    after, outcome = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
+    off_grid = ~scenario.grid_connected
+    assert off_grid.any() and (~off_grid).any()
+    assert torch.equal(after.dropped, off_grid)
+    assert (after.last_action[off_grid] == 0).all() and (after.last_action[~off_grid] == 2).all()
+    assert (after.battery_wh[off_grid] >= reserve[off_grid] - 1e-6).all()
+    assert (outcome.energy.unmet[off_grid] > 0).all(), "the sleep draw beyond the reserve is unmet (brown-out)"

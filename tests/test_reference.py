@@ -22,7 +22,7 @@ FLOW_FIELDS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", 
 
 
 def _setup(model: str, seed: int):
-    config = tiny_variant(learning__model=model)
+    config = tiny_variant(learning__model=model, availability__model="markov")  # phones come and go
     scenario = make_scenario(config, np.random.default_rng(seed))
     state = initial_state(config, scenario)
     generator = None
@@ -77,6 +77,7 @@ def test_batched_transition_matches_per_node_reference(model, whole_fleet_sgd, m
         dropped_total += int(slow.dropped.sum())
         state = batched
     assert dropped_total > 0, "no node was ever unaffordable: the drop-out path went untested"
+    assert not scenario.available[:, :ROUNDS].all(), "no node was ever offline: the churn path went untested"
 
 
 TOPK_ACTIONS = (4, 5)  # train + top-10 %, train + top-1 %
