@@ -44,8 +44,9 @@ class EdgeLearningEnv(gym.Env):
 
     ``action_masks()`` returns an (N, 6) bool array: an action is masked when the node's reported
     battery above its reserve plus this round's harvest cannot pay for it (grid-connected nodes can
-    always pay). A chosen action the node cannot afford is replaced by idle and the node is reported in
-    ``dropped_nodes``.
+    always pay), and every action but idle is masked while the node is offline (``availability``). A
+    chosen action the node cannot afford on its true battery, or that an offline node is asked for, is
+    replaced by idle and the node is reported in ``dropped_nodes``.
 
     ## Observation Space
     ``Dict``:
@@ -54,7 +55,7 @@ class EdgeLearningEnv(gym.Env):
     |---|---|---|
     | ``nodes`` | (N, 16) | per-node features, see ``greengossip.envs.observation.NODE_FEATURES`` (name, range, unit) |
     | ``global`` | (8,) | time of day, progress, mean accuracy, gap to target, consensus distance, shares |
-    | ``action_mask`` | (N, 6) | 1 = action affordable |
+    | ``action_mask`` | (N, 6) | 1 = action affordable and node online |
     | ``adjacency`` | (N, N) | 0/1 communication graph (only if ``observation.adjacency``) |
 
     Node features: battery_soc, harvest_now, harvest_forecast, carbon_now, carbon_forecast,
