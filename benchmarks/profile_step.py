@@ -8,7 +8,7 @@ Two tables for B environments of N nodes (bench_step's fleets: every node trains
   the modules that call them for the duration of the run and are removed afterwards. A part's time
   includes the parts inside it; "other" is what its named children leave. Page faults per step (minor
   faults, from ``getrusage``) show the fresh memory a part touches: at B = 64 a fresh (B·N, P) block
-  costs about as much to fault in as to compute (design notes 21 and 32).
+  costs about as much to fault in as to compute (design notes 14 and 18).
 * **operators**: torch's profiler over a separate run of the same steps: the aten operators by self CPU
   time, how many the step calls and how many it calls at top level. Under the profiler every call
   costs more, so read its times as shares, and the parts table for times.

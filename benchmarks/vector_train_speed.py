@@ -3,7 +3,7 @@ of N nodes as one program), on each device given: env-steps/s of ``learn`` (roll
 together) and of the rollouts alone, and the mean episode return SB3 logged, so that a run on CUDA shows
 both that training works there and what it gains. The env and the policy sit on the same device.
 ``--workers`` repeats each device with the vector env's workers (groups of environments stepped at once;
-design note 34), as threads and, with ``--worker-kinds thread process``, as processes too (design note 35).
+design note 20), as threads and, with ``--worker-kinds thread process``, as processes too (design note 21).
 
     python benchmarks/vector_train_speed.py --devices cpu cuda --envs 64 --nodes 32 --timesteps 12288
     python benchmarks/vector_train_speed.py --workers 1 2 --worker-kinds thread process
