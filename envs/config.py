@@ -24,6 +24,7 @@ from greengossip.envs.errors import UserError, bounded_repr
 from greengossip.envs.grid_traces import TRACE_ZONES
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import find_config
+from greengossip.envs.workloads import WORKLOAD_PROFILES
 
 
 class ConfigError(UserError):
@@ -50,11 +51,19 @@ class _Frozen(BaseModel):
 
 
 class TopologyConfig(_Frozen):
-    """Communication graph of the fleet, built with networkx and always connected."""
+    """Communication graph of the fleet, always connected (docs/world_model.md, Topology).
 
-    kind: Literal["random_geometric", "erdos_renyi", "small_world", "scale_free", "ring", "grid"] = (
-        "random_geometric"
+    ``geographic``: each region's nodes sit in a cluster of their own, linked within radio range (a
+    radius that shrinks as sqrt(log n / n), Gupta & Kumar 2000), and a few gateways per region link the
+    regions over the internet. The other kinds ignore geography; all their links go over the internet."""
+
+    kind: Literal["geographic", "random_geometric", "erdos_renyi", "small_world", "scale_free", "ring", "grid"] = (
+        "geographic"
     )
+    connectivity: float = Field(2.0, gt=0, le=10, description="geographic: c in the radio range "
+                                "r = sqrt(c log n / (pi n)) of a region of n nodes in a unit square")
+    gateways_per_region: int = Field(2, ge=1, le=16, description="geographic: nodes per region that link "
+                                     "to the other regions over the internet")
     radius: float = Field(0.35, gt=0, le=1.5, description="random_geometric: link range in the unit square")
     edge_probability: float = Field(0.15, gt=0, le=1, description="erdos_renyi: link probability")
     neighbours: int = Field(4, ge=2, description="small_world: ring neighbours k; scale_free: m = k // 2")
@@ -147,10 +156,11 @@ class EnergyConfig(_Frozen):
     charge_rate_c: float = Field(1.0, gt=0, description="max charge power as a multiple of capacity per hour")
     performance_ratio: float = Field(0.8, gt=0, le=1, description="PV system losses (IEC 61724 PR)")
     mean_cloudiness: float = Field(0.3, ge=0, lt=1, description="mean fraction of clear-sky irradiance lost")
-    emulated_model_mb: float = Field(
-        14.0, gt=0, description="size of the emulated on-device model sent as 'full' (MobileNetV2 fp32)"
-    )
-    backbone_year: int = Field(2023, ge=2015, le=2050, description="year for the backbone kWh/GB figure")
+    network_accounting: Literal["marginal", "attributional"] = Field(
+        "marginal", description="energy of the network beyond the access link that the reward charges: "
+        "'marginal' (power model: what the extra bytes add) or 'attributional' (average kWh/GB); info "
+        "reports both")
+    backbone_year: int = Field(2023, ge=2015, le=2050, description="year of the attributional kWh/GB figure")
 
     @model_validator(mode="after")
     def _soc_range(self) -> EnergyConfig:
@@ -176,6 +186,22 @@ class AvailabilityConfig(_Frozen):
     """Whether nodes come and go (envs/availability.py: a two-state on/off Markov chain per device class)."""
 
     model: Literal["always", "markov"] = "markov"
+
+
+class WorkloadConfig(_Frozen):
+    """What a round trains and sends, for its compute time and message bytes (envs/workloads.py)."""
+
+    kind: Literal["emulated", "learner"] = Field(
+        "emulated", description="'learner': the learner's own parameters and FLOPs; 'emulated': the named "
+        "profile's, with the learner's accuracy standing in")
+    profile: str = Field("mobilenet_v2", description="emulated: a profile of envs/workloads.py")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in WORKLOAD_PROFILES:
+            raise ValueError(f"unknown workload profile {value!r}; allowed: {sorted(WORKLOAD_PROFILES)}")
+        return value
 
 
 AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry",
@@ -272,6 +298,7 @@ class EnvConfig(_Frozen):
     energy: EnergyConfig = EnergyConfig()
     grid: GridConfig = GridConfig()
     availability: AvailabilityConfig = AvailabilityConfig()
+    workload: WorkloadConfig = WorkloadConfig()
     attack: AttackConfig = AttackConfig()
     defence: DefenceConfig = DefenceConfig()
     privacy: PrivacyConfig = PrivacyConfig()

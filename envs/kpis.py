@@ -18,8 +18,9 @@ from greengossip.envs.simulator import RoundOutcome
 from greengossip.envs.state import per_env
 
 # per-node outcome quantities summed over each environment's nodes, in info order
-NODE_SUMS = ("carbon_g", "carbon_grid_g", "carbon_backbone_g", "energy_wh", "energy_compute_wh", "energy_radio_wh",
-             "energy_base_wh", "grid_wh", "harvested_wh", "spilled_wh", "bytes_sent", "participants",
+NODE_SUMS = ("carbon_g", "carbon_grid_g", "carbon_backbone_g", "carbon_marginal_g", "carbon_attributional_g",
+             "energy_wh", "energy_compute_wh", "energy_radio_wh", "energy_receive_wh", "energy_base_wh", "grid_wh",
+             "harvested_wh", "spilled_wh", "bytes_sent", "bytes_received", "internet_bytes", "participants",
              "trained_nodes", "broadcasting_nodes", "dropped_nodes")
 # quantities the round already measured per environment
 ENV_VALUES = ("accuracy", "consensus_distance", "malicious_participants", "attack_influence")
@@ -33,14 +34,19 @@ def _node_sums(outcome: RoundOutcome) -> dict[str, torch.Tensor]:
         "carbon_g": outcome.carbon_g,
         "carbon_grid_g": outcome.carbon_grid_g,
         "carbon_backbone_g": outcome.carbon_backbone_g,
+        "carbon_marginal_g": outcome.carbon_marginal_g,
+        "carbon_attributional_g": outcome.carbon_attributional_g,
         "energy_wh": flow.consumed,
         "energy_compute_wh": outcome.compute_wh,
         "energy_radio_wh": outcome.radio_wh,
+        "energy_receive_wh": outcome.receive_wh,
         "energy_base_wh": outcome.base_wh,
         "grid_wh": flow.grid,
         "harvested_wh": flow.harvested,
         "spilled_wh": flow.spilled,
         "bytes_sent": outcome.bytes_sent,
+        "bytes_received": outcome.bytes_received,
+        "internet_bytes": outcome.internet_bytes,
         "participants": outcome.trained | outcome.sent,
         "trained_nodes": outcome.trained,
         "broadcasting_nodes": outcome.sent,

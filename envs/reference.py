@@ -9,8 +9,10 @@ each node's device and link figures rather than read from ``scenario.costs``.
 
 A round, as the batched simulator defines it:
 1. nodes that are offline this round (``Scenario.available``), or cannot pay for their action from harvest +
-   battery above the reserve (grid nodes always can), sleep instead and are reported dropped; every node's
-   energy is settled (harvest, battery down to the reserve, grid; what none covers is unmet);
+   battery above the reserve (grid nodes always can), sleep instead and are reported dropped; every awake
+   node receives what its sending neighbours broadcast (downlink energy, idle draw, radio tail) and every
+   sender's message crosses the internet once per awake neighbour linked over it; every node's energy,
+   receiving included, is settled (harvest, battery down to the reserve, grid; what none covers is unmet);
 2. trainers run SGD on their minibatches (active free riders skip it, active label flippers learn 9 - y);
 3. senders add Q(x_i - x̂_i) to their public copy x̂_i (CHOCO-SGD error feedback), label flippers
    included (envs/dynamics/attacks.py: they "broadcast honestly"); an active free rider's copy stays
@@ -39,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from greengossip.envs.config import EnvConfig
-from greengossip.envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS, TOPK_FRACTION
 from greengossip.envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
 from greengossip.envs.scenario import N_CLASSES, N_INPUTS, Scenario
 from greengossip.envs.state import SimState
+from greengossip.envs.workloads import COMPRESSION_LEVELS, TOPK_FRACTION
 
 IDLE = 0
 N_ACTIONS = 2 + len(COMPRESSION_LEVELS)
@@ -53,8 +55,7 @@ def node_action_cost(config: EnvConfig, scenario: Scenario, node: int, action: i
     """Energy (Wh) by kind and bytes on the air of one action on one node, from the device figures."""
     trains = action >= 1
     sends = action >= 2
-    ratio = COMPRESSION_BYTE_RATIO[COMPRESSION_LEVELS[action - 2]] if sends else 0.0
-    bytes_sent = scenario.model_bytes * ratio
+    bytes_sent = message_size(scenario.workload.n_params, COMPRESSION_LEVELS[action - 2]) if sends else 0.0
     bits = 8.0 * bytes_sent
     samples = config.learning.local_steps * config.learning.batch_size
     train_s = samples / float(scenario.samples_per_s[node]) if trains else 0.0
@@ -75,6 +76,38 @@ def node_action_cost(config: EnvConfig, scenario: Scenario, node: int, action: i
         "total_wh": (compute_j + radio_j + base_j) / 3600.0,
         "bytes_sent": bytes_sent,
     }
+
+
+def message_size(n_params: int, level: str) -> float:
+    """Bytes of one message: float32 values, a float32 scale for q8, int32 indices for top-k."""
+    if level == "full":
+        return 4.0 * n_params
+    if level == "q8":
+        return 1.0 * n_params + 4.0
+    kept = math.ceil(TOPK_FRACTION[level] * n_params)
+    if kept < 1:
+        kept = 1
+    return 8.0 * kept
+
+
+def node_receive_cost(scenario: Scenario, node: int, bytes_in: float) -> float:
+    """Wh one node spends receiving ``bytes_in``: its link's downlink energy per bit, the device's idle
+    draw while the bytes arrive, and the radio's tail after the burst."""
+    if bytes_in <= 0.0:
+        return 0.0
+    bits = 8.0 * bytes_in
+    joule = (bits * float(scenario.downlink_joule_per_bit[node])
+             + float(scenario.idle_w[node]) * bits / float(scenario.downlink_bit_s[node])
+             + float(scenario.tail_j[node]))
+    return joule / 3600.0
+
+
+def link_crosses_internet(config: EnvConfig, scenario: Scenario, a: int, b: int) -> bool:
+    """Geographic graphs link regions over the internet and nodes in one region by radio; the other kinds
+    know no geography and every link goes over the internet."""
+    if config.topology.kind != "geographic":
+        return True
+    return int(scenario.region_index[a]) != int(scenario.region_index[b])
 
 
 def node_can_afford(config: EnvConfig, battery: float, capacity: float, harvest: float, grid: bool,
@@ -339,8 +372,8 @@ def reference_transition(
         if not 0 <= a < N_ACTIONS:
             raise ValueError(f"action code {a} outside 0..{N_ACTIONS - 1}")
 
-    # 1. energy: decide who drops out, then settle every node
-    carried, dropped, flows, costs = [], [], [], []
+    # 1. energy: decide who drops out, then what every awake node receives, then settle every node
+    carried, dropped, costs = [], [], []
     for i in range(n):
         battery = float(state.battery_wh[i])
         capacity = float(scenario.capacity_wh[i])
@@ -358,12 +391,27 @@ def reference_transition(
             dropped.append(True)
             cost = node_action_cost(config, scenario, i, IDLE)
         costs.append(cost)
-        flows.append(settle_node(cost["total_wh"], battery, capacity, harvest, grid,
-                                 float(scenario.charge_limit_wh[i]), eff, config.energy.battery_min_soc))
 
     trained = [a >= 1 for a in carried]
     sent = [a >= 2 for a in carried]
     awake = [trained[i] or sent[i] for i in range(n)]
+
+    links: list[list[int]] = [[] for _ in range(n)]  # undirected: each edge appears in both directions
+    for src, dst in zip(scenario.edge_src.tolist(), scenario.edge_dst.tolist()):
+        links[dst].append(src)
+    bytes_received, receive_wh, internet_bytes = [], [], []
+    for i in range(n):
+        bytes_in = sum(costs[j]["bytes_sent"] for j in links[i] if sent[j]) if awake[i] else 0.0
+        bytes_received.append(bytes_in)
+        receive_wh.append(node_receive_cost(scenario, i, bytes_in))
+        reached = sum(1 for j in links[i] if awake[j] and link_crosses_internet(config, scenario, i, j))
+        internet_bytes.append(costs[i]["bytes_sent"] * reached)
+    flows = []
+    for i in range(n):
+        flows.append(settle_node(costs[i]["total_wh"] + receive_wh[i], float(state.battery_wh[i]),
+                                 float(scenario.capacity_wh[i]), float(scenario.harvest_wh[i, t]),
+                                 bool(scenario.grid_connected[i]), float(scenario.charge_limit_wh[i]), eff,
+                                 config.energy.battery_min_soc))
 
     # who attacks this round, and how (attackers are hidden from the agent, not from the reference)
     honest = [bool(h) for h in scenario.honest.tolist()]
@@ -397,7 +445,10 @@ def reference_transition(
     for i in range(n):
         free_riding = attacking[i] and kinds[i] == "free_rider"
         if sent[i] and not free_riding and not poisoner[i]:
-            public[i] = public[i] + compress_row(params[i] - public[i], carried[i] - 2)
+            if COMPRESSION_LEVELS[carried[i] - 2] == "full":  # the model itself: a copy that went
+                public[i] = params[i].clone()                   # non-finite earlier is replaced, not added to
+            else:
+                public[i] = public[i] + compress_row(params[i] - public[i], carried[i] - 2)
 
     # neighbour lists from the edge list; trust slots from the neighbour table
     incoming: list[list[tuple[int, float]]] = [[] for _ in range(n)]
@@ -475,13 +526,13 @@ def reference_transition(
     centre = sum(honest_final) / len(honest_final)
     consensus = sum(float(((p - centre) ** 2).sum()) for p in honest_final) / len(honest_final)
 
-    carbon_grid, carbon_backbone = [], []
+    carbon_grid = []
+    carbon_network: dict[str, list[float]] = {accounting: [] for accounting in scenario.network_kwh_per_byte}
     for i in range(n):
         g_per_wh = float(scenario.carbon_g_per_kwh[i, t]) / 1000.0
         carbon_grid.append(flows[i]["grid"] * g_per_wh)
-        backbone_kwh = costs[i]["bytes_sent"] * float(scenario.degree[i]) * scenario.backbone_kwh_per_byte
-        backbone_wh = backbone_kwh * 1000.0
-        carbon_backbone.append(backbone_wh * g_per_wh)
+        for accounting, kwh_per_byte in scenario.network_kwh_per_byte.items():
+            carbon_network[accounting].append(internet_bytes[i] * kwh_per_byte * 1000.0 * g_per_wh)
 
     device = state.params.device
     f32 = dict(dtype=torch.float32, device=device)
@@ -509,8 +560,13 @@ def reference_transition(
         "radio_wh": [c["radio_wh"] for c in costs],
         "base_wh": [c["base_wh"] for c in costs],
         "bytes_sent": [c["bytes_sent"] for c in costs],
+        "bytes_received": bytes_received,
+        "receive_wh": receive_wh,
+        "internet_bytes": internet_bytes,
         "carbon_grid_g": carbon_grid,
-        "carbon_backbone_g": carbon_backbone,
+        "carbon_backbone_g": carbon_network[config.energy.network_accounting],
+        "carbon_backbone_marginal_g": carbon_network["marginal"],
+        "carbon_backbone_attributional_g": carbon_network["attributional"],
         "accuracy": accuracy,
         "previous_accuracy": float(state.accuracy[0]),
         "consensus_distance": consensus,

@@ -10,7 +10,8 @@
     deadline  = +1 on reaching the target; -(target - accuracy) / target when the deadline passes first
 
 The scales make one unit "every node doing a full round (train + full broadcast)": energy_scale is that
-round's device Wh, carbon_scale that round's device + backbone Wh at the world-average grid intensity of
+round's device Wh (sending and receiving), carbon_scale that round's device Wh plus the energy of its
+internet links under the configured network accounting, at the world-average grid intensity of
 481 gCO2e/kWh (Ember 2023).
 ``cost`` (for constrained-MDP users) is the round's carbon in grams.
 """
@@ -18,22 +19,31 @@ round's device Wh, carbon_scale that round's device + backbone Wh at the world-a
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from greengossip.envs.config import EnvConfig
+from greengossip.envs.dynamics.energy import network_bytes, receive
 from greengossip.envs.scenario import Scenario
 from greengossip.envs.state import per_env
 
 WORLD_MEAN_G_PER_KWH = 481.0  # Ember, Global Electricity Review 2023
+FULL_ACTION = 2  # train + full broadcast
 COMPONENTS = ("accuracy", "carbon", "energy", "security", "deadline")
 
 
 def reward_scales(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     """(energy_scale_wh, carbon_scale_g), each (B,): one full round of each environment's fleet."""
-    full_round_wh = per_env(scenario.costs.total_wh[:, 2], scenario).sum(1)
-    backbone_wh = per_env(scenario.costs.bytes_sent[:, 2] * scenario.degree, scenario).sum(1) * (
-        scenario.backbone_kwh_per_byte * 1e3)
+    everyone = torch.ones(scenario.n_nodes, dtype=torch.bool, device=scenario.degree.device)
+    full_bytes = scenario.costs.bytes_sent[:, FULL_ACTION]
+    reception = receive(full_bytes, everyone, scenario.neighbours, scenario.neighbour_valid,
+                        joule_per_bit=scenario.downlink_joule_per_bit, downlink_bit_s=scenario.downlink_bit_s,
+                        idle_w=scenario.idle_w, tail_j=scenario.tail_j)
+    full_round_wh = per_env(scenario.costs.total_wh[:, FULL_ACTION] + reception.receive_wh, scenario).sum(1)
+    internet = network_bytes(full_bytes, everyone, scenario.neighbours, scenario.internet_slot)
+    network_wh = per_env(internet, scenario).sum(1) * (
+        scenario.network_kwh_per_byte[scenario.network_accounting] * 1e3)
     energy = full_round_wh.double().cpu().numpy()
-    return energy, (energy + backbone_wh.double().cpu().numpy()) * WORLD_MEAN_G_PER_KWH / 1000.0
+    return energy, (energy + network_wh.double().cpu().numpy()) * WORLD_MEAN_G_PER_KWH / 1000.0
 
 
 def reward_components(

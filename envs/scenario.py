@@ -20,10 +20,17 @@ import torch
 from greengossip.envs import grid_traces
 from greengossip.envs.availability import availability_trace
 from greengossip.envs.config import EnvConfig, Region
-from greengossip.envs.devices import DEVICE_PROFILES, LINK_PROFILES, backbone_kwh_per_gb, country_energy_mix
+from greengossip.envs.devices import (
+    DEVICE_PROFILES,
+    LINK_PROFILES,
+    backbone_kwh_per_gb,
+    country_energy_mix,
+    marginal_network_kwh_per_gb,
+)
 from greengossip.envs.dynamics.attacks import HONEST, assign_attackers
 from greengossip.envs.dynamics.energy import ActionCosts, action_costs
 from greengossip.envs.dynamics.gossip import DENSE_MIXING_UP_TO, mixing_matrix, neighbour_pattern
+from greengossip.envs.workloads import Workload, make_workload
 
 N_FEATURES = 64  # the digits' 8x8 pixels
 N_INPUTS = N_FEATURES + 1  # the model inputs: the pixels and a constant 1, the bias input
@@ -51,6 +58,7 @@ class Scenario:
     neighbours: torch.Tensor  # (N, D_max) long, padded with the node itself
     neighbour_valid: torch.Tensor  # (N, D_max) bool
     neighbour_weight: torch.Tensor  # (N, D_max) w_ij of each slot, 0 where unused
+    internet_slot: torch.Tensor  # (N, D_max) bool, the slot's link crosses the internet (not radio range)
     # hardware
     device_names: tuple[str, ...]  # (N,)
     idle_w: torch.Tensor  # (N,) W
@@ -61,6 +69,8 @@ class Scenario:
     uplink_bit_s: torch.Tensor  # (N,) bit/s
     tail_j: torch.Tensor  # (N,) J per burst (radio tail)
     tail_s: torch.Tensor  # (N,) s per burst
+    downlink_joule_per_bit: torch.Tensor  # (N,) J/bit received
+    downlink_bit_s: torch.Tensor  # (N,) bit/s
     capacity_wh: torch.Tensor  # (N,) Wh
     charge_limit_wh: torch.Tensor  # (N,) Wh that may enter the cell per round
     grid_connected: torch.Tensor  # (N,) bool
@@ -74,8 +84,9 @@ class Scenario:
     carbon_g_per_kwh: torch.Tensor  # (N, T) grid intensity during each round
     available: torch.Tensor  # (N, T) bool, node online in each round (envs/availability.py)
     carbon_sources: tuple[str, ...]  # (R,) where each region's intensity comes from (trace zone or "synthetic")
-    backbone_kwh_per_byte: float
-    model_bytes: float  # bytes of one full-precision broadcast of the emulated model
+    network_kwh_per_byte: dict[str, float]  # kWh per byte over an internet link, by accounting
+    network_accounting: str  # the accounting the reward charges: "marginal" or "attributional"
+    workload: Workload  # what a round trains and sends (envs/workloads.py)
     costs: ActionCosts  # (N, K) energy and bytes of every action on every node
     # Metropolis-Hastings W without its diagonal: (B, n, n) dense per-environment blocks for fleets of up to
     # DENSE_MIXING_UP_TO nodes, else (N, N) sparse CSR over all nodes (gossip.mix multiplies either)
@@ -121,10 +132,10 @@ class Scenario:
         """(N, T) grid intensity in gCO2e per Wh."""
         return self.carbon_g_per_kwh / 1000.0
 
-    @functools.cached_property
-    def backbone_wh_per_byte(self) -> torch.Tensor:
-        """(N,) core-network Wh of one byte a node broadcasts (carried to each of its neighbours)."""
-        return self.degree * (self.backbone_kwh_per_byte * 1000.0)
+    @property
+    def model_bytes(self) -> float:
+        """Bytes of one full-precision broadcast of the workload."""
+        return self.workload.bytes_per_level()[0]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -175,9 +186,16 @@ def dirichlet_shards(train_y: np.ndarray, n_nodes: int, size: int, alpha: float,
 
 
 # ---------------------------------------------------------------------------------------------- graph
-def make_graph(config: EnvConfig, rng) -> tuple[nx.Graph, np.ndarray]:
-    """A connected graph of the configured kind and 2-D positions for drawing it."""
+def make_graph(config: EnvConfig, rng, region: np.ndarray | None = None,
+               grid_connected: np.ndarray | None = None) -> tuple[nx.Graph, np.ndarray]:
+    """A connected graph of the configured kind and 2-D positions for drawing it. ``geographic`` needs
+    each node's region index and whether it is on mains power (gateways are chosen among those)."""
     n, topo = config.n_nodes, config.topology
+    if topo.kind == "geographic":
+        if region is None or grid_connected is None:
+            raise ValueError("topology 'geographic' needs each node's region and grid connection")
+        return geographic_graph(region, grid_connected, len(config.regions), topo.connectivity,
+                                topo.gateways_per_region, rng)
     seed = int(rng.integers(2**31 - 1))
     if topo.kind == "random_geometric":
         positions = rng.random((n, 2))
@@ -202,6 +220,76 @@ def make_graph(config: EnvConfig, rng) -> tuple[nx.Graph, np.ndarray]:
         layout = nx.spring_layout(graph, seed=seed) if n <= 512 else nx.circular_layout(graph)
         positions = np.array([layout[i] for i in range(n)])
     return graph, np.asarray(positions, dtype=np.float64)
+
+
+def radio_range(n: int, connectivity: float) -> float:
+    """Link range in a unit square holding ``n`` nodes: r = sqrt(c log n / (pi n)).
+
+    Gupta & Kumar (2000) show that n nodes placed at random in a unit area are connected with probability
+    tending to 1 iff pi r^2 n = log n + c_n with c_n -> infinity; with c > 1 the range keeps that margin, and
+    the mean degree, about pi r^2 n = c log n, grows only as log n."""
+    return float(np.sqrt(connectivity * np.log(max(n, 2)) / (np.pi * max(n, 1))))
+
+
+def geographic_graph(region: np.ndarray, grid_connected: np.ndarray, n_regions: int, connectivity: float,
+                     gateways_per_region: int, rng) -> tuple[nx.Graph, np.ndarray]:
+    """Each region's nodes at random in a unit square of their own, linked within ``radio_range`` (a
+    KD-tree finds the pairs) and joined into one component by their closest pairs; then the first
+    ``gateways_per_region`` gateways of every region link to the same-numbered gateway of every other
+    region over the internet. Gateways are the region's mains-powered nodes first, then its nodes
+    closest to the middle of its square. Positions for drawing put the squares on a circle."""
+    from scipy.spatial import cKDTree
+
+    n = len(region)
+    local = rng.random((n, 2))
+    edges = [np.empty((0, 2), dtype=np.int64)]
+    gateways: list[np.ndarray] = []
+    for r in range(n_regions):
+        members = np.flatnonzero(region == r)
+        if len(members) == 0:
+            continue
+        tree = cKDTree(local[members])
+        pairs = tree.query_pairs(radio_range(len(members), connectivity), output_type="ndarray")
+        pairs = np.concatenate([pairs, _closest_joins(local[members], pairs)])
+        edges.append(members[pairs])
+        centrality = np.linalg.norm(local[members] - 0.5, axis=1)
+        order = np.lexsort((centrality, ~grid_connected[members]))  # mains power first, then central
+        gateways.append(members[order[:gateways_per_region]])
+    for a in range(len(gateways)):
+        for b in range(a + 1, len(gateways)):
+            for k in range(gateways_per_region):
+                edges.append(np.array([[gateways[a][k % len(gateways[a])], gateways[b][k % len(gateways[b])]]]))
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(np.concatenate(edges).tolist())
+    angle = 2 * np.pi * region / max(n_regions, 1)
+    side = 0.8 if n_regions == 1 else min(0.3, 0.9 * np.sin(np.pi / n_regions))
+    centre = np.stack([np.cos(angle), np.sin(angle)], 1) * (0.0 if n_regions == 1 else 0.3) + 0.5
+    return graph, centre + (local - 0.5) * side
+
+
+def _closest_joins(points: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Links that join the components of the graph ``pairs`` on ``points``: repeatedly the closest pair
+    between the component of the first point and the rest (a few components at the radio range)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(points)
+    joins = np.empty((0, 2), dtype=np.int64)
+    links = pairs
+    while True:
+        matrix = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
+        count, label = connected_components(matrix, directed=False)
+        if count <= 1:
+            return joins
+        inside = np.flatnonzero(label == label[0])
+        outside = np.flatnonzero(label != label[0])
+        distance, nearest = cKDTree(points[outside]).query(points[inside])
+        best = int(np.argmin(distance))
+        join = np.array([[inside[best], outside[nearest[best]]]], dtype=np.int64)
+        joins = np.concatenate([joins, join])
+        links = np.concatenate([links, join])
 
 
 def _connect_components(graph: nx.Graph, rng) -> None:
@@ -360,19 +448,22 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     as_tensor = functools.partial(torch.as_tensor, device=device)
     f32 = functools.partial(torch.as_tensor, dtype=torch.float32, device=device)
 
-    graph, positions = make_graph(config, rng)
-    src, dst, weight = metropolis_hastings_edges(graph)
-    table, valid, slot_weight = neighbour_table(n, src, dst, weight)
-
     group = _assign([g.fraction for g in config.fleet], n, rng)
     groups = [config.fleet[g] for g in group]
     devices = [DEVICE_PROFILES[g.device] for g in groups]
     links = [LINK_PROFILES[g.link] for g in groups]
     capacity = np.array([g.battery_wh for g in groups])
+    grid_connected = np.array([g.grid_connected for g in groups])
     round_h = config.round_minutes / 60.0
     soc = rng.uniform(config.energy.initial_soc_low, config.energy.initial_soc_high, n)
-
     region = _assign([r.fraction for r in config.regions], n, rng)
+
+    graph, positions = make_graph(config, rng, region, grid_connected)
+    src, dst, weight = metropolis_hastings_edges(graph)
+    table, valid, slot_weight = neighbour_table(n, src, dst, weight)
+    # links between regions go over the internet; without geography (the other kinds) every link does
+    internet = region[table] != region[:, None] if config.topology.kind == "geographic" else np.ones_like(valid)
+
     steps_per_day = int(round(24 * 60 / config.round_minutes))
     n_rounds = trace_length(config)
     start_day = int(rng.integers(0, 365))
@@ -395,21 +486,24 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     attack_kind = assign_attackers(config.attack, n, rng)
     eval_index = fixed_eval_subsample(config.learning.test_fraction, config.learning.eval_samples_per_round).copy()
 
+    from greengossip.envs.dynamics.learning import ModelSpec  # learning imports this module's data shapes
+
+    learner_params = ModelSpec(config.learning.model, config.learning.hidden).n_params
+    workload = make_workload(config.workload.kind, config.workload.profile, learner_params)
     per_node = {
         "busy_w": f32([d.busy_w for d in devices]),
         "idle_w": f32([d.idle_w for d in devices]),
         "sleep_w": f32([d.sleep_w for d in devices]),
-        "samples_per_s": f32([d.samples_per_s for d in devices]),
+        "samples_per_s": f32([d.train_gflop_s / workload.train_gflop_per_sample for d in devices]),
         "joule_per_bit": f32([lk.uplink_joule_per_bit for lk in links]),
         "uplink_bit_s": f32([lk.uplink_mbit_s * 1e6 for lk in links]),
         "tail_j": f32([lk.tail_s * lk.tail_w for lk in links]),
         "tail_s": f32([lk.tail_s for lk in links]),
     }
-    model_bytes = config.energy.emulated_model_mb * 1e6
     costs = action_costs(
         **per_node,
         samples_per_round=config.learning.local_steps * config.learning.batch_size,
-        model_bytes=model_bytes,
+        level_bytes=workload.bytes_per_level(),
         round_s=config.round_minutes * 60.0,
     )
     edge_src, edge_dst, edge_weight = as_tensor(src), as_tensor(dst), f32(weight)
@@ -432,11 +526,14 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         neighbours=as_tensor(table),
         neighbour_valid=as_tensor(valid),
         neighbour_weight=f32(slot_weight),
+        internet_slot=as_tensor(internet & valid),
         device_names=device_names,
         **per_node,
+        downlink_joule_per_bit=f32([lk.downlink_joule_per_bit for lk in links]),
+        downlink_bit_s=f32([lk.downlink_mbit_s * 1e6 for lk in links]),
         capacity_wh=f32(capacity),
         charge_limit_wh=f32(capacity * config.energy.charge_rate_c * round_h),
-        grid_connected=as_tensor(np.array([g.grid_connected for g in groups])),
+        grid_connected=as_tensor(grid_connected),
         initial_battery_wh=f32(soc * capacity),
         region_names=tuple(r.name for r in config.regions),
         region_index=as_tensor(region),
@@ -446,8 +543,10 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
         carbon_g_per_kwh=f32(carbon),
         available=as_tensor(available),
         carbon_sources=carbon_sources,
-        backbone_kwh_per_byte=backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
-        model_bytes=model_bytes,
+        network_kwh_per_byte={"attributional": backbone_kwh_per_gb(config.energy.backbone_year) / 1e9,
+                              "marginal": marginal_network_kwh_per_gb() / 1e9},
+        network_accounting=config.energy.network_accounting,
+        workload=workload,
         costs=costs,
         neighbour_mixing=_mixing_blocks(mixing_matrix(n, edge_src, edge_dst, edge_weight, include_self=False)),
         honest=as_tensor(attack_kind == HONEST),
@@ -497,9 +596,9 @@ def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
     total = n * len(scenarios)
     per_node = {name: cat(name) for name in (
         "degree", "idle_w", "busy_w", "sleep_w", "samples_per_s", "joule_per_bit", "uplink_bit_s", "tail_j",
-        "tail_s", "capacity_wh", "charge_limit_wh", "grid_connected", "initial_battery_wh", "region_index",
-        "harvest_wh", "carbon_g_per_kwh", "available", "honest", "attack_kind", "shards", "stream_key",
-        "start_utc_hour",
+        "tail_s", "downlink_joule_per_bit", "downlink_bit_s", "capacity_wh", "charge_limit_wh", "grid_connected",
+        "initial_battery_wh", "region_index", "harvest_wh", "carbon_g_per_kwh", "available", "honest",
+        "attack_kind", "shards", "stream_key", "start_utc_hour",
     )}
     return dataclasses.replace(
         first,
@@ -513,6 +612,7 @@ def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
         neighbours=neighbours,
         neighbour_valid=torch.cat([pad(s.neighbour_valid, False) for s in scenarios]),
         neighbour_weight=torch.cat([pad(s.neighbour_weight, 0.0) for s in scenarios]),
+        internet_slot=torch.cat([pad(s.internet_slot, False) for s in scenarios]),
         device_names=tuple(name for s in scenarios for name in s.device_names),
         costs=ActionCosts(*(torch.cat([getattr(s.costs, f.name) for s in scenarios])
                             for f in dataclasses.fields(ActionCosts))),

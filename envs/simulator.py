@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics import attacks, gossip, streams
-from greengossip.envs.dynamics.energy import IDLE, EnergyFlow, available_for_actions, decode_action, settle_energy
+from greengossip.envs.dynamics.energy import (
+    IDLE,
+    EnergyFlow,
+    available_for_actions,
+    decode_action,
+    network_bytes,
+    receive,
+    settle_energy,
+)
 from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
 from greengossip.envs.scenario import N_CLASSES, Scenario
 from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
@@ -64,8 +71,13 @@ class RoundOutcome:
     radio_wh: torch.Tensor  # (N,)
     base_wh: torch.Tensor  # (N,)
     bytes_sent: torch.Tensor  # (N,) bytes on the air
-    carbon_grid_g: torch.Tensor  # (N,) gCO2e from grid energy
-    carbon_backbone_g: torch.Tensor  # (N,) gCO2e of carrying the broadcast over the core network
+    bytes_received: torch.Tensor  # (N,) bytes an awake node took in from its sending neighbours
+    receive_wh: torch.Tensor  # (N,) Wh the receiver's radio and device spent on them (part of energy.consumed)
+    internet_bytes: torch.Tensor  # (N,) bytes the sender put on links that cross the internet
+    carbon_grid_g: torch.Tensor  # (N,) gCO2e from grid energy (receiving included)
+    carbon_backbone_g: torch.Tensor  # (N,) gCO2e of the internet links, under the configured accounting
+    carbon_backbone_marginal_g: torch.Tensor  # (N,) the same under marginal accounting
+    carbon_backbone_attributional_g: torch.Tensor  # (N,) the same under attributional accounting
     accuracy: torch.Tensor  # (B,)
     previous_accuracy: torch.Tensor  # (B,)
     consensus_distance: torch.Tensor  # (B,) mean squared distance of honest models to their mean
@@ -75,6 +87,14 @@ class RoundOutcome:
     @property
     def carbon_g(self) -> torch.Tensor:
         return self.carbon_grid_g + self.carbon_backbone_g
+
+    @property
+    def carbon_marginal_g(self) -> torch.Tensor:
+        return self.carbon_grid_g + self.carbon_backbone_marginal_g
+
+    @property
+    def carbon_attributional_g(self) -> torch.Tensor:
+        return self.carbon_grid_g + self.carbon_backbone_attributional_g
 
 
 def affordable_actions(config: EnvConfig, scenario: Scenario, battery_wh: torch.Tensor,
@@ -116,7 +136,11 @@ def transition(
     action = torch.where(can_afford, action, IDLE)
     trained, sent, level = decode_action(action)
     compute_wh, radio_wh, base_wh, total_wh, bytes_sent = costs.of(action)
-    flow = settle_energy(total_wh, state.battery_wh, scenario.capacity_wh, harvest,
+    awake = trained | sent
+    reception = receive(bytes_sent, awake, scenario.neighbours, scenario.neighbour_valid,
+                        joule_per_bit=scenario.downlink_joule_per_bit, downlink_bit_s=scenario.downlink_bit_s,
+                        idle_w=scenario.idle_w, tail_j=scenario.tail_j)
+    flow = settle_energy(total_wh + reception.receive_wh, state.battery_wh, scenario.capacity_wh, harvest,
                          scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency,
                          config.energy.battery_min_soc)
 
@@ -159,7 +183,6 @@ def transition(
     # label flippers broadcast their poisoned model honestly; an active free rider's copy stays stale
     honest_senders = sent if free_riding is None else sent & ~free_riding
     public = gossip.broadcast(params, state.public, level, honest_senders)
-    awake = trained | sent
     mixes = awake
     if poisoner is not None:
         poisoning = sent & poisoner
@@ -217,7 +240,11 @@ def transition(
     malicious = per_env(awake & ~scenario.honest, scenario).sum(1)
     node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
     intensity_g_per_wh = at_round(scenario.carbon_g_per_wh, t)
-    backbone_wh = bytes_sent * scenario.backbone_wh_per_byte
+    internet_bytes = network_bytes(bytes_sent, awake, scenario.neighbours, scenario.internet_slot)
+    # the network's energy is charged at the sender's grid intensity
+    internet_g_per_byte = internet_bytes * intensity_g_per_wh * 1000.0
+    carbon_network = {accounting: internet_g_per_byte * kwh_per_byte
+                      for accounting, kwh_per_byte in scenario.network_kwh_per_byte.items()}
 
     new_state = state.replace(
         params=params,
@@ -243,8 +270,13 @@ def transition(
         radio_wh=radio_wh,
         base_wh=base_wh,
         bytes_sent=bytes_sent,
+        bytes_received=reception.bytes_received,
+        receive_wh=reception.receive_wh,
+        internet_bytes=internet_bytes,
         carbon_grid_g=flow.grid * intensity_g_per_wh,
-        carbon_backbone_g=backbone_wh * intensity_g_per_wh,
+        carbon_backbone_g=carbon_network[scenario.network_accounting],
+        carbon_backbone_marginal_g=carbon_network["marginal"],
+        carbon_backbone_attributional_g=carbon_network["attributional"],
         accuracy=new_state.accuracy,
         previous_accuracy=state.accuracy,
         consensus_distance=new_state.consensus_distance,

@@ -181,7 +181,7 @@ def test_mixing_with_silent_senders_masks_their_weights_like_zeroed_models(layou
 def test_full_broadcast_copies_the_model_exactly_and_compressed_ones_add_their_message():
     import torch
 
-    from greengossip.envs.devices import COMPRESSION_LEVELS
+    from greengossip.envs.workloads import COMPRESSION_LEVELS
     from greengossip.envs.dynamics.gossip import broadcast, compress
 
     generator = torch.Generator().manual_seed(1)

@@ -16,13 +16,15 @@ from greengossip.envs.state import initial_state
 
 ROUNDS = 6
 ATOL = 1e-5
-OUTCOME_FIELDS = ("bytes_sent", "carbon_grid_g", "carbon_backbone_g", "compute_wh", "radio_wh", "base_wh")
+OUTCOME_FIELDS = ("bytes_sent", "bytes_received", "receive_wh", "internet_bytes", "carbon_grid_g",
+                  "carbon_backbone_g", "carbon_backbone_marginal_g", "carbon_backbone_attributional_g",
+                  "compute_wh", "radio_wh", "base_wh")
 FLOW_FIELDS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", "stored_in", "charge_loss",
                "spilled", "unmet", "battery_after")
 
 
-def _setup(model: str, seed: int):
-    config = tiny_variant(learning__model=model, availability__model="markov")  # phones come and go
+def _setup(model: str, seed: int, **changes):
+    config = tiny_variant(learning__model=model, availability__model="markov", **changes)  # phones come and go
     scenario = make_scenario(config, np.random.default_rng(seed))
     state = initial_state(config, scenario)
     generator = None
@@ -49,7 +51,20 @@ def test_batched_transition_matches_per_node_reference(model, whole_fleet_sgd, m
     from greengossip import envs
 
     monkeypatch.setattr(envs.simulator, "WHOLE_FLEET_SGD_SHARE", 0.0 if whole_fleet_sgd else 1.01)
-    config, scenario, generator, state, rng = _setup(model, seed=3)
+    _check_rounds_against_reference(*_setup(model, seed=3), model)
+
+
+@pytest.mark.parametrize("accounting", ["marginal", "attributional"])
+def test_geographic_round_matches_reference(accounting):
+    """Radio-range links inside a region carry no internet energy, gateway links between regions do."""
+    config, *rest = _setup("softmax", seed=4, n_nodes=24, topology={"kind": "geographic"},
+                           energy__network_accounting=accounting)
+    scenario = rest[0]
+    assert bool(scenario.internet_slot.any()) and bool((scenario.neighbour_valid & ~scenario.internet_slot).any())
+    _check_rounds_against_reference(config, *rest, "softmax")
+
+
+def _check_rounds_against_reference(config, scenario, generator, state, rng, model: str) -> None:
     dropped_total = 0
     for t in range(ROUNDS):
         action = _actions(rng, scenario.n_nodes, t)
@@ -361,9 +376,9 @@ def test_the_same_model_is_at_distance_zero_and_fully_trusted(nodes_per_env):
 def test_top_k_compression_breaks_ties_like_the_reference():
     """Equal magnitudes across the k-th place (SGD steps do tie) keep the lowest indices, as the
     reference's stable sort does, so the message does not depend on topk's device-specific choice."""
-    from greengossip.envs.devices import COMPRESSION_LEVELS
     from greengossip.envs.dynamics import gossip
     from greengossip.envs.reference import compress_row
+    from greengossip.envs.workloads import COMPRESSION_LEVELS
 
     generator = torch.Generator().manual_seed(3)
     deltas = torch.randint(-3, 4, (64, 200), generator=generator).float()  # ties everywhere

@@ -1,20 +1,26 @@
 """Energy model: what each action costs a node, and where the energy of a round comes from.
 
-Costs per round (all Wh), for a node with device profile D and uplink L:
-    compute = D.busy_w · t_train,           t_train = local_steps · batch / D.samples_per_s
-    radio   = bits · L.J/bit + L.tail_s · L.tail_w (+ D.idle_w while sending),  bits = 8 · model_bytes · ratio
+Costs per round (all Wh), for a node with device profile D and link L, of the workload W
+(``envs/workloads.py``):
+    compute = D.busy_w · t_train,           t_train = local_steps · batch / samples_per_s,
+                                            samples_per_s = D.train_gflop_s / W.train_gflop_per_sample
+    radio   = bits · L.up J/bit + L.tail_s · L.tail_w (+ D.idle_w while sending),  bits = 8 · W's message bytes
     sleep   = D.sleep_w · (round length - time awake)
+    receive = bits_in · L.down J/bit + L.tail_s · L.tail_w (if anything arrived) + D.idle_w while receiving,
+              bits_in = 8 · the bytes this round's sending neighbours broadcast, for an awake node
+The action's cost is known before the round (the action mask and drop-outs use it); what a node receives
+depends on its neighbours and is added to its demand when the round is settled.
 Supply order: harvest first, then battery down to its reserve (``battery_min_soc`` of capacity, the
 battery-management cut-off: the cell is never drawn below it), then grid (grid-connected nodes only). Sleep
 draw is charged every round to every node, whatever it does. Demand that no source covers is ``unmet``: an
-off-grid node whose harvest and battery above the reserve cannot pay even its sleep draw browns out for the
-round. Surplus harvest charges the battery, limited by the charge rate and the free capacity; charging loses
-(1 - efficiency); the rest is spilled. Per node and round:
+off-grid node whose harvest and battery above the reserve cannot pay even its sleep draw (or what it
+receives) browns out for the round. Surplus harvest charges the battery, limited by the charge rate and the
+free capacity; charging loses (1 - efficiency); the rest is spilled. Per node and round, receiving included:
 
     harvested + grid = consumed + Δstored + spilled + charge_loss          (tests/test_energy.py)
 
-Receiving is not charged: messages wait in a mailbox (see gossip.py) and the download cost of a few MB
-on Wi-Fi is an order of magnitude below the uplink cost (Huang et al., MobiSys 2012).
+The network beyond the access links (``network_bytes``) is charged per link that crosses the internet,
+under the configured accounting (``envs/devices.py``); links within radio range carry no such energy.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greengossip.envs.devices import COMPRESSION_BYTE_RATIO, COMPRESSION_LEVELS
+from greengossip.envs.workloads import COMPRESSION_LEVELS
 
 IDLE, TRAIN = 0, 1
 N_ACTIONS = 2 + len(COMPRESSION_LEVELS)  # idle, train only, train + broadcast at each level
@@ -64,14 +70,14 @@ class ActionCosts:
 
 def action_costs(
     *, busy_w, idle_w, sleep_w, samples_per_s, joule_per_bit, uplink_bit_s, tail_j, tail_s,
-    samples_per_round: int, model_bytes: float, round_s: float,
+    samples_per_round: int, level_bytes: tuple[float, ...], round_s: float,
 ) -> ActionCosts:
-    """Cost table of every action for every node, computed once per scenario."""
-    ratio = torch.tensor([0.0, 0.0] + [COMPRESSION_BYTE_RATIO[n] for n in COMPRESSION_LEVELS],
-                         device=busy_w.device)
+    """Cost table of every action for every node, computed once per scenario; ``level_bytes``: the bytes
+    of one broadcast at each compression level (``Workload.bytes_per_level``)."""
+    message = torch.tensor([0.0, 0.0, *level_bytes], dtype=busy_w.dtype, device=busy_w.device)
     trains = torch.tensor([0.0] + [1.0] * (N_ACTIONS - 1), device=busy_w.device)
-    sends = (ratio > 0).to(busy_w.dtype)
-    bytes_sent = model_bytes * ratio.expand(len(busy_w), -1)  # (N, K)
+    sends = (message > 0).to(busy_w.dtype)
+    bytes_sent = message.expand(len(busy_w), -1)  # (N, K)
     bits = 8.0 * bytes_sent
     train_s = trains * (samples_per_round / samples_per_s).unsqueeze(1)
     send_s = bits / uplink_bit_s.unsqueeze(1) + sends * tail_s.unsqueeze(1)
@@ -86,6 +92,34 @@ def action_costs(
         base_wh=base_j / 3600.0,
         bytes_sent=bytes_sent,
     )
+
+
+@dataclass(frozen=True)
+class Reception:
+    """What each node (N,) takes in during a round: bytes and the Wh its radio and device spend on them."""
+
+    bytes_received: torch.Tensor
+    receive_wh: torch.Tensor
+
+
+def receive(bytes_sent: torch.Tensor, awake: torch.Tensor, neighbours: torch.Tensor,
+            neighbour_valid: torch.Tensor, *, joule_per_bit, downlink_bit_s, idle_w, tail_j) -> Reception:
+    """Every awake node receives what each of its neighbours broadcast this round (a sleeping node's radio
+    is off: it neither pays nor mixes); ``neighbours`` (N, D) is the padded neighbour table."""
+    incoming = torch.where(neighbour_valid, bytes_sent[neighbours], 0.0).sum(1)
+    bytes_in = torch.where(awake, incoming, 0.0)
+    bits = 8.0 * bytes_in
+    joules = bits * (joule_per_bit + idle_w / downlink_bit_s) + torch.where(bytes_in > 0, tail_j, 0.0)
+    return Reception(bytes_received=bytes_in, receive_wh=joules / 3600.0)
+
+
+def network_bytes(bytes_sent: torch.Tensor, awake: torch.Tensor, neighbours: torch.Tensor,
+                  internet_slot: torch.Tensor) -> torch.Tensor:
+    """(N,) bytes each sender puts on links that cross the internet: its message once for every awake
+    neighbour it reaches over such a link. ``internet_slot`` (N, D) marks those links in the neighbour
+    table (the graph is undirected: a node's senders are also its receivers)."""
+    reached = (internet_slot & awake[neighbours]).sum(1)
+    return bytes_sent * reached
 
 
 @dataclass(frozen=True)

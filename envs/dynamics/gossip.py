@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from greengossip.envs.devices import COMPRESSION_LEVELS, TOPK_FRACTION
+from greengossip.envs.workloads import COMPRESSION_LEVELS, TOPK_FRACTION
 from greengossip.envs.dynamics.buffers import difference
 from greengossip.envs.dynamics.products import matmul, sparse_product
 
