@@ -81,9 +81,11 @@ class EdgeLearningEnv(gym.Env):
     guarantee is missed; the deadline component charges the shortfall).
 
     ## Info
-    Every step: accuracy (on the evaluation subsample), carbon_g (grid + backbone), carbon_grid_g,
-    carbon_backbone_g, energy_wh,
-    energy_breakdown_wh (compute / radio / base), grid_wh, harvested_wh, spilled_wh, bytes_sent,
+    Every step: accuracy (on the evaluation subsample), carbon_g (grid + internet links, under
+    ``energy.network_accounting``: the figure the reward charges), carbon_marginal_g and
+    carbon_attributional_g (the same round under each accounting), carbon_grid_g, carbon_backbone_g,
+    energy_wh, energy_breakdown_wh (compute / radio / receive / base), grid_wh, harvested_wh, spilled_wh,
+    bytes_sent, bytes_received, internet_bytes,
     participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
     attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round.
     On the last step also: episode_carbon_g, episode_energy_wh, episode_grid_wh, episode_harvested_wh,
@@ -205,7 +207,7 @@ class EdgeLearningEnv(gym.Env):
 
 
 REWARD_PREFIX = "reward_"
-BREAKDOWN_KEYS = ("energy_compute_wh", "energy_radio_wh", "energy_base_wh")
+BREAKDOWN_KEYS = ("energy_compute_wh", "energy_radio_wh", "energy_receive_wh", "energy_base_wh")
 EPISODE_KEYS = ("episode_carbon_g", "episode_energy_wh", "episode_grid_wh", "episode_harvested_wh",
                 "episode_bytes_sent", "episode_malicious_participants", "episode_rounds", "rounds_to_target",
                 "carbon_to_target_g", "energy_to_target_wh", "final_accuracy")
