@@ -378,8 +378,10 @@ def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tm
     import json
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25, "kinds": ["free_rider"]})
+    # the all_nodes prior lets every node take part, so the attackers do whatever an untrained policy's
+    # argmax happens to be
     settings = _settings(total_timesteps=128, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
-                         select_on="training_mix", eval_episodes=2)
+                         select_on="training_mix", eval_episodes=2, policy={"prior": "all_nodes"})
     train(TINY, settings, tmp_path / "mix")
     record = json.loads((tmp_path / "mix" / "best_model.json").read_text())
     returns = [record["tiny/return"], record["tiny_attacked/return"]]
