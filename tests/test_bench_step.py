@@ -27,7 +27,7 @@ def test_the_benchmark_writes_its_tables(bench_step, tmp_path):
     assert min(float(cells[i].rstrip("x")) for i in (8, 9)) > 0  # round and step speed-ups over 2 reference rounds
     assert "SyncVectorEnv of 64 EdgeLearningEnv" in text
     # the page carries its method (the module's docstring) and the command that regenerates it
-    assert text.startswith("# Environment step speed\n") and "random-geometric graph" in text
+    assert text.startswith("# Environment step speed\n") and "geographic graph" in text
     assert "Regenerate this page with `python benchmarks/bench_step.py --rounds 2 " in text
 
 
