@@ -18,7 +18,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from greengossip.agents.learned import make_scheduler
 from greengossip.envs import grid_traces
 from greengossip.envs.config import load_config
@@ -57,7 +56,8 @@ def play(spec: str, config, seed: int) -> dict[str, float]:
         figures["min_soc"] = min(figures["min_soc"], float(soc.min()) if soc.numel() else 1.0)
         done = terminated or truncated
     to_target = info["carbon_to_target_g"]
-    figures.update(reached=float(terminated), carbon_to_target_g=float("nan") if to_target is None else float(to_target),
+    figures.update(reached=float(terminated),
+                   carbon_to_target_g=float("nan") if to_target is None else float(to_target),
                    episode_carbon_g=float(info["episode_carbon_g"]), rounds=float(info["episode_rounds"]))
     return figures
 

@@ -147,3 +147,17 @@ def test_every_intensity_setting_deals_the_same_world_from_one_seed():
         assert torch.equal(scenario.shards, first.shards)
         assert torch.equal(scenario.available, first.available)
         assert torch.equal(scenario.harvest_wh, first.harvest_wh)
+
+
+def test_time_and_energy_benchmark_plays_paired_settings_on_tiny():
+    """benchmarks/time_and_energy.py: one episode per setting; the flattened world is the same world, so a rule
+    that ignores intensity plays the same rounds under both."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("time_and_energy")
+    config = tiny_variant(availability__model="markov")
+    flat = tiny_variant(availability__model="markov", grid__intensity="annual_mean")
+    hourly, annual = bench.summary("all_nodes", config, [10_000]), bench.summary("all_nodes", flat, [10_000])
+    assert hourly["rounds"] == annual["rounds"]
+    assert hourly["below_reserve"] == 0 and hourly["min_soc"] >= config.energy.battery_min_soc - 1e-6
+    assert 0.0 <= hourly["energy_masked_share"] <= 1.0
