@@ -17,6 +17,7 @@ from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics.learning import accuracy_per_node
 from greengossip.envs.episode import EpisodeState, episode_end
 from greengossip.envs.kpis import StepKPIs, round_kpis
+from greengossip.envs.numerics import nonfinite_by_quantity, nonfinite_total
 from greengossip.envs.observation import adjacency_matrix, observe, scenario_features
 from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
 from greengossip.envs.scenario import Scenario, stack_scenarios
@@ -66,6 +67,7 @@ class FleetBatch:
         self.episode: EpisodeState | None = None
         self.channel = TelemetryChannel(config)
         self.last_outcome: RoundOutcome | None = None
+        self.nonfinite: dict[str, np.ndarray] = {}  # last step's non-finite counts per quantity (envs/numerics.py)
 
     # ------------------------------------------------------------------ episodes
     def reset(self, scenarios: list[Scenario]) -> None:
@@ -143,7 +145,12 @@ class FleetBatch:
         kpis.episode = self.episode.summary(rounds.copy(), terminated | truncated, full_accuracy)
         self.channel.refresh(scenario, self.features, state)
         kpis.privacy = self.channel.epsilon_spent(scenario)
-        return reward, terminated, truncated, kpis.info()
+        info = kpis.info()
+        self.nonfinite = nonfinite_by_quantity(state, scenario.n_envs, {
+            **figures,
+            **{f"reward_{key}": value for key, value in kpis.reward.items()}, "reward": reward})
+        info["nonfinite_values"] = nonfinite_total(self.nonfinite, scenario.n_envs)
+        return reward, terminated, truncated, info
 
     def _harm(self, accuracy: np.ndarray) -> np.ndarray:
         """(B,) honest accuracy lost to the attackers: the attack-free twin's minus the episode's (0 without

@@ -84,7 +84,9 @@ def memory_terms(config: EnvConfig) -> dict[str, tuple[float, str]]:
                                     "learning.hidden"),
         "local data shards": (n * learning.samples_per_node * (LONG + N_INPUTS * FLOAT) * 2,
                               "n_nodes, learning.samples_per_node"),
-        "minibatches of a round": (BATCH_COPIES * n * samples_per_round * (width * FLOAT + 2 * LONG),
+        # positions of every step's minibatch are drawn at once; the inputs are gathered one step at a time
+        "minibatches of a round": (n * samples_per_round * (FLOAT + 2 * LONG) * 2
+                                   + BATCH_COPIES * n * learning.batch_size * width * FLOAT,
                                    "n_nodes, learning.local_steps, learning.batch_size"),
         "accuracy evaluation": (2 * n * min(eval_rows, TEST_SPLIT_ROWS) * width * FLOAT,
                                 "n_nodes, learning.eval_samples_per_round"),

@@ -10,8 +10,10 @@ import torch
 from gymnasium import spaces
 
 from greengossip.envs.config import EnvConfig, load_config
+from greengossip.envs.errors import bounded_repr
 from greengossip.envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
 from greengossip.envs.fleet_batch import FleetBatch
+from greengossip.envs.numerics import raise_if_nonfinite
 from greengossip.envs.observation import observation_space
 from greengossip.envs.render import draw_network, summary_line
 from greengossip.envs.scenario import Scenario, make_scenario
@@ -87,7 +89,9 @@ class EdgeLearningEnv(gym.Env):
     energy_wh, energy_breakdown_wh (compute / radio / receive / base), grid_wh, harvested_wh, spilled_wh,
     bytes_sent, bytes_received, internet_bytes,
     participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
-    attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round.
+    attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round,
+    nonfinite_values (non-finite values among the round's state, KPIs and reward: 0 unless the numbers
+    broke down, see ``envs/numerics.py``).
     On the last step also: episode_carbon_g, episode_energy_wh, episode_grid_wh, episode_harvested_wh,
     episode_bytes_sent, episode_malicious_participants, rounds_to_target (None if missed),
     carbon_to_target_g, energy_to_target_wh,
@@ -118,7 +122,9 @@ class EdgeLearningEnv(gym.Env):
     ## Arguments
     ``gymnasium.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml", render_mode="ansi")``:
     ``config`` is a YAML path, a dict or an ``EnvConfig`` (None = default scenario); ``render_mode`` is
-    ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round).
+    ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round); ``check_finite=True`` raises
+    ``FloatingPointError`` at the first step with a non-finite value (debugging a scenario).
+    ``reset(options=...)`` takes no options: any key is an error, not silently ignored.
 
     ## Version History
     * v0: initial release.
@@ -131,8 +137,10 @@ class EdgeLearningEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
-    def __init__(self, config: str | dict | EnvConfig | None = None, render_mode: str | None = None):
+    def __init__(self, config: str | dict | EnvConfig | None = None, render_mode: str | None = None,
+                 check_finite: bool = False):
         self.config = load_config(config)
+        self.check_finite = bool(check_finite)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r} is not supported; allowed: "
                              f"{self.metadata['render_modes']} or None")
@@ -147,6 +155,7 @@ class EdgeLearningEnv(gym.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        check_reset_options(options)
         super().reset(seed=seed)
         self._fleet.reset([make_scenario(self.config, self.np_random)])
         self._episode_over = False
@@ -160,6 +169,8 @@ class EdgeLearningEnv(gym.Env):
             raise RuntimeError(f"the episode ended at round {int(self._fleet.state.round[0])} (terminated or "
                                "truncated): call reset() before step()")
         reward, terminated, truncated, batched = self._fleet.step(self._validate_action(action))
+        if self.check_finite:
+            raise_if_nonfinite(self._fleet.nonfinite, batched["round"])
         self._episode_over = bool(terminated[0] or truncated[0])
         info = single_env_info(batched, 0, self._episode_over)
         self._last_info = info
@@ -167,6 +178,8 @@ class EdgeLearningEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """(N, K) bool: actions each node can afford according to what it reported (MaskablePPO)."""
+        if self._fleet.state is None:
+            raise RuntimeError("call reset() before action_masks(): the masks come from the nodes' reports")
         return self._fleet.action_masks()[0]
 
     def render(self):
@@ -238,16 +251,49 @@ def single_env_info(batched: dict[str, np.ndarray], index: int, done: bool) -> d
     return info
 
 
-def validate_actions(action, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Actions as a flat long tensor, or a ValueError that names the expected shape and codes."""
-    arr = np.asarray(action)
+ACTION_NAME = "action"
+RESET_OPTIONS: tuple[str, ...] = ()  # keys reset(options=...) understands; a new option is added here
+
+
+def check_reset_options(options: Any) -> None:
+    """``reset(options=...)``: None or a dict of known keys; an unknown key is a ValueError, not ignored."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ValueError(f"reset(options=...) must be a dict or None, got {type(options).__name__}")
+    unknown = [key for key in options if key not in RESET_OPTIONS]
+    if unknown:
+        allowed = ", ".join(RESET_OPTIONS) if RESET_OPTIONS else "none (pass options=None)"
+        raise ValueError(f"reset(options=...): unknown key(s) {bounded_repr(unknown)}; allowed: {allowed}")
+
+
+
+def validate_actions(action, shape: tuple[int, ...], device: torch.device, name: str = ACTION_NAME) -> torch.Tensor:
+    """Actions as a flat long tensor, checked once at the edge: an integer array (or nested lists of ints)
+    of exactly ``shape`` with every code in 0..K-1. Anything else (bools, floats, strings, objects, ragged
+    lists, ints beyond int64, codes out of range) is one ValueError naming ``name``, what was given and
+    what is allowed."""
+    allowed = (f"an integer array of shape {shape} (one code per node) with codes in 0..{N_ACTIONS - 1} "
+               f"({', '.join(f'{code} {label}' for code, label in enumerate(ACTION_NAMES))})")
+
+    def refuse(given: str) -> ValueError:
+        return ValueError(f"{name}: got {given}; allowed: {allowed}")
+
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu().numpy()
+    try:
+        arr = np.asarray(action)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged lists, ints numpy cannot hold
+        raise refuse(f"{type(action).__name__} {bounded_repr(action)} that is not an array "
+                     f"({str(exc)[:120]})") from None
+    kind = arr.dtype.kind
+    if kind not in "iu":
+        described = {"b": "booleans", "f": "floats", "c": "complex numbers", "U": "strings", "S": "bytes",
+                     "O": "Python objects (mixed types, or ints beyond int64)"}.get(kind, f"dtype {arr.dtype}")
+        raise refuse(f"{described} ({arr.dtype}) {bounded_repr(arr.tolist() if arr.size < 64 else arr)}")
     if arr.shape != shape:
-        raise ValueError(f"action must have shape {shape} (one code per node), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ValueError(f"action codes must be integers in 0..{N_ACTIONS - 1}, got {arr}")
-        arr = arr.astype(np.int64)
-    if arr.min() < 0 or arr.max() >= N_ACTIONS:
-        raise ValueError(f"action codes must be in 0..{N_ACTIONS - 1} ({', '.join(ACTION_NAMES)}); "
-                         f"got min {arr.min()}, max {arr.max()}")
-    return torch.as_tensor(arr.reshape(-1), dtype=torch.long, device=device)
+        raise refuse(f"shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= N_ACTIONS):
+        bad = arr[(arr < 0) | (arr >= N_ACTIONS)]
+        raise refuse(f"codes out of range (min {arr.min()}, max {arr.max()}; e.g. {bounded_repr(bad[:4].tolist())})")
+    return torch.as_tensor(arr.reshape(-1).astype(np.int64, copy=False), dtype=torch.long, device=device)

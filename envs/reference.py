@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics.attacks import ATTACK_KINDS, MODEL_POISONING
+from greengossip.envs.numerics import PARAM_LIMIT
 from greengossip.envs.scenario import N_CLASSES, N_INPUTS, Scenario
 from greengossip.envs.state import SimState
 from greengossip.envs.workloads import COMPRESSION_LEVELS, TOPK_FRACTION
@@ -510,7 +511,7 @@ def reference_transition(
         for j, slot in slots[i].items():
             if awake[i] and sent[j]:
                 trust[i, slot] = memory * float(state.trust[i, slot]) + (1 - memory) * scores[slot]
-    params = [params[i] + moves[i] for i in range(n)]
+    params = [(params[i] + moves[i]).clamp(-PARAM_LIMIT, PARAM_LIMIT) for i in range(n)]
 
     # 4. measure each node's model on the evaluation split
     eval_x = scenario.test_x[scenario.eval_index]

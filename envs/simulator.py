@@ -23,6 +23,7 @@ from greengossip.envs.dynamics.energy import (
     settle_energy,
 )
 from greengossip.envs.dynamics.learning import accuracy_per_node, local_sgd
+from greengossip.envs.numerics import saturate
 from greengossip.envs.scenario import N_CLASSES, Scenario
 from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, per_env, time_index
 
@@ -231,7 +232,7 @@ def transition(
     scores = gossip.neighbour_scores(params, public_safe, scenario.neighbours, scenario.neighbour_valid, usable,
                                      scenario.nodes_per_env, scenario.neighbour_pattern, distances)
     # the pull is a fresh block of its own, not needed after this: the new models can take its memory
-    params = torch.addcmul(params, step, pull, out=None if pull.requires_grad else pull)
+    params = saturate(torch.addcmul(params, step, pull, out=None if pull.requires_grad else pull))
     fresh = scenario.neighbour_valid & gossip.slots(sent, scenario.neighbours) & awake.unsqueeze(1)
     memory = defence.trust_memory
     trust = torch.where(fresh, torch.lerp(scores, state.trust, memory), state.trust)  # m·old + (1 - m)·new

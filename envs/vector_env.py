@@ -38,11 +38,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from greengossip.envs.config import EnvConfig, load_config
+from greengossip.envs.config import ConfigError, EnvConfig, load_config
 from greengossip.envs.dynamics.energy import N_ACTIONS
 from greengossip.envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group, wait_for_all
 from greengossip.envs.fleet_batch import FleetBatch
-from greengossip.envs.gossip_env import validate_actions
+from greengossip.envs.errors import bounded_repr
+from greengossip.envs.footprint import check_fits
+from greengossip.envs.gossip_env import check_reset_options, validate_actions
+from greengossip.envs.numerics import raise_if_nonfinite
 from greengossip.envs.observation import observation_space
 
 WORKER_KINDS = ("thread", "process")
@@ -52,7 +55,7 @@ class EdgeLearningVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, render_mode=None,
-                 workers: int = 1, worker_kind: str = "thread"):
+                 workers: int = 1, worker_kind: str = "thread", check_finite: bool = False):
         if render_mode is not None:
             raise ValueError("the vector env does not render; use the single env with render_mode='rgb_array'")
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -60,7 +63,15 @@ class EdgeLearningVectorEnv(VectorEnv):
                              f"environments), got {workers!r}")
         if worker_kind not in WORKER_KINDS:
             raise ValueError(f"worker_kind must be one of {WORKER_KINDS}, got {worker_kind!r}")
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1 (environments stepped together), got "
+                             f"{bounded_repr(num_envs)}")
         self.config = load_config(config)
+        self.check_finite = bool(check_finite)  # raise FloatingPointError at a non-finite value (envs/numerics.py)
+        try:
+            check_fits(self.config, int(num_envs))
+        except ValueError as exc:
+            raise ConfigError(f"num_envs={int(num_envs)}: {exc}") from None
         if worker_kind == "process" and self.config.device != "cpu":
             raise ValueError(f"worker_kind='process' steps the groups on the CPU only (device is "
                              f"{self.config.device!r}); use worker_kind='thread'")
@@ -88,6 +99,7 @@ class EdgeLearningVectorEnv(VectorEnv):
         self._started = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        check_reset_options(options)
         if seed is None:
             seeds = [None] * self.num_envs
         elif isinstance(seed, int):
@@ -114,11 +126,13 @@ class EdgeLearningVectorEnv(VectorEnv):
     def step(self, actions):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device).view(self.num_envs, -1)
-        parts = self._run_groups(flat)
+        flat = validate_actions(actions, (self.num_envs, self.n_nodes), self._device, "actions")
+        parts = self._run_groups(flat.view(self.num_envs, -1))
         rewards, terminated, truncated = (np.concatenate([getattr(part, name) for part in parts])
                                           for name in ("rewards", "terminated", "truncated"))
         info = _joined([part.info for part in parts])
+        if self.check_finite:
+            raise_if_nonfinite({"values": info["nonfinite_values"]}, info["round"])
         observation = _joined([part.observation for part in parts])
         done = terminated | truncated
         info = {**info, **{f"_{key}": np.ones(self.num_envs, dtype=bool) for key in info}}
@@ -156,9 +170,9 @@ class EdgeLearningVectorEnv(VectorEnv):
 
     def action_masks(self) -> np.ndarray:
         """(B, N, K) bool action masks of every environment."""
+        if not self._started:
+            raise RuntimeError("call reset() before action_masks(): the masks come from the nodes' reports")
         if self.worker_kind == "process":
-            if not self._started:
-                raise RuntimeError("call reset() before action_masks()")
             return np.concatenate([process.masks for process in self._processes])
         return np.concatenate([fleet.action_masks() for fleet in self._fleets])
 
