@@ -94,8 +94,9 @@ def load_yaml_text(text: str, source: str) -> Any:
     if len(text) > MAX_BYTES:
         raise YAMLInputError(f"{source} holds {len(text):,} characters; a config is a small YAML file "
                              f"(limit {MAX_BYTES:,})")
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
         if node is None:
             raise YAMLInputError(f"{source} is empty (or holds only comments); write the fields to set, "
@@ -107,7 +108,8 @@ def load_yaml_text(text: str, source: str) -> Any:
     except RecursionError:
         raise YAMLInputError(f"{source} nests too deeply to read (limit {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: str | Path) -> Any:

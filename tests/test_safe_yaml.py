@@ -104,3 +104,10 @@ def test_a_document_that_is_not_a_mapping_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(path)
+
+
+def test_control_characters_are_refused(tmp_path):
+    path = tmp_path / "control.yaml"
+    path.write_text("\x1fn_nodes: 8\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

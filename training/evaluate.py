@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from greengossip.envs.errors import UserError
+from greengossip.training.arg_types import int_at_least
+
 # a comma that separates items, not one followed by the next key=value of a scheduler's parameters
 ITEM_COMMA = re.compile(r",(?![A-Za-z_]\w*=)")
 
@@ -69,14 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="heuristic names, saved SB3 model paths or 'all' (every heuristic); comma- or "
                              "space-separated; a heuristic takes parameters as name:key=value,key=value. "
                              "Default: all")
-    parser.add_argument("--episodes", type=int, default=5, help="episodes per scheduler and config: seeds "
+    parser.add_argument("--episodes", type=int_at_least(0), default=5, help="episodes per scheduler and config: seeds "
                         "0..N-1 (ignored with --seeds; default 5)")
     parser.add_argument("--seeds", nargs="+", action="extend", default=None, metavar="SEED",
                         help="explicit env seeds (comma- or space-separated)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--baseline", default="all_nodes", help="scheduler the table compares against "
                         "(default all_nodes)")
-    parser.add_argument("--workers", type=int, default=0, help="parallel processes; 0 = one per CPU core, at "
+    parser.add_argument("--workers", type=int_at_least(0), default=0,
+                        help="parallel processes; 0 = one per CPU core, at "
                         "most one per episode (results do not depend on it)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -89,7 +93,11 @@ def _split(values: Sequence[str] | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     schedulers = _split(args.schedulers) or ["all"]
-    seeds = [int(s) for s in _split(args.seeds)] if args.seeds else list(range(args.episodes))
+    try:
+        seeds = [int(s) for s in _split(args.seeds)] if args.seeds else list(range(args.episodes))
+    except ValueError:
+        raise UserError(f"--seeds takes whole numbers, comma- or space-separated; got "
+                        f"{' '.join(args.seeds)!r}") from None
     if not seeds:
         raise SystemExit("greengossip evaluate: no seeds (use --episodes N with N >= 1, or --seeds)")
     workers = args.workers or min(os.cpu_count() or 1, len(expand_schedulers(schedulers)) * len(seeds)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from greengossip.training.arg_types import int_at_least, positive_finite_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default="energy_carbon_trust",
@@ -24,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="env scenario: a shipped name or a YAML path (default tiny)")
     parser.add_argument("--out", required=True, help="output file: .gif (animation) or .png (frame strip)")
     parser.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
-    parser.add_argument("--max-frames", type=int, default=48,
+    parser.add_argument("--max-frames", type=int_at_least(0), default=48,
                         help="stop after this many rounds (default 48; the episode may end sooner)")
-    parser.add_argument("--fps", type=float, default=4.0, help="GIF frames per second (default 4)")
-    parser.add_argument("--strip-frames", type=int, default=8, help="frames in a PNG strip (default 8)")
+    parser.add_argument("--fps", type=positive_finite_float, default=4.0, help="GIF frames per second (default 4)")
+    parser.add_argument("--strip-frames", type=int_at_least(1), default=8, help="frames in a PNG strip (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:
