@@ -268,6 +268,15 @@ def check_reset_options(options: Any) -> None:
 
 
 
+def _holds_bools(values) -> bool:
+    """Whether nested lists or tuples hold a bool anywhere (numpy casts them to ints without a word)."""
+    if isinstance(values, (bool, np.bool_)):
+        return True
+    if isinstance(values, (list, tuple)):
+        return any(_holds_bools(value) for value in values)
+    return False
+
+
 def validate_actions(action, shape: tuple[int, ...], device: torch.device, name: str = ACTION_NAME) -> torch.Tensor:
     """Actions as a flat long tensor, checked once at the edge: an integer array (or nested lists of ints)
     of exactly ``shape`` with every code in 0..K-1. Anything else (bools, floats, strings, objects, ragged
@@ -287,6 +296,8 @@ def validate_actions(action, shape: tuple[int, ...], device: torch.device, name:
         raise refuse(f"{type(action).__name__} {bounded_repr(action)} that is not an array "
                      f"({str(exc)[:120]})") from None
     kind = arr.dtype.kind
+    if kind in "iu" and not isinstance(action, np.ndarray) and _holds_bools(action):
+        kind = "b"  # numpy reads [0, True] as integers: a bool in a list is still not an action code
     if kind not in "iu":
         described = {"b": "booleans", "f": "floats", "c": "complex numbers", "U": "strings", "S": "bytes",
                      "O": "Python objects (mixed types, or ints beyond int64)"}.get(kind, f"dtype {arr.dtype}")

@@ -124,3 +124,24 @@ def test_bad_arguments_exit_2_through_argparse(capsys):
         cli.main(["evaluate", "--episodes", "many"])
     assert caught.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--config", "tiny", "--episodes", "99999999999999999999999", "--out", "o"],
+    ["evaluate", "--config", "tiny", "--episodes", "-1", "--out", "o"],
+    ["evaluate", "--config", "tiny", "--workers", "x", "--out", "o"],
+    ["render", "--fps", "0", "--out", "a.gif"],
+    ["render", "--fps", "nan", "--out", "a.gif"],
+    ["render", "--max-frames", "-1", "--out", "a.gif"],
+    ["render", "--strip-frames", "0", "--out", "a.gif"],
+])
+def test_numeric_options_out_of_range_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and argv[3] in err
+
+
+def test_seeds_that_are_not_numbers(tmp_path, capsys):
+    _fails_cleanly(capsys, _evaluate(tmp_path, "--seeds", "1,x"), "--seeds takes whole numbers")

@@ -129,3 +129,8 @@ def test_integer_actions_of_any_integer_dtype_and_torch_tensors_are_played(env):
         env.reset(seed=0)
         env.step(action)
         assert (env.last_outcome.action == 2).all() or env.last_outcome.dropped.any()
+
+
+def test_a_bool_inside_a_list_is_not_an_action_code(env):
+    with pytest.raises(ValueError, match="booleans"):
+        env.step([0, True, 0, 0])

@@ -7,18 +7,19 @@ import argparse
 import math
 
 
-def int_at_least(minimum: int):
-    """argparse ``type=`` for a whole number >= ``minimum``: anything else is a usage error (status 2)."""
+def int_at_least(minimum: int, maximum: int = 2**31 - 1):
+    """argparse ``type=`` for a whole number in [minimum, maximum]: anything else is a usage error (status 2).
+    The default maximum keeps counts that size lists (episodes, frames, workers) from exhausting memory."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
         return value
 
-    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in its message
+    parse.__name__ = f"whole number in {minimum}..{maximum}"  # argparse names the type in its message
     return parse
 
 
