@@ -21,7 +21,7 @@ UNCLEAR_CRASH, SILENT_ACCEPTANCE, NON_FINITE = "unclear crashes", "silent accept
 BAD = (UNCLEAR_CRASH, SILENT_ACCEPTANCE, NON_FINITE)
 
 # examples per property: small in the default suite, large in the long run (FUZZ_EXAMPLES overrides it)
-SHORT = settings(max_examples=25, deadline=None, derandomize=True,
+SHORT = settings(max_examples=15, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                         HealthCheck.filter_too_much, HealthCheck.data_too_large])
 LONG = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1000")), deadline=None,

@@ -31,7 +31,10 @@ python_values = st.one_of(
 lists = st.lists(python_values, max_size=N + 2)
 uniform_lists = st.lists(st.integers(-(2**66), 2**66), min_size=N, max_size=N)
 object_arrays = lists.map(lambda values: np.array(values + [None], dtype=object)[: len(values)])
-anything = st.one_of(arrays, lists, uniform_lists, object_arrays, python_values,
+valid = st.one_of(st.lists(st.integers(0, N_ACTIONS - 1), min_size=N, max_size=N),
+                  npst.arrays(st.sampled_from([np.int8, np.int32, np.int64, np.uint8, np.uint64]), (N,),
+                              elements=st.integers(0, N_ACTIONS - 1)))
+anything = st.one_of(valid, arrays, lists, uniform_lists, object_arrays, python_values,
                      st.lists(st.lists(st.integers(0, 5), max_size=3), max_size=N))
 
 

@@ -174,7 +174,7 @@ def test_fuzz_yaml_files_load_or_are_refused_clearly(yaml_path, mutation):
     check_config(yaml_path, Tally("config YAML", strict=True), build=False)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_fuzz_accepted_configs_build_and_step(warm, seed):
     """A few mutated configs that load are built and stepped (each build costs seconds)."""
     rng = np.random.default_rng(seed)
@@ -190,9 +190,9 @@ def test_fuzz_accepted_configs_build_and_step(warm, seed):
             continue
         check_config(config, tally, build=True)
         built += 1
-        if built == 3:
+        if built == 2:
             break
-    assert built == 3
+    assert built == 2
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from greengossip.envs.vector_env import EdgeLearningVectorEnv
 N = 4
 SMALL = {"n_nodes": N, "max_rounds": 3, "attack": {"fraction": 0.25, "kinds": ["ipm", "gaussian"]}}
 CALLS = ("reset", "step", "step", "step", "bad_step", "masks", "render", "close", "reset_options")
-programs = st.lists(st.tuples(st.sampled_from(CALLS), st.integers(0, 2**31 - 1)), min_size=1, max_size=12)
+programs = st.lists(st.tuples(st.sampled_from(CALLS), st.integers(0, 2**31 - 1)), min_size=1, max_size=10)
 
 
 def _finite_info(info: dict) -> bool:
