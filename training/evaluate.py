@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="heuristic names, saved SB3 model paths or 'all' (every heuristic); comma- or "
                              "space-separated; a heuristic takes parameters as name:key=value,key=value. "
                              "Default: all")
-    parser.add_argument("--episodes", type=int_at_least(0, 1_000_000), default=5, help="episodes per scheduler and config: seeds "
-                        "0..N-1 (ignored with --seeds; default 5)")
+    parser.add_argument("--episodes", type=int_at_least(0, 1_000_000), default=5,
+                        help="episodes per scheduler and config: seeds 0..N-1 (ignored with --seeds; default 5)")
     parser.add_argument("--seeds", nargs="+", action="extend", default=None, metavar="SEED",
                         help="explicit env seeds (comma- or space-separated)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
