@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from pettingzoo.utils.conversions import parallel_to_aec
 
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
-from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.envs.gossip_env import RESET_OPTIONS, EdgeLearningEnv
 from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES
 from greengossip.envs.reward import reward_scales
 
@@ -192,7 +193,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------ PettingZoo API
     def reset(self, seed: int | None = None, options: dict | None = None):
-        observation, info = self._env.reset(seed=seed, options=options)
+        observation, info = self._env.reset(seed=seed, options=_known_options(options))
         scenario = self._env.scenario
         self._neighbours = scenario.neighbours.cpu().numpy()
         self._neighbour_valid = scenario.neighbour_valid.cpu().numpy()
@@ -298,3 +299,16 @@ def parallel_env(**kwargs) -> EdgeLearningParallelEnv:
 def env(**kwargs):
     """The AEC (turn-based) version, through PettingZoo's ``parallel_to_aec``."""
     return parallel_to_aec(parallel_env(**kwargs))
+
+
+def _known_options(options: dict | None) -> dict | None:
+    """The reset options the Gymnasium env understands. PettingZoo's API tests reset with
+    ``options={"options": 1}`` and require it to pass, so here an unknown key is a warning (never silent)
+    where the Gymnasium env raises."""
+    if not options:
+        return options
+    unknown = [key for key in options if key not in RESET_OPTIONS]
+    if unknown:
+        warnings.warn(f"reset(options=...): ignoring unknown key(s) {unknown!r}; allowed: {list(RESET_OPTIONS)}",
+                      stacklevel=3)
+    return {key: value for key, value in options.items() if key in RESET_OPTIONS}
