@@ -46,7 +46,9 @@ def expected_edges(config: EnvConfig) -> tuple[float, float]:
     """(undirected edges, widest neighbour row) of the graph the topology builds, roughly from above."""
     n, topology = config.n_nodes, config.topology
     kind = topology.kind
-    if kind == "ring":
+    if kind == "geographic":  # radio range sqrt(c log n / (pi n)): about c log n neighbours, plus gateways
+        mean = topology.connectivity * math.log(max(n, 2)) + topology.gateways_per_region * len(config.regions)
+    elif kind == "ring":
         mean = 2.0
     elif kind == "grid":
         mean = 4.0
