@@ -62,20 +62,21 @@ class Family:
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("solar_sensor_field", "harvest",
-           ("all_nodes", "battery_greedy", "harvest_aware", "carbon_periodic"),
+           ("all_nodes", "carbon_periodic:period=2", "harvest_aware:period=1", "harvest_aware:period=2"),
            "battery + solar sensor field, a few mains nodes; batteries run out overnight"),
     Family("continental_grid", "intensity",
-           ("all_nodes", "carbon_aware", "carbon_periodic", "carbon_timing"),
+           ("all_nodes", "carbon_aware", "carbon_periodic:period=2", "carbon_timing:period=1",
+            "carbon_timing:period=2"),
            "mixed European grids on hourly traces"),
     Family("adversarial_fleet", "trust",
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
            "lying telemetry, ALIE and adaptive attackers against robust gossip"),
     Family("private_sensor_field", "telemetry",
-           ("all_nodes", "carbon_periodic", "battery_greedy", "harvest_aware"),
+           ("all_nodes", "battery_greedy", "carbon_periodic:period=2", "harvest_aware:period=2"),
            "battery nodes whose state reaches the scheduler only through private reports"),
     Family("large_network", "intensity",
-           ("all_nodes", "carbon_periodic", "carbon_timing"),
-           "1,024 nodes on a geometric graph in four grids"),
+           ("carbon_aware", "carbon_timing:period=1"),
+           "1,024 nodes in four grids on the geography-consistent graph"),
 )}
 
 
