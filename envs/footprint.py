@@ -6,9 +6,10 @@ networkx edges. Building it dies minutes later with a bare ``MemoryError`` (or t
 estimate here is a sum of named terms, each the size of the arrays one part of the simulator allocates,
 times the copies the code makes of them; it is meant to be an upper bound within a small factor.
 Against the peak resident memory of a fresh process that builds one env, resets it and plays three rounds
-(on the CPU), it was 1.5x to 6x above: 2,048 nodes 1.4 GiB estimated / 0.45 measured, 4,096 nodes without
-the adjacency 4.2 / 1.3, 20,000 samples per node on 256 nodes 2.7 / 1.8, 50,000 rounds 0.9 / 0.35, an
-MLP of 1,024 hidden units 1.7 / 0.85. ``check_fits`` refuses a config whose estimate exceeds the memory of
+(on the CPU), it was 1.5x to 6x above: with the geographic topology 2,048 nodes 495 MiB estimated / 143
+measured and 4,096 nodes without the adjacency 854 / 179; with random_geometric (radius 0.35) 2,048 nodes
+1,371 / 457; on 256 nodes, 20,000 samples per node 2,720 / 1,803, 50,000 rounds 890 / 354 and an MLP of
+1,024 hidden units 1,733 / 867. ``check_fits`` refuses a config whose estimate exceeds the memory of
 the device it runs on, naming the fields behind the largest terms.
 """
 
