@@ -243,9 +243,26 @@ class PrivacyConfig(_Frozen):
     mechanism: Literal["none", "laplace", "gaussian"] = "none"
     epsilon_per_report: float = Field(1.0, gt=0, le=1e3, description="epsilon spent by one report of one node")
     delta: float = Field(1e-5, gt=0, lt=1, description="gaussian mechanism and RDP conversion delta")
-    budget: float = Field(50.0, gt=0, description="epsilon a node may spend before it stops reporting")
+    budget: float = Field(50.0, gt=0, description="epsilon a device may spend in its lifetime (across the episodes "
+                          "of one env instance) before it stops reporting")
     accountant: Literal["basic", "rdp"] = "basic"
     heartbeat_rounds: int = Field(4, ge=1, description="sleeping nodes report every this many rounds")
+    daily_epsilon: float | None = Field(None, gt=0, description="most epsilon a device spends per simulated day "
+                                        "of its life (a day's worth up front); None: only the lifetime budget")
+    battery_report: Literal["value", "afford_bit"] = Field(
+        "value", description="value: the noised state of charge; afford_bit: one memoised randomised-response bit "
+        "'can afford the next afford_rounds full rounds' (RAPPOR) instead")
+    afford_rounds: int = Field(4, ge=1, description="k of the one-bit report 'can afford the next k full rounds'")
+    afford_flip: float = Field(0.75, gt=0, le=1, description="RAPPOR f of the one-bit report: the share of "
+                               "permanent randomised responses (memoised per device and value)")
+
+
+class BackgroundLoadConfig(_Frozen):
+    """The node's other work: a share u of its CPU, drawn each round uniform in [0, 2 · mean] (capped at
+    ``max_share``). It stretches local training by 1 / (1 - u), and the round's compute energy with it."""
+
+    mean: float = Field(0.0, ge=0, lt=1, description="mean share of the CPU taken by the node's other work")
+    max_share: float = Field(0.8, gt=0, lt=1, description="most of the CPU the other work takes")
 
 
 class RewardWeights(_Frozen):
@@ -302,6 +319,7 @@ class EnvConfig(_Frozen):
     attack: AttackConfig = AttackConfig()
     defence: DefenceConfig = DefenceConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    background_load: BackgroundLoadConfig = BackgroundLoadConfig()
     reward: RewardWeights = RewardWeights()
     observation: ObservationConfig = ObservationConfig()
 

@@ -21,7 +21,7 @@ from greengossip.envs.numerics import nonfinite_by_quantity, nonfinite_total
 from greengossip.envs.observation import adjacency_matrix, observe, scenario_features
 from greengossip.envs.reward import reward_components, reward_scales, weighted_reward
 from greengossip.envs.scenario import Scenario, stack_scenarios
-from greengossip.envs.simulator import RoundOutcome, RoundRandomness, draw_randomness, transition
+from greengossip.envs.simulator import RoundOutcome, draw_randomness, transition
 from greengossip.envs.state import (
     PER_ENV_FIELDS,
     SimState,
@@ -70,15 +70,16 @@ class FleetBatch:
         self.nonfinite: dict[str, np.ndarray] = {}  # last step's non-finite counts per quantity (envs/numerics.py)
 
     # ------------------------------------------------------------------ episodes
-    def reset(self, scenarios: list[Scenario]) -> None:
-        """Start a new episode in every environment."""
+    def reset(self, scenarios: list[Scenario], new_devices: bool = True) -> None:
+        """Start a new episode in every environment. ``new_devices`` False: the same devices carry on, with
+        what their privacy accountants have spent in their lives so far."""
         self.scenarios = list(scenarios)
         self.scenario = stack_scenarios(self.scenarios)
         self.state = initial_state(self.config, self.scenario)
         self.twin = self.state if self._steps_twin() else None
         self.episode = EpisodeState.fresh(len(scenarios))
         self.last_outcome = None
-        self.channel.start(self.scenario)
+        self.channel.start(self.scenario, new_devices)
         self._after_new_scenario()
         self.channel.refresh(self.scenario, self.features, self.state)
 
@@ -97,7 +98,6 @@ class FleetBatch:
             self.twin = merge_rows(self.twin, fresh, env_index, rows, self.scenario, old_width)
         elif self._steps_twin():  # the first attackers of this batch: the twins start here
             self.twin = self.state
-        self.channel.restart_rows(rows)
         self.episode.restart(envs)
         self._after_new_scenario()
         replaced = torch.zeros(self.scenario.n_nodes, dtype=torch.bool, device=rows.device)
@@ -121,7 +121,7 @@ class FleetBatch:
         noise = draw_randomness(config, scenario, self.state.round)
         self.state, outcome = transition(config, scenario, self.state, action, noise)
         if self.twin is not None:  # no attack draws: every attacker behaves as an honest node
-            self.twin, _ = transition(config, scenario, self.twin, action, RoundRandomness(batches=noise.batches))
+            self.twin, _ = transition(config, scenario, self.twin, action, noise.without_attacks())
         self.last_outcome = outcome
         state = self.state
         accuracy = state.accuracy.double().cpu().numpy()
@@ -143,6 +143,7 @@ class FleetBatch:
         reward = weighted_reward(config, kpis.reward)
         self.episode.record_target(terminated, rounds)
         kpis.episode = self.episode.summary(rounds.copy(), terminated | truncated, full_accuracy)
+        self.channel.round_played(scenario)
         self.channel.refresh(scenario, self.features, state)
         kpis.privacy = self.channel.epsilon_spent(scenario)
         info = kpis.info()

@@ -67,7 +67,7 @@ class EdgeLearningEnv(gym.Env):
     ## Rewards
     Weighted sum of named components (weights ``config.reward``), each reported every step in
     ``info["reward_components"]``; formulas in ``envs/reward.py``: accuracy (Δ honest accuracy), carbon
-    (-gCO2e / carbon_scale), energy (-Wh / energy_scale), security (-(attacker share + influence)),
+    (-gCO2e / carbon_scale), energy (-Wh / energy_scale), security (-harm, or -influence without the twin),
     deadline (+1 at the target, -shortfall/target at the deadline). ``info["cost"]`` is the round's gCO2e.
 
     ## Starting State
@@ -89,9 +89,10 @@ class EdgeLearningEnv(gym.Env):
     energy_wh, energy_breakdown_wh (compute / radio / receive / base), grid_wh, harvested_wh, spilled_wh,
     bytes_sent, bytes_received, internet_bytes,
     participants, trained_nodes, broadcasting_nodes, dropped_nodes, malicious_participants,
-    attack_influence, epsilon_spent (max over nodes), epsilon_spent_mean, reward_components, cost, round,
-    nonfinite_values (non-finite values among the round's state, KPIs and reward: 0 unless the numbers
-    broke down, see ``envs/numerics.py``).
+    attack_influence, harm (honest accuracy lost against the attack-free twin), epsilon_spent (max over
+    nodes), epsilon_spent_mean, epsilon_per_day, reward_components, cost, round, nonfinite_values
+    (non-finite values among the round's state, KPIs and reward: 0 unless the numbers broke down, see
+    ``envs/numerics.py``).
     On the last step also: episode_carbon_g, episode_energy_wh, episode_grid_wh, episode_harvested_wh,
     episode_bytes_sent, episode_malicious_participants, rounds_to_target (None if missed),
     carbon_to_target_g, energy_to_target_wh,
@@ -113,11 +114,13 @@ class EdgeLearningEnv(gym.Env):
     model as min(1, median distance / distance)²; the observation's ``trust`` is the mean score a node
     gets from its neighbours, so liars show up only through behaviour (outlying models, drop-outs).
 
-    With ``config.privacy.mechanism`` laplace or gaussian, the battery, harvest and load values the
-    scheduler sees (and the action mask derived from them) pass through that mechanism with
-    ``epsilon_per_report`` per report; a per-node accountant (basic composition, or opacus' RDP for
-    Gaussian noise) reports ``epsilon_spent`` in ``info``; a node past its budget stops reporting and
-    its telemetry goes stale (``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
+    With ``config.privacy.mechanism`` laplace or gaussian, the private values the scheduler sees (battery
+    and the background CPU load; the action mask is derived from them) pass through that mechanism with
+    ``epsilon_per_report`` per report, or the battery as RAPPOR's memoised one-bit report
+    (``battery_report: afford_bit``); the per-node drop-out flag is not released. Each device's accountant
+    lasts its life (unseeded resets carry it over; a seeded reset is a new fleet) within ``budget`` and
+    ``daily_epsilon``; a silent node shows its last released values (``envs/telemetry.py``,
+    ``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
 
     ## Arguments
     ``gymnasium.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml", render_mode="ansi")``:
@@ -157,7 +160,9 @@ class EdgeLearningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         check_reset_options(options)
         super().reset(seed=seed)
-        self._fleet.reset([make_scenario(self.config, self.np_random)])
+        # a seeded reset is a new fleet (reset(seed) stays a function of the seed); an unseeded one carries
+        # the same devices, and what their privacy budgets have spent, into the next episode
+        self._fleet.reset([make_scenario(self.config, self.np_random)], new_devices=seed is not None)
         self._episode_over = False
         self._last_info = {"accuracy": float(self._fleet.state.accuracy[0]), "round": 0}
         return self._observation(), dict(self._last_info)

@@ -37,10 +37,11 @@ NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("local_loss", 0.0, 10.0, "last local training loss (cross-entropy, clipped)"),
     ("degree", 0.0, 1.0, "neighbours / most neighbours of any node"),
     ("last_action", 0.0, 1.0, "action carried out last round / (K - 1)"),
-    ("dropped", 0.0, 1.0, "1 if the node could not afford last round's action"),
+    ("dropped", 0.0, 1.0, "1 if the node could not afford last round's action (0 under private telemetry: "
+     "released only as the fleet's dropped_share)"),
     ("round_cost", 0.0, 1.0, "energy of a full round (train + full broadcast) / capacity"),
     ("compute_time", 0.0, 1.0, "training time per round / round length (device speed)"),
-    ("load", 0.0, 1.0, "share of last round the node spent computing (CPU load)"),
+    ("load", 0.0, 1.0, "share of the CPU the node's other work takes this round (private; slows training)"),
     ("model_lag", 0.0, 2.0, "distance from the node's model to the copy its neighbours hold (its public, "
      "error-feedback copy) / the model's norm (clipped): what compressed or skipped broadcasts still owe"),
 )
@@ -127,15 +128,16 @@ def scenario_features(scenario: Scenario, forecast_rounds: int) -> ScenarioFeatu
     )
 
 
-def true_telemetry(scenario: Scenario, features: ScenarioFeatures, state: SimState) -> dict[str, torch.Tensor]:
-    """What an honest node reports about itself: battery, harvest, load (privacy may noise these) and
-    its grid's carbon intensity."""
+def true_telemetry(scenario: Scenario, features: ScenarioFeatures, state: SimState,
+                   background_load: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What an honest node reports about itself: battery and the CPU load of its other work this round
+    (private: privacy noises these), harvest and its grid's carbon intensity (public)."""
     t = time_index(scenario, state.round)
     return {
         "battery_soc": state.battery_wh / scenario.capacity_wh,
         "harvest_now": at_round(features.harvest_now, t),
         "harvest_forecast": at_round(features.harvest_forecast, t),
-        "load": torch.where(state.last_action >= 1, features.load_when_training, 0.0),
+        "load": torch.zeros_like(state.battery_wh) if background_load is None else background_load,
         "carbon_now": at_round(features.carbon_now, t),
         "carbon_forecast": at_round(features.carbon_forecast, t),
     }
@@ -177,7 +179,7 @@ def observe(
         "staleness": (state.staleness / STALENESS_HORIZON).clamp_(max=1.0),
         "local_loss": state.local_loss,
         "last_action": state.last_action / (N_ACTIONS - 1),
-        "dropped": state.dropped.float(),
+        "dropped": telemetry["dropped"] if "dropped" in telemetry else state.dropped.float(),
         "model_lag": model_lag(state.params, state.public),
     }
     # one (B, N, F) block leaves the device; cleaning and clipping it is cheaper in NumPy than in torch

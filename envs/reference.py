@@ -52,8 +52,10 @@ N_ACTIONS = 2 + len(COMPRESSION_LEVELS)
 
 
 # ------------------------------------------------------------------------------------------ costs
-def node_action_cost(config: EnvConfig, scenario: Scenario, node: int, action: int) -> dict[str, float]:
-    """Energy (Wh) by kind and bytes on the air of one action on one node, from the device figures."""
+def node_action_cost(config: EnvConfig, scenario: Scenario, node: int, action: int, load: float = 0.0
+                     ) -> dict[str, float]:
+    """Energy (Wh) by kind and bytes on the air of one action on one node, from the device figures; beside a
+    background ``load`` u, training takes 1 / (1 - u) as long at the same draw."""
     trains = action >= 1
     sends = action >= 2
     bytes_sent = message_size(scenario.workload.n_params, COMPRESSION_LEVELS[action - 2]) if sends else 0.0
@@ -67,7 +69,7 @@ def node_action_cost(config: EnvConfig, scenario: Scenario, node: int, action: i
     sleep_s = scenario.round_s - awake_s
     if sleep_s < 0.0:
         sleep_s = 0.0
-    compute_j = float(scenario.busy_w[node]) * train_s
+    compute_j = float(scenario.busy_w[node]) * train_s / (1.0 - load)
     radio_j = bits * float(scenario.joule_per_bit[node]) + tail_j
     base_j = float(scenario.idle_w[node]) * airtime_s + float(scenario.sleep_w[node]) * sleep_s
     return {
@@ -374,13 +376,14 @@ def reference_transition(
             raise ValueError(f"action code {a} outside 0..{N_ACTIONS - 1}")
 
     # 1. energy: decide who drops out, then what every awake node receives, then settle every node
+    loads = [0.0] * n if noise.background_load is None else [float(u) for u in noise.background_load]
     carried, dropped, costs = [], [], []
     for i in range(n):
         battery = float(state.battery_wh[i])
         capacity = float(scenario.capacity_wh[i])
         harvest = float(scenario.harvest_wh[i, t])
         grid = bool(scenario.grid_connected[i])
-        wanted = node_action_cost(config, scenario, i, requested[i])
+        wanted = node_action_cost(config, scenario, i, requested[i], loads[i])
         online = bool(scenario.available[i, t])
         if requested[i] == IDLE or (online and node_can_afford(config, battery, capacity, harvest, grid,
                                                                wanted["total_wh"])):
@@ -390,7 +393,7 @@ def reference_transition(
         else:
             carried.append(IDLE)
             dropped.append(True)
-            cost = node_action_cost(config, scenario, i, IDLE)
+            cost = node_action_cost(config, scenario, i, IDLE, loads[i])
         costs.append(cost)
 
     trained = [a >= 1 for a in carried]

@@ -39,6 +39,28 @@ class RoundRandomness:
     attack_on: torch.Tensor | None = None  # (N,) bool, attacker active this round (None: no attackers)
     attack_noise: torch.Tensor | None = None  # (N, P) standard normal for the gaussian attack
     nonfinite_draw: torch.Tensor | None = None  # (N,) uniform, below nonfinite_probability -> NaN/inf
+    background_load: torch.Tensor | None = None  # (N,) share of the CPU the node's other work takes (None: none)
+
+    def without_attacks(self) -> RoundRandomness:
+        """The same round with every attacker behaving honestly (the attack-free twin's)."""
+        return RoundRandomness(batches=self.batches, background_load=self.background_load)
+
+
+def background_load(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor) -> torch.Tensor | None:
+    """(B·N,) share u of each node's CPU its other work takes in round ``rounds`` (B,): uniform in
+    [0, 2 · mean], capped at ``max_share`` (an assumption of this project); None when the mean is 0. A
+    counter-based stream, so the telemetry can read the round's load before the round is played."""
+    load = config.background_load
+    if load.mean == 0.0:
+        return None
+    draw = streams.uniform(scenario.stream_key, rounds, streams.BACKGROUND, (scenario.nodes_per_env,))
+    return (2.0 * load.mean * draw.view(-1)).clamp_(max=load.max_share)
+
+
+def contention_wh(compute_wh: torch.Tensor, load: torch.Tensor | None) -> torch.Tensor | float:
+    """Extra compute energy of training beside a background load u: the work takes 1 / (1 - u) as long at
+    the same draw, so it costs compute_wh · u / (1 - u) more."""
+    return 0.0 if load is None else compute_wh * load / (1.0 - load)
 
 
 def draw_randomness(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor) -> RoundRandomness:
@@ -48,15 +70,17 @@ def draw_randomness(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor)
     shape = (n, config.learning.local_steps, config.learning.batch_size)
     positions = (streams.uniform(key, rounds, streams.BATCHES, shape) * shard_size).long().clamp_(max=shard_size - 1)
     positions = positions.view(total, *shape[1:])
+    load = background_load(config, scenario, rounds)
     if scenario.all_honest:
-        return RoundRandomness(batches=positions)
+        return RoundRandomness(batches=positions, background_load=load)
     attack_on = streams.uniform(key, rounds, streams.ATTACK_ON, (n,)).view(total) < config.attack.on_probability
     noise = None
     if "gaussian" in config.attack.kinds:
         p = model_spec(config).n_params
         noise = streams.normal(key, rounds, streams.ATTACK_NOISE, (n, p)).view(total, p)
     nonfinite = streams.uniform(key, rounds, streams.NONFINITE, (n,)).view(total)
-    return RoundRandomness(batches=positions, attack_on=attack_on, attack_noise=noise, nonfinite_draw=nonfinite)
+    return RoundRandomness(batches=positions, attack_on=attack_on, attack_noise=noise, nonfinite_draw=nonfinite,
+                           background_load=load)
 
 
 @dataclass(frozen=True)
@@ -99,12 +123,17 @@ class RoundOutcome:
 
 
 def affordable_actions(config: EnvConfig, scenario: Scenario, battery_wh: torch.Tensor,
-                       harvest_wh: torch.Tensor, rounds: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, K) bool: actions whose energy the node can cover this round (idle always allowed); with the
-    environments' ``rounds`` (B,), only idle for the nodes that are offline in that round."""
+                       harvest_wh: torch.Tensor, rounds: torch.Tensor | None = None,
+                       load: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, K) bool: actions whose energy the node can cover this round (idle always allowed), beside the
+    background ``load`` (None: none); with the environments' ``rounds`` (B,), only idle for the nodes that
+    are offline in that round."""
     budget = available_for_actions(battery_wh, scenario.capacity_wh, harvest_wh, scenario.grid_connected,
                                    config.energy.battery_min_soc)
-    mask = scenario.costs.total_wh <= budget.unsqueeze(1)
+    costs = scenario.costs.total_wh
+    if load is not None:
+        costs = costs + contention_wh(scenario.costs.compute_wh, load.unsqueeze(1))
+    mask = costs <= budget.unsqueeze(1)
     if rounds is not None:
         mask &= at_round(scenario.available, time_index(scenario, rounds)).unsqueeze(1)
     mask[:, IDLE] = True
@@ -130,13 +159,19 @@ def transition(
     # 1. energy: offline nodes and nodes that cannot afford their action on their true battery (whatever
     # their telemetry said) sleep instead; then every node's round is settled
     costs = scenario.costs
+    load = noise.background_load
     total_wh = costs.total_wh.gather(1, action.unsqueeze(1)).squeeze(1)
+    if load is not None:  # the node knows its own load: it refuses what it cannot afford beside it
+        total_wh = total_wh + contention_wh(costs.compute_wh.gather(1, action.unsqueeze(1)).squeeze(1), load)
     online = at_round(scenario.available, t)
     can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh) & (online | (action == IDLE))
     dropped = ~can_afford
     action = torch.where(can_afford, action, IDLE)
     trained, sent, level = decode_action(action)
     compute_wh, radio_wh, base_wh, total_wh, bytes_sent = costs.of(action)
+    if load is not None:
+        contention = contention_wh(compute_wh, load)
+        compute_wh, total_wh = compute_wh + contention, total_wh + contention
     awake = trained | sent
     reception = receive(bytes_sent, awake, scenario.neighbours, scenario.neighbour_valid,
                         joule_per_bit=scenario.downlink_joule_per_bit, downlink_bit_s=scenario.downlink_bit_s,

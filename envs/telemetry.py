@@ -1,9 +1,11 @@
 """What the nodes report to the scheduler each round, and the action mask derived from it.
 
 A node's report starts from the truth (envs/observation.py ``true_telemetry``); lying-telemetry attackers
-replace it with the most attractive values; with private telemetry the private values pass through the
-configured mechanism and a node reports only when due and within its budget (envs/dynamics/privacy.py).
-The scheduler never sees more than the nodes chose to publish, and its action mask is built from that.
+replace it with the most attractive values; with private telemetry the private values (battery, background
+load) pass through the configured mechanism, a node reports only when due and within its device's budget,
+and a node that stays silent shows its last released values (envs/dynamics/privacy.py). The per-node
+drop-out flag is then not released at all (the fleet's share of drop-outs, an aggregate, still is). The
+scheduler never sees more than the nodes chose to publish, and its action mask is built from that.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from greengossip.envs.dynamics import attacks
 from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
 from greengossip.envs.observation import ScenarioFeatures, apply_lies, true_telemetry
 from greengossip.envs.scenario import Scenario
-from greengossip.envs.simulator import affordable_actions
+from greengossip.envs.simulator import affordable_actions, background_load
 from greengossip.envs.state import SimState, per_env
+
+# what a node shows before its first report of an episode (mid-range values)
+PLACEHOLDER = {"battery_soc": 0.5, "load": 0.5}
 
 
 class TelemetryChannel:
     """The reports of B·N nodes: the published values (``telemetry``), the mask built from them
-    (``mask``) and, with private telemetry, the per-node privacy accountant."""
+    (``mask``) and, with private telemetry, each device's lifetime privacy accountant."""
 
     def __init__(self, config: EnvConfig):
         self.config = config
@@ -31,44 +36,39 @@ class TelemetryChannel:
         self.telemetry: dict[str, torch.Tensor] = {}
         self.mask: torch.Tensor | None = None
 
-    def start(self, scenario: Scenario) -> None:
-        """New episodes in every environment."""
-        self.accountant = PrivacyAccountant(self.config.privacy, scenario.n_nodes, scenario.capacity_wh.device)
+    def start(self, scenario: Scenario, new_devices: bool = True) -> None:
+        """New episodes in every environment. Unless ``new_devices``, the devices' accountants carry over
+        (while the batch keeps its size): a device's budget is for its life, not for an episode."""
+        if new_devices or self.accountant is None or len(self.accountant.reports) != scenario.n_nodes:
+            self.accountant = PrivacyAccountant(self.config.privacy, scenario.n_nodes, scenario.capacity_wh.device,
+                                                rounds_per_day=1440.0 / self.config.round_minutes)
         self.reported = None
         self.new_scenario(scenario)
-
-    def restart_rows(self, rows: torch.Tensor) -> None:
-        """New episodes on node rows ``rows`` (long indices); the others carry on."""
-        self.accountant.reports[rows] = 0
 
     def new_scenario(self, scenario: Scenario) -> None:
         self.liars = attacks.is_kind(scenario.attack_kind, "lying_telemetry")
         self.any_liars = bool(self.liars.any())
 
+    def round_played(self, scenario: Scenario) -> None:
+        """Every device lived one more round."""
+        self.accountant.live(torch.ones(scenario.n_nodes, dtype=torch.bool, device=self.accountant.reports.device))
+
     def refresh(self, scenario: Scenario, features: ScenarioFeatures, state: SimState,
-                rows: torch.Tensor | None = None) -> None:
-        """What the nodes in ``rows`` (bool, all when None) report for the coming round, and the mask."""
+                restarted: torch.Tensor | None = None) -> None:
+        """What the nodes report for the coming round, and the mask. ``restarted`` (bool): only these
+        nodes' episodes just began (the others reported this round already); they show the placeholder until
+        their first report. None: a round was played (or every episode began) and every node is due."""
         config = self.config
         privacy = config.privacy
-        telemetry = true_telemetry(scenario, features, state)
+        load = background_load(config, scenario, state.round)
+        telemetry = true_telemetry(scenario, features, state, load)
         n = scenario.nodes_per_env
         if self.any_liars:
             started = (state.round >= config.attack.start_round).repeat_interleave(n)
             telemetry = apply_lies(telemetry, self.liars & started)
         if privacy.mechanism != "none":
-            if rows is None:  # every node reports
-                rows = torch.ones(scenario.n_nodes, dtype=torch.bool, device=state.params.device)
-            woke = state.last_action >= 1
-            due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
-            reporting = due & self.accountant.may_report() & rows
-            noised = privatize(privacy, telemetry, scenario.stream_key, state.round)
-            previous = {name: torch.full_like(value, PRIVATE_RANGES.get(name, 1.0) / 2)
-                        for name, value in telemetry.items()}
-            if self.reported is not None:
-                previous = {name: torch.where(rows, previous[name], self.reported[name]) for name in previous}
-            telemetry = {name: torch.where(reporting, noised[name], previous[name]) if name in PRIVATE_RANGES
-                         else value for name, value in telemetry.items()}
-            self.accountant.record(reporting)
+            telemetry = self._protect(scenario, state, telemetry, restarted)
+            telemetry["dropped"] = torch.zeros_like(telemetry["battery_soc"])  # released as a fleet share only
         self.reported = telemetry
         if privacy.mechanism == "none" and not self.any_liars:  # true values: already in range
             self.telemetry = telemetry
@@ -77,13 +77,59 @@ class TelemetryChannel:
                               for name, value in telemetry.items()}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
-        self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round)
+        load = None
+        if config.background_load.mean > 0:  # the released load, as far as the world's loads reach
+            load = self.telemetry["load"].clamp(max=config.background_load.max_share)
+        self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round,
+                                       load)
+
+    def _protect(self, scenario: Scenario, state: SimState, telemetry: dict[str, torch.Tensor],
+                 restarted: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        privacy = self.config.privacy
+        n = scenario.nodes_per_env
+        previous = {name: torch.full_like(telemetry[name], PLACEHOLDER[name]) for name in PRIVATE_RANGES}
+        if self.reported is not None:  # a silent node shows what it last released; a new episode, the placeholder
+            previous = {name: self.reported[name] if restarted is None else
+                        torch.where(restarted, previous[name], self.reported[name]) for name in previous}
+        woke = state.last_action >= 1
+        due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
+        private = dict(PRIVATE_RANGES)
+        if privacy.battery_report == "afford_bit":
+            private.pop("battery_soc")
+            bit_battery, released = self._afford_bit(scenario, state, telemetry)
+            telemetry = {**telemetry, "battery_soc": torch.where(released, bit_battery, previous["battery_soc"])}
+        reporting = due & self.accountant.may_report()
+        if restarted is not None:
+            reporting &= restarted
+        noised = privatize(privacy, telemetry, scenario.stream_key, state.round)
+        protected = {name: torch.where(reporting, noised[name], previous[name]) if name in private else value
+                     for name, value in telemetry.items()}
+        self.accountant.record(reporting)
+        return protected
+
+    def _afford_bit(self, scenario: Scenario, state: SimState, telemetry: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The battery column under the one-bit report: the least state of charge that the memoised
+        response implies (the reserve plus k full rounds when the node says it can afford them)."""
+        privacy, energy = self.config.privacy, self.config.energy
+        k = privacy.afford_rounds
+        full_round = scenario.costs.total_wh[:, 2] / scenario.capacity_wh
+        truth = telemetry["battery_soc"] - energy.battery_min_soc >= k * full_round
+        response, released = self.accountant.afford_bit(truth, scenario.stream_key, state.round)
+        reserve = torch.full_like(full_round, energy.battery_min_soc)
+        return torch.where(response, energy.battery_min_soc + k * full_round, reserve), released
+
+    def hides_dropouts(self) -> bool:
+        return self.config.privacy.mechanism != "none"
 
     def epsilon_spent(self, scenario: Scenario) -> dict[str, np.ndarray]:
-        """(B,) the most and the mean ε any node of each environment has spent."""
+        """(B,) the most and the mean ε any device of each environment has spent in its life, and the
+        mean ε per device per day of its life."""
         if self.config.privacy.mechanism == "none":
             zeros = np.zeros(scenario.n_envs)
-            return {"epsilon_spent": zeros, "epsilon_spent_mean": zeros}
+            return {"epsilon_spent": zeros, "epsilon_spent_mean": zeros, "epsilon_per_day": zeros}
         spent = per_env(self.accountant.spent, scenario)
+        per_day = per_env(self.accountant.spent / self.accountant.days_lived, scenario)
         return {"epsilon_spent": spent.max(1).values.double().cpu().numpy(),
-                "epsilon_spent_mean": spent.mean(1).double().cpu().numpy()}
+                "epsilon_spent_mean": spent.mean(1).double().cpu().numpy(),
+                "epsilon_per_day": per_day.mean(1).double().cpu().numpy()}

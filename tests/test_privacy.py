@@ -29,8 +29,9 @@ def test_noise_has_the_configured_scale(mechanism):
 
 
 def test_laplace_scale_follows_sensitivity_over_epsilon():
-    assert noise_scale(PrivacyConfig(mechanism="laplace", epsilon_per_report=2.0)) == pytest.approx(2.0)
-    assert noise_scale(PrivacyConfig(mechanism="laplace", epsilon_per_report=8.0)) == pytest.approx(0.5)
+    # two private coordinates (battery, background load), each in [0, 1]: L1 sensitivity 2
+    assert noise_scale(PrivacyConfig(mechanism="laplace", epsilon_per_report=2.0)) == pytest.approx(1.0)
+    assert noise_scale(PrivacyConfig(mechanism="laplace", epsilon_per_report=8.0)) == pytest.approx(0.25)
 
 
 def test_rdp_composition_is_tighter_than_basic_over_many_reports():

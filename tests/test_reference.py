@@ -24,7 +24,8 @@ FLOW_FIELDS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", 
 
 
 def _setup(model: str, seed: int, **changes):
-    config = tiny_variant(learning__model=model, availability__model="markov", **changes)  # phones come and go
+    config = tiny_variant(learning__model=model, availability__model="markov", background_load__mean=0.2,
+                          **changes)  # phones come and go; their other work takes some of their CPU
     scenario = make_scenario(config, np.random.default_rng(seed))
     state = initial_state(config, scenario)
     generator = None

@@ -19,7 +19,7 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 
 # stream ids: one per use, so draws never collide
-BATCHES, ATTACK_ON, ATTACK_NOISE, NONFINITE, PRIVACY, MODEL_INIT = range(1, 7)
+BATCHES, ATTACK_ON, ATTACK_NOISE, NONFINITE, PRIVACY, MODEL_INIT, BACKGROUND, AFFORD_BIT = range(1, 9)
 AVAILABILITY = 50  # drawn once per episode at scenario build (envs/availability.py)
 
 

@@ -1,0 +1,141 @@
+"""Private telemetry as the federated tracker has it: silent nodes keep their last released values, a
+device's budget lasts its life and keeps a daily pace, the one-bit report is memoised, the per-node
+drop-out flag is not released, and the background load is part of the world."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import tiny_variant
+
+from greengossip import envs  # noqa: F401
+from greengossip.envs.config import PrivacyConfig
+from greengossip.envs.dynamics.privacy import bit_epsilon
+from greengossip.envs.observation import NODE_INDEX
+
+BATTERY, LOAD, DROPPED = NODE_INDEX["battery_soc"], NODE_INDEX["load"], NODE_INDEX["dropped"]
+
+
+def private_env(max_rounds=30, **privacy):
+    config = tiny_variant(max_rounds=max_rounds, target_accuracy=1.0,
+                          privacy={"mechanism": "laplace", "epsilon_per_report": 1.0, "budget": 1000.0, **privacy})
+    return gym.make("GreenGossip/EdgeLearning-v1", config=config)
+
+
+def test_a_silent_node_shows_its_last_released_values_and_the_mask_follows_them():
+    env = private_env(heartbeat_rounds=1000)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.full(8, 2))  # everyone awake: everyone reports
+    released = obs["nodes"][:, [BATTERY, LOAD]].copy()
+    assert not np.allclose(released[:, 0], 0.5)
+    mask = env.unwrapped.action_masks().copy()
+    for _ in range(3):  # asleep and no heartbeat due: nobody reports
+        obs, *_ = env.step(np.zeros(8, dtype=np.int64))
+        np.testing.assert_array_equal(obs["nodes"][:, [BATTERY, LOAD]], released)
+        np.testing.assert_array_equal(env.unwrapped.action_masks(), mask)
+
+
+def test_a_new_episode_starts_from_the_placeholder_until_the_node_reports():
+    env = private_env(budget=2.0)  # two reports in a device's life
+    env.reset(seed=0)
+    for _ in range(4):
+        obs, *_ = env.step(np.full(8, 2))
+    assert not np.allclose(obs["nodes"][:, BATTERY], 0.5)
+    obs, _ = env.reset()  # the same devices, budget spent: they stay silent in the new episode
+    np.testing.assert_allclose(obs["nodes"][:, [BATTERY, LOAD]], 0.5)
+
+
+def test_the_budget_is_the_devices_and_lasts_across_episodes():
+    env = private_env(max_rounds=5)
+    env.reset(seed=0)
+    for _ in range(5):
+        *_, info = env.step(np.full(8, 2))
+    first = info["epsilon_spent"]
+    assert first > 0
+    env.reset()  # unseeded: the same devices carry on
+    *_, info = env.step(np.full(8, 2))
+    assert info["epsilon_spent"] > first
+
+
+def test_a_daily_pace_holds_epsilon_per_day():
+    env = private_env(max_rounds=192, daily_epsilon=2.0, heartbeat_rounds=1)
+    env.reset(seed=0)
+    for _ in range(192):
+        *_, info = env.step(np.full(8, 2))
+    days = 192 * 15 / 1440
+    assert info["epsilon_per_day"] <= 2.0 + 1e-6
+    assert info["epsilon_spent"] <= 2.0 * days + 1e-6
+    assert info["epsilon_spent"] >= 2.0 * days - 1.0  # the pace is used, not starved
+
+
+def test_the_one_bit_report_is_memoised_and_costs_each_value_once():
+    env = private_env(battery_report="afford_bit", afford_flip=0.5)
+    env.reset(seed=0)
+    channel = env.unwrapped._fleet.channel
+    responses = {}
+    for _ in range(30):
+        obs, *_, info = env.step(np.full(8, 2))
+        accountant = channel.accountant
+        for node in range(8):
+            for value in (0, 1):
+                if bool(accountant.bit_seen[node, value]):
+                    memo = bool(accountant.bit_memo[node, value])
+                    assert responses.setdefault((node, value), memo) == memo
+    assert bit_epsilon(PrivacyConfig(afford_flip=0.5)) == pytest.approx(2 * math.log(3))
+    seen = channel.accountant.bit_seen.sum(1).float()
+    reports = channel.accountant.reports.float()
+    np.testing.assert_allclose(channel.accountant.spent.numpy(), (reports * 1.0 + seen * 2 * math.log(3)).numpy(),
+                               rtol=1e-5)
+    scenario = env.unwrapped.scenario
+    affords = 0.1 + 4 * (scenario.costs.total_wh[:, 2] / scenario.capacity_wh).numpy()
+    shown = obs["nodes"][:, BATTERY]
+    assert np.all(np.isclose(shown, 0.1, atol=1e-6) | np.isclose(shown, np.minimum(affords, 1.0), atol=1e-6))
+
+
+def test_the_drop_out_flag_is_not_released_per_node():
+    env = private_env()
+    env.reset(seed=0)
+    for _ in range(30):
+        obs, *_, info = env.step(np.full(8, 2))
+        assert np.all(obs["nodes"][:, DROPPED] == 0.0)
+
+
+def _energy(background: float, seed: int = 0) -> tuple[float, float]:
+    config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": background})
+    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
+    env.reset(seed=seed)
+    compute = total = 0.0
+    for _ in range(6):
+        *_, info = env.step(np.full(8, 1))
+        compute += info["energy_breakdown_wh"]["compute"]
+        total += info["energy_wh"]
+    return compute, total
+
+
+def test_background_load_stretches_training_energy_and_replays():
+    quiet, busy = _energy(0.0), _energy(0.3)
+    assert busy[0] > 1.1 * quiet[0]
+    assert busy == _energy(0.3)
+
+
+def test_background_load_is_what_the_load_column_reports():
+    config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": 0.3})
+    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
+    obs, _ = env.reset(seed=0)
+    assert 0.0 < obs["nodes"][:, LOAD].mean() < 0.8
+    assert obs["nodes"][:, LOAD].std() > 0
+
+
+def test_a_seeded_reset_is_a_new_fleet():
+    env = private_env(max_rounds=5)
+    env.reset(seed=0)
+    for _ in range(5):
+        *_, info = env.step(np.full(8, 2))
+    env.reset(seed=0)
+    *_, again = env.step(np.full(8, 2))
+    env.reset(seed=0)
+    *_, first = env.step(np.full(8, 2))
+    assert again["epsilon_spent"] == first["epsilon_spent"] < info["epsilon_spent"]
