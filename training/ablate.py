@@ -102,14 +102,15 @@ def _window_mean(trace, start, horizon: int) -> np.ndarray:
 def read_truth(env) -> Truth:
     """The truth behind one env's observation (B = 1)."""
     from greengossip.envs.observation import true_telemetry
-    from greengossip.envs.simulator import affordable_actions
+    from greengossip.envs.simulator import affordable_actions, background_load
     from greengossip.envs.state import time_index
 
     fleet = env.unwrapped._fleet
     scenario, state, features, config = fleet.scenario, fleet.state, fleet.features, fleet.config
     t = time_index(scenario, state.round)
     horizon = {factor: max(1, int(round(hours * 60 / config.round_minutes))) for factor, hours in ORACLE_HOURS.items()}
-    telemetry = true_telemetry(scenario, features, state)
+    load = background_load(config, scenario, state.round)
+    telemetry = true_telemetry(scenario, features, state, load)
     full_round_wh = scenario.costs.total_wh[:, 2]
     columns = {
         "harvest_forecast": _window_mean(scenario.harvest_wh / full_round_wh.unsqueeze(1), t,
@@ -118,7 +119,7 @@ def read_truth(env) -> Truth:
         "trust": scenario.honest.double().cpu().numpy(),
         **{name: telemetry[name].double().cpu().numpy() for name in ("battery_soc", "harvest_now", "load")},
     }
-    mask = affordable_actions(config, scenario, state.battery_wh, telemetry["harvest_now"] * full_round_wh)
+    mask = affordable_actions(config, scenario, state.battery_wh, telemetry["harvest_now"] * full_round_wh, load)
     return Truth(columns, mask.cpu().numpy())
 
 
