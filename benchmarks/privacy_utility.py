@@ -1,19 +1,22 @@
 """The privacy-utility curve of private telemetry: ε per node per day against carbon-to-target and drop-outs.
 
-For each daily ε (and without privacy), one env instance on configs/private_telemetry.yaml is seeded once and
-plays ``--episodes`` episodes in turn (unseeded resets), so its devices' lifetime accountants carry over from
-episode to episode; repeated for each seed.
-The scheduler is the README's prior rule (a carbon-aware periodic schedule that reads the released battery
-and harvest). Prints a Markdown table: ε spent per node per simulated day (mean over nodes, at the end),
-targets met, mean carbon-to-target over the episodes that met it, and drop-outs (nodes that could not afford
-what they were asked) per episode.
+Each daily ε is split as the shipped config splits its 1 ε a day: ``--bit-share`` of it buys the one-bit
+battery report's two memoised values (its f chosen so that 2·ε∞ = bit share × daily ε, RAPPOR), and each
+load report costs a ``--reports-per-day``-th of it. For each daily ε (and without privacy), one env instance
+on configs/private_telemetry.yaml is seeded once and plays ``--episodes`` episodes in turn (unseeded resets),
+so its devices' lifetime accountants carry over from episode to episode; repeated for each seed. The
+scheduler is the README's prior rule (a carbon-aware periodic schedule that reads the released battery and
+harvest). Prints a Markdown table: ε spent per device per simulated day (mean over devices, at the end of
+each lifetime), targets met, mean carbon-to-target over the episodes that met it, and drop-outs (nodes that
+could not afford what they were asked) per episode.
 
-    python benchmarks/privacy_utility.py --seeds 10000 10001 10002 10003 10004
+    python benchmarks/privacy_utility.py --seeds 10000 10001 --episodes 2
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -25,6 +28,11 @@ from greengossip.envs.config import load_config
 
 RULE = "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"
 DAILY_EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def flip_for(epsilon_infinity: float) -> float:
+    """RAPPOR's f whose memoised one-bit response costs ``epsilon_infinity``: 2·ln((1 - f/2)/(f/2)) = ε∞."""
+    return 2.0 / (1.0 + math.exp(epsilon_infinity / 2.0))
 
 
 def run(config: dict, seeds: list[int], episodes: int, rule: str) -> dict[str, float]:
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/private_telemetry.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[10000, 10001, 10002, 10003, 10004])
     parser.add_argument("--episodes", type=int, default=3, help="episodes per seed, one device lifetime")
+    parser.add_argument("--bit-share", type=float, default=0.8, help="share of the daily ε for the one-bit report")
+    parser.add_argument("--reports-per-day", type=float, default=4.0, help="load reports the daily ε buys")
     parser.add_argument("--rule", default=RULE)
     parser.add_argument("--daily-epsilons", type=float, nargs="+", default=list(DAILY_EPSILONS))
     args = parser.parse_args(argv)
@@ -68,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
           "| drop-outs per episode |")
     print("|---|---:|---:|---:|---:|---:|")
     settings = [("none", {**base["privacy"], "mechanism": "none"})]
-    settings += [(f"ε/day ≤ {eps:g}", {**base["privacy"], "daily_epsilon": eps}) for eps in args.daily_epsilons]
+    settings += [(f"ε/day ≤ {eps:g} (f = {flip_for(args.bit_share * eps / 2):.2f}, ε/report = "
+                  f"{eps / args.reports_per_day:g})",
+                  {**base["privacy"], "daily_epsilon": eps, "afford_flip": flip_for(args.bit_share * eps / 2),
+                   "epsilon_per_report": eps / args.reports_per_day})
+                 for eps in args.daily_epsilons]
     baseline = None
     for label, privacy in settings:
         result = run({**base, "privacy": privacy}, args.seeds, args.episodes, args.rule)

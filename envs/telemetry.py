@@ -15,7 +15,7 @@ import torch
 
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics import attacks
-from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, privatize
+from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, noise_scale, privatize
 from greengossip.envs.observation import ScenarioFeatures, apply_lies, true_telemetry
 from greengossip.envs.scenario import Scenario
 from greengossip.envs.simulator import affordable_actions, background_load
@@ -78,10 +78,24 @@ class TelemetryChannel:
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         load = None
-        if config.background_load.mean > 0:  # the released load, as far as the world's loads reach
-            load = self.telemetry["load"].clamp(max=config.background_load.max_share)
+        if config.background_load.mean > 0:
+            load = self._load_estimate(self.telemetry["load"])
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round,
                                        load)
+
+    def _load_estimate(self, released: torch.Tensor) -> torch.Tensor:
+        """The load the mask assumes: the released value, or under noise its linear least-squares estimate,
+        shrunk towards the world's mean load by var(load) / (var(load) + var(noise)). A noised load taken
+        at face value would mask training for every node whose noise came out high."""
+        background, privacy = self.config.background_load, self.config.privacy
+        if privacy.mechanism == "none":
+            return released.clamp(max=background.max_share)
+        spread = min(2 * background.mean, background.max_share)
+        load_variance = spread**2 / 12  # uniform on [0, spread], the cap aside
+        scale = noise_scale(privacy)
+        noise_variance = 2 * scale**2 if privacy.mechanism == "laplace" else scale**2
+        weight = load_variance / (load_variance + noise_variance)
+        return (spread / 2 + weight * (released - spread / 2)).clamp(0.0, background.max_share)
 
     def _protect(self, scenario: Scenario, state: SimState, telemetry: dict[str, torch.Tensor],
                  restarted: torch.Tensor | None) -> dict[str, torch.Tensor]:
