@@ -81,7 +81,7 @@ class TelemetryChannel:
         if config.background_load.mean > 0:
             load = self._load_estimate(self.telemetry["load"])
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round,
-                                       load)
+                                       load=load)
 
     def _load_estimate(self, released: torch.Tensor) -> torch.Tensor:
         """The load the mask assumes: the released value, or under noise its linear least-squares estimate,

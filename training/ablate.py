@@ -119,7 +119,8 @@ def read_truth(env) -> Truth:
         "trust": scenario.honest.double().cpu().numpy(),
         **{name: telemetry[name].double().cpu().numpy() for name in ("battery_soc", "harvest_now", "load")},
     }
-    mask = affordable_actions(config, scenario, state.battery_wh, telemetry["harvest_now"] * full_round_wh, load)
+    mask = affordable_actions(config, scenario, state.battery_wh, telemetry["harvest_now"] * full_round_wh,
+                              load=load)
     return Truth(columns, mask.cpu().numpy())
 
 
