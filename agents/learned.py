@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sb3_contrib
+import stable_baselines3
 from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 
 from greengossip.agents.base import ObservationKind, Scheduler
+from greengossip.agents.decentralized import DECENTRALIZED_PREFIX, load_decentralized_scheduler
 from greengossip.agents.heuristics import HEURISTICS, build_heuristic
 from greengossip.envs.errors import UserError
 
@@ -26,13 +32,7 @@ ALGORITHMS = ("MaskablePPO", "RecurrentPPO", "PPO", "A2C", "TRPO")
 
 
 def _algorithm_class(name: str):
-    if name in ("PPO", "A2C"):
-        import stable_baselines3
-
-        return getattr(stable_baselines3, name)
-    import sb3_contrib
-
-    return getattr(sb3_contrib, name)
+    return getattr(stable_baselines3 if name in ("PPO", "A2C") else sb3_contrib, name)
 
 
 def model_path(spec: str | Path) -> Path | None:
@@ -51,10 +51,6 @@ def detect_algorithm(path: str | Path) -> str:
     ``RecurrentActorCriticPolicy``; among plain actor-critic policies PPO stores ``clip_range``, TRPO
     ``cg_max_steps`` and A2C neither.
     """
-    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-    from stable_baselines3.common.save_util import load_from_zip_file
-
     data, _params, _variables = load_from_zip_file(path, device="cpu", load_data=True,
                                                    print_system_info=False)
     if not data or "policy_class" not in data:
@@ -168,9 +164,6 @@ def is_model_spec(spec: str | Path) -> bool:
     return model_path(spec) is not None and str(spec).split(":", 1)[0] not in HEURISTICS
 
 
-DECENTRALIZED_PREFIX = "decentralized:"
-
-
 def scheduler_label(spec: str | Path) -> str:
     """Short name for tables and plots: the heuristic spec, or a model file's stem."""
     text = str(spec)
@@ -187,8 +180,6 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     """
     text = str(spec)
     if text.startswith(DECENTRALIZED_PREFIX):  # a per-node policy shared by all nodes (PettingZoo training)
-        from greengossip.training.multi_agent import load_decentralized_scheduler
-
         return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)

@@ -33,6 +33,7 @@ A policy also adapts by itself when ``predict`` receives observations of another
 
 from __future__ import annotations
 
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,19 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.maskable.distributions import MaskableCategorical, MaskableDistribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+
+from greengossip.agents.heuristics import memoryless_heuristic
+from greengossip.envs.errors import UserError
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
 # what PPO's ent_coef weighs (``evaluate_actions``): the entropy, or a distance to the residual prior rule
@@ -64,6 +71,8 @@ __all__ = [
     "detect_algorithm",
     "load_for_nodes",
     "load_policy",
+    "ModelFileError",
+    "read_model_data",
     "policy_class",
     "spaces_for_nodes",
 ]
@@ -272,8 +281,6 @@ def _prior_rule(prior: str | None, prior_weight: float):
     name fails when the policy is built, not in the middle of a rollout."""
     if prior is None:
         return None
-    from greengossip.agents.heuristics import memoryless_heuristic
-
     try:
         rule = memoryless_heuristic(prior)
     except ValueError as exc:
@@ -621,9 +628,6 @@ ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "recurrent_ppo")
 
 def algorithm_class(name: str):
     """The SB3 / sb3-contrib algorithm class for ``name`` (one of ``ALGORITHMS``)."""
-    from sb3_contrib import MaskablePPO, RecurrentPPO
-    from stable_baselines3 import A2C, PPO
-
     classes = {"maskable_ppo": MaskablePPO, "ppo": PPO, "a2c": A2C, "recurrent_ppo": RecurrentPPO}
     if name not in classes:
         raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
@@ -641,21 +645,10 @@ def policy_class(algo: str):
 
 
 def detect_algorithm(path: str | Path) -> str:
-    """Which algorithm saved the model at ``path`` (read from the policy class and hyperparameters)."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    data, _, _ = load_from_zip_file(
-        path,
-        device="cpu",
-        load_data=True,
-        custom_objects={
-            "observation_space": None,
-            "action_space": None,
-            "lr_schedule": None,
-            "learning_rate": 0.0,
-            "clip_range": None,
-        },
-    )
+    """Which algorithm saved the model at ``path`` (read from the policy class and hyperparameters).
+    A file that is not a readable SB3 model (truncated, empty, another format) raises
+    :class:`ModelFileError` naming it."""
+    data = read_model_data(path)
     cls = data.get("policy_class")
     if isinstance(cls, type) and issubclass(cls, RecurrentActorCriticPolicy):
         return "recurrent_ppo"
@@ -663,6 +656,45 @@ def detect_algorithm(path: str | Path) -> str:
         return "maskable_ppo"
     # PPO and A2C share the policy; A2C stores RMSprop's epsilon, PPO its epochs
     return "ppo" if "n_epochs" in data else "a2c"
+
+
+class ModelFileError(UserError):
+    """A saved model file cannot be read (truncated by an interrupted save, empty, not an SB3 zip)."""
+
+
+def read_model_data(path: str | Path) -> dict[str, Any]:
+    """The ``data`` entry of an SB3 model zip (hyperparameters, policy class), read without building the
+    model; checks that the archive is whole (every member's CRC) and holds the policy's weights."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from None
+    if damaged is not None:
+        raise ModelFileError(f"{path} is damaged: its member {damaged} fails its checksum")
+    if not {"data", "policy.pth"} <= names:
+        raise ModelFileError(f"{path} is not a Stable-Baselines3 model (members {sorted(names)}; expected data "
+                             "and policy.pth)")
+    try:
+        data, _, _ = load_from_zip_file(
+            path,
+            device="cpu",
+            load_data=True,
+            custom_objects={
+                "observation_space": None,
+                "action_space": None,
+                "lr_schedule": None,
+                "learning_rate": 0.0,
+                "clip_range": None,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - SB3 raises whatever its JSON and pickle readers raise
+        raise ModelFileError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path} holds no model data")
+    return data
 
 
 def _target_spaces(env_or_spaces) -> tuple[spaces.Space, spaces.Space]:

@@ -18,12 +18,13 @@ import argparse
 
 import numpy as np
 import torch
+
 from greengossip.agents.learned import make_scheduler
 from greengossip.envs import grid_traces
 from greengossip.envs.config import load_config
 from greengossip.envs.gossip_env import EdgeLearningEnv
 from greengossip.envs.scenario import make_scenario
-from greengossip.training.evaluate import _accepts_action_masks
+from greengossip.training.rollout import takes_action_masks
 from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
@@ -31,7 +32,7 @@ def play(spec: str, config, seed: int) -> dict[str, float]:
     env = EdgeLearningEnv(config)
     obs, _ = env.reset(seed=seed)
     scheduler = make_scheduler(spec, env=env, seed=0)
-    takes_masks = _accepts_action_masks(scheduler)
+    takes_masks = takes_action_masks(scheduler)
     scenario = env.scenario
     off_grid = ~scenario.grid_connected
     reserve = config.energy.battery_min_soc * scenario.capacity_wh

@@ -10,8 +10,8 @@ import torch
 from gymnasium import spaces
 
 from greengossip.envs.config import EnvConfig, load_config
-from greengossip.envs.errors import bounded_repr
 from greengossip.envs.dynamics.energy import ACTION_NAMES, N_ACTIONS
+from greengossip.envs.errors import bounded_repr
 from greengossip.envs.fleet_batch import FleetBatch
 from greengossip.envs.numerics import raise_if_nonfinite
 from greengossip.envs.observation import observation_space

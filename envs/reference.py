@@ -24,8 +24,8 @@ A round, as the batched simulator defines it:
 5. accuracy of every node on the evaluation split, mean over honest nodes.
 
 It uses only public pieces (``Scenario`` fields, ``SimState``, the config, the figures of
-``greengossip.envs.devices``, the attack names of ``greengossip.envs.dynamics.attacks``) and none of the batched helpers it
-checks (``settle_energy``, ``action_costs``, ``compress``, ``broadcast``, ``aggregate_pull``,
+``greengossip.envs.devices``, the attack names of ``greengossip.envs.dynamics.attacks``) and none of the
+batched helpers it checks (``settle_energy``, ``action_costs``, ``compress``, ``broadcast``, ``aggregate_pull``,
 ``neighbour_scores``, ``crafted_broadcasts``, ``local_sgd``, ``loss_and_grad``), so that
 ``tests/test_reference.py`` compares two independent implementations. ``benchmarks/bench_step.py``
 times it against the batched step.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics import attacks, gossip, streams
 from greengossip.envs.dynamics.energy import (

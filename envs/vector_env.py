@@ -41,8 +41,8 @@ from gymnasium.vector.utils import batch_space
 from greengossip.envs.config import ConfigError, EnvConfig, load_config
 from greengossip.envs.dynamics.energy import N_ACTIONS
 from greengossip.envs.env_groups import GroupProcess, GroupRound, play_group_round, reset_group, wait_for_all
-from greengossip.envs.fleet_batch import FleetBatch
 from greengossip.envs.errors import bounded_repr
+from greengossip.envs.fleet_batch import FleetBatch
 from greengossip.envs.footprint import check_fits
 from greengossip.envs.gossip_env import check_reset_options, validate_actions
 from greengossip.envs.numerics import raise_if_nonfinite

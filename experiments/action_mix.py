@@ -19,7 +19,7 @@ import torch
 from greengossip.envs.config import load_config
 from greengossip.envs.dynamics.energy import N_ACTIONS
 from greengossip.envs.sb3_vec_env import GossipVecEnv
-from greengossip.training.callbacks import run_vec_episodes
+from greengossip.training.rollout import play_vec_episodes
 from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 ACTION_NAMES = ("idle", "train", "full", "8-bit", "top-10%", "top-1%")
@@ -34,7 +34,7 @@ def action_mix(model, config, seeds: list[int]) -> tuple[np.ndarray, list[dict]]
         nonlocal counts
         counts += np.bincount(action.reshape(len(seeds), -1)[running].ravel(), minlength=N_ACTIONS)
 
-    finals = run_vec_episodes(model, venv, seeds, on_action=count)
+    finals = play_vec_episodes(model, venv, seeds, on_action=count)
     venv.close()
     return counts / counts.sum(), finals
 

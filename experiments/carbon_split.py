@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from greengossip.agents.learned import make_scheduler
-from greengossip.envs.gossip_env import EdgeLearningEnv
 from greengossip.envs.config import load_config
-from greengossip.training.evaluate import _accepts_action_masks
+from greengossip.envs.gossip_env import EdgeLearningEnv
+from greengossip.training.rollout import takes_action_masks
 from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
@@ -35,7 +35,7 @@ def carbon_split(spec, config, seeds: list[int]) -> dict[str, float]:
         env = EdgeLearningEnv(config)
         obs, _ = env.reset(seed=seed)
         scheduler = make_scheduler(spec, env=env, seed=0) if isinstance(spec, str) else spec
-        takes_masks = _accepts_action_masks(scheduler)
+        takes_masks = takes_action_masks(scheduler)
         region_of_node = np.asarray(env.scenario.region_names)[env.scenario.region_index.cpu().numpy()]
         regions = {region: region_of_node == region for region in np.unique(region_of_node)}
         state, start, done = None, np.ones(1, dtype=bool), False

@@ -18,7 +18,6 @@ import argparse
 import collections
 import random
 import tempfile
-
 from pathlib import Path
 
 import numpy as np

@@ -20,8 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from greengossip.agents.base import (IDLE, SEND_Q8, SEND_TOP1, SEND_TOP10, TRAIN, first_affordable, global_feature,
-                                     node_feature)
+from greengossip.agents.base import (
+    IDLE,
+    SEND_Q8,
+    SEND_TOP1,
+    SEND_TOP10,
+    TRAIN,
+    first_affordable,
+    global_feature,
+    node_feature,
+)
 from greengossip.agents.heuristics import CarbonPeriodic, build_heuristic
 from greengossip.envs.config import load_config
 from greengossip.envs.observation import STALENESS_HORIZON

@@ -29,11 +29,11 @@ def test_action_mix_counts_the_actions_of_each_episode_until_it_ends():
 
     from greengossip.agents.policies import MaskableNodeSetPolicy
     from greengossip.envs.config import load_config
-    from greengossip.training.train import make_env
+    from greengossip.training.builders import make_env
 
     action_mix = load("action_mix")
     config = load_config(TINY)
-    model = MaskablePPO(MaskableNodeSetPolicy, make_env(config, worker=False), seed=0, n_steps=16, batch_size=16,
+    model = MaskablePPO(MaskableNodeSetPolicy, make_env(config), seed=0, n_steps=16, batch_size=16,
                         policy_kwargs=dict(features_extractor_kwargs=dict(hidden=16), prior="all_nodes"))
     shares, finals = action_mix.action_mix(model, config, [10_000, 10_001])
     assert shares.sum() == pytest.approx(1.0)

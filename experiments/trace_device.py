@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # device_check's action draw
 
+from device_check import random_valid_actions  # noqa: E402
+
 import greengossip.envs.fleet_batch  # noqa: E402, F401  (loads the modules whose functions are wrapped)
 import greengossip.envs.simulator  # noqa: E402, F401
-from device_check import random_valid_actions  # noqa: E402
 from greengossip.envs.config import load_config  # noqa: E402
 from greengossip.envs.vector_env import EdgeLearningVectorEnv  # noqa: E402
 

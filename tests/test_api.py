@@ -9,8 +9,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import (ENV_ID, FLAT_ENV_ID, NEEDS_CUDA, TINY, all_nodes, config_id, env_config_paths, make_env,
-                      tiny_variant)
+from conftest import (
+    ENV_ID,
+    FLAT_ENV_ID,
+    NEEDS_CUDA,
+    TINY,
+    all_nodes,
+    config_id,
+    env_config_paths,
+    make_env,
+    tiny_variant,
+)
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 

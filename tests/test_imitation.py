@@ -9,12 +9,13 @@ import pytest
 import yaml
 
 from greengossip.envs.config import load_config
-from tests.conftest import ROOT, TINY
-from tests.test_train import _scalar_tags
+from greengossip.training.builders import make_vec_env
 from greengossip.training.cli import main
 from greengossip.training.imitation import collect_demonstrations, discounted_returns, fit
 from greengossip.training.settings import SettingsError, load_settings
-from greengossip.training.train import build_model, make_vec_env
+from greengossip.training.train import build_model
+from tests.conftest import ROOT, TINY
+from tests.test_train import _scalar_tags
 
 TINY_SETTINGS = ROOT / "configs" / "train" / "tiny.yaml"
 HEURISTIC = "energy_carbon_trust"
@@ -31,7 +32,7 @@ def test_returns_to_go_restart_at_episode_ends_and_mark_the_unfinished_tail():
 
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo"])
 def test_warm_start_makes_the_policy_agree_with_the_heuristic(algo, tmp_path):
-    settings = load_settings(TINY_SETTINGS, algo=algo, n_envs=2, vec_env="batched", track_carbon=False)
+    settings = load_settings(TINY_SETTINGS, algo=algo, n_envs=2, track_carbon=False)
     venv = make_vec_env([load_config(TINY)], settings, tmp_path / "monitor.csv")
     try:
         model = build_model(settings, venv, tmp_path, resume=None)
@@ -57,7 +58,7 @@ def test_warm_start_makes_the_policy_agree_with_the_heuristic(algo, tmp_path):
 def test_entropy_bonus_keeps_the_imitating_policy_stochastic(tmp_path):
     """Same rollouts, same fit, with and without the entropy term: both pick the heuristic's action
     deterministically, but only the regularised policy leaves probability on the others (for PPO)."""
-    settings = load_settings(TINY_SETTINGS, n_envs=2, vec_env="batched", track_carbon=False)
+    settings = load_settings(TINY_SETTINGS, n_envs=2, track_carbon=False)
     imitation = settings.imitation
     summaries = {}
     for entropy_coef in (0.0, 0.3):

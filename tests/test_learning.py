@@ -109,14 +109,13 @@ def test_local_sgd_gives_the_same_models_with_its_reused_buffer(monkeypatch):
     call of another fleet size left in the buffer."""
     import numpy as np
     import torch
+    from conftest import tiny_variant
 
     from greengossip.envs.dynamics import learning
     from greengossip.envs.dynamics.learning import ModelSpec, local_sgd
     from greengossip.envs.scenario import make_scenario
     from greengossip.envs.simulator import draw_randomness
     from greengossip.envs.state import initial_state
-
-    from conftest import tiny_variant
 
     whole = learning.SGD_BLOCK_NODES
     for model in ("softmax", "mlp"):
@@ -181,8 +180,8 @@ def test_mixing_with_silent_senders_masks_their_weights_like_zeroed_models(layou
 def test_full_broadcast_copies_the_model_exactly_and_compressed_ones_add_their_message():
     import torch
 
-    from greengossip.envs.workloads import COMPRESSION_LEVELS
     from greengossip.envs.dynamics.gossip import broadcast, compress
+    from greengossip.envs.workloads import COMPRESSION_LEVELS
 
     generator = torch.Generator().manual_seed(1)
     params, public = torch.randn(6, 50, generator=generator), torch.randn(6, 50, generator=generator)

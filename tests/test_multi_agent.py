@@ -168,7 +168,7 @@ def trained(tmp_path_factory, short_config_path):
 
 
 def test_parameter_shared_training_saves_a_per_node_policy(trained):
-    from greengossip.training.multi_agent import is_decentralized_model
+    from greengossip.agents.decentralized import is_decentralized_model
 
     assert trained.model_path.is_file() and trained.best_model_path.is_file()
     assert trained.rounds == 32
@@ -182,8 +182,8 @@ def test_decentralized_scheduler_runs_through_the_evaluation_harness(
     import importlib
 
     from greengossip import agents
+    from greengossip.agents.decentralized import DECENTRALIZED_PREFIX, load_decentralized_scheduler
     from greengossip.training.evaluate import run_evaluation
-    from greengossip.training.multi_agent import DECENTRALIZED_PREFIX, load_decentralized_scheduler
 
     spec = DECENTRALIZED_PREFIX + str(trained.best_model_path)
     try:
@@ -215,7 +215,7 @@ def test_decentralized_scheduler_runs_through_the_evaluation_harness(
 
 
 def test_scheduler_respects_the_mask_and_needs_a_graph(trained):
-    from greengossip.training.multi_agent import load_decentralized_scheduler
+    from greengossip.agents.decentralized import load_decentralized_scheduler
 
     scheduler = load_decentralized_scheduler(trained.model_path)
     single = make_env(SHORT)
@@ -233,7 +233,7 @@ def test_scheduler_respects_the_mask_and_needs_a_graph(trained):
 
 
 def test_loading_a_missing_model_says_how_to_make_one(tmp_path):
-    from greengossip.training.multi_agent import load_decentralized_scheduler
+    from greengossip.agents.decentralized import load_decentralized_scheduler
 
     with pytest.raises(ValueError, match="greengossip train --multi-agent"):
         load_decentralized_scheduler(f"decentralized:{tmp_path / 'nothing.zip'}")
@@ -242,6 +242,7 @@ def test_loading_a_missing_model_says_how_to_make_one(tmp_path):
 def test_multi_agent_training_rejects_other_algorithms():
     import argparse
 
+    from greengossip.envs.errors import UserError
     from greengossip.training.multi_agent import run
 
     args = argparse.Namespace(
@@ -255,16 +256,17 @@ def test_multi_agent_training_rejects_other_algorithms():
         out=None,
         config=str(TINY),
         resume=None,
+        overwrite=False,
         local_reward_weight=0.0,
     )
-    with pytest.raises(SystemExit, match="--algo ppo"):
+    with pytest.raises(UserError, match="--algo ppo"):
         run(args)
 
 
 def test_multi_agent_training_uses_the_ppo_schedule_and_refuses_training_reward_weights(tmp_path, short_config_path):
+    from greengossip.training.builders import algorithm_kwargs
     from greengossip.training.multi_agent import train_multi_agent
     from greengossip.training.settings import SettingsError, load_settings
-    from greengossip.training.train import algorithm_kwargs
 
     settings = load_settings(None, algo="ppo", ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4})
     schedule = algorithm_kwargs(settings)["learning_rate"]

@@ -233,8 +233,8 @@ def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(s
     row must be what ``predict`` gives for that observation alone. The batch mixes envs, rounds, random
     actions (staleness, batteries), attackers (trust), random masks and target gaps on both sides of the
     sprint's, so every branch of the rules is taken in some row and left in another."""
-    from greengossip.agents.heuristics import build_heuristic
     from greengossip.agents.base import GLOBAL_INDEX, IDLE
+    from greengossip.agents.heuristics import build_heuristic
     from greengossip.envs.observation import NODE_INDEX
 
     rng = np.random.default_rng(0)
@@ -259,8 +259,8 @@ def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(s
 
 
 def test_prior_setting_names_the_allowed_rules():
+    from greengossip.training.builders import policy_kwargs
     from greengossip.training.settings import SettingsError, load_settings
-    from greengossip.training.train import policy_kwargs
 
     with pytest.raises(SettingsError, match=r"policy\.prior = 'oort': .*carbon_periodic"):
         load_settings(prior="oort")

@@ -9,7 +9,7 @@ from conftest import load_benchmark
 import greengossip.envs.dynamics.gossip
 import greengossip.envs.fleet_batch
 import greengossip.envs.gossip_env
-import greengossip.envs.simulator
+import greengossip.envs.simulator  # noqa: F401  (profile_step times functions in it)
 from greengossip import envs
 
 
@@ -32,7 +32,8 @@ def test_parts_nest_inside_the_step_and_the_wrappers_come_off(profile_step, n_en
     step = ("step",)
     transition = ("step", "transition")
     for path in (transition, transition + ("local_sgd",), transition + ("accuracy_per_node",),
-                 transition + ("neighbour_distances",), ("step", "observe"), ("step", "round_kpis"), ("step", "refresh")):
+                 transition + ("neighbour_distances",), ("step", "observe"), ("step", "round_kpis"),
+                 ("step", "refresh")):
         assert path in timer.seconds, path
     # a part's time includes its children's, and the parts of a step lie within the step's own timing
     for path, seconds in timer.seconds.items():

@@ -48,7 +48,7 @@ def _actions(rng, n: int, round_index: int) -> torch.Tensor:
 @pytest.mark.parametrize("whole_fleet_sgd", [True, False])
 def test_batched_transition_matches_per_node_reference(model, whole_fleet_sgd, monkeypatch):
     # local SGD on every node with the idle ones' results dropped, or on a copy of the trainers' rows
-    import greengossip.envs.simulator
+    import greengossip.envs.simulator  # noqa: F401  (envs.simulator below)
     from greengossip import envs
 
     monkeypatch.setattr(envs.simulator, "WHOLE_FLEET_SGD_SHARE", 0.0 if whole_fleet_sgd else 1.01)

@@ -92,10 +92,19 @@ def test_rl_zoo3_trains_a_few_thousand_steps_from_the_documented_command(tmp_pat
     _run_zoo(tmp_path, 2048)
 
 
+def load_example(name: str):
+    """``examples/<name>.py`` as a module: the examples are scripts outside the package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_cleanrl_style_script_trains_on_a_tiny_budget(tmp_path):
-    """The README's command-line flags, through the script's own ``main(argv)`` (in-process: it shares this
-    session's imports and solar caches; ``python training/cleanrl_ppo.py ...`` only adds the interpreter)."""
-    from greengossip.training import cleanrl_ppo
+    """The README's command-line flags, through the script's own ``main(argv)`` (in-process: it shares the
+    test run's imports and solar caches; ``python examples/cleanrl_ppo.py ...`` only adds the interpreter)."""
+    cleanrl_ppo = load_example("cleanrl_ppo")
 
     summary = cleanrl_ppo.main(
         [
@@ -126,7 +135,7 @@ def test_rllib_trains_one_iteration_locally(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            "training/rllib_example.py",
+            "examples/rllib_example.py",
             "--config",
             str(TINY),
             "--iterations",

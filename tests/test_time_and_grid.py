@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_env, tiny_variant
+
 from greengossip.envs import grid_traces
 from greengossip.envs.availability import CLASS_SPELLS, availability_trace
 from greengossip.envs.scenario import make_scenario, stack_scenarios

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch as th
 
-from tests.conftest import ROOT, TINY
 from greengossip.training.cli import main
 from greengossip.training.settings import SettingsError, load_settings
 from greengossip.training.train import latest_checkpoint, train
+from tests.conftest import ROOT, TINY
 
 TINY_SETTINGS = ROOT / "configs" / "train" / "tiny.yaml"
 HARNESS = importlib.util.find_spec("greengossip.training.evaluate") is not None
@@ -65,7 +65,6 @@ def _progress(run: Path) -> list[dict[str, str]]:
 
 def test_train_on_tiny_leaves_model_checkpoints_env_scalars_and_comparison(tmp_path):
     out = tmp_path / "run"
-    started = time.perf_counter()
     code = main(
         [
             "train",
@@ -83,7 +82,6 @@ def test_train_on_tiny_leaves_model_checkpoints_env_scalars_and_comparison(tmp_p
         ]
     )
     assert code == 0
-    assert time.perf_counter() - started < 120
     for name in (
         "model.zip",
         "best_model.zip",
@@ -185,15 +183,6 @@ def test_misspelt_setting_is_named_in_the_error():
         load_settings(TINY_SETTINGS, maskable_ppo={"n_steps": 16, "batch_size": 64})
     with pytest.raises(SettingsError, match="seed"):
         load_settings(TINY_SETTINGS, seed=10_000)  # would overlap the held-out seeds
-    with pytest.raises(SettingsError, match="env_workers .* needs vec_env: batched"):
-        load_settings(TINY_SETTINGS, env_workers=2, vec_env="subprocess")  # the workers would be silently unused
-    assert load_settings(TINY_SETTINGS, env_workers=2, vec_env="batched").env_workers == 2
-    with pytest.raises(SettingsError, match="env_worker_kind: process needs env_workers above 1"):
-        load_settings(TINY_SETTINGS, env_worker_kind="process", vec_env="batched")
-    with pytest.raises(SettingsError, match="env_worker_kind.*'thread' or 'process'"):
-        load_settings(TINY_SETTINGS, env_workers=2, env_worker_kind="fork", vec_env="batched")
-    settings = load_settings(TINY_SETTINGS, env_workers=2, env_worker_kind="process", vec_env="batched")
-    assert settings.env_worker_kind == "process"
 
 
 def test_a_settings_file_extends_another_section_by_section(tmp_path):
@@ -258,10 +247,8 @@ def test_documented_smoke_command_finishes_in_about_a_minute(tmp_path):
     assert elapsed < 180, f"took {elapsed:.0f} s"
 
 
-@pytest.mark.parametrize("workers,kind", [(1, "thread"), (2, "process")], ids=["one group", "two processes"])
-def test_training_runs_on_the_batched_vector_env(tmp_path, workers, kind):
-    settings = _settings(vec_env="batched", n_envs=4, total_timesteps=256, env_workers=workers,
-                         env_worker_kind=kind)
+def test_training_runs_on_the_batched_vector_env(tmp_path):
+    settings = _settings(n_envs=4, total_timesteps=256)
     result = train(TINY, settings, tmp_path / "batched")
     assert result.timesteps >= 256
     assert (tmp_path / "batched" / "monitor.csv").exists()
@@ -269,22 +256,15 @@ def test_training_runs_on_the_batched_vector_env(tmp_path, workers, kind):
 
 def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
     from greengossip.envs.config import load_config
-    from greengossip.training.train import make_vec_env, training_scenarios
+    from greengossip.training.builders import make_vec_env, training_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
-    settings = _settings(n_envs=4, vec_env="dummy", also_train_on=[str(attacked_path)])
-    venv = make_vec_env(training_scenarios(load_config(TINY), settings), settings, tmp_path / "monitor.csv")
-    try:
-        fractions = [env.unwrapped.config.attack.fraction for env in venv.venv.envs]
-    finally:
-        venv.close()
-    assert fractions == [0.0, 0.25, 0.0, 0.25]
     with pytest.raises(SettingsError, match="n_nodes 32 .* n_nodes 8"):
         default = str(ROOT / "configs" / "default.yaml")
         training_scenarios(load_config(TINY), _settings(n_envs=2, also_train_on=[default]))
     with pytest.raises(SettingsError, match="need n_envs >= 2"):
         training_scenarios(load_config(TINY), _settings(n_envs=1, also_train_on=[str(attacked_path)]))
-    batched = _settings(n_envs=4, vec_env="batched", also_train_on=[str(attacked_path)])
+    batched = _settings(n_envs=4, also_train_on=[str(attacked_path)])
     venv = make_vec_env(training_scenarios(load_config(TINY), batched), batched, tmp_path / "batched.csv")
     try:  # one batched program per scenario, environment i runs scenario i mod 2
         assert [v.config.attack.fraction for v in venv.venv.venvs] == [0.0, 0.25]
@@ -300,15 +280,15 @@ def test_also_train_on_mixes_scenarios_and_rejects_other_spaces(tmp_path):
 
 def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
     from greengossip.envs.config import load_config
-    from greengossip.training.train import make_vec_env, training_scenarios, validation_scenarios
+    from greengossip.training.builders import make_vec_env, training_scenarios, validation_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     twice = [str(attacked_path), str(tmp_path / "." / "tiny_attacked.yaml")]  # one file, two spellings
-    settings = _settings(n_envs=3, vec_env="dummy", also_train_on=twice, select_on="training_mix")
+    settings = _settings(n_envs=3, also_train_on=twice, select_on="training_mix")
     scenarios = training_scenarios(load_config(TINY), settings)
     venv = make_vec_env(scenarios, settings, tmp_path / "monitor.csv")
-    try:
-        assert [env.unwrapped.config.attack.fraction for env in venv.venv.envs] == [0.0, 0.25, 0.25]
+    try:  # environment i runs scenario i mod 3
+        assert [v.config.attack.fraction for v in venv.venv.venvs] == [0.0, 0.25, 0.25]
     finally:
         venv.close()
     validated = validation_scenarios(TINY, settings, scenarios)
@@ -325,7 +305,7 @@ def test_a_scenario_listed_twice_gets_more_envs_but_is_validated_once(tmp_path):
 
 def test_settings_reward_weights_replace_the_scenarios_in_training_only(tmp_path):
     from greengossip.envs.config import load_config
-    from greengossip.training.train import training_scenarios
+    from greengossip.training.builders import training_scenarios
 
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25})
     settings = _settings(n_envs=2, also_train_on=[str(attacked_path)], reward={"carbon": 3.0, "deadline": 5.0})
@@ -352,7 +332,7 @@ def test_learning_rate_falls_linearly_to_learning_rate_final(tmp_path):
 
 
 def test_learning_rate_holds_for_learning_rate_decay_start_then_falls():
-    from greengossip.training.train import DelayedLinearSchedule, algorithm_kwargs
+    from greengossip.training.builders import DelayedLinearSchedule, algorithm_kwargs
 
     schedule = algorithm_kwargs(_settings(maskable_ppo={"learning_rate": 1e-3, "learning_rate_final": 1e-4,
                                                         "learning_rate_decay_start": 0.6}))["learning_rate"]
@@ -380,7 +360,7 @@ def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tm
     attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25, "kinds": ["free_rider"]})
     # the all_nodes prior lets every node take part, so the attackers do whatever an untrained policy's
     # argmax happens to be
-    settings = _settings(total_timesteps=128, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
+    settings = _settings(total_timesteps=128, n_envs=2, also_train_on=[str(attacked_path)],
                          select_on="training_mix", eval_episodes=2, policy={"prior": "all_nodes"})
     train(TINY, settings, tmp_path / "mix")
     record = json.loads((tmp_path / "mix" / "best_model.json").read_text())
@@ -393,61 +373,34 @@ def test_select_on_training_mix_scores_every_scenario_on_the_validation_seeds(tm
         _settings(select_on="everything")
 
 
-def test_validation_in_background_records_what_the_learner_would_have(tmp_path):
-    """validation_in_background runs each validation in a worker process on a snapshot of the model: the
-    evaluations, the guarded and unguarded picks and the TensorBoard eval scalars must equal a run that
-    validates in the learner, on a training mix with several validations while the policy changes."""
-    from sb3_contrib import MaskablePPO
-
-    attacked_path = _tiny_with_attackers(tmp_path, {"fraction": 0.25, "kinds": ["free_rider"]})
-    common = dict(total_timesteps=512, n_envs=2, vec_env="batched", also_train_on=[str(attacked_path)],
-                  select_on="training_mix", eval_episodes=2, eval_freq=128, carbon_guard=1.5,
-                  maskable_ppo={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "learning_rate": 0.01})
-    runs = {mode: train(TINY, _settings(validation_in_background=mode == "background", **common), tmp_path / mode)
-            for mode in ("inline", "background")}
-    tables = {mode: (run.out_dir / "evaluations.csv").read_text() for mode, run in runs.items()}
-    assert tables["background"] == tables["inline"]
-    rows = list(csv.DictReader(tables["inline"].splitlines()))
-    assert [int(row["timesteps"]) for row in rows] == [128, 256, 384, 512]
-    assert len({row["return"] for row in rows}) > 1  # the policy changed between validations
-    for name in ("best_model", "best_model_unguarded"):
-        records = [json.loads((run.out_dir / f"{name}.json").read_text()) for run in runs.values()]
-        assert records[0] == records[1]
-        a, b = (MaskablePPO.load(run.out_dir / f"{name}.zip").policy.state_dict() for run in runs.values())
-        for key in a:
-            th.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    assert not (runs["background"].out_dir / "validation_snapshots").exists()  # recorded, then removed
-    assert "eval/tiny_attacked/malicious" in _scalar_tags(runs["background"].out_dir / "logs")
-
-
 def test_batched_validation_gives_the_sequential_episodes():
-    """run_vec_episodes (all validation seeds as one batched program) against run_episode seed by seed:
+    """play_vec_episodes (all validation seeds as one batched program) against play_episode seed by seed:
     the same rounds, carbon and outcome per seed, returns equal up to float32 rewards."""
     from sb3_contrib import MaskablePPO
 
     from greengossip.agents.policies import MaskableNodeSetPolicy
     from greengossip.envs.config import load_config
     from greengossip.envs.sb3_vec_env import GossipVecEnv
-    from greengossip.training.callbacks import run_episode, run_vec_episodes
-    from greengossip.training.train import make_env
+    from greengossip.training.builders import make_env
+    from greengossip.training.rollout import play_episode, play_vec_episodes
 
     config = load_config(TINY)
-    env = make_env(config, worker=False)
+    env = make_env(config)
     policy_kwargs = dict(features_extractor_kwargs=dict(hidden=16), net_arch=dict(pi=[16], vf=[16]),
                          prior="carbon_periodic")
     model = MaskablePPO(MaskableNodeSetPolicy, env, seed=0, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
     seeds = [10_000, 10_001, 10_002]
-    one_by_one = [run_episode(model, env, seed) for seed in seeds]
-    together = run_vec_episodes(model, GossipVecEnv(len(seeds), config=config), seeds)
-    keys = ("episode_rounds", "episode_carbon_g", "final_accuracy", "target_reached")
+    one_by_one = [play_episode(model, env, seed) for seed in seeds]
+    together = play_vec_episodes(model, GossipVecEnv(len(seeds), config=config), seeds)
+    keys = ("episode_rounds", "episode_carbon_g", "final_accuracy", "target_reached", "steps")
     assert [[e[k] for k in keys] for e in together] == [[e[k] for k in keys] for e in one_by_one]
     assert len({e["episode_rounds"] for e in together}) > 1  # episodes of different lengths: some waited
     np.testing.assert_allclose([e["return"] for e in together], [e["return"] for e in one_by_one], atol=1e-4)
     with pytest.raises(ValueError, match="consecutive seeds"):
-        run_vec_episodes(model, GossipVecEnv(2, config=config), [1, 3])
+        play_vec_episodes(model, GossipVecEnv(2, config=config), [1, 3])
 
 
-def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validation(tmp_path):
+def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validation(tmp_path, monkeypatch):
     """HeldOutEvalCallback with carbon_guard: a higher mean return does not make a new best when the first
     scenario's carbon rises above guard x the first validation's or it reaches fewer targets; without the
     guard it does, and a guarded run keeps that pick too (best_model_unguarded.zip). The reference and
@@ -456,6 +409,7 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
 
     from stable_baselines3.common.logger import configure
 
+    from greengossip.training import callbacks as callbacks_module
     from greengossip.training.callbacks import HeldOutEvalCallback
 
     def episodes(ret, carbon, reached=True):
@@ -469,9 +423,9 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
 
     def run(guard, folder):
         saved = []
-        model = SimpleNamespace(logger=configure(str(tmp_path / folder), ["csv"]),
-                                save=lambda path: (saved.append((Path(path).stem, callback.num_timesteps)),
-                                                   Path(path).write_text("m")))
+        model = SimpleNamespace(logger=configure(str(tmp_path / folder), ["csv"]))
+        monkeypatch.setattr(callbacks_module, "atomic_save", lambda model, path: (
+            saved.append((Path(path).stem, callback.num_timesteps)), Path(path).write_text("m")))
         callback = HeldOutEvalCallback({"default": None, "attack_heavy": None}, [10_000], 10,
                                        tmp_path / folder / "best_model.zip", tmp_path / folder / "evaluations.csv",
                                        carbon_guard=guard)

@@ -3,35 +3,41 @@
 * :class:`SettingsTextCallback` - the run's settings as TensorBoard text, once.
 * :class:`EnvKpiCallback` - the env's KPIs from ``info`` (``env/*``, ``episode/*``) next to SB3's own.
 * :class:`StepsPerSecondCallback` - ``charts/steps_per_second`` of every rollout.
-* :class:`HeldOutEvalCallback` - deterministic episodes on fixed held-out seeds; keeps the best model
-  (in this process, or in a :class:`BackgroundValidation` worker while training goes on).
+* :class:`HeldOutEvalCallback` - deterministic episodes on fixed held-out seeds; keeps the best model.
+* :class:`SharedPolicyEvalCallback` - the same for a policy shared by every node (``--multi-agent``).
+* :class:`AtomicCheckpointCallback` - periodic checkpoints, each written whole or not at all.
+* :class:`StopOnInterrupt` - Ctrl-C ends training after the current step, so that the model can be saved.
 * :class:`TrainingEmissionsCallback` - the training run's own footprint with codecarbon, offline.
 * :class:`WallClockLimitCallback` - stops training after a wall-clock budget (benchmarks).
 
 Episode outcomes are read from ``info`` of the step that ended the episode (``episode_*`` keys the
 env adds there, and VecMonitor's ``episode``), never from the observation SB3 returns with ``done``:
-the VecEnv has already reset that env by then.
+the VecEnv has already reset that env by then. Validation episodes are played by ``rollout.py``.
 """
 
 from __future__ import annotations
 
 import csv
-import inspect
 import json
+import logging
 import math
-import multiprocessing
-import shutil
+import signal
+import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from codecarbon import OfflineEmissionsTracker
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
+
+from greengossip.agents.decentralized import DecentralizedScheduler
+from greengossip.training.rollout import play_episode, play_vec_episodes
+from greengossip.training.run_files import atomic_save, atomic_write_text
 
 TEXT_ONLY = ("stdout", "log", "json", "csv")  # formats that should not receive a Markdown blob
 
@@ -143,148 +149,19 @@ class StepsPerSecondCallback(BaseCallback):
         return True
 
 
-def run_episode(model, env: gym.Env, seed: int, deterministic: bool = True) -> dict[str, Any]:
-    """One episode of an SB3 model on a plain (non-vector) env; the last step's info plus the return.
-
-    Passes the env's action masks to models that take them and carries a recurrent model's state.
-    """
-    obs, _ = env.reset(seed=seed)
-    takes_masks = "action_masks" in inspect.signature(model.predict).parameters
-    state, episode_start, total = None, np.ones((1,), dtype=bool), 0.0
-    while True:
-        extra = {"action_masks": env.unwrapped.action_masks()} if takes_masks else {}
-        action, state = model.predict(
-            obs, state=state, episode_start=episode_start, deterministic=deterministic, **extra
-        )
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        episode_start = np.zeros((1,), dtype=bool)
-        if terminated or truncated:
-            return {**info, "return": total, "target_reached": bool(terminated)}
-
-
-def run_vec_episodes(model, venv, seeds: Sequence[int], deterministic: bool = True,
-                     on_action: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[dict[str, Any]]:
-    """One episode on each environment of an SB3 ``VecEnv`` (environment i reset with ``seeds[i]``; the
-    seeds consecutive, as ``VecEnv.seed`` hands them out), all stepped together: one policy call and one
-    batched round per step instead of one per environment. The same results as ``run_episode`` on each
-    seed in turn for a feed-forward policy (environments of the batched vector env match single envs);
-    environments whose episode has ended are stepped on until the last one ends, and ignored.
-    ``on_action(action, running)`` sees each step's (B, ...) actions and which episodes are still on."""
-    seeds = list(seeds)
-    if len(seeds) != venv.num_envs or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise ValueError(f"need {venv.num_envs} consecutive seeds, one per environment; got {seeds}")
-    venv.seed(seeds[0])
-    obs = venv.reset()
-    takes_masks = "action_masks" in inspect.signature(model.predict).parameters
-    results: list[dict[str, Any] | None] = [None] * venv.num_envs
-    returns = np.zeros(venv.num_envs)
-    while any(result is None for result in results):
-        extra = {"action_masks": np.stack(venv.env_method("action_masks"))} if takes_masks else {}
-        action, _ = model.predict(obs, deterministic=deterministic, **extra)
-        if on_action is not None:
-            on_action(np.asarray(action), np.array([result is None for result in results]))
-        obs, rewards, dones, infos = venv.step(action)
-        for index in range(venv.num_envs):
-            if results[index] is not None:
-                continue
-            returns[index] += float(rewards[index])
-            if dones[index]:
-                info = {key: value for key, value in infos[index].items() if key != "terminal_observation"}
-                results[index] = {**info, "return": float(returns[index]),
-                                  "target_reached": not info.get("TimeLimit.truncated", False)}
-    return results
-
-
 def validation_episodes(model, env, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One deterministic episode per seed: all at once on a ``VecEnv`` with one environment per seed
-    (``run_vec_episodes``), one after another on a plain env."""
+    """One deterministic episode per seed: all at once on a ``VecEnv`` with one environment per seed,
+    one after another on a plain env."""
     if isinstance(env, VecEnv):
-        return run_vec_episodes(model, env, seeds)
-    return [run_episode(model, env, seed) for seed in seeds]
-
-
-_VALIDATION_WORKER: dict[str, Any] = {}
-
-
-def _start_validation_worker(scenarios: dict[str, Any], settings) -> None:
-    import torch
-
-    from greengossip.training.train import make_eval_env
-
-    torch.set_num_threads(1)
-    _VALIDATION_WORKER.update(settings=settings,
-                              envs={name: make_eval_env(config, settings) for name, config in scenarios.items()})
-
-
-def _validate_snapshot(path: str) -> dict[str, list[dict[str, Any]]]:
-    from greengossip.agents.policies import algorithm_class
-
-    settings = _VALIDATION_WORKER["settings"]
-    model = algorithm_class(settings.algo).load(path, device="cpu")
-    return {name: validation_episodes(model, env, settings.validation_seeds)
-            for name, env in _VALIDATION_WORKER["envs"].items()}
-
-
-class BackgroundValidation:
-    """The held-out validations of a training run in one worker process, while training goes on.
-
-    A validation of the quick-start recipe (20 episodes on each of two scenarios) takes about a fifth of a
-    training run's wall-clock time when the learner waits for it. Learner and validation are one thread
-    each, so on a machine with a free core the worker gives that time back to training. ``submit`` saves
-    the model as it is (a snapshot in ``directory``) and queues its validation; the worker loads the
-    snapshot and runs the same deterministic episodes on its own copies of the validation envs, so each
-    validation's figures are the ones the learner would have computed at that step. ``finished`` hands
-    the results back in submission order. At most ``max_pending`` validations wait at a time: a learner
-    that outpaces its worker (a machine without a free core) waits for the oldest one instead of queuing
-    snapshots without end."""
-
-    def __init__(self, scenarios: dict[str, Any], settings, directory: str | Path, max_pending: int = 2):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.max_pending = max_pending
-        # spawn: the learner's torch has run threads already, and a fork would inherit its locks
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_validation_worker, initargs=(scenarios, settings))
-        self._pending: deque[tuple[int, Path, Future]] = deque()
-
-    def submit(self, model, steps: int) -> list[tuple[int, dict[str, list[dict[str, Any]]], Path]]:
-        """Queues the validation of ``model`` at ``steps``; returns the results it waited for to keep the
-        queue within ``max_pending`` (as ``finished`` gives them)."""
-        waited = list(self.finished(wait_for=len(self._pending) + 1 - self.max_pending))
-        snapshot = self.directory / f"snapshot_{steps}.zip"
-        model.save(snapshot)
-        self._pending.append((steps, snapshot, self._pool.submit(_validate_snapshot, str(snapshot))))
-        return waited
-
-    def finished(self, wait_for: int = 0) -> Iterator[tuple[int, dict[str, list[dict[str, Any]]], Path]]:
-        """(steps, episodes by scenario, snapshot path) of the validations done so far, oldest first; waits
-        for the oldest ``wait_for`` (all of them: ``len(self)``) whether done or not."""
-        while self._pending and (wait_for > 0 or self._pending[0][2].done()):
-            steps, snapshot, future = self._pending.popleft()
-            wait_for -= 1
-            yield steps, future.result(), snapshot
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def close(self) -> None:
-        for _steps, snapshot, future in self._pending:
-            future.cancel()
-            snapshot.unlink(missing_ok=True)
-        self._pending.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        try:
-            self.directory.rmdir()  # every snapshot has been recorded and removed
-        except OSError:
-            pass
+        return play_vec_episodes(model, env, seeds)
+    return [play_episode(model, env, seed) for seed in seeds]
 
 
 class HeldOutEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
     seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves. ``env`` is a
     plain env (the seeds one after another) or a ``VecEnv`` with one environment per seed (all at once,
-    ``run_vec_episodes``); or a mapping from scenario names to such envs, each run on the same seeds. Then
+    ``rollout.play_vec_episodes``); or a mapping from scenario names to such envs, each run on the same seeds. Then
     the score is the mean return over all their episodes (each scenario weighs the same), and each
     scenario's return, carbon and attacker participation are logged as well (``eval/<name>/*``).
 
@@ -299,10 +176,8 @@ class HeldOutEvalCallback(BaseCallback):
     (``<best_model_path stem>_unguarded.zip`` and ``.json``), so one run compares both picks on the same
     training.
 
-    ``background``: a :class:`BackgroundValidation` that runs the episodes in a worker process while
-    training goes on; ``env`` then only names the scenarios. Results are recorded in order as they come
-    back, under the step they were taken at, and training end waits for the last one. The figures, the
-    picks and the files are the same as in this process.
+    ``skip_final``: when it returns True at the end of training (an interrupted run), no last validation
+    is run. Models and records are written atomically (``run_files.atomic_save``).
     """
 
     SCORE = "return"
@@ -318,10 +193,10 @@ class HeldOutEvalCallback(BaseCallback):
         log_path: str | Path,
         on_log: Callable[[str], None] | None = None,
         carbon_guard: float | None = None,
-        background: BackgroundValidation | None = None,
+        skip_final: Callable[[], bool] = lambda: False,
     ):
         super().__init__()
-        self.background = background
+        self.skip_final = skip_final
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
         self.seeds = list(seeds)
         self.eval_freq = eval_freq
@@ -343,37 +218,25 @@ class HeldOutEvalCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last_eval >= self.eval_freq:
             self.evaluate()
-        elif self.background is not None:
-            self._record_finished(self.background.finished())
         return True
 
     def _on_training_end(self) -> None:
+        if self.skip_final():
+            return
         if self._last_eval != self.num_timesteps or not self.best_model_path.is_file():
             self.evaluate()
-        if self.background is not None:
-            self._record_finished(self.background.finished(wait_for=len(self.background)))
 
     def _episodes(self, env) -> list[dict[str, Any]]:
         return validation_episodes(self.model, env, self.seeds)
 
-    def evaluate(self) -> dict[str, float] | None:
-        """Validates the model as it is now: returns the summary, or None when a ``background`` worker
-        runs it (recorded later, when it comes back)."""
+    def evaluate(self) -> dict[str, float]:
+        """Validates the model as it is now and returns the summary."""
         self._last_eval = self.num_timesteps
-        if self.background is not None:
-            self._record_finished(self.background.submit(self.model, self.num_timesteps))
-            return None
-        return self._log_validation(self.num_timesteps, {name: self._episodes(env) for name, env in self.envs.items()})
+        by_scenario = {name: self._episodes(env) for name, env in self.envs.items()}
+        return self._log_validation(self.num_timesteps, by_scenario)
 
-    def _record_finished(self, results: Iterable[tuple[int, dict[str, list[dict[str, Any]]], Path]]) -> None:
-        for steps, by_scenario, snapshot in results:
-            self._log_validation(steps, by_scenario, snapshot)
-            snapshot.unlink(missing_ok=True)
-
-    def _log_validation(self, steps: int, by_scenario: dict[str, list[dict[str, Any]]],
-                        snapshot: Path | None = None) -> dict[str, float]:
-        """Logs the validation of the model at ``steps`` and keeps it if it is the best so far (the model
-        itself, or its ``snapshot`` file when it was validated in the background)."""
+    def _log_validation(self, steps: int, by_scenario: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+        """Logs the validation of the model at ``steps`` and keeps it if it is the best so far."""
         episodes = [episode for group in by_scenario.values() for episode in group]
         summary = {
             "return": float(np.mean([e["return"] for e in episodes])),
@@ -396,10 +259,10 @@ class HeldOutEvalCallback(BaseCallback):
         improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)
         if improved:
             self.best_score = summary[self.SCORE]
-            self._save(self.best_model_path, steps, summary, snapshot, reference=self.reference)
+            self._save(self.best_model_path, steps, summary, reference=self.reference)
         if self.carbon_guard is not None and summary[self.SCORE] > self.best_unguarded_score:
             self.best_unguarded_score = summary[self.SCORE]
-            self._save(self.unguarded_model_path, steps, summary, snapshot)
+            self._save(self.unguarded_model_path, steps, summary)
         self.logger.record("eval/best_return", self.best_score)
         self.logger.dump(steps)
         new_file = not self.log_path.is_file()
@@ -422,13 +285,9 @@ class HeldOutEvalCallback(BaseCallback):
         )
         return summary
 
-    def _save(self, path: Path, steps: int, summary: dict[str, float], snapshot: Path | None = None,
-              **extra) -> None:
-        if snapshot is None:
-            self.model.save(path)
-        else:
-            shutil.copyfile(snapshot, path)
-        path.with_suffix(".json").write_text(json.dumps(
+    def _save(self, path: Path, steps: int, summary: dict[str, float], **extra) -> None:
+        atomic_save(self.model, path)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(
             {"score": summary[self.SCORE], "timesteps": steps, **summary, **extra}, indent=2))
 
     @staticmethod
@@ -461,10 +320,6 @@ class TrainingEmissionsCallback(BaseCallback):
         self._tracker = None
 
     def _on_training_start(self) -> None:
-        import logging
-
-        from codecarbon import OfflineEmissionsTracker
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self._tracker = OfflineEmissionsTracker(
@@ -528,3 +383,115 @@ class WallClockLimitCallback(BaseCallback):
             "stopping"
         )
         return False
+
+
+class SharedPolicyEvalCallback(BaseCallback):
+    """Every ``eval_freq_rounds`` rounds (and at the end): a policy shared by every node, acting as a fleet
+    scheduler (``DecentralizedScheduler``) on fixed held-out seeds of the single-agent ``env``; logs
+    ``eval/*`` and keeps ``best_model.zip`` (+ ``.json``) in ``out`` by mean return. SB3 counts node
+    decisions, ``n_nodes`` per round."""
+
+    def __init__(self, env: gym.Env, seeds: Sequence[int], eval_freq_rounds: int, n_nodes: int, out: Path,
+                 on_log: Callable[[str], None] | None = None, skip_final: Callable[[], bool] = lambda: False):
+        super().__init__()
+        self.env, self.seeds, self.n_nodes = env, list(seeds), n_nodes
+        self.eval_freq = eval_freq_rounds * n_nodes
+        self.best_path, self.csv_path = out / "best_model.zip", out / "evaluations.csv"
+        record = self.best_path.with_suffix(".json")
+        best = json.loads(record.read_text()) if record.is_file() and self.best_path.is_file() else {}
+        self.best_score, self.best_summary = float(best.get("score", -math.inf)), best
+        self.on_log = on_log or (lambda message: None)
+        self.skip_final = skip_final
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.eval_freq:
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.skip_final() and (self._last != self.num_timesteps or not self.best_path.is_file()):
+            self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        self._last = self.num_timesteps
+        scheduler = DecentralizedScheduler(self.model, env=self.env)
+        episodes = [play_episode(scheduler, self.env, seed) for seed in self.seeds]
+        summary = {key: float(np.mean([e[source] for e in episodes])) for key, source in (
+            ("return", "return"), ("final_accuracy", "final_accuracy"), ("carbon_g", "episode_carbon_g"),
+            ("energy_wh", "episode_energy_wh"), ("rounds", "episode_rounds"), ("target_reached", "target_reached"))}
+        for key, value in summary.items():
+            self.logger.record(f"eval/{key}", value)
+        rounds = self.num_timesteps // self.n_nodes
+        improved = summary["return"] > self.best_score
+        if improved:
+            self.best_score, self.best_summary = summary["return"], summary
+            atomic_save(self.model, self.best_path)
+            atomic_write_text(self.best_path.with_suffix(".json"),
+                              json.dumps({"score": self.best_score, "trained_rounds": rounds, **summary}, indent=2))
+        new_file = not self.csv_path.is_file()
+        with self.csv_path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["trained_rounds", *summary, "best"])
+            if new_file:
+                writer.writeheader()
+            writer.writerow({"trained_rounds": rounds, **summary, "best": improved})
+        self.on_log(f"eval @ {rounds} rounds: return {summary['return']:.3f}, "
+                    f"accuracy {summary['final_accuracy']:.3f}, carbon {summary['carbon_g']:.2f} g, "
+                    f"target reached {summary['target_reached']:.0%}"
+                    + ("  (new best)" if improved else ""))
+        return summary
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    """Every ``save_freq`` calls, the model as ``folder/model_<steps>_steps.zip`` (the names SB3's
+    CheckpointCallback gives), written to a temporary file and renamed into place: a save cut short
+    leaves the earlier checkpoints as they were, never a truncated newest one."""
+
+    def __init__(self, save_freq: int, folder: str | Path):
+        super().__init__()
+        self.save_freq = save_freq
+        self.folder = Path(folder)
+
+    def _init_callback(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            self.save()
+        return True
+
+    def save(self) -> Path:
+        return atomic_save(self.model, self.folder / f"model_{self.num_timesteps}_steps.zip")
+
+
+class StopOnInterrupt(BaseCallback):
+    """The first Ctrl-C (SIGINT) during ``learn`` ends training after the current step, so that the
+    caller saves a whole model; a second one interrupts at once. The handler is installed for the
+    duration of ``learn`` only (and only in the main thread, where Python delivers signals)."""
+
+    def __init__(self, on_log: Callable[[str], None] | None = None):
+        super().__init__()
+        self.requested = False
+        self.on_log = on_log or (lambda message: None)
+        self._previous = None
+
+    def _on_training_start(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.on_log("interrupted: stopping after this step to save the model (Ctrl-C again to quit at once)")
+
+    def _on_step(self) -> bool:
+        return not self.requested
+
+    def _on_training_end(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -20,22 +20,33 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
+import multiprocessing
 import os
 import re
 import sys
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.learned import make_scheduler, scheduler_label
+from greengossip.envs import ENV_ID
 from greengossip.envs.errors import UserError
+from greengossip.training import plots
 from greengossip.training.arg_types import int_at_least
+from greengossip.training.rollout import env_for, one_torch_thread, play_episode
+from greengossip.training.run_files import check_writable
+from greengossip.training.statistics import mean_ci
 
 # a comma that separates items, not one followed by the next key=value of a scheduler's parameters
 ITEM_COMMA = re.compile(r",(?![A-Za-z_]\w*=)")
@@ -76,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episodes per scheduler and config: seeds 0..N-1 (ignored with --seeds; default 5)")
     parser.add_argument("--seeds", nargs="+", action="extend", default=None, metavar="SEED",
                         help="explicit env seeds (comma- or space-separated)")
-    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument("--out", required=True, help="output directory (created if missing; checked for writing "
+                        "before any episode)")
     parser.add_argument("--baseline", default="all_nodes", help="scheduler the table compares against "
                         "(default all_nodes)")
     parser.add_argument("--workers", type=int_at_least(0), default=0,
@@ -92,6 +104,7 @@ def _split(values: Sequence[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out")
     schedulers = _split(args.schedulers) or ["all"]
     try:
         seeds = [int(s) for s in _split(args.seeds)] if args.seeds else list(range(args.episodes))
@@ -113,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- jobs
 def expand_schedulers(schedulers: Sequence[str]) -> list[str]:
     """``"all"`` becomes every heuristic; duplicates are dropped, order kept."""
-    from greengossip.agents.heuristics import HEURISTICS
-
     out: list[str] = []
     for spec in schedulers:
         out.extend(HEURISTICS if str(spec) == "all" else [str(spec)])
@@ -141,66 +152,32 @@ class Job:
     seed: int
 
 
-@contextmanager
-def _one_torch_thread():
-    """Intra-op threads change float summation order; one thread makes every job bit-identical however
-    many run side by side (and is faster: a step is a few small tensor ops)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
                 config_label: str | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """One episode of ``spec`` on ``config`` with env seed ``seed``: (KPI row, per-round trace)."""
-    import gymnasium as gym
-
-    from greengossip import envs  # registers the env ids
-    from greengossip.agents.learned import make_scheduler, scheduler_label
-    from greengossip.envs.wrappers import FlattenGossipObservation
-
-    with _one_torch_thread():
-        env = gym.make(envs.ENV_ID, config=config)
+    with one_torch_thread():
+        env = gym.make(ENV_ID, config=config)
         scheduler = make_scheduler(spec, env=env, seed=seed)
-        if getattr(scheduler, "observation_kind", "dict") == "flat":
-            env = FlattenGossipObservation(env)
+        env = env_for(scheduler, env)
         core = env.unwrapped
-        takes_masks = _accepts_action_masks(scheduler)
-        max_steps = 10 * core.config.max_rounds + 10
+        trace: dict[str, list[float]] = {name: [] for name in TRACE_FIELDS[3:]}
+        totals = {"carbon": 0.0, "energy": 0.0, "dropouts": 0, "malicious": 0.0, "participants": 0,
+                  "broadcasters": 0}
 
-        obs, info = env.reset(seed=seed)
-        trace = {name: [] for name in TRACE_FIELDS[3:]}
-        totals = {"carbon": 0.0, "energy": 0.0, "return": 0.0, "dropouts": 0, "malicious": 0.0,
-                  "participants": 0, "broadcasters": 0}
-        _record(trace, core, 0, info.get("accuracy", float("nan")), totals)
-        state, episode_start = None, np.ones((1,), dtype=bool)
-        terminated = truncated = False
-        steps = 0
-        while not (terminated or truncated):
-            kwargs = {"action_masks": core.action_masks()} if takes_masks else {}
-            action, state = scheduler.predict(obs, state=state, episode_start=episode_start,
-                                              deterministic=True, **kwargs)
-            action = np.asarray(action).reshape(-1)
-            episode_start = np.zeros((1,), dtype=bool)
-            obs, reward, terminated, truncated, info = env.step(action)
-            steps += 1
-            totals["carbon"] += info["carbon_g"]
-            totals["energy"] += info["energy_wh"]
-            totals["return"] += float(reward)
-            totals["dropouts"] += int(info.get("dropped_nodes", 0))
-            totals["malicious"] += float(info.get("malicious_participants", 0) or 0)
-            totals["participants"] += int(info.get("participants", 0))
-            totals["broadcasters"] += int(info.get("broadcasting_nodes", 0))
-            _record(trace, core, steps, info["accuracy"], totals)
-            if steps > max_steps:
-                raise RuntimeError(f"{spec} on {config}: episode did not end after {steps} steps")
+        def record(info: dict[str, Any], reward: float | None) -> None:
+            if reward is not None:
+                totals["carbon"] += info["carbon_g"]
+                totals["energy"] += info["energy_wh"]
+                totals["dropouts"] += int(info.get("dropped_nodes", 0))
+                totals["malicious"] += float(info.get("malicious_participants", 0) or 0)
+                totals["participants"] += int(info.get("participants", 0))
+                totals["broadcasters"] += int(info.get("broadcasting_nodes", 0))
+            _record(trace, core, len(trace["round"]), info.get("accuracy", float("nan")), totals)
+
+        info = play_episode(scheduler, env, seed, on_step=record)
         env.close()
 
+    steps = info["steps"]
     reached = info.get("rounds_to_target") is not None
     epsilon = info.get("epsilon_spent")
     row = {
@@ -223,19 +200,9 @@ def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
         "epsilon_spent": 0.0 if epsilon is None else float(np.max(epsilon)),
         "mean_participants": totals["participants"] / max(steps, 1),
         "mean_broadcasters": totals["broadcasters"] / max(steps, 1),
-        "episode_return": totals["return"],
+        "episode_return": info["return"],
     }
     return row, trace
-
-
-def _accepts_action_masks(scheduler) -> bool:
-    import inspect
-
-    try:
-        parameters = inspect.signature(scheduler.predict).parameters
-    except (TypeError, ValueError):
-        return False
-    return "action_masks" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _record(trace: dict[str, list[float]], core, round_index: int, accuracy: float, totals: dict) -> None:
@@ -260,10 +227,6 @@ def _start_method() -> str:
     episode, which is longer than most episodes; forking a parent that has built them costs nothing.
     Fork is used on Linux unless CUDA is initialised; workers then run one torch thread, as PyTorch's
     own DataLoader workers do. ``GREENGOSSIP_START_METHOD`` overrides (fork, spawn, forkserver)."""
-    import multiprocessing
-
-    import torch
-
     wanted = os.environ.get("GREENGOSSIP_START_METHOD")
     if wanted:
         return wanted
@@ -275,20 +238,14 @@ def _start_method() -> str:
 
 def _warm_caches(configs: Sequence[Any], seed: int) -> None:
     """Build each config's scenario once in the parent so that forked workers inherit the caches."""
-    import gymnasium as gym
-
-    from greengossip import envs
-
-    with _one_torch_thread():
+    with one_torch_thread():
         for config in configs:
-            env = gym.make(envs.ENV_ID, config=config)
+            env = gym.make(ENV_ID, config=config)
             env.reset(seed=seed)
             env.close()
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -307,14 +264,11 @@ def run_evaluation(
     ``schedulers``: heuristic names (``"all"`` = every heuristic), ``name:key=value`` specs or saved
     SB3 model paths. Returns one dict of KPIs per episode, in (scheduler, config, seed) order.
     """
-    from tqdm.auto import tqdm
-
+    out = check_writable(out_dir)
     specs = expand_schedulers(schedulers)
     if not specs or not configs or not seeds:
         raise ValueError("run_evaluation needs at least one scheduler, one config and one seed; got "
                          f"schedulers={schedulers!r}, configs={configs!r}, seeds={seeds!r}")
-    from greengossip.agents.learned import make_scheduler, scheduler_label
-
     for spec in specs:  # fail before any work on a misspelt name or a missing model
         make_scheduler(spec, seed=0)
     labels = _labels(specs, scheduler_label)
@@ -342,8 +296,6 @@ def run_evaluation(
                 results[job.index] = (row, trace)
                 bar.update()
         else:
-            import multiprocessing
-
             method = _start_method()
             if method == "fork":
                 _warm_caches(configs, seeds[0])
@@ -362,15 +314,32 @@ def run_evaluation(
 
     rows = [row for row, _ in results]
     traces = [(row, trace) for row, trace in results]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     write_traces(traces, out / "rounds.csv")
     (out / "results.md").write_text(markdown_table(rows, baseline))
-    from greengossip.training import plots
-
     plots.write_all(rows, traces, out, baseline=baseline)
     return rows
+
+
+def compare_with_heuristics(schedulers: list[str], config_path: Path, seeds: Sequence[int], out: Path,
+                            workers: int = 1, progress: bool = False, log: logging.Logger | None = None
+                            ) -> tuple[list[dict] | None, str | None, str | None]:
+    """The end of a training run: :func:`run_evaluation` of its model (the first of ``schedulers``) beside
+    the heuristics on the held-out test ``seeds``: (rows, table, error). The model is saved already, so
+    a failure of the harness is reported, not raised."""
+    log = log or logging.getLogger("greengossip.evaluate")
+    log.info("comparing %s with %s on %s, test seeds %d..%d", schedulers[0], ", ".join(schedulers[1:]),
+             config_path, seeds[0], seeds[-1])
+    try:
+        rows = run_evaluation(schedulers, [str(config_path)], list(seeds), out, workers=workers, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - training is saved already; report the failure, keep the run
+        log.exception("comparison failed")
+        return None, None, f"{type(exc).__name__}: {exc}"
+    table_path = out / "results.md"
+    table = table_path.read_text() if table_path.is_file() else None
+    if table:
+        log.info("comparison (%s):\n%s", table_path, table)
+    return rows, table, None
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -410,20 +379,6 @@ def write_traces(traces: list[tuple[dict, dict]], path: Path) -> None:
         for row, trace in traces:
             for values in zip(*(trace[name] for name in TRACE_FIELDS[3:])):
                 writer.writerow([row["scheduler"], row["config"], row["seed"], *values])
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the Student-t confidence interval, n) of the finite values."""
-    data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(data)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    if n == 1:
-        return float(data[0]), float("nan"), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * data.std(ddof=1) / math.sqrt(n))
-    return float(data.mean()), half, n
 
 
 def _fmt(value: float) -> str:

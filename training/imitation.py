@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch as th
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from sb3_contrib.common.maskable.utils import get_action_masks
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecMonitor
 
+from greengossip.agents.learned import make_scheduler
 from greengossip.training.settings import ImitationSettings
 
 LOG = logging.getLogger("greengossip.train.imitation")
@@ -85,11 +91,6 @@ def collect_demonstrations(venv, heuristic: str, steps: int, gamma: float, seed:
     """Run ``heuristic`` (a name in ``greengossip.agents.heuristics.HEURISTICS``) on every env of ``venv`` (an SB3
     ``VecEnv`` with the Dict observation and ``action_masks``) for ``steps`` env steps, rounded up to
     whole steps of the vec env. Env i's heuristic is seeded with ``seed + i``."""
-    from sb3_contrib.common.maskable.utils import get_action_masks
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    from greengossip.agents.learned import make_scheduler
-
     if isinstance(venv, VecMonitor):  # monitor.csv is the learner's training curve: keep these episodes out
         venv = venv.venv
     n_envs = venv.num_envs
@@ -130,10 +131,6 @@ def collect_demonstrations(venv, heuristic: str, steps: int, gamma: float, seed:
 
 def _check_policy(policy) -> bool:
     """True if the policy takes MaskablePPO's ``action_masks``; an error for the policies it cannot fit."""
-    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
     if isinstance(policy, MaskableActorCriticPolicy):
         return True
     if isinstance(policy, ActorCriticPolicy) and not isinstance(policy, RecurrentActorCriticPolicy):

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from greengossip.training.statistics import mean_ci
+
 
 def _pyplot():
+    # imported when a figure is drawn, not with the module: choosing the Agg backend at import time would
+    # take the interactive one away from a notebook or script that only imports the package
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -65,8 +69,6 @@ def _fit_axis(set_limits, values, floor: float | None = None, ceiling: float | N
 
 
 def pareto_plot(rows: list[dict], path: Path, baseline: str | None = None) -> None:
-    from greengossip.training.evaluate import mean_ci
-
     plt = _pyplot()
     configs, schedulers = _order(rows, "config"), _order(rows, "scheduler")
     colours = _colours(schedulers)

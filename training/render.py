@@ -14,9 +14,14 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
+from greengossip.agents.learned import make_scheduler
+from greengossip.envs import ENV_ID
 from greengossip.training.arg_types import int_at_least, positive_finite_float
+from greengossip.training.rollout import env_for, one_torch_thread, play_episode
+from greengossip.training.run_files import check_writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="heuristic name or saved SB3 model path (default energy_carbon_trust)")
     parser.add_argument("--config", default="tiny",
                         help="env scenario: a shipped name or a YAML path (default tiny)")
-    parser.add_argument("--out", required=True, help="output file: .gif (animation) or .png (frame strip)")
+    parser.add_argument("--out", required=True, help="output file: .gif (animation) or .png (frame strip); its "
+                        "folder is checked for writing before the episode is played")
     parser.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
     parser.add_argument("--max-frames", type=int_at_least(0), default=48,
                         help="stop after this many rounds (default 48; the episode may end sooner)")
@@ -33,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, "--out")
     frames = episode_frames(args.scheduler, args.config, seed=args.seed, max_frames=args.max_frames)
     path = write_animation(frames, args.out, fps=args.fps, strip_frames=args.strip_frames)
     print(f"wrote {path} ({len(frames)} frames)")
@@ -41,31 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
 def episode_frames(scheduler: str, config, seed: int = 0, max_frames: int = 48) -> list[np.ndarray]:
     """RGB frames of one episode: the state after reset, then after every round (at most ``max_frames``)."""
-    import gymnasium as gym
-
-    from greengossip import envs
-    from greengossip.agents.learned import make_scheduler
-    from greengossip.envs.wrappers import FlattenGossipObservation
-    from greengossip.training.evaluate import _accepts_action_masks, _one_torch_thread
-
-    with _one_torch_thread():
-        env = gym.make(envs.ENV_ID, config=config, render_mode="rgb_array")
+    frames: list[np.ndarray] = []
+    with one_torch_thread():
+        env = gym.make(ENV_ID, config=config, render_mode="rgb_array")
         policy = make_scheduler(scheduler, env=env, seed=seed)
-        if getattr(policy, "observation_kind", "dict") == "flat":
-            env = FlattenGossipObservation(env)
-        takes_masks = _accepts_action_masks(policy)
-        obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
-        state, episode_start = None, np.ones((1,), dtype=bool)
-        done = False
-        while not done and len(frames) <= max_frames:
-            kwargs = {"action_masks": env.unwrapped.action_masks()} if takes_masks else {}
-            action, state = policy.predict(obs, state=state, episode_start=episode_start, deterministic=True,
-                                           **kwargs)
-            episode_start = np.zeros((1,), dtype=bool)
-            obs, _, terminated, truncated, _ = env.step(np.asarray(action).reshape(-1))
-            frames.append(env.render())
-            done = terminated or truncated
+        env = env_for(policy, env)
+        play_episode(policy, env, seed, on_step=lambda info, reward: frames.append(env.render()),
+                     max_steps=max_frames)
         env.close()
     return frames
 
@@ -75,6 +64,7 @@ def write_animation(
 ) -> Path:
     """GIF (matplotlib ``PillowWriter``) if Pillow is there and ``out`` is not a .png; else a PNG strip.
     Returns the path written (a ``.png`` next to ``out`` when a GIF was asked for without Pillow)."""
+    # imported when a file is written, not with the module: see plots._pyplot
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -13,17 +13,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from greengossip.agents.heuristics import HEURISTICS, memoryless_heuristic
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import bounded_repr
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import TRAINING, find_config, shipped_dir
 
+DEFAULT_CONFIG = "default"  # the env scenario trained on when --config is not given
 DEFAULT_SETTINGS = shipped_dir(TRAINING) / "default.yaml"
 FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (best-model selection)
 FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heuristics
 
 Algorithm = Literal["maskable_ppo", "ppo", "a2c", "recurrent_ppo"]
-ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # agents.policies.ALGORITHMS, kept importable without torch
+ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # agents.policies.ALGORITHMS, as a type for validation
 
 
 class SettingsError(ValueError):
@@ -131,8 +133,6 @@ class PolicySettings(_Frozen):
     @classmethod
     def _memoryless_heuristic(cls, name: str | None) -> str | None:
         if name is not None:
-            from greengossip.agents.heuristics import memoryless_heuristic  # imports torch: only when asked for
-
             memoryless_heuristic(name)
         return name
 
@@ -160,8 +160,6 @@ class ImitationSettings(_Frozen):
     @classmethod
     def _known_heuristic(cls, name: str | None) -> str | None:
         if name is not None:
-            from greengossip.agents.heuristics import HEURISTICS  # imports torch: only when a warm start is asked for
-
             if name not in HEURISTICS:
                 raise ValueError(f"unknown heuristic {name!r}; allowed: {list(HEURISTICS)}")
         return name
@@ -180,24 +178,8 @@ class TrainSettings(_Frozen):
         description="seeds the networks, SB3 and training env i with seed + i; below 10,000 so "
         "training never meets the held-out seeds",
     )
-    n_envs: int = Field(2, ge=1, description="parallel training envs")
-    vec_env: Literal["auto", "dummy", "subprocess", "batched"] = Field(
-        "auto",
-        description="auto = subprocess workers when n_envs > 1, else in-process; batched = all n_envs "
-        "stepped as one tensor program in this process (envs.sb3_vec_env.GossipVecEnv)",
-    )
-    env_workers: int = Field(
-        1,
-        ge=1,
-        description="vec_env batched: threads or processes (env_worker_kind) that each step a group of the n_envs "
-        "as one tensor program (EdgeLearningVectorEnv's workers); more than 1 uses more cores, with float32 "
-        "summation order differing from one group in the last bits",
-    )
-    env_worker_kind: Literal["thread", "process"] = Field(
-        "thread",
-        description="env_workers above 1: threads of this process, or worker processes (no GIL between the "
-        "groups; CPU only; EdgeLearningVectorEnv's worker_kind)",
-    )
+    n_envs: int = Field(2, ge=1, description="training envs, stepped as one batched tensor program in the learner's "
+                        "process (envs.sb3_vec_env.GossipVecEnv)")
     also_train_on: list[str] = Field(
         [],
         description="further env scenario YAMLs trained on alongside --config (training env i runs scenario "
@@ -221,7 +203,7 @@ class TrainSettings(_Frozen):
     torch_threads: int = Field(
         1,
         ge=1,
-        description="torch CPU threads of the learner (1 = reproducible, leaves cores to the env workers)",
+        description="torch CPU threads of the learner (1 = reproducible)",
     )
     device: str = Field("cpu", description="torch device of the policy")
     policy: PolicySettings = PolicySettings()
@@ -251,12 +233,6 @@ class TrainSettings(_Frozen):
     progress_bar: bool = Field(True, description="show SB3's progress bar")
     compare: bool = Field(True, description="at the end, evaluate the best model against all heuristics")
     compare_workers: int = Field(1, ge=1, description="processes of the final comparison")
-    validation_in_background: bool = Field(
-        False,
-        description="run the held-out validations in a worker process while training goes on (the same "
-        "figures and picks; gives training the validations' share of the wall-clock time when a core is "
-        "free, about a fifth in the quick start)",
-    )
     track_carbon: bool = Field(True, description="measure the training run's own emissions with codecarbon")
     country_iso_code: str = Field(
         "DEU",
@@ -274,15 +250,6 @@ class TrainSettings(_Frozen):
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
                 )
-        return self
-
-    @model_validator(mode="after")
-    def _env_workers_need_the_batched_env(self) -> TrainSettings:
-        if self.env_workers > 1 and self.vec_env != "batched":
-            raise ValueError(f"env_workers ({self.env_workers}) steps groups of the batched vector env; it needs "
-                             f"vec_env: batched, got vec_env: {self.vec_env}")
-        if self.env_worker_kind == "process" and self.env_workers == 1:
-            raise ValueError("env_worker_kind: process needs env_workers above 1 (one group runs in this process)")
         return self
 
     @model_validator(mode="after")

@@ -3,7 +3,8 @@
 Under ``torch.inference_mode`` (a caller may step the env inside it) a (B·N, P) temporary that is used
 and dropped within one call can live in a buffer kept across rounds. A fresh block of several MB comes
 from the allocator as new pages every round, and faulting them in costs about as much as the arithmetic
-that fills them (2,048 nodes: 5.3 MB per model-sized block; design note 21). Only for results nobody keeps past the call that asked.
+that fills them (2,048 nodes: 5.3 MB per model-sized block). Only for results nobody keeps past the
+call that asked.
 
 Each thread has buffers of its own: envs stepped in threads at once (the vector env's ``workers``, a
 threaded RL runner) would otherwise write into each other's scratch.

@@ -23,9 +23,9 @@ import warnings
 
 import torch
 
-from greengossip.envs.workloads import COMPRESSION_LEVELS, TOPK_FRACTION
 from greengossip.envs.dynamics.buffers import difference
 from greengossip.envs.dynamics.products import matmul, sparse_product
+from greengossip.envs.workloads import COMPRESSION_LEVELS, TOPK_FRACTION
 
 FULL = COMPRESSION_LEVELS.index("full")
 # Fleets of up to this many nodes per environment mix and compare models through dense per-environment

@@ -1,7 +1,7 @@
 """CleanRL-style single-file PPO for GreenGossip: plain ``gymnasium.make`` + the flattening wrapper.
 
-    python training/cleanrl_ppo.py --config configs/tiny.yaml --total-timesteps 50000
-    python training/cleanrl_ppo.py --config configs/tiny.yaml --total-timesteps 32 --num-steps 16  # smoke
+    python examples/cleanrl_ppo.py --config configs/tiny.yaml --total-timesteps 50000
+    python examples/cleanrl_ppo.py --config configs/tiny.yaml --total-timesteps 32 --num-steps 16  # smoke
 
 After CleanRL's ``ppo_multidiscrete_mask.py`` (Huang et al., "CleanRL: high-quality single-file
 implementations of deep RL algorithms", JMLR 2022; invalid-action masking after Huang & Ontañón 2022):

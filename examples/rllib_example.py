@@ -1,9 +1,9 @@
 """GreenGossip on Ray RLlib: ``register_env``, one local training iteration, and the multi-machine launch.
 
 RLlib is an optional extra (``pip install -e ".[rllib]"``; it pins its own gymnasium, so give it its own
-virtual environment). One iteration on this machine::
+virtual environment). One iteration on the local machine::
 
-    python training/rllib_example.py --config configs/tiny.yaml --iterations 1
+    python examples/rllib_example.py --config configs/tiny.yaml --iterations 1
 
 Centralized scheduler (default): the flat single-agent env ``GreenGossip/EdgeLearningFlat-v1``,
 ``MultiDiscrete([6] * N)`` actions. ``--multi-agent``: the PettingZoo ParallelEnv of
@@ -17,7 +17,7 @@ More than one machine (every machine needs the same Python environment with this
     # on every other node
     ray start --address=<head-node-ip>:6379
     # then, on the head node, the driver: env runners spread over the cluster's CPUs
-    python training/rllib_example.py --address auto --config configs/default.yaml \\
+    python examples/rllib_example.py --address auto --config configs/default.yaml \\
         --num-env-runners 16 --iterations 200 --out runs/rllib
     # when done, on every node
     ray stop
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join ('auto' after `ray start`); default: a local Ray on this machine",
+        help="Ray cluster to join ('auto' after `ray start`); default: a local Ray",
     )
     parser.add_argument(
         "--num-cpus", type=int, default=2, help="CPUs of the local Ray (ignored with --address)"
