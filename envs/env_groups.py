@@ -10,7 +10,7 @@ step with the group's round.
 Why processes: torch and OpenBLAS release the GIL inside their kernels, but every one of the round's
 thousand or so operator calls holds it while Python dispatches it. Two threads that each step 32
 environments of 32 nodes take 18.6-19.1 ms a step against 14.8-16.1 ms for the same two groups in two
-processes, of which 0.5-1 ms goes to sending the observations back (stop 28, design note 35). The price:
+processes, of which 0.5-1 ms goes to sending the observations back (design note 21). The price:
 the groups' ``FleetBatch`` objects live in the workers (``EdgeLearningVectorEnv.fleets`` is not there),
 a step's observations and infos are pickled through a pipe, and the workers run on the CPU only.
 """
@@ -152,7 +152,7 @@ def wait_for_all(processes: list[GroupProcess]) -> list[Any]:
 
 def _serve(connection: Connection, config: EnvConfig) -> None:
     """The worker's loop: answer reset and step commands until told to close or the parent goes away."""
-    torch.set_num_threads(1)  # one core per worker: the round's tensors are small (design note 34)
+    torch.set_num_threads(1)  # one core per worker: the round's tensors are small (design note 20)
     fleet, rngs = FleetBatch(config), []
     while True:
         try:

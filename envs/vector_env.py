@@ -15,10 +15,10 @@ observation and info of the finished episode are in ``info["final_obs"]`` / ``in
 torch and NumPy's BLAS release the GIL inside their kernels, and a batched round is mostly kernels, so the
 groups run on separate cores. With torch on one intra-op thread (as the training CLI and bench_step run it),
 2 workers step 64 environments of 32 nodes about 1.5x faster
-than one on this 2-core machine (design note 34). ``worker_kind="process"`` gives each group a worker
+than one on a 2-core CPU (design note 20). ``worker_kind="process"`` gives each group a worker
 process instead (``envs/env_groups.py``): no group waits for the GIL, which makes the same step another
 12-15 % faster, at the price of pickling each step's observations and of the groups' ``FleetBatch``
-objects living in the workers (CPU only; design note 35).
+objects living in the workers (CPU only; design note 21).
 Each group's numbers equal those of a single env with the same seed, as for one group; only float32
 summation order in the batched products differs.
 """

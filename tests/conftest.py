@@ -37,8 +37,8 @@ settings.load_profile("greengossip")
 # cuBLAS repeats its products under torch.use_deterministic_algorithms(True) only with this set before
 # its first use (torch raises otherwise); it changes nothing on the CPU.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-# The torch devices an env test runs on: the CPU always, CUDA where torch sees one (CI has none; a session
-# lent a GPU runs `pytest -k cuda` there, docs/bench_cuda.md).
+# The torch devices an env test runs on: the CPU always, CUDA where torch sees one (CI has none; on a machine
+# with a GPU, `pytest -k cuda` runs them there, docs/bench_cuda.md).
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
@@ -98,6 +98,6 @@ def all_nodes(env: gym.Env, code: int) -> np.ndarray:
     return np.full(env.unwrapped.n_nodes, code, dtype=np.int64)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_config() -> EnvConfig:
     return load_config(TINY)

@@ -2,7 +2,7 @@
 
 Each recipe runs here on a tiny budget. The RL Zoo3 and RLlib checks skip when their package is not
 installed (``pip install -e ".[test]"`` brings rl_zoo3; RLlib is the optional ``rllib`` extra). The Zoo
-check runs the README's command with ``-n 2048`` (about 30 s), as issue 7 asks, in every CI run.
+check runs the command of docs/rl_libraries.md with ``-n 2048`` (about 30 s), in every CI run.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _quiet_env() -> dict[str, str]:
 
 
 def _zoo_command(out, timesteps: int, *hyperparams: str) -> list[str]:
-    """The README's command, with the log folder, a seed and (optionally) hyperparameter overrides added."""
+    """The command of docs/rl_libraries.md, with the log folder, a seed and (optionally) hyperparameter overrides."""
     command = [
         sys.executable,
         "-m",
@@ -102,7 +102,7 @@ def load_example(name: str):
 
 
 def test_cleanrl_style_script_trains_on_a_tiny_budget(tmp_path):
-    """The README's command-line flags, through the script's own ``main(argv)`` (in-process: it shares the
+    """The documented command-line flags, through the script's own ``main(argv)`` (in-process: it shares the
     test run's imports and solar caches; ``python examples/cleanrl_ppo.py ...`` only adds the interpreter)."""
     cleanrl_ppo = load_example("cleanrl_ppo")
 

@@ -312,7 +312,7 @@ SAME_MODEL_BOUND = 1e-5  # squared distance / (|a|² + |b|²) below which two mo
 def _about_the_fleet_mean(own: torch.Tensor, other: torch.Tensor, nodes_per_env: int
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``own`` and ``other`` (B·n, P) minus each environment's mean of the finite rows of ``own``. In
-    inference mode both land in scratch buffers that the next call overwrites (design note 32): the
+    inference mode both land in scratch buffers that the next call overwrites (design note 18): the
     caller uses them and lets go."""
     finite, safe = split_finite(own)
     blocks = safe.view(-1, nodes_per_env, safe.shape[1])

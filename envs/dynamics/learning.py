@@ -217,7 +217,7 @@ def accuracy_per_node(spec: ModelSpec, params: torch.Tensor, x: torch.Tensor, y:
     # several blocks of nodes: each block's true and best other logits land in (n, M) tables, compared once
     # at the end (at 2,048 nodes ten blocks' small comparisons and means cost 0.6 ms in dispatches alone).
     # The positions of the true logits in a contiguous (block, 10, M) block are built once; index_select at
-    # them takes half the time of gather (design note 29)
+    # them takes half the time of gather (design note 17)
     at_label = (torch.arange(block, device=y.device).unsqueeze(1) * (N_CLASSES * points)
                 + y * points + torch.arange(points, device=y.device)).view(-1)
     true_logit = torch.empty(n, points, dtype=params.dtype, device=params.device)

@@ -16,7 +16,7 @@ def sparse_product(matrix: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``matrix`` (sparse CSR, N x M) @ ``values`` (M, ...). On CUDA under
     ``torch.use_deterministic_algorithms(True)`` the rows are summed by ``rowwise_sparse_product``:
     cuSPARSE's product is outside that flag's reach, and two reruns of an N = 128 episode differed there by
-    1e-8 in the first round (H200, stop 24; docs/bench_cuda.md), while every other kernel repeated bit
+    1e-8 in the first round (H200; docs/bench_cuda.md), while every other kernel repeated bit
     for bit."""
     if values.is_cuda and torch.are_deterministic_algorithms_enabled():
         return rowwise_sparse_product(matrix, values)
