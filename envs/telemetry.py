@@ -23,6 +23,8 @@ from greengossip.envs.state import SimState, per_env
 
 # what a node shows before its first report of an episode (mid-range values)
 PLACEHOLDER = {"battery_soc": 0.5, "load": 0.5}
+# likelihood ratio a one-bit "cannot afford" must carry before the mask keeps the node out
+VETO_ODDS = 9.0
 
 
 class TelemetryChannel:
@@ -76,12 +78,22 @@ class TelemetryChannel:
             self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
                               for name, value in telemetry.items()}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
+        if privacy.mechanism != "none" and privacy.battery_report == "afford_bit" and not self._bit_is_evidence():
+            reported_battery = scenario.capacity_wh  # a weak "no" vetoes nobody: the node refuses what it cannot pay
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         load = None
         if config.background_load.mean > 0:
             load = self._load_estimate(self.telemetry["load"])
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round,
                                        load=load)
+
+    def _bit_is_evidence(self) -> bool:
+        """Whether the one-bit report's "no" may mask a node: only when a "no" is at least
+        ``VETO_ODDS`` times likelier from a node that cannot afford the rounds than from one that can,
+        (1 - f/2) / (f/2) >= VETO_ODDS. A weaker bit would keep out mostly nodes that could have taken part;
+        the battery column still shows what the bit implies."""
+        half = self.config.privacy.afford_flip / 2
+        return (1 - half) / half >= VETO_ODDS
 
     def _load_estimate(self, released: torch.Tensor) -> torch.Tensor:
         """The load the mask assumes: the released value, or under noise its linear least-squares estimate,

@@ -139,3 +139,20 @@ def test_a_seeded_reset_is_a_new_fleet():
     env.reset(seed=0)
     *_, first = env.step(np.full(8, 2))
     assert again["epsilon_spent"] == first["epsilon_spent"] < info["epsilon_spent"]
+
+
+@pytest.mark.parametrize(("flip", "vetoes"), [(0.9, False), (0.05, True)])
+def test_only_a_strong_one_bit_no_keeps_a_node_out_of_the_mask(flip, vetoes):
+    from greengossip.envs.simulator import affordable_actions
+
+    env = private_env(battery_report="afford_bit", afford_flip=flip)
+    obs, _ = env.reset(seed=0)
+    for _ in range(12):
+        obs, *_ = env.step(np.full(8, 2))
+    fleet = env.unwrapped._fleet
+    scenario, telemetry = fleet.scenario, fleet.channel.telemetry
+    battery = telemetry["battery_soc"] * scenario.capacity_wh if vetoes else scenario.capacity_wh
+    expected = affordable_actions(fleet.config, scenario, battery,
+                                  telemetry["harvest_now"] * scenario.costs.total_wh[:, 2], fleet.state.round)
+    np.testing.assert_array_equal(env.unwrapped.action_masks(), expected.numpy())
+    assert np.isclose(obs["nodes"][:, BATTERY], 0.1, atol=1e-6).any()  # some node said "no"
