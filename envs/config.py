@@ -221,7 +221,7 @@ class AttackConfig(_Frozen):
     dissensus_epsilon: float = Field(1.5, gt=0, le=1e6, description="dissensus: how far each target's consensus "
                                      "step is reversed (He, Karimireddy & Jaggi 2022; 1 cancels it)")
     harm_twin: bool = Field(True, description="step an attack-free twin of each episode beside it to measure harm "
-                            "(honest accuracy lost); about doubles the round's cost where attackers are configured")
+                            "(honest accuracy lost); a second round of work where attackers are configured")
     nonfinite_probability: float = Field(0.0, ge=0, le=1,
                                          description="chance an active model attacker sends NaN/inf")
 
