@@ -323,7 +323,7 @@ def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
             row = variants.get(variant)
             if row is None:
                 continue
-            shown = f"{effect:.0%}" if variant == "full" and not math.isnan(effect) else ""
+            shown = f"{effect:.1%}" if variant == "full" and not math.isnan(effect) else ""
             lines.append(f"| {family} | {row.factor} | {variant} | `{row.scheduler}` | {row.targets_met}/{row.seeds} | "
                          f"{_fmt(row.carbon_to_target_g)} | {_fmt(row.attackers, 1)} | {_fmt(row.harm, 3)} | {shown} |")
     lines += ["", "What each variant shows the scheduler:", ""]
