@@ -95,7 +95,8 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(missing)
 
 
-@pytest.mark.parametrize("text", ["- 1\n- 2\n", "just a string\n", "42\n"], ids=["list", "string", "number"])
+@pytest.mark.parametrize("text", ["- 1\n- 2\n", "[1, 2]\n", "just a string\n", "42\n"],
+                         ids=["list", "flow-list", "string", "number"])
 def test_non_mapping_yaml_is_a_config_error(tmp_path, text):
     path = tmp_path / "list.yaml"
     path.write_text(text)
