@@ -157,7 +157,39 @@ def validation_episodes(model, env, seeds: Sequence[int]) -> list[dict[str, Any]
     return [play_episode(model, env, seed) for seed in seeds]
 
 
-class HeldOutEvalCallback(BaseCallback):
+class PeriodicEvalCallback(BaseCallback):
+    """Calls ``evaluate()`` every ``eval_freq`` env steps and once more at the end of training, unless the
+    last evaluation was at the final step and its best model is on disk, or ``skip_final()`` says the run
+    was interrupted. Subclasses implement ``evaluate`` (which sets ``_last_eval``) and ``best_model_file``."""
+
+    def __init__(self, eval_freq: int, skip_final: Callable[[], bool]):
+        super().__init__()
+        self.eval_freq = eval_freq
+        self.skip_final = skip_final
+        self._last_eval = 0
+
+    def best_model_file(self) -> Path:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _on_training_start(self) -> None:
+        self._last_eval = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last_eval >= self.eval_freq:
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.skip_final():
+            return
+        if self._last_eval != self.num_timesteps or not self.best_model_file().is_file():
+            self.evaluate()
+
+
+class HeldOutEvalCallback(PeriodicEvalCallback):
     """Every ``eval_freq`` env steps (and at the end), runs the deterministic policy on the same held-out
     seeds, logs ``eval/*`` and saves ``best_model_path`` whenever the mean return improves. ``env`` is a
     plain env (the seeds one after another) or a ``VecEnv`` with one environment per seed (all at once,
@@ -195,11 +227,9 @@ class HeldOutEvalCallback(BaseCallback):
         carbon_guard: float | None = None,
         skip_final: Callable[[], bool] = lambda: False,
     ):
-        super().__init__()
-        self.skip_final = skip_final
+        super().__init__(eval_freq, skip_final)
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
         self.seeds = list(seeds)
-        self.eval_freq = eval_freq
         self.best_model_path = Path(best_model_path)
         self.best_record = self.best_model_path.with_suffix(".json")
         self.log_path = Path(log_path)
@@ -210,21 +240,9 @@ class HeldOutEvalCallback(BaseCallback):
         self.reference: dict[str, float] | None = best.get("reference")  # the first evaluation's
         self.unguarded_model_path = self.best_model_path.with_name(f"{self.best_model_path.stem}_unguarded.zip")
         self.best_unguarded_score = float(self._record(self.unguarded_model_path).get("score", -math.inf))
-        self._last_eval = None
 
-    def _on_training_start(self) -> None:
-        self._last_eval = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps - self._last_eval >= self.eval_freq:
-            self.evaluate()
-        return True
-
-    def _on_training_end(self) -> None:
-        if self.skip_final():
-            return
-        if self._last_eval != self.num_timesteps or not self.best_model_path.is_file():
-            self.evaluate()
+    def best_model_file(self) -> Path:
+        return self.best_model_path
 
     def _episodes(self, env) -> list[dict[str, Any]]:
         return validation_episodes(self.model, env, self.seeds)
@@ -385,7 +403,7 @@ class WallClockLimitCallback(BaseCallback):
         return False
 
 
-class SharedPolicyEvalCallback(BaseCallback):
+class SharedPolicyEvalCallback(PeriodicEvalCallback):
     """Every ``eval_freq_rounds`` rounds (and at the end): a policy shared by every node, acting as a fleet
     scheduler (``DecentralizedScheduler``) on fixed held-out seeds of the single-agent ``env``; logs
     ``eval/*`` and keeps ``best_model.zip`` (+ ``.json``) in ``out`` by mean return. SB3 counts node
@@ -393,31 +411,19 @@ class SharedPolicyEvalCallback(BaseCallback):
 
     def __init__(self, env: gym.Env, seeds: Sequence[int], eval_freq_rounds: int, n_nodes: int, out: Path,
                  on_log: Callable[[str], None] | None = None, skip_final: Callable[[], bool] = lambda: False):
-        super().__init__()
+        super().__init__(eval_freq_rounds * n_nodes, skip_final)
         self.env, self.seeds, self.n_nodes = env, list(seeds), n_nodes
-        self.eval_freq = eval_freq_rounds * n_nodes
         self.best_path, self.csv_path = out / "best_model.zip", out / "evaluations.csv"
         record = self.best_path.with_suffix(".json")
         best = json.loads(record.read_text()) if record.is_file() and self.best_path.is_file() else {}
         self.best_score, self.best_summary = float(best.get("score", -math.inf)), best
         self.on_log = on_log or (lambda message: None)
-        self.skip_final = skip_final
-        self._last = 0
 
-    def _on_training_start(self) -> None:
-        self._last = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps - self._last >= self.eval_freq:
-            self.evaluate()
-        return True
-
-    def _on_training_end(self) -> None:
-        if not self.skip_final() and (self._last != self.num_timesteps or not self.best_path.is_file()):
-            self.evaluate()
+    def best_model_file(self) -> Path:
+        return self.best_path
 
     def evaluate(self) -> dict[str, float]:
-        self._last = self.num_timesteps
+        self._last_eval = self.num_timesteps
         scheduler = DecentralizedScheduler(self.model, env=self.env)
         episodes = [play_episode(scheduler, self.env, seed) for seed in self.seeds]
         summary = {key: float(np.mean([e[source] for e in episodes])) for key, source in (
