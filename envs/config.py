@@ -91,6 +91,13 @@ class LearningConfig(_Frozen):
     gossip_step: float = Field(1.0, gt=0, le=1, description="CHOCO-SGD consensus step size gamma")
 
 
+def _one_of(value: str, table, what: str) -> str:
+    """``value`` if it names an entry of ``table``; else the error that lists the names there are."""
+    if value not in table:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {sorted(table)}")
+    return value
+
+
 class FleetGroup(_Frozen):
     """A share of the fleet with one hardware set-up."""
 
@@ -104,16 +111,12 @@ class FleetGroup(_Frozen):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value not in DEVICE_PROFILES:
-            raise ValueError(f"unknown device {value!r}; allowed: {sorted(DEVICE_PROFILES)}")
-        return value
+        return _one_of(value, DEVICE_PROFILES, "device")
 
     @field_validator("link")
     @classmethod
     def _known_link(cls, value: str) -> str:
-        if value not in LINK_PROFILES:
-            raise ValueError(f"unknown link {value!r}; allowed: {sorted(LINK_PROFILES)}")
-        return value
+        return _one_of(value, LINK_PROFILES, "link")
 
 
 class Region(_Frozen):
@@ -199,9 +202,7 @@ class WorkloadConfig(_Frozen):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        if value not in WORKLOAD_PROFILES:
-            raise ValueError(f"unknown workload profile {value!r}; allowed: {sorted(WORKLOAD_PROFILES)}")
-        return value
+        return _one_of(value, WORKLOAD_PROFILES, "workload profile")
 
 
 AttackKind = Literal["sign_flip", "gaussian", "alie", "ipm", "label_flip", "free_rider", "lying_telemetry",
