@@ -130,3 +130,23 @@ def test_docs_section_is_replaced_not_appended(tmp_path):
     text = doc.read_text()
     assert text.count("## Ablation") == 1 and "| new |" in text and "| old |" not in text
     assert text.index("## Attacks") < text.index("## Ablation") < text.index("## Sources")
+
+
+def test_best_rule_is_chosen_on_validation_seeds_and_reported_on_test_seeds(tmp_path, monkeypatch):
+    tiny = ablate.Family("tiny_trust", "trust", ("all_nodes", "trust_threshold"), "tiny fleet with attackers")
+    monkeypatch.setitem(ablate.FAMILIES, tiny.name, tiny)
+    monkeypatch.setattr(ablate, "_family_config", lambda family: {**load_config("tiny").model_dump(), "max_rounds": 6})
+    seen: list[tuple[str, int]] = []
+    real_run_jobs = ablate.run_jobs
+
+    def recording_run_jobs(jobs, workers):
+        seen.extend((job[3], job[4]) for job in jobs)
+        return real_run_jobs(jobs, workers)
+
+    monkeypatch.setattr(ablate, "run_jobs", recording_run_jobs)
+    ablate.run_ablation(tmp_path, [tiny.name], seeds=[ablate.HELD_OUT_SEED_START])
+    selection = {seed for variant, seed in seen[:len(tiny.schedulers)]}
+    reported = {seed for variant, seed in seen[len(tiny.schedulers):]}
+    assert selection == {ablate.SELECTION_SEED_START} and reported == {ablate.HELD_OUT_SEED_START}
+    with pytest.raises(ConfigError, match="overlap"):
+        ablate.run_ablation(tmp_path, [tiny.name], seeds=[5], selection_seeds=[5])

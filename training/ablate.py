@@ -5,7 +5,8 @@
 
 For every family in :data:`FAMILIES` (a shipped config in ``configs/scenarios/`` and the factor it is built
 around) the command picks the best heuristic on full information (most targets met, then least
-carbon-to-target) among the family's candidates, and runs it three ways on the same held-out seeds:
+carbon-to-target) among the family's candidates on validation seeds, and runs it three ways on the same
+test seeds, so the rule is never chosen on the seeds it is reported on:
 
 * ``full``: the observation as the env gives it;
 * ``blind``: the family's factor hidden or flattened in what the scheduler sees (:class:`InformationView`);
@@ -13,8 +14,9 @@ carbon-to-target) among the family's candidates, and runs it three ways on the s
   forecast window, the true battery instead of private reports, who the attackers are instead of trust).
 
 Only the scheduler's view changes: the world, its seeds and its KPIs are the same in all three, so the
-difference is what the information is worth to that rule. Seeds are ``HELD_OUT_SEED_START`` onwards,
-disjoint from the training (0..), validation (10000..) and test seeds the other commands use.
+difference is what the information is worth to that rule. Selection seeds are ``SELECTION_SEED_START``
+onwards (the validation split), reported seeds ``HELD_OUT_SEED_START`` onwards (the test split); both are
+disjoint from the training seeds (0..).
 
 Writes ``ablation.csv`` (one row per family and variant: :data:`COLUMNS`) and ``ablation.md`` (the same as a
 Markdown table with the factor's effect per family), and prints the table.
@@ -35,8 +37,10 @@ from typing import Any
 import numpy as np
 
 from greengossip.envs.config import ConfigError
+from greengossip.training.settings import FIRST_TEST_SEED, FIRST_VALIDATION_SEED
 
-HELD_OUT_SEED_START = 20000  # the test split (training.settings.FIRST_TEST_SEED): never trained or selected on
+SELECTION_SEED_START = FIRST_VALIDATION_SEED  # the validation split: each family's best rule is chosen here
+HELD_OUT_SEED_START = FIRST_TEST_SEED  # the test split: the table reports these, never trained or selected on
 VARIANTS = ("full", "blind", "oracle")
 COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "carbon_to_target_g", "attackers",
            "harm")
@@ -300,11 +304,12 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "–" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: Sequence[Row], seeds: Sequence[int]) -> str:
+def markdown_table(rows: Sequence[Row], seeds: Sequence[int], selection_seeds: Sequence[int]) -> str:
     lines = [
-        f"Held-out seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant; the test split, never "
-        "trained or selected on). The scheduler of a family is its best candidate on full information (most "
-        "targets met, then least carbon-to-target). carbon-to-target is the "
+        f"Test seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per family and variant; never trained or selected "
+        "on). The scheduler of a family is its best candidate on full information (most targets met, then "
+        f"least carbon-to-target) on validation seeds {selection_seeds[0]}..{selection_seeds[-1]}. "
+        "carbon-to-target is the "
         "mean over the seeds that met the target; attackers counts attacker participations (node-rounds) per "
         "episode; harm is the honest accuracy lost against the attack-free twin (mean over rounds and seeds). "
         "effect: the largest relative "
@@ -338,9 +343,15 @@ def _family_config(family: Family) -> Any:
 
 
 def run_ablation(out: str | Path, families: Sequence[str], seeds: Sequence[int], workers: int = 1,
-                 progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Pick each family's best heuristic on full information, run it blind and as an oracle; write the
-    CSV and the Markdown table to ``out``; return the rows."""
+                 progress: Callable[[str], None] | None = None,
+                 selection_seeds: Sequence[int] | None = None) -> list[Row]:
+    """Pick each family's best heuristic on full information on ``selection_seeds`` (default: as many
+    validation seeds as ``seeds``), run it full, blind and as an oracle on ``seeds``; write the CSV and
+    the Markdown table to ``out``; return the rows."""
+    if selection_seeds is None:
+        selection_seeds = list(range(SELECTION_SEED_START, SELECTION_SEED_START + len(seeds)))
+    if set(selection_seeds) & set(seeds):
+        raise ConfigError(f"selection seeds and reported seeds overlap: {sorted(set(selection_seeds) & set(seeds))}")
     unknown = [name for name in families if name not in FAMILIES]
     if unknown:
         raise ConfigError(f"unknown families {unknown}; allowed: {', '.join(FAMILIES)}")
@@ -351,17 +362,17 @@ def run_ablation(out: str | Path, families: Sequence[str], seeds: Sequence[int],
         family = FAMILIES[name]
         config = _family_config(family)
         candidates = list(family.schedulers)
-        jobs = [(config, spec, family.factor, "full", seed) for spec in candidates for seed in seeds]
+        n = len(selection_seeds)
+        jobs = [(config, spec, family.factor, "full", seed) for spec in candidates for seed in selection_seeds]
         results = run_jobs(jobs, workers)
-        full_rows = [summarise(family, "full", spec, results[i * len(seeds):(i + 1) * len(seeds)])
-                     for i, spec in enumerate(candidates)]
-        best = min(full_rows, key=rank_key)
+        validation_rows = [summarise(family, "full", spec, results[i * n:(i + 1) * n])
+                           for i, spec in enumerate(candidates)]
+        best = min(validation_rows, key=rank_key)
         if progress:
-            progress(f"{name}: " + ", ".join(f"{r.scheduler} {r.targets_met}/{r.seeds} "
-                                             f"{_fmt(r.carbon_to_target_g)} g" for r in full_rows)
+            progress(f"{name} (validation): " + ", ".join(f"{r.scheduler} {r.targets_met}/{r.seeds} "
+                                                          f"{_fmt(r.carbon_to_target_g)} g" for r in validation_rows)
                      + f" -> {best.scheduler}")
-        rows.append(best)
-        for variant in VARIANTS[1:]:
+        for variant in VARIANTS:
             jobs = [(config, best.scheduler, family.factor, variant, seed) for seed in seeds]
             rows.append(summarise(family, variant, best.scheduler, run_jobs(jobs, workers)))
             if progress:
@@ -371,7 +382,7 @@ def run_ablation(out: str | Path, families: Sequence[str], seeds: Sequence[int],
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(row.as_dict() for row in rows)
-    (out / "ablation.md").write_text(markdown_table(rows, list(seeds)))
+    (out / "ablation.md").write_text(markdown_table(rows, list(seeds), list(selection_seeds)))
     return rows
 
 
@@ -398,8 +409,9 @@ def write_docs_section(path: str | Path, table: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--seeds", type=int, default=5, help=f"held-out seeds per family and variant, from "
-                        f"{HELD_OUT_SEED_START} (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help=f"seeds per family and variant: the best rule is chosen "
+                        f"on validation seeds from {SELECTION_SEED_START}, the table reports test seeds from "
+                        f"{HELD_OUT_SEED_START} (default 5 of each)")
     parser.add_argument("--families", nargs="+", default=None, metavar="NAME",
                         help=f"families to run (default all: {', '.join(FAMILIES)})")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (results do not depend on it)")
