@@ -295,6 +295,9 @@ class EnvConfig(_Frozen):
                                  "number of rounds")
     target_accuracy: float = Field(0.9, gt=0, le=1)
     year: int = Field(2023, ge=1990, le=2100, description="calendar year of the simulated days")
+    start_days: tuple[int, int] = Field(
+        (0, 365), description="round 0 falls on a day of the year drawn from [first, last) (0 = 1 January): a "
+        "season; (0, 365) draws the whole year")
     device: str = Field("cpu", description="torch device for the simulator tensors")
     topology: TopologyConfig = TopologyConfig()
     learning: LearningConfig = LearningConfig()
@@ -333,6 +336,14 @@ class EnvConfig(_Frozen):
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"fractions must sum to 1, got {total:.4f}")
         return groups
+
+    @field_validator("start_days")
+    @classmethod
+    def _days_of_a_year(cls, days: tuple[int, int]) -> tuple[int, int]:
+        first, last = days
+        if not 0 <= first < last <= 365:
+            raise ValueError(f"start_days must be [first, last) with 0 <= first < last <= 365, got [{first}, {last}]")
+        return days
 
     @model_validator(mode="after")
     def _privacy_needs_delta(self) -> EnvConfig:

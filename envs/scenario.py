@@ -466,7 +466,7 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
 
     steps_per_day = int(round(24 * 60 / config.round_minutes))
     n_rounds = trace_length(config)
-    start_day = int(rng.integers(0, 365))
+    start_day = int(rng.integers(*config.start_days))
     start_step = start_day * steps_per_day + int(rng.integers(0, steps_per_day))
     utc_hours = ((start_step + np.arange(n_rounds)) * config.round_minutes / 60.0) % 24.0
     cloud = cloud_process(len(config.regions), n_rounds, config.energy.mean_cloudiness, config.round_minutes, rng)

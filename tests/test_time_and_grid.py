@@ -162,3 +162,18 @@ def test_time_and_energy_benchmark_plays_paired_settings_on_tiny():
     assert hourly["rounds"] == annual["rounds"]
     assert hourly["below_reserve"] == 0 and hourly["min_soc"] >= config.energy.battery_min_soc - 1e-6
     assert 0.0 <= hourly["energy_masked_share"] <= 1.0
+
+
+def test_start_days_pin_the_season_of_the_harvest():
+    import numpy as np
+
+    from greengossip.envs.config import load_config
+    from greengossip.envs.scenario import make_scenario
+
+    def harvest(days):
+        config = load_config({"n_nodes": 8, "max_rounds": 96, "start_days": days,
+                              "regions": [{"name": "Warsaw", "country_iso": "POL", "latitude": 52.23,
+                                           "longitude": 21.01, "fraction": 1.0}]})
+        return float(make_scenario(config, np.random.default_rng(0)).harvest_wh.sum())
+
+    assert harvest((160, 170)) > 3 * harvest((350, 360))
