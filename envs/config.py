@@ -164,6 +164,11 @@ class EnergyConfig(_Frozen):
         "'marginal' (power model: what the extra bytes add) or 'attributional' (average kWh/GB); info "
         "reports both")
     backbone_year: int = Field(2023, ge=2015, le=2050, description="year of the attributional kWh/GB figure")
+    overdraw: Literal["refuse", "brown_out"] = Field(
+        "refuse", description="what an off-grid node asked for a round it cannot pay does: 'refuse': it sees the "
+        "round's cost and sleeps instead, losing nothing; 'brown_out': it starts whenever it has energy above its "
+        "reserve and browns out mid-round where the round costs more: the energy it drew is spent and the round's "
+        "work (training, broadcast, mixing) is lost")
 
     @model_validator(mode="after")
     def _soc_range(self) -> EnergyConfig:

@@ -9,7 +9,9 @@ each node's device and link figures rather than read from ``scenario.costs``.
 
 A round, as the batched simulator defines it:
 1. nodes that are offline this round (``Scenario.available``), or cannot pay for their action from harvest +
-   battery above the reserve (grid nodes always can), sleep instead and are reported dropped; every awake
+   battery above the reserve (grid nodes always can), sleep instead and are reported dropped (with
+   ``energy.overdraw: brown_out`` an off-grid one that has any harvest or battery above the reserve spends all
+   of it first, cut off mid-round); every awake
    node receives what its sending neighbours broadcast (downlink energy, idle draw, radio tail) and every
    sender's message crosses the internet once per awake neighbour linked over it; every node's energy,
    receiving included, is settled (harvest, battery down to the reserve, grid; what none covers is unmet);
@@ -377,7 +379,7 @@ def reference_transition(
 
     # 1. energy: decide who drops out, then what every awake node receives, then settle every node
     loads = [0.0] * n if noise.background_load is None else [float(u) for u in noise.background_load]
-    carried, dropped, costs = [], [], []
+    carried, dropped, costs, cut_off = [], [], [], {}
     for i in range(n):
         battery = float(state.battery_wh[i])
         capacity = float(scenario.capacity_wh[i])
@@ -394,6 +396,9 @@ def reference_transition(
             carried.append(IDLE)
             dropped.append(True)
             cost = node_action_cost(config, scenario, i, IDLE, loads[i])
+            above_reserve = max(battery - config.energy.battery_min_soc * capacity, 0.0)
+            if config.energy.overdraw == "brown_out" and online and harvest + above_reserve > 0.0:
+                cut_off[i] = harvest + above_reserve  # started, drew all it had, and was cut off
         costs.append(cost)
 
     trained = [a >= 1 for a in carried]
@@ -412,7 +417,8 @@ def reference_transition(
         internet_bytes.append(costs[i]["bytes_sent"] * reached)
     flows = []
     for i in range(n):
-        flows.append(settle_node(costs[i]["total_wh"] + receive_wh[i], float(state.battery_wh[i]),
+        demand = cut_off[i] if i in cut_off else costs[i]["total_wh"] + receive_wh[i]
+        flows.append(settle_node(demand, float(state.battery_wh[i]),
                                  float(scenario.capacity_wh[i]), float(scenario.harvest_wh[i, t]),
                                  bool(scenario.grid_connected[i]), float(scenario.charge_limit_wh[i]), eff,
                                  config.energy.battery_min_soc))

@@ -1,7 +1,8 @@
 """One communication round as a batched tensor program: ``transition(state, action) -> state', outcome``.
 
 Order inside a round: decode the action; nodes that are offline or cannot afford it on their true battery
-drop out (they sleep instead);
+drop out (they sleep instead, or under ``energy.overdraw: brown_out`` an off-grid node with any energy above
+its reserve starts the round and is cut off mid-round: it spends that energy and does nothing);
 energy is settled; the trainers run local SGD; the broadcasters send; awake nodes mix; accuracy of the
 honest nodes is measured. No Python loop runs over nodes.
 """
@@ -167,6 +168,11 @@ def transition(
     online = at_round(scenario.available, t)
     can_afford = affordable(config, scenario, state.battery_wh, harvest, action, total_wh) & (online | (action == IDLE))
     dropped = ~can_afford
+    browned_out = None
+    if config.energy.overdraw == "brown_out":  # it starts on any energy above its reserve, and is cut off
+        drawn_wh = available_for_actions(state.battery_wh, scenario.capacity_wh, harvest, scenario.grid_connected,
+                                         config.energy.battery_min_soc)
+        browned_out = dropped & online & (drawn_wh > 0)
     action = torch.where(can_afford, action, IDLE)
     trained, sent, level = decode_action(action)
     compute_wh, radio_wh, base_wh, total_wh, bytes_sent = costs.of(action)
@@ -177,7 +183,10 @@ def transition(
     reception = receive(bytes_sent, awake, scenario.neighbours, scenario.neighbour_valid,
                         joule_per_bit=scenario.downlink_joule_per_bit, downlink_bit_s=scenario.downlink_bit_s,
                         idle_w=scenario.idle_w, tail_j=scenario.tail_j)
-    flow = settle_energy(total_wh + reception.receive_wh, state.battery_wh, scenario.capacity_wh, harvest,
+    demand_wh = total_wh + reception.receive_wh
+    if browned_out is not None:  # the cut-off came mid-round: what it drew is spent, its work lost
+        demand_wh = torch.where(browned_out, drawn_wh, demand_wh)
+    flow = settle_energy(demand_wh, state.battery_wh, scenario.capacity_wh, harvest,
                          scenario.grid_connected, scenario.charge_limit_wh, config.energy.charge_efficiency,
                          config.energy.battery_min_soc)
 

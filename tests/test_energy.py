@@ -160,10 +160,10 @@ def _episode_energy(config, seed: int, rounds: int):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("efficiency", [1.0, 0.9])
-def test_fleet_energy_balances_every_round_of_an_episode(efficiency, device):
+@pytest.mark.parametrize("efficiency,overdraw", [(1.0, "refuse"), (0.9, "refuse"), (0.9, "brown_out")])
+def test_fleet_energy_balances_every_round_of_an_episode(efficiency, overdraw, device):
     config = tiny_variant(max_rounds=24, device=device, energy__charge_efficiency=efficiency,
-                          energy__initial_soc_low=0.05, energy__initial_soc_high=0.5)
+                          energy__initial_soc_low=0.05, energy__initial_soc_high=0.5, energy__overdraw=overdraw)
     records, eff = _episode_energy(config, seed=1, rounds=24)
     assert len(records) >= 10
     charged = any(after > before for _, before, after in records)
@@ -318,3 +318,37 @@ def test_a_node_refuses_what_its_true_battery_cannot_pay_whatever_the_scheduler_
     assert (after.last_action[off_grid] == 0).all() and (after.last_action[~off_grid] == 2).all()
     assert (after.battery_wh[off_grid] >= reserve[off_grid] - 1e-6).all()
     assert (outcome.energy.unmet[off_grid] > 0).all(), "the sleep draw beyond the reserve is unmet (brown-out)"
+
+
+@pytest.mark.parametrize("overdraw", ["refuse", "brown_out"])
+def test_a_node_cut_off_mid_round_loses_the_round_and_the_energy_it_drew(overdraw):
+    """Off-grid nodes a little above their reserve, no sun, asked to train and send in full: refusing, they
+    sleep on their battery; browning out, they drain to the reserve and their model, public copy and
+    neighbours' view stay as before the round."""
+    import dataclasses
+
+    from greengossip.envs.simulator import draw_randomness, transition
+    from greengossip.envs.state import initial_state
+
+    config = tiny_variant(availability__model="always", energy__overdraw=overdraw)
+    scenario = make_scenario(config, np.random.default_rng(0))
+    scenario = dataclasses.replace(scenario, harvest_wh=torch.zeros_like(scenario.harvest_wh))
+    state = initial_state(config, scenario)
+    reserve = config.energy.battery_min_soc * scenario.capacity_wh
+    full_round = scenario.costs.total_wh[:, 2]
+    state = state.replace(battery_wh=reserve + 0.5 * full_round)  # half a round above the reserve
+    action = torch.full((scenario.n_nodes,), 2)
+    after, outcome = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
+    off_grid = ~scenario.grid_connected
+    assert off_grid.any()
+    assert torch.equal(after.dropped, off_grid) and (after.last_action[off_grid] == 0).all()
+    torch.testing.assert_close(after.params[off_grid], state.params[off_grid])
+    torch.testing.assert_close(after.public[off_grid], state.public[off_grid])
+    spent = (state.battery_wh - after.battery_wh)[off_grid]
+    if overdraw == "brown_out":
+        torch.testing.assert_close(after.battery_wh[off_grid], reserve[off_grid])
+        torch.testing.assert_close(outcome.energy.consumed[off_grid], 0.5 * full_round[off_grid])
+    else:
+        sleep = scenario.costs.total_wh[off_grid, 0]
+        torch.testing.assert_close(spent, sleep)
+        assert (after.battery_wh[off_grid] > reserve[off_grid]).all()

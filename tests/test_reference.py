@@ -65,6 +65,11 @@ def test_geographic_round_matches_reference(accounting):
     _check_rounds_against_reference(config, *rest, "softmax")
 
 
+def test_brown_out_round_matches_reference():
+    """Nodes cut off mid-round spend what they had above the reserve in both implementations."""
+    _check_rounds_against_reference(*_setup("softmax", seed=5, energy__overdraw="brown_out"), "softmax")
+
+
 def _check_rounds_against_reference(config, scenario, generator, state, rng, model: str) -> None:
     dropped_total = 0
     for t in range(ROUNDS):
