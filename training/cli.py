@@ -33,6 +33,8 @@ SUBCOMMANDS = {
                  "run schedulers on the same seeds and configs; write CSV, tables, plots"),
     "render": ("greengossip.training.render", "write an animation / frame strip of one episode"),
     "ablate": ("greengossip.training.ablate", "each scenario family's best rule with its factor shown, hidden, known"),
+    "benchmark": ("greengossip.training.benchmark",
+                  "a leaderboard over the scenario suite's test or ood split, normalised to all_nodes and an oracle"),
 }
 
 

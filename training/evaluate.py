@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +69,7 @@ ROW_FIELDS = (
     "scheduler", "config", "seed", "reached_target", "rounds", "rounds_to_target", "carbon_to_target_g",
     "energy_to_target_wh", "final_accuracy", "deadline_missed", "episode_carbon_g", "episode_energy_wh",
     "episode_grid_wh", "episode_bytes_sent", "malicious_participation", "dropouts", "epsilon_spent",
-    "mean_participants", "mean_broadcasters", "episode_return",
+    "mean_participants", "mean_broadcasters", "mean_harm", "episode_return",
 )
 TRACE_FIELDS = ("scheduler", "config", "seed", "round", "accuracy", "cumulative_carbon_g",
                 "cumulative_energy_wh", "mean_soc", "min_soc")
@@ -153,16 +153,19 @@ class Job:
 
 
 def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
-                config_label: str | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """One episode of ``spec`` on ``config`` with env seed ``seed``: (KPI row, per-round trace)."""
+                config_label: str | None = None, build: Callable[[Any, int], Any] | None = None
+                ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """One episode of ``spec`` on ``config`` with env seed ``seed``: (KPI row, per-round trace).
+    ``build(env, seed)`` makes the scheduler instead of ``make_scheduler(spec)`` (one that reads the env,
+    such as the benchmark's oracle)."""
     with one_torch_thread():
         env = gym.make(ENV_ID, config=config)
-        scheduler = make_scheduler(spec, env=env, seed=seed)
+        scheduler = make_scheduler(spec, env=env, seed=seed) if build is None else build(env, seed)
         env = env_for(scheduler, env)
         core = env.unwrapped
         trace: dict[str, list[float]] = {name: [] for name in TRACE_FIELDS[3:]}
         totals = {"carbon": 0.0, "energy": 0.0, "dropouts": 0, "malicious": 0.0, "participants": 0,
-                  "broadcasters": 0}
+                  "broadcasters": 0, "harm": 0.0, "harm_rounds": 0}
 
         def record(info: dict[str, Any], reward: float | None) -> None:
             if reward is not None:
@@ -172,6 +175,10 @@ def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
                 totals["malicious"] += float(info.get("malicious_participants", 0) or 0)
                 totals["participants"] += int(info.get("participants", 0))
                 totals["broadcasters"] += int(info.get("broadcasting_nodes", 0))
+                harm = info.get("harm")
+                if harm is not None and math.isfinite(harm):
+                    totals["harm"] += float(harm)
+                    totals["harm_rounds"] += 1
             _record(trace, core, len(trace["round"]), info.get("accuracy", float("nan")), totals)
 
         info = play_episode(scheduler, env, seed, on_step=record)
@@ -200,6 +207,7 @@ def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
         "epsilon_spent": 0.0 if epsilon is None else float(np.max(epsilon)),
         "mean_participants": totals["participants"] / max(steps, 1),
         "mean_broadcasters": totals["broadcasters"] / max(steps, 1),
+        "mean_harm": totals["harm"] / totals["harm_rounds"] if totals["harm_rounds"] else float("nan"),
         "episode_return": info["return"],
     }
     return row, trace

@@ -1,0 +1,189 @@
+"""The scenario suite (seeded families, splits), the oracle bound and ``greengossip benchmark``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from greengossip.envs import ENV_ID
+from greengossip.envs.config import ConfigError
+from greengossip.training import benchmark, suite
+from greengossip.training.oracle import OracleScheduler, base_policies, clone_env
+from greengossip.training.settings import FIRST_TEST_SEED, FIRST_VALIDATION_SEED
+
+FAMILIES = suite.family_names()
+
+# a family small enough for CI: the tiny scenario with 8 to 10 nodes (12 to 14 out of distribution)
+TINY_FAMILY = """
+base: tiny
+n_nodes: {train: [8, 10], ood: [12, 14]}
+start_day: {train: [0, 364]}
+oracle: {rules: [all_nodes, carbon_aware, carbon_periodic], every: 10, width: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_family(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "tiny_family.yaml"
+    path.write_text(TINY_FAMILY)
+    return path
+
+
+def test_every_family_ships_a_range_file_of_a_shipped_base():
+    assert set(FAMILIES) >= {"solar_sensor_field", "continental_grid", "adversarial_fleet", "private_sensor_field",
+                             "large_network"}
+    for family in FAMILIES:
+        name, ranges = suite.load_family(family)
+        assert name == family and ranges.shifts, family  # every family has an out-of-distribution split
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_same_seed_draws_the_same_scenario(family):
+    first, again = suite.draw_scenario(family, FIRST_TEST_SEED), suite.draw_scenario(family, FIRST_TEST_SEED)
+    assert first.config == again.config and first.parameters == again.parameters
+    others = [suite.draw_scenario(family, FIRST_TEST_SEED + i).config for i in range(1, 4)]
+    assert any(other != first.config for other in others)
+
+
+def test_splits_are_disjoint_and_aligned_with_training_settings():
+    ranges = list(suite.SPLITS.values())
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            assert not set(a) & set(b)
+    assert suite.SPLITS["validation"].start == FIRST_VALIDATION_SEED
+    assert suite.SPLITS["test"].start == FIRST_TEST_SEED
+    assert suite.split_of(FIRST_TEST_SEED) == "test" and suite.split_of(suite.FIRST_OOD_SEED) == "ood"
+    with pytest.raises(ValueError, match="in no split"):
+        suite.split_of(suite.SEED_LIMIT)
+    with pytest.raises(ValueError, match="unknown split 'tst'; allowed: train, validation, test, ood"):
+        suite.split_seeds("tst", 3)
+
+
+def _inside(value, span) -> bool:
+    return span[0] <= value <= span[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ood_draws_lie_outside_the_training_ranges_and_test_draws_inside(family):
+    _, ranges = suite.load_family(family)
+    train_regions = {r.name for r in ranges.regions.train} if ranges.regions else set()
+    for seed in range(suite.FIRST_OOD_SEED, suite.FIRST_OOD_SEED + 12):
+        drawn = suite.draw_scenario(family, seed).parameters
+        assert not _inside(drawn["n_nodes"], ranges.n_nodes.train)
+        for name in ("year", "start_day"):
+            span = getattr(ranges, name)
+            if span is not None and span.ood is not None:
+                assert not _inside(drawn[name], span.train)
+        if ranges.regions is not None and ranges.regions.ood is not None:
+            assert not set(drawn["regions"].split("+")) & train_regions
+        if ranges.epsilon is not None and ranges.epsilon.ood is not None:
+            assert not _inside(drawn["epsilon"], ranges.epsilon.train)
+        if ranges.topology is not None and ranges.topology.ood is not None:
+            assert drawn["topology"] not in ranges.topology.train
+    for seed in range(FIRST_TEST_SEED, FIRST_TEST_SEED + 12):
+        drawn = suite.draw_scenario(family, seed).parameters
+        assert _inside(drawn["n_nodes"], ranges.n_nodes.train)
+        if ranges.regions is not None:
+            assert set(drawn["regions"].split("+")) <= train_regions
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (TINY_FAMILY + "n_node: {train: [8, 9]}\n", r"n_node: unknown key"),
+    (TINY_FAMILY.replace("[8, 10]", "[10, 8]"), r"n_nodes = .*train range \[10, 8\] is reversed"),
+    (TINY_FAMILY.replace("[12, 14]", "[9, 14]"), r"ood range \[9, 14\] overlaps the training range \[8, 10\]"),
+    (TINY_FAMILY.replace("carbon_periodic]", "carbon_periodik]"),
+     r"oracle.rules = .*unknown heuristics \['carbon_periodik'\]; allowed: all_nodes"),
+    (TINY_FAMILY + "topology: {train: [ring], ood: [hexagon]}\n", r"topology.ood.0 = 'hexagon'.*'geographic'"),
+    (TINY_FAMILY + "fleet_share: [[0.5, 0.6]]\n", r"fleet_share: 1 ranges for a base fleet of 3 groups"),
+    (TINY_FAMILY.replace("base: tiny", "base: tinyy"), r"base = 'tinyy'.*shipped names: .*tiny"),
+    (TINY_FAMILY + "year: {train: [2010, 2012]}\n", r"year range \[2010, 2012\] must lie in \[2017, 2020\]"),
+])
+def test_a_bad_range_file_is_one_error_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        suite.load_family(path)
+
+
+def test_normalised_score_anchors_floor_and_missing_scale():
+    assert benchmark.normalised_score(10.0, 10.0, 4.0) == 0.0
+    assert benchmark.normalised_score(4.0, 10.0, 4.0) == 1.0
+    assert benchmark.normalised_score(7.0, 10.0, 4.0) == pytest.approx(0.5)
+    assert benchmark.normalised_score(math.nan, 10.0, 4.0) == benchmark.FLOOR  # a missed target
+    assert benchmark.normalised_score(100.0, 10.0, 4.0) == benchmark.FLOOR
+    assert math.isnan(benchmark.normalised_score(5.0, math.nan, 4.0))  # all_nodes missed: no scale
+    assert math.isnan(benchmark.normalised_score(5.0, 4.0, 4.0))  # the oracle no better than all_nodes
+
+
+def test_a_cloned_env_replays_the_same_future(tiny_family):
+    draw = suite.draw_scenario(str(tiny_family), FIRST_TEST_SEED)
+    env = gym.make(ENV_ID, config=draw.config)
+    env.reset(seed=draw.seed)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        env.step(rng.integers(0, 6, draw.config.n_nodes))
+    copy = clone_env(env)
+    for _ in range(4):
+        action = rng.integers(0, 6, draw.config.n_nodes)
+        _, reward, *_ = env.step(action)
+        _, reward_copy, *_ = copy.step(action)
+        assert reward == reward_copy
+    assert np.array_equal(env.unwrapped.sim_state.params.numpy(), copy.sim_state.params.numpy())
+    assert copy.scenario is env.unwrapped.scenario  # shared, not copied
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tiny_family, tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    rows = benchmark.run_benchmark(["all_nodes", "carbon_periodic"], [str(tiny_family)], "test", 1, out)
+    return out, rows
+
+
+def test_the_benchmark_writes_its_files_with_the_anchors_at_zero_and_one(tiny_benchmark):
+    out, rows = tiny_benchmark
+    for name in ("episodes.csv", "leaderboard.csv", "leaderboard.md", "benchmark.png"):
+        assert (out / name).stat().st_size > 0
+    by_scheduler = {row["scheduler"]: row for row in rows}
+    assert set(by_scheduler) == {"all_nodes", "carbon_periodic", "oracle"}
+    assert by_scheduler["all_nodes"]["normalised_score"] == 0.0
+    assert by_scheduler["oracle"]["normalised_score"] == 1.0
+    with open(out / "leaderboard.csv") as handle:
+        board = list(csv.DictReader(handle))
+    assert {row["family"] for row in board} == {"tiny_family", "overall"}
+    assert "### tiny_family" in (out / "leaderboard.md").read_text()
+
+
+def test_the_oracle_beats_all_nodes_on_a_tiny_scenario(tiny_benchmark):
+    _, rows = tiny_benchmark
+    by_scheduler = {row["scheduler"]: row for row in rows}
+    oracle, anchor = by_scheduler["oracle"], by_scheduler["all_nodes"]
+    assert oracle["reached_target"] and anchor["reached_target"]
+    assert oracle["carbon_to_target_g"] < anchor["carbon_to_target_g"]
+    assert oracle["oracle_plan"].startswith(("all_nodes", "carbon_aware", "carbon_periodic"))
+
+
+def test_the_oracle_is_deterministic_and_follows_its_plan(tiny_family):
+    from greengossip.training.rollout import play_episode
+
+    draw = suite.draw_scenario(str(tiny_family), FIRST_TEST_SEED + 1)
+    results = []
+    for _ in range(2):
+        env = gym.make(ENV_ID, config=draw.config)
+        oracle = OracleScheduler(env, base_policies(["all_nodes", "carbon_periodic"], ["observed"]), every=10,
+                                 width=1, seed=draw.seed)
+        info = play_episode(oracle, env, draw.seed)
+        assert oracle.replans == 0  # the real episode never left the path the copies predicted
+        results.append((info["episode_carbon_g"], info["steps"]))
+    assert results[0] == results[1]
+
+
+def test_the_command_refuses_an_unknown_family_in_one_line(tmp_path, capsys):
+    from greengossip.training.cli import main
+
+    assert main(["benchmark", "--families", "solar_feld", "--seeds-per-family", "1", "--out", str(tmp_path)]) == 2
+    assert "unknown family 'solar_feld'; allowed: adversarial_fleet" in capsys.readouterr().err
