@@ -68,6 +68,9 @@ class FleetBatch:
         self.channel = TelemetryChannel(config)
         self.last_outcome: RoundOutcome | None = None
         self.nonfinite: dict[str, np.ndarray] = {}  # last step's non-finite counts per quantity (envs/numerics.py)
+        # what plays a round: the simulator's transition, or another with its signature (a deployment whose
+        # nodes play it in their own processes, ``greengossip.training.deploy``)
+        self.play_round = transition
 
     # ------------------------------------------------------------------ episodes
     def reset(self, scenarios: list[Scenario], new_devices: bool = True) -> None:
@@ -119,7 +122,7 @@ class FleetBatch:
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
         config, scenario = self.config, self.scenario
         noise = draw_randomness(config, scenario, self.state.round)
-        self.state, outcome = transition(config, scenario, self.state, action, noise)
+        self.state, outcome = self.play_round(config, scenario, self.state, action, noise)
         if self.twin is not None:  # no attack draws: every attacker behaves as an honest node
             self.twin, _ = transition(config, scenario, self.twin, action, noise.without_attacks())
         self.last_outcome = outcome

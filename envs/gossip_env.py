@@ -205,6 +205,12 @@ class EdgeLearningEnv(gym.Env):
         return self._fleet.scenario
 
     @property
+    def fleet(self) -> FleetBatch:
+        """The batch of one environment this env drives; its ``play_round`` may be replaced (a deployment
+        plays the round in node processes: ``greengossip.training.deploy``)."""
+        return self._fleet
+
+    @property
     def sim_state(self) -> SimState:
         return self._fleet.state
 

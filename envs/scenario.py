@@ -127,6 +127,11 @@ class Scenario:
     def all_honest(self) -> bool:
         return bool(self.honest.all())
 
+    @property
+    def shard_size(self) -> int:
+        """Training samples in each node's shard."""
+        return self.shards.shape[1]
+
     @functools.cached_property
     def carbon_g_per_wh(self) -> torch.Tensor:
         """(N, T) grid intensity in gCO2e per Wh."""

@@ -66,9 +66,11 @@ def contention_wh(compute_wh: torch.Tensor, load: torch.Tensor | None) -> torch.
 
 
 def draw_randomness(config: EnvConfig, scenario: Scenario, rounds: torch.Tensor) -> RoundRandomness:
-    """The random numbers of round ``rounds`` (B,) of every environment, from its counter-based streams."""
+    """The random numbers of round ``rounds`` (B,) of every environment, from its counter-based streams.
+    Reads only the scenario's ``stream_key``, ``nodes_per_env``, ``n_nodes``, ``shard_size`` and
+    ``all_honest``, so a process that holds one node's part of the world draws the same numbers."""
     key, n, total = scenario.stream_key, scenario.nodes_per_env, scenario.n_nodes
-    shard_size = scenario.shards.shape[1]
+    shard_size = scenario.shard_size
     shape = (n, config.learning.local_steps, config.learning.batch_size)
     positions = (streams.uniform(key, rounds, streams.BATCHES, shape) * shard_size).long().clamp_(max=shard_size - 1)
     positions = positions.view(total, *shape[1:])
@@ -122,6 +124,15 @@ class RoundOutcome:
     @property
     def carbon_attributional_g(self) -> torch.Tensor:
         return self.carbon_grid_g + self.carbon_backbone_attributional_g
+
+
+def network_carbon(scenario: Scenario, internet_bytes: torch.Tensor, intensity_g_per_wh: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    """(N,) gCO2e of the bytes each sender put on internet links, under each accounting: the network's
+    energy is charged at the sender's grid intensity."""
+    internet_g_per_byte = internet_bytes * intensity_g_per_wh * 1000.0
+    return {accounting: internet_g_per_byte * kwh_per_byte
+            for accounting, kwh_per_byte in scenario.network_kwh_per_byte.items()}
 
 
 def affordable_actions(config: EnvConfig, scenario: Scenario, battery_wh: torch.Tensor,
@@ -287,10 +298,7 @@ def transition(
     node_accuracy = accuracy_per_node(spec, params, scenario.eval_x, scenario.eval_y)
     intensity_g_per_wh = at_round(scenario.carbon_g_per_wh, t)
     internet_bytes = network_bytes(bytes_sent, awake, scenario.neighbours, scenario.internet_slot)
-    # the network's energy is charged at the sender's grid intensity
-    internet_g_per_byte = internet_bytes * intensity_g_per_wh * 1000.0
-    carbon_network = {accounting: internet_g_per_byte * kwh_per_byte
-                      for accounting, kwh_per_byte in scenario.network_kwh_per_byte.items()}
+    carbon_network = network_carbon(scenario, internet_bytes, intensity_g_per_wh)
 
     new_state = state.replace(
         params=params,

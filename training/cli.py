@@ -35,6 +35,8 @@ SUBCOMMANDS = {
     "ablate": ("greengossip.training.ablate", "each scenario family's best rule with its factor shown, hidden, known"),
     "benchmark": ("greengossip.training.benchmark",
                   "a leaderboard over the scenario suite's test or ood split, normalised to all_nodes and an oracle"),
+    "deploy": ("greengossip.training.deploy.command",
+               "run a scheduler on one process per node over torch.distributed and compare with the simulator"),
 }
 
 
