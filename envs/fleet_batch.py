@@ -68,9 +68,10 @@ class FleetBatch:
         self.channel = TelemetryChannel(config)
         self.last_outcome: RoundOutcome | None = None
         self.nonfinite: dict[str, np.ndarray] = {}  # last step's non-finite counts per quantity (envs/numerics.py)
-        # what plays a round: the simulator's transition, or another with its signature (a deployment whose
-        # nodes play it in their own processes, ``greengossip.training.deploy``)
-        self.play_round = transition
+        # what plays a round, with ``transition``'s signature: None for the simulator's own (looked up at each
+        # step, so that a profiler's wrapper of it is seen), or a deployment whose nodes play it in their own
+        # processes (``greengossip.training.deploy``)
+        self.play_round = None
 
     # ------------------------------------------------------------------ episodes
     def reset(self, scenarios: list[Scenario], new_devices: bool = True) -> None:
@@ -122,7 +123,8 @@ class FleetBatch:
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
         config, scenario = self.config, self.scenario
         noise = draw_randomness(config, scenario, self.state.round)
-        self.state, outcome = self.play_round(config, scenario, self.state, action, noise)
+        play_round = transition if self.play_round is None else self.play_round
+        self.state, outcome = play_round(config, scenario, self.state, action, noise)
         if self.twin is not None:  # no attack draws: every attacker behaves as an honest node
             self.twin, _ = transition(config, scenario, self.twin, action, noise.without_attacks())
         self.last_outcome = outcome

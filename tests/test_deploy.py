@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from greengossip.envs.errors import UserError
 from greengossip.envs.workloads import COMPRESSION_LEVELS, message_bytes
 from greengossip.training.cli import main
 from greengossip.training.deploy.launch import Fault, NodeFailure
+from greengossip.training.deploy import report
 from greengossip.training.deploy.messages import REPLACE, decode, encode, mode_of
 from greengossip.training.deploy.report import COLUMNS, compare
 
@@ -66,6 +68,26 @@ def test_deploy_on_eight_processes_matches_the_simulator(tmp_path):
     assert "compute-time factor" in (tmp_path / "sim_vs_real.md").read_text()
     assert (tmp_path / "sim_vs_real.png").stat().st_size > 0
     assert set(_children()) <= before
+
+
+class EveryLevel:
+    """Node i trains and broadcasts at compression level i mod 4 (full, q8, top10, top1), where it can."""
+
+    observation_kind = "dict"
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        mask = observation["action_mask"] > 0.5
+        wanted = 2 + np.arange(len(mask)) % len(COMPRESSION_LEVELS)
+        return np.where(mask[np.arange(len(mask)), wanted], wanted, 0), state
+
+
+def test_every_compression_level_arrives_in_the_simulators_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "make_scheduler", lambda spec, env=None, seed=0: EveryLevel())
+    rows = compare("tiny", "every level", 2, tmp_path)
+    for row in rows:
+        assert row["bytes_real"] == row["bytes_sim"] > 0
+        assert row["actions_equal"] == 1
+        assert abs(row["accuracy_gap_pp"]) < 2.0
 
 
 def test_attackers_play_their_attacks_as_in_the_simulator(tmp_path):

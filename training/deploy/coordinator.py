@@ -9,8 +9,6 @@ the observation's model-lag column (which a node could report as one number), ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -26,13 +24,6 @@ PLAY, STOP = 1, 0
 COLUMN = {name: k for k, name in enumerate(REPORT_FIELDS)}
 
 
-@dataclass
-class Measured:
-    """What the deployment measured in each round, fleet sums unless named otherwise."""
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-
-
 class Coordinator:
     """Rank 0 of the process group: plays rounds through the nodes (ranks 1..N)."""
 
@@ -42,7 +33,7 @@ class Coordinator:
         self.trust_width = scenario.neighbours.shape[1]
         self.n_params = model_spec(config).n_params
         self.width = report_width(config, self.trust_width)
-        self.measured = Measured()
+        self.measured: list[dict[str, float]] = []  # per round, fleet sums unless named otherwise
         self.on_round = on_round or (lambda round_index, started: None)
 
     def _command(self, kind: int, round_index: int, action: torch.Tensor | None) -> None:
@@ -138,7 +129,7 @@ class Coordinator:
         consumed = outcome.energy.consumed.double().numpy()
         energy_real = consumed - modelled_wh + (compute_j + radio_j + receive_j) / 3600.0
         model_train_s = np.where(trained, outcome.compute_wh.double().numpy() * 3600.0 / busy_w, 0.0)
-        self.measured.rows.append({
+        self.measured.append({
             "payload_bytes_sent": float(payload_sent.sum()),
             "payload_bytes_received": float(payload_received.sum()),
             "mailbox_bytes": float(column("mailbox_bytes").sum()),

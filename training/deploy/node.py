@@ -207,7 +207,8 @@ class Node:
         idle = requested == IDLE
         can_afford = bool(total_wh <= budget) and bool(view.available[t]) or idle
         action = torch.tensor([requested if can_afford else IDLE])
-        trained, sent, level = (bool(flag) for flag in decode_action(action))
+        trains, sends, levels = decode_action(action)
+        trained, sent, level = bool(trains), bool(sends), int(levels)
         compute_wh, radio_wh, base_wh, total_wh, bytes_sent = (
             column[action] for column in (view.compute_wh, view.radio_wh, view.base_wh, view.total_wh,
                                           view.bytes_sent))

@@ -117,7 +117,7 @@ def deploy(config: EnvConfig, spec: str, rounds: int, seed: int, timeout_s: floa
         fleet.twin = None  # harm needs an attack-free twin deployment: not measured
         records.extend(_play(wrapped, scheduler, obs, rounds))
         coordinator.stop()
-        for record, measured in zip(records, coordinator.measured.rows):
+        for record, measured in zip(records, coordinator.measured):
             record.update(measured)
 
     rendezvous = Rendezvous.from_environment(timeout_s)
@@ -231,6 +231,10 @@ def compare(config: str | Path | EnvConfig, spec: str, rounds: int, out: Path, s
     loaded, note = deploy_config(config)
     if rounds < 1:
         raise UserError(f"--rounds = {rounds}: need at least 1")
+    if seed < 0:
+        raise UserError(f"--seed = {seed}: need a whole number >= 0")
+    if not timeout_s > 0:
+        raise UserError(f"--timeout = {timeout_s}: need a number of seconds > 0")
     deployed = deploy(loaded, spec, rounds, seed, timeout_s, nodes, worker_only, faults)
     if deployed is None:
         return None
