@@ -18,8 +18,8 @@ from greengossip.envs.dynamics.gossip import compress
 from greengossip.envs.errors import UserError
 from greengossip.envs.workloads import COMPRESSION_LEVELS, message_bytes
 from greengossip.training.cli import main
-from greengossip.training.deploy.launch import Fault, NodeFailure
 from greengossip.training.deploy import report
+from greengossip.training.deploy.launch import Fault, NodeFailure
 from greengossip.training.deploy.messages import REPLACE, decode, encode, mode_of
 from greengossip.training.deploy.report import COLUMNS, compare
 
