@@ -124,6 +124,19 @@ def test_hung_node_is_named_within_the_timeout(tmp_path):
     assert set(_children()) <= before
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "--rounds = 0: need at least 1"),
+    (["--nodes", "3"], "--nodes = '3': expected START:STOP"),
+    (["--scheduler", "nope"], "unknown scheduler 'nope'"),
+    (["--timeout", "0"], "--timeout = 0.0: need a number of seconds > 0"),
+])
+def test_bad_arguments_are_one_message_and_status_2(tmp_path, capsys, argv, message):
+    before = set(_children())
+    assert main(["deploy", "--config", "tiny", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert set(_children()) <= before
+
+
 def test_dissensus_is_refused_naming_the_field(tmp_path):
     tiny = load_config("tiny")
     config = tiny.model_copy(update={"attack": tiny.attack.model_copy(update={"fraction": 0.25,
@@ -141,8 +154,7 @@ def test_two_hosts_on_loopback_share_one_group(tmp_path, monkeypatch):
     port = free_port("127.0.0.1")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     other = subprocess.Popen([sys.executable, "-m", "greengossip.training.cli", "deploy", "--config", "tiny",
-                              "--rounds", "3", "--nodes", "4:8", "--worker-only", "--out", str(tmp_path / "b")],
-                             env=env)
+                              "--rounds", "3", "--nodes", "4:8", "--worker-only"], env=env)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
     try:

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default="carbon_periodic",
                         help="a heuristic (options as name:key=value) or the path of a saved SB3 model")
     parser.add_argument("--rounds", type=int, default=10, help="rounds to play (fewer if the episode ends)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for sim_vs_real.csv, .md and .png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for sim_vs_real.csv, .md and .png (not needed with --worker-only)")
     parser.add_argument("--seed", type=int, default=0, help="episode seed, the same in both runs")
     parser.add_argument("--timeout", type=float, default=20.0,
                         help="seconds a round may take before the nodes that have not reported are named as hung")
@@ -45,6 +46,8 @@ def node_range(text: str | None) -> range | None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.worker_only:
+        if args.out is None:
+            raise UserError("--out is required: the folder for sim_vs_real.csv, .md and .png")
         check_writable(args.out, "--out")
     try:
         rows = compare(args.config, args.scheduler, args.rounds, args.out, seed=args.seed, timeout_s=args.timeout,

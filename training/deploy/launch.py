@@ -238,7 +238,10 @@ def run_node_processes(config: EnvConfig, scenario: Scenario, state: SimState, n
             rendezvous.join(0, scenario.n_nodes + 1)
             try:
                 coordinate(processes)
-            except RuntimeError as exc:  # a collective failed: the watch thread says why, or soon will
+            except RuntimeError as exc:
+                if not any(word in str(exc) for word in ("gloo", "Connection", "connection", "Timed out")):
+                    raise
+                # a collective failed: the watch thread says why, or soon will
                 deadline = time.monotonic() + processes.timeout_s + 2.0
                 while processes.failure is None and time.monotonic() < deadline:
                     time.sleep(POLL_S)

@@ -21,14 +21,13 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from greengossip.agents.learned import make_scheduler, scheduler_label
 from greengossip.envs.config import EnvConfig, load_config
 from greengossip.envs.errors import UserError
 from greengossip.training.deploy.coordinator import Coordinator
 from greengossip.training.deploy.launch import Fault, NodeProcesses, Rendezvous, run_node_processes
-from greengossip.training.rollout import env_for, takes_action_masks
+from greengossip.training.rollout import env_for, one_torch_thread, takes_action_masks
 
 ENV_ID = "GreenGossip/EdgeLearning-v1"
 # two-hop knowledge (each target's neighbours) that one node's process does not hold
@@ -227,7 +226,6 @@ def compare(config: str | Path | EnvConfig, spec: str, rounds: int, out: Path, s
             faults: tuple[Fault, ...] = ()) -> list[dict[str, Any]] | None:
     """Deploy, simulate the same, and write DIR/sim_vs_real.{csv,md,png}; returns the rows (None on a
     worker-only host, which writes nothing)."""
-    torch.set_num_threads(1)
     loaded, note = deploy_config(config)
     if rounds < 1:
         raise UserError(f"--rounds = {rounds}: need at least 1")
@@ -235,10 +233,11 @@ def compare(config: str | Path | EnvConfig, spec: str, rounds: int, out: Path, s
         raise UserError(f"--seed = {seed}: need a whole number >= 0")
     if not timeout_s > 0:
         raise UserError(f"--timeout = {timeout_s}: need a number of seconds > 0")
-    deployed = deploy(loaded, spec, rounds, seed, timeout_s, nodes, worker_only, faults)
-    if deployed is None:
-        return None
-    simulated = simulate(loaded, spec, rounds, seed)
+    with one_torch_thread():  # as in every node process: one thread, the same float summation order
+        deployed = deploy(loaded, spec, rounds, seed, timeout_s, nodes, worker_only, faults)
+        if deployed is None:
+            return None
+        simulated = simulate(loaded, spec, rounds, seed)
     rows = comparison_rows(simulated, deployed)
     name = Path(config).stem if isinstance(config, (str, Path)) else "config"
     title = (f"{name}, {loaded.n_nodes} node processes, {scheduler_label(spec)}, seed {seed} "
