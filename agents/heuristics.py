@@ -417,10 +417,58 @@ class CarbonTiming(CarbonPeriodic):
         return np.where(wait, IDLE, action)
 
 
+class CarbonWindow(HeuristicScheduler):
+    """Each node works in its own grid's cleaner hours, after "Let's Wait Awhile" (Wiesner, Behnke,
+    Scheinert, Gontarska & Thamsen, Middleware 2021), which shifts deferrable jobs to the hours whose
+    forecast intensity is lowest. A node's timing signal is its intensity now against its own forecast,
+    ``carbon_now / carbon_forecast`` (below 1: the coming hours are dirtier than now), so every grid is judged
+    against its own day, not against the fleet: a steady coal grid and a windy one take turns by the hour.
+    Each round the ``share`` of nodes with the lowest ratio trains and sends its 8-bit model; the rest sleep
+    (a silent trainer's stale public copy would hold its neighbours back). Equal ratios, and with them a view
+    in which every grid is flat, go to the nodes silent longest, so the work rotates. A node silent
+    ``max_wait`` rounds works whatever its grid, and everyone works in the first round.
+
+    ``trust_threshold`` (off by default) idles nodes their neighbours distrust. It is off because on non-IID
+    shards honest nodes' models lie far apart and their trust falls below 0.5 without any attacker: in the
+    continental fleet a 0.5 threshold idles about a fifth of the honest nodes every round.
+
+    The rule needs a forecast that reaches past the next hour (the continental family observes a day
+    ahead). On that family it saves less than it costs: sleeping nodes slow the fleet (three quarters of
+    the nodes working each round need about 1.5 times the rounds of everyone working), and each round's
+    sleep draw is charged to the target, so ``carbon_aware``, which keeps every node working, stays ahead
+    (docs/world_model.md, "Grid timing")."""
+
+    name = "carbon_window"
+    memoryless = True
+
+    def __init__(self, seed: int = 0, share: float = 0.75, max_wait: int = 8, trust_threshold: float = 0.0):
+        super().__init__(seed)
+        if not (isinstance(share, (int, float)) and 0 < share <= 1):
+            raise ValueError(f"share must be a fraction of the nodes in (0, 1], got {share!r}")
+        if not (isinstance(max_wait, int) and max_wait >= 1):
+            raise ValueError(f"max_wait must be a whole number of rounds of at least 1, got {max_wait!r}")
+        self.share = share
+        self.max_wait = max_wait
+        self.trust_threshold = trust_threshold
+
+    def act(self, observation, mask):
+        n = mask.shape[0]
+        silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
+        ratio = node_feature(observation, "carbon_now") / np.maximum(node_feature(observation, "carbon_forecast"),
+                                                                     1e-9)
+        # lowest ratio first; rounded so that float noise between equal grids does not beat the rotation
+        order = np.lexsort((-silent_rounds, np.round(ratio, 6)))
+        clean_now = np.zeros(n, dtype=bool)
+        clean_now[order[:_count(self.share, n)]] = True
+        started = global_column(observation, "progress") > 0
+        works = clean_now | (silent_rounds >= self.max_wait) | ~started
+        trusted = node_feature(observation, "trust") >= self.trust_threshold
+        return np.where(works & trusted, first_affordable(mask, SEND_Q8), IDLE)
+
 HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     cls.name: cls
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
-                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming)
+                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow)
 }
 
 # rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)

@@ -75,6 +75,32 @@ def test_harvest_and_intensity_views_change_only_their_columns():
     assert np.array_equal(flat["nodes"][:, NODE_INDEX["carbon_now"]], flat["nodes"][:, NODE_INDEX["carbon_forecast"]])
 
 
+def test_intensity_blind_is_each_grids_annual_mean_and_the_oracle_sees_past_the_forecast():
+    """Blind: each node sees its grid's annual mean (the trace year's), not the episode's own mean, which
+    would carry the coming days' weather; oracle: the true mean over twice the observation's window."""
+    from greengossip.envs.grid_traces import hourly_intensity
+
+    env, observation = _env("continental_grid")
+    fleet = env.unwrapped._fleet
+    scenario, config = fleet.scenario, fleet.config
+    flat = ablate.InformationView("intensity", "blind", env)(observation)["nodes"][:, NODE_INDEX["carbon_now"]]
+    region = scenario.region_index.numpy()
+    differs = []
+    for r, source in enumerate(scenario.carbon_sources):
+        if source == "synthetic":  # traces not installed: nothing to compare with
+            continue
+        annual = hourly_intensity(source, config.grid.trace_year).mean() / 1000.0
+        np.testing.assert_allclose(flat[region == r], annual, rtol=1e-5)
+        episode = scenario.carbon_g_per_kwh[region == r].mean().item() / 1000.0
+        differs.append(not np.isclose(annual, episode, rtol=1e-2))
+    assert not differs or any(differs)  # a 48 h window's mean is not the year's
+    oracle = ablate.InformationView("intensity", "oracle", env)(observation)["nodes"][:, NODE_INDEX["carbon_forecast"]]
+    window = max(2 * config.observation.forecast_rounds, int(round(ablate.ORACLE_HOURS["intensity"] * 60
+                                                                   / config.round_minutes)))
+    truth = scenario.carbon_g_per_kwh[:, 1:1 + window].mean(1).numpy() / 1000.0
+    np.testing.assert_allclose(oracle, truth, rtol=1e-5)
+
+
 def test_telemetry_oracle_sees_the_true_battery_behind_private_reports():
     env, observation = _env("private_sensor_field")
     truth = env.unwrapped._fleet.state.battery_wh / env.unwrapped._fleet.scenario.capacity_wh

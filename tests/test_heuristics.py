@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import CONFIG_DIR, TINY, make_env
@@ -25,7 +27,8 @@ from greengossip.envs.observation import NODE_INDEX, STALENESS_HORIZON
 TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
-            "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing"}
+            "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing",
+            "carbon_window"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:
@@ -237,6 +240,57 @@ def test_carbon_periodic_sprints_near_the_target_and_only_when_asked():
     for bad in (1.0, -0.1, "0.1"):
         with pytest.raises(ValueError, match=r"sprint_gap must be None \(no sprint\) or an accuracy gap in \[0, 1\)"):
             HEURISTICS["carbon_periodic"](seed=0, sprint_gap=bad)
+
+
+def _carbon_window_observation(now, forecast, silent_rounds):
+    _, obs = _observation()
+    obs = _set(_set(obs, "carbon_now", now), "carbon_forecast", forecast)
+    obs = _set(obs, "staleness", np.asarray(silent_rounds, dtype=np.float32) / STALENESS_HORIZON)
+    obs["global"] = obs["global"].copy()
+    obs["global"][GLOBAL_INDEX["progress"]] = 0.1  # past the first round
+    return obs
+
+
+def test_carbon_window_keeps_the_nodes_dirtiest_against_their_own_forecast_silent():
+    """The share with the lowest now/forecast ratio works, whatever the grids' levels: a coal grid below its
+    own coming hours works before a clean grid above them."""
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    now = np.where(np.arange(n) % 2 == 0, 0.70, 0.05)  # coal and hydro grids, alternating
+    ratio = np.linspace(0.6, 1.4, n)  # each node's intensity now against its own forecast
+    obs = _carbon_window_observation(now, now / ratio, np.zeros(n))
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    action = HEURISTICS["carbon_window"](seed=0, share=0.5).act(obs, mask)
+    works = action == SEND_Q8
+    assert works.sum() == math.ceil(0.5 * n)
+    assert works[: n // 2].all() and (action[math.ceil(n / 2):] == IDLE).all()  # the dirtiest against their day sleep
+    first_round = dict(obs, **{"global": obs["global"].copy()})
+    first_round["global"][GLOBAL_INDEX["progress"]] = 0.0
+    assert (HEURISTICS["carbon_window"](seed=0, share=0.5).act(first_round, mask) == SEND_Q8).all()
+
+
+def test_carbon_window_rotates_by_silence_on_a_flat_view_and_respects_the_mask():
+    """With every grid flat (now = forecast, the blind view) the nodes silent longest work; a node silent
+    ``max_wait`` rounds works even against a dirty hour; a node that cannot afford the broadcast sleeps."""
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    silent = np.arange(n)[::-1] % 6  # a spread of silences, none at max_wait=8
+    flat = _carbon_window_observation(np.full(n, 0.3), np.full(n, 0.3), silent)
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    rule = HEURISTICS["carbon_window"](seed=0, share=0.5)
+    works = rule.act(flat, mask) == SEND_Q8
+    k = math.ceil(0.5 * n)
+    assert works.sum() == k and silent[works].min() >= silent[~works].max()
+    dirty_now = np.full(n, 0.3)
+    dirty_now[0] = 0.9  # node 0 far above its forecast, but silent for max_wait rounds
+    waited = _carbon_window_observation(dirty_now, np.full(n, 0.3), np.where(np.arange(n) == 0, 8, 0))
+    assert rule.act(waited, mask)[0] == SEND_Q8
+    unaffordable = mask.copy()
+    unaffordable[works.argmax(), SEND_Q8] = False
+    assert rule.act(flat, unaffordable)[works.argmax()] == IDLE
+    for bad in ({"share": 0.0}, {"share": 1.5}, {"max_wait": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            HEURISTICS["carbon_window"](seed=0, **bad)
 
 
 def test_carbon_periodic_gives_the_dirtiest_grids_their_own_period():

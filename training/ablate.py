@@ -48,7 +48,8 @@ COLUMNS = ("family", "factor", "variant", "scheduler", "seeds", "targets_met", "
 # oracle against full) for the family to pose its problem
 EFFECT_BAR = 0.10
 # how far ahead the oracle sees (the observation's forecasts cover forecast_rounds): harvest until the sun
-# is back after a night; intensity as far as carbon_timing lets a node wait for a cleaner hour
+# is back after a night; intensity as far as carbon_timing lets a node wait for a cleaner hour, and never
+# less than twice the observation's own forecast window (a day-ahead forecast's oracle sees two days)
 ORACLE_HOURS = {"harvest": 12.0, "intensity": 2.0}
 
 
@@ -70,7 +71,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            "battery + solar sensor field, a few mains nodes; batteries run out overnight"),
     Family("continental_grid", "intensity",
            ("all_nodes", "carbon_aware", "carbon_periodic:period=2", "carbon_timing:period=1",
-            "carbon_timing:period=2"),
+            "carbon_timing:period=2", "carbon_window"),
            "mixed European grids on hourly traces"),
     Family("adversarial_fleet", "trust",
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
@@ -113,6 +114,7 @@ def read_truth(env) -> Truth:
     scenario, state, features, config = fleet.scenario, fleet.state, fleet.features, fleet.config
     t = time_index(scenario, state.round)
     horizon = {factor: max(1, int(round(hours * 60 / config.round_minutes))) for factor, hours in ORACLE_HOURS.items()}
+    horizon["intensity"] = max(horizon["intensity"], 2 * config.observation.forecast_rounds)
     load = background_load(config, scenario, state.round)
     telemetry = true_telemetry(scenario, features, state, load)
     full_round_wh = scenario.costs.total_wh[:, 2]
@@ -128,11 +130,22 @@ def read_truth(env) -> Truth:
     return Truth(columns, mask.cpu().numpy())
 
 
-def _episode_mean_intensity(env) -> np.ndarray:
-    """(N,) each node's grid intensity averaged over the episode's trace, kgCO2e/kWh: the flat figure
-    a scheduler without hourly data would use."""
-    scenario = env.unwrapped._fleet.scenario
-    return (scenario.carbon_g_per_kwh.mean(1) / 1000.0).double().cpu().numpy()
+def _annual_mean_intensity(env) -> np.ndarray:
+    """(N,) each node's grid intensity as its grid's annual mean, kgCO2e/kWh: the published figure a
+    scheduler without hourly data would use (the trace year's mean where a trace ships, codecarbon's annual
+    figure where the region runs on the synthetic shape). It knows where a grid is dirty, not when, nor
+    whether the coming days are windier than the year."""
+    from greengossip.envs.devices import country_energy_mix
+    from greengossip.envs.grid_traces import hourly_intensity
+
+    fleet = env.unwrapped._fleet
+    scenario, config = fleet.scenario, fleet.config
+    per_region = []
+    for region, source in zip(config.regions, scenario.carbon_sources):
+        trace = None if source == "synthetic" else hourly_intensity(source, config.grid.trace_year)
+        per_region.append(float(trace.mean()) if trace is not None
+                          else float(country_energy_mix()[region.country_iso]["carbon_intensity"]))
+    return np.asarray(per_region)[scenario.region_index.cpu().numpy()] / 1000.0
 
 
 def _set(observation: dict, columns: dict[str, Any]) -> dict:
@@ -147,8 +160,8 @@ def _set(observation: dict, columns: dict[str, Any]) -> dict:
 def _blind(factor: str, observation: dict, env) -> dict:
     if factor == "harvest":  # the forecast zeroed: the node knows only this round's sun
         return _set(observation, {"harvest_forecast": 0.0})
-    if factor == "intensity":  # flattened to each grid's mean: where is dirty stays known, when does not
-        flat = _episode_mean_intensity(env)
+    if factor == "intensity":  # flattened to each grid's annual mean: where is dirty stays known, when does not
+        flat = _annual_mean_intensity(env)
         return _set(observation, {"carbon_now": flat, "carbon_forecast": flat})
     if factor == "trust":  # every node looks trusted
         return _set(observation, {"trust": 1.0})
@@ -174,7 +187,8 @@ def _oracle(factor: str, observation: dict, env) -> dict:
 
 FACTORS: dict[str, str] = {
     "harvest": "blind: harvest forecast zeroed; oracle: true mean harvest over the next 12 h",
-    "intensity": "blind: each grid flattened to its episode mean; oracle: true mean intensity over the next 2 h",
+    "intensity": "blind: each grid flattened to its annual mean (the episode's own mean would leak the coming "
+                 "days' weather); oracle: true mean intensity over twice the forecast window (at least 2 h)",
     "trust": "blind: every node trusted; oracle: attackers at trust 0, honest nodes at 1",
     "telemetry": "blind: no battery reports (0.5) and no mask; oracle: true battery, harvest, load and mask",
 }
