@@ -9,11 +9,12 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_variant
 
 from greengossip import envs  # noqa: F401
 from greengossip.envs.config import PrivacyConfig
-from greengossip.envs.dynamics.privacy import bit_epsilon
+from greengossip.envs.dynamics.privacy import PrivacyAccountant, bit_epsilon, debiased_share
 from greengossip.envs.observation import NODE_INDEX
 
 BATTERY, LOAD, DROPPED = NODE_INDEX["battery_soc"], NODE_INDEX["load"], NODE_INDEX["dropped"]
@@ -156,3 +157,41 @@ def test_only_a_strong_one_bit_no_keeps_a_node_out_of_the_mask(flip, vetoes):
                                   telemetry["harvest_now"] * scenario.costs.total_wh[:, 2], fleet.state.round)
     np.testing.assert_array_equal(env.unwrapped.action_masks(), expected.numpy())
     assert np.isclose(obs["nodes"][:, BATTERY], 0.1, atol=1e-6).any()  # some node said "no"
+
+
+@pytest.mark.parametrize("flip", [0.25, 0.5, 0.9])
+def test_the_debiased_share_of_memoised_bits_is_unbiased(flip):
+    """Many fleets of devices memoise their one-bit responses through the accountant: the debiased share
+    scatters around the true share of devices that can afford the rounds (its mean within four standard
+    errors), while the raw share of "yes" answers is pulled towards one half."""
+    fleets, n_nodes, share = 64, 256, 0.3
+    accountant = PrivacyAccountant(PrivacyConfig(mechanism="laplace", afford_flip=flip, budget=1e9),
+                                   fleets * n_nodes, torch.device("cpu"))
+    truth = torch.arange(fleets * n_nodes) % n_nodes < share * n_nodes
+    keys = torch.arange(fleets, dtype=torch.long) * 7919 + 11
+    response, released = accountant.afford_bit(truth, keys, torch.zeros(fleets, dtype=torch.long))
+    assert released.all()
+    estimates = debiased_share(response.view(fleets, n_nodes), flip)
+    standard_error = float(estimates.std()) / math.sqrt(fleets)
+    assert abs(float(estimates.mean()) - share) < 4 * standard_error + 1e-3
+    raw = float(response.float().mean())
+    assert abs(raw - share) > abs(float(estimates.mean()) - share)
+    with pytest.raises(ValueError, match="afford_flip"):
+        debiased_share(response, 1.0)
+
+
+def test_value_reports_leave_room_for_the_bits_unreleased_value():
+    """A device that has said "I can afford the rounds" and keeps reporting its load as often as its pace
+    allows can still say it cannot, on the first day and within the pace."""
+    privacy = PrivacyConfig(mechanism="laplace", epsilon_per_report=0.25, daily_epsilon=1.0, budget=60.0,
+                            battery_report="afford_bit", afford_flip=0.9)
+    accountant = PrivacyAccountant(privacy, 4, torch.device("cpu"))
+    key, rounds = torch.tensor([5], dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    for round_index in range(24):  # half a day of 30-minute rounds
+        can_afford = torch.full((4,), round_index < 12)
+        _, released = accountant.afford_bit(can_afford, key, rounds + round_index)
+        assert released.all(), f"round {round_index}: the bit's value was withheld"
+        accountant.record(accountant.may_report())
+        accountant.live(torch.ones(4, dtype=torch.bool))
+        assert (accountant.spent <= accountant.allowance() + 1e-6).all()
+    assert accountant.bit_seen.all()

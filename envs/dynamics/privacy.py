@@ -59,6 +59,16 @@ def bit_epsilon(privacy: PrivacyConfig) -> float:
     return 2 * math.log((1 - half) / half)
 
 
+def debiased_share(responses: torch.Tensor, flip: float) -> torch.Tensor:
+    """Unbiased estimate of the share of devices whose true bit is 1, from their memoised responses
+    (..., N) bool: a response is 1 with probability f/2 + (1 - f)·bit, so the share is
+    (mean response - f/2) / (1 - f) (RAPPOR's estimator for one bit, h = 1). A fleet aggregate: it may
+    come out below 0 or above 1, and only its mean over many devices is the share."""
+    if not 0 < flip < 1:
+        raise ValueError(f"afford_flip must be in (0, 1) for the share to be estimable, got {flip}")
+    return (responses.float().mean(-1) - flip / 2) / (1 - flip)
+
+
 @functools.lru_cache(maxsize=4096)
 def _rdp_epsilon(noise_multiplier: float, reports: int, delta: float) -> float:
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
@@ -116,9 +126,18 @@ class PrivacyAccountant:
             return budget
         return torch.minimum(budget, self.privacy.daily_epsilon * self.days_lived)
 
+    def _bit_reserved(self) -> torch.Tensor:
+        """(N,) ε kept for the one-bit report's values a device has not released yet: value reports may not
+        take it, or a device that has said "I can afford the rounds" could never afford to say it cannot."""
+        if self.privacy.mechanism == "none" or self.privacy.battery_report != "afford_bit":
+            return torch.zeros(len(self.reports), device=self.reports.device)
+        return (~self.bit_seen).sum(1).float() * bit_epsilon(self.privacy)
+
     def may_report(self) -> torch.Tensor:
-        """(N,) bool: one more value report stays within the allowance."""
-        return self.epsilon_for(self.reports + 1) + self._bit_spent() <= self.allowance() + 1e-9
+        """(N,) bool: one more value report stays within the allowance, less what the bit's unreleased
+        values keep."""
+        spent = self.epsilon_for(self.reports + 1) + self._bit_spent() + self._bit_reserved()
+        return spent <= self.allowance() + 1e-9
 
     def record(self, reporting: torch.Tensor) -> None:
         self.reports = self.reports + reporting.long()
