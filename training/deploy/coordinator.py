@@ -132,6 +132,7 @@ class Coordinator:
         self.measured.append({
             "payload_bytes_sent": float(payload_sent.sum()),
             "payload_bytes_received": float(payload_received.sum()),
+            "oversize_bytes": float(column("oversize_bytes").sum()),
             "mailbox_bytes": float(column("mailbox_bytes").sum()),
             "control_bytes": float(column("control_bytes").sum()),
             "train_cpu_s": float(cpu_s.sum()),

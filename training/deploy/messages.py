@@ -87,5 +87,6 @@ class ByteMeter:
 
     sent: int = 0  # payload bytes sent, one copy per neighbour
     received: int = 0  # payload bytes received while awake (the simulator's bytes_received)
+    oversize: int = 0  # of those, bytes beyond the simulator's charge (an attacker's crafted model in full)
     mailbox: int = 0  # payload bytes received while asleep (store and forward: the simulator's mailboxes)
     control: int = 0  # headers, both ways

@@ -45,7 +45,8 @@ ENERGY_FIELDS = ("harvested", "from_harvest", "from_battery", "grid", "consumed"
 REPORT_FIELDS = ("action", "dropped", "trained", "sent", "compute_wh", "radio_wh", "base_wh", "bytes_sent",
                  "bytes_received", "receive_wh", "internet_bytes", *ENERGY_FIELDS, "local_loss", "node_accuracy",
                  "staleness", "malicious", "model_norm", "attack_shift", "payload_bytes_sent",
-                 "payload_bytes_received", "mailbox_bytes", "control_bytes", "train_cpu_s", "round_wall_s")
+                 "payload_bytes_received", "oversize_bytes", "mailbox_bytes", "control_bytes", "train_cpu_s",
+                 "round_wall_s")
 HEADER_BYTES = 4 * 8  # four float64 header fields per neighbour and direction
 
 
@@ -284,8 +285,11 @@ class Node:
         if payload is not None:
             meter.sent += payload.numel() * d
         arrived = sum(buffers[k].numel() for k in from_rank)
+        # bytes beyond what the simulator charges: crafted models sent in full at a compressed level
+        oversize = sum(buffers[k].numel() - round(float(their_bytes[k])) for k in from_rank)
         if awake:
             meter.received += arrived
+            meter.oversize += oversize
         else:
             meter.mailbox += arrived
 
@@ -330,7 +334,8 @@ class Node:
             "local_loss": state.local_loss, "node_accuracy": accuracy, "staleness": state.staleness,
             "malicious": float(awake and not view.honest), "model_norm": model_norm, "attack_shift": attack_shift,
             "payload_bytes_sent": float(meter.sent), "payload_bytes_received": float(meter.received),
-            "mailbox_bytes": float(meter.mailbox), "control_bytes": float(meter.control),
+            "oversize_bytes": float(meter.oversize), "mailbox_bytes": float(meter.mailbox),
+            "control_bytes": float(meter.control),
             "train_cpu_s": train_cpu_s, "round_wall_s": time.perf_counter() - started,
         }
         return torch.cat([torch.tensor([figures[name] for name in REPORT_FIELDS], dtype=torch.float64),
