@@ -111,8 +111,9 @@ with status 1, and node processes also die with their launcher (`PR_SET_PDEATHSI
   runs see the same masks.
 - **Attackers**: a poisoner that broadcasts at a compressed level sends its crafted model in full (it cannot
   replace its neighbours' copies with fewer bytes), where the simulator charges the compressed size: only
-  then do bytes differ, and `crafted_extra_bytes_real` counts the difference. The dissensus attack needs its targets' neighbours' models and is refused. Harm (the
-  attack-free twin) is not measured; the attackers' influence is.
+  then do bytes differ, and `crafted_extra_bytes_real` counts the difference. The dissensus attack needs
+  its targets' neighbours' models and is refused. Harm (the attack-free twin) is not measured; the
+  attackers' influence is.
 - **Privacy**: the scheduler sees only released telemetry, but the mechanism runs in the coordinator's process
   on the nodes' reports, not on the nodes themselves.
 """
