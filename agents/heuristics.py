@@ -465,10 +465,54 @@ class CarbonWindow(HeuristicScheduler):
         trusted = node_feature(observation, "trust") >= self.trust_threshold
         return np.where(works & trusted, first_affordable(mask, SEND_Q8), IDLE)
 
+
+class NetworkAware(CarbonPeriodic):
+    """``carbon_periodic`` that keeps gateways' broadcasts off the internet.
+
+    A broadcast reaches every neighbour: those within radio range for the cost of the radios, and those in
+    other regions over the internet, where each copy is charged the backbone's energy per byte (under
+    ``attributional`` accounting, Aslan et al. 2018, at the sender's grid intensity). On the geographic
+    graph only gateways have such links (the ``internet_links`` feature), and every region's cluster holds
+    hundreds of nodes whose shards are drawn from the same label distribution, so a region reaches the
+    target on its own models: what a gateway's broadcast adds to consensus across regions is worth less
+    than its backbone copies. A node with at least ``internet_share`` of its links on the internet
+    therefore trains and mixes with its neighbours every round but broadcasts only every
+    ``gateway_period`` rounds (and in the first round); everyone else follows ``carbon_periodic``.
+    Where more than ``max_gateway_share`` of the fleet would count as gateways (the non-geographic graphs,
+    on which every link crosses the internet) no node is held back, since a fleet that stays silent does
+    not learn. Measured on large_network's validation seeds: docs/world_model.md, The network."""
+
+    name = "network_aware"
+
+    def __init__(self, seed: int = 0, gateway_period: int = STALENESS_HORIZON + 1, internet_share: float = 0.05,
+                 max_gateway_share: float = 0.25, **periodic):
+        super().__init__(seed, **periodic)
+        if not (isinstance(gateway_period, int) and 1 <= gateway_period <= STALENESS_HORIZON + 1):
+            raise ValueError(f"gateway_period must be a whole number of rounds between 1 and "
+                             f"{STALENESS_HORIZON + 1}, got {gateway_period!r}")
+        for name, value in (("internet_share", internet_share), ("max_gateway_share", max_gateway_share)):
+            if not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ValueError(f"{name} must be a share in (0, 1], got {value!r}")
+        self.gateway_period = gateway_period
+        self.internet_share = internet_share
+        self.max_gateway_share = max_gateway_share
+
+    def act(self, observation, mask):
+        action = super().act(observation, mask)
+        # both features are divided by the same most-neighbours figure: their ratio is the node's share
+        share = node_feature(observation, "internet_links") / np.maximum(node_feature(observation, "degree"), 1e-6)
+        gateway = share >= self.internet_share
+        few = gateway.mean(axis=-1, keepdims=True) <= self.max_gateway_share
+        silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON)
+        started = global_column(observation, "progress") > 0
+        quiet = gateway & few & started & (silent_rounds < self.gateway_period - 1) & (action >= SEND_FULL)
+        return np.where(quiet, first_affordable(mask, TRAIN), action)
+
+
 HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     cls.name: cls
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
-                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow)
+                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow, NetworkAware)
 }
 
 # rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)

@@ -55,7 +55,7 @@ class EdgeLearningEnv(gym.Env):
 
     | key | shape | content |
     |---|---|---|
-    | ``nodes`` | (N, 16) | per-node features, see ``greengossip.envs.observation.NODE_FEATURES`` (name, range, unit) |
+    | ``nodes`` | (N, 17) | per-node features, see ``greengossip.envs.observation.NODE_FEATURES`` (name, range, unit) |
     | ``global`` | (8,) | time of day, progress, mean accuracy, gap to target, consensus distance, shares |
     | ``action_mask`` | (N, 6) | 1 = action affordable and node online |
     | ``adjacency`` | (N, N) | 0/1 communication graph (only if ``observation.adjacency``) |

@@ -108,11 +108,11 @@ class EdgeLearningParallelEnv(ParallelEnv):
 
     | entries | content |
     |---|---|
-    | 0-15 | the node's own features (``greengossip.envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
-    | 16-31 | mean of the same features over the node's neighbours (what they gossip) |
-    | 32-47 | max over the neighbours |
-    | 48-50 | hour_sin, hour_cos, progress (the node's clock) |
-    | 51-56 | own action mask (1 = affordable) |
+    | 0-16 | the node's own features (``greengossip.envs.observation.NODE_FEATURES``: battery, harvest, carbon, ...) |
+    | 17-33 | mean of the same features over the node's neighbours (what they gossip) |
+    | 34-50 | max over the neighbours |
+    | 51-53 | hour_sin, hour_cos, progress (the node's clock) |
+    | 54-59 | own action mask (1 = affordable) |
 
     Telemetry is what the nodes publish (DP noise and lying attackers included), exactly as the
     centralized scheduler sees it; fleet-wide figures (accuracy, consensus distance) are not observed.

@@ -44,6 +44,8 @@ NODE_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("load", 0.0, 1.0, "share of the CPU the node's other work takes this round (private; slows training)"),
     ("model_lag", 0.0, 2.0, "distance from the node's model to the copy its neighbours hold (its public, "
      "error-feedback copy) / the model's norm (clipped): what compressed or skipped broadcasts still owe"),
+    ("internet_links", 0.0, 1.0, "neighbours reached over the internet (links to other regions; every link on the "
+     "non-geographic graphs) / most neighbours of any node: the copies of each broadcast the backbone carries"),
 )
 GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("hour_sin", -1.0, 1.0, "sin(2π · UTC hour / 24)"),
@@ -113,6 +115,8 @@ def scenario_features(scenario: Scenario, forecast_rounds: int) -> ScenarioFeatu
     full_round_wh = scenario.costs.total_wh[:, 2]
     compute_time = scenario.costs.compute_wh[:, 1] / scenario.busy_w * 3600.0 / scenario.round_s
     degree = per_env(scenario.degree, scenario)
+    most_neighbours = degree.max(1, keepdim=True).values
+    internet_links = per_env(scenario.internet_slot.sum(1).to(degree.dtype), scenario)
     return ScenarioFeatures(
         harvest_now=scenario.harvest_wh / full_round_wh.unsqueeze(1),
         harvest_forecast=forward_window_means(scenario.harvest_wh, forecast_rounds) / full_round_wh.unsqueeze(1),
@@ -121,7 +125,8 @@ def scenario_features(scenario: Scenario, forecast_rounds: int) -> ScenarioFeatu
         load_when_training=compute_time,
         static_columns={
             "grid_connected": scenario.grid_connected.float(),
-            "degree": (degree / degree.max(1, keepdim=True).values).view(-1),
+            "degree": (degree / most_neighbours).view(-1),
+            "internet_links": (internet_links / most_neighbours).view(-1),
             "round_cost": full_round_wh / scenario.capacity_wh,
             "compute_time": compute_time,
         },

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from greengossip import envs
+from greengossip.agents.base import GLOBAL_INDEX
+from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs.config import ConfigError, load_config
 from greengossip.envs.observation import NODE_INDEX
 from greengossip.envs.shipped import find_config
@@ -28,7 +30,8 @@ def test_every_family_loads_by_name_and_spans_two_days(name):
 
 
 def test_families_cover_the_factors_and_a_large_network():
-    assert {family.factor for family in ablate.FAMILIES.values()} >= {"harvest", "intensity", "trust", "telemetry"}
+    assert {family.factor for family in ablate.FAMILIES.values()} >= {"harvest", "intensity", "trust", "telemetry",
+                                                                      "network"}
     assert max(load_config(name).n_nodes for name in FAMILY_NAMES) >= 1024
     adversarial = load_config("adversarial_fleet").attack
     assert adversarial.fraction > 0 and "lying_telemetry" in adversarial.kinds
@@ -109,6 +112,26 @@ def test_telemetry_oracle_sees_the_true_battery_behind_private_reports():
     assert not np.allclose(observation["nodes"][:, NODE_INDEX["battery_soc"]], truth.numpy(), atol=1e-3)
     blind = ablate.InformationView("telemetry", "blind", env)(observation)
     assert np.all(blind["action_mask"] == 1.0)
+
+
+def test_network_views_flatten_the_graph_or_count_it_from_the_scenario():
+    env, observation = _env({**load_config("default").model_dump(), "n_nodes": 96,
+                             "topology": {"kind": "geographic", "gateways_per_region": 2}})
+    columns = [NODE_INDEX[name] for name in ablate.TOPOLOGY_FEATURES]
+    assert np.count_nonzero(observation["nodes"][:, NODE_INDEX["internet_links"]]) > 0
+    blind = ablate.InformationView("network", "blind", env)(observation)
+    assert _changed_columns(observation, blind) == set(ablate.TOPOLOGY_FEATURES)
+    assert np.allclose(blind["nodes"][:, columns], observation["nodes"][:, columns].mean(0))
+    oracle = ablate.InformationView("network", "oracle", env)(observation)
+    assert np.allclose(oracle["nodes"], observation["nodes"], atol=1e-6)  # the observation's graph is exact
+    # with the gateways hidden, network_aware holds no one back: it acts as carbon_periodic does
+    mask = observation["action_mask"] > 0.5
+    blind["global"] = observation["global"].copy()
+    blind["global"][GLOBAL_INDEX["progress"]] = 0.5  # past the first round
+    aware, periodic = build_heuristic("network_aware:period=1"), build_heuristic("carbon_periodic:period=1")
+    assert np.array_equal(aware.act(blind, mask), periodic.act(blind, mask))
+    assert not np.array_equal(aware.act(dict(observation, **{"global": blind["global"]}), mask),
+                              periodic.act(blind, mask))
 
 
 def test_bad_factor_or_variant_is_named():

@@ -28,7 +28,7 @@ TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
             "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing",
-            "carbon_window"}
+            "carbon_window", "network_aware"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:
@@ -311,6 +311,40 @@ def test_carbon_periodic_gives_the_dirtiest_grids_their_own_period():
     for bad in (0, 18, 2.5):
         with pytest.raises(ValueError, match="dirtier_period must be a whole number of rounds between 1 and 17"):
             HEURISTICS["carbon_periodic"](seed=0, dirtier_period=bad)
+
+
+def test_network_aware_holds_gateways_broadcasts_back_but_not_their_training():
+    """Nodes with internet links (gateways) train and mix every round and broadcast only every
+    ``gateway_period`` rounds and in the first round; the others broadcast as carbon_periodic says; where
+    most of the fleet would count as gateways (every link on the internet), nobody is held back."""
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    gateway = np.arange(n) < 2
+    obs = _set(_set(obs, "trust", np.ones(n)), "degree", np.full(n, 0.8))
+    obs = _set(obs, "internet_links", np.where(gateway, 0.2, 0.0))
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    rule = HEURISTICS["network_aware"](seed=0, period=1, gateway_period=4)
+    periodic = HEURISTICS["carbon_periodic"](seed=0, period=1)
+    obs["global"] = obs["global"].copy()
+    obs["global"][GLOBAL_INDEX["progress"]] = 0.0
+    assert (rule.act(_set(obs, "staleness", np.zeros(n)), mask) == SEND_Q8).all()  # the first round
+    obs["global"][GLOBAL_INDEX["progress"]] = 0.1
+    for silent, gateways_send in ((0, False), (2, False), (3, True), (16, True)):
+        seen = _set(obs, "staleness", np.full(n, silent / STALENESS_HORIZON))
+        action = rule.act(seen, mask)
+        assert (action[gateway] == (SEND_Q8 if gateways_send else TRAIN)).all(), silent
+        assert np.array_equal(action[~gateway], periodic.act(seen, mask)[~gateway]), silent
+    # a gateway that cannot afford to train idles rather than breaking the mask
+    poor = mask.copy()
+    poor[0, TRAIN:] = False
+    assert rule.act(_set(obs, "staleness", np.zeros(n)), poor)[0] == IDLE
+    everyone = _set(obs, "internet_links", np.full(n, 0.8))  # every link crosses the internet
+    assert (rule.act(_set(everyone, "staleness", np.zeros(n)), mask) == SEND_Q8).all()
+    for bad in (0, 18, 2.5):
+        with pytest.raises(ValueError, match="gateway_period must be a whole number of rounds between 1 and 17"):
+            HEURISTICS["network_aware"](seed=0, gateway_period=bad)
+    with pytest.raises(ValueError, match=r"internet_share must be a share in \(0, 1\]"):
+        HEURISTICS["network_aware"](seed=0, internet_share=0)
 
 
 def test_event_triggered_sends_first_then_only_on_a_trigger():

@@ -71,6 +71,26 @@ def test_other_graph_kinds_send_every_link_over_the_internet():
     assert torch.equal(scenario.internet_slot, scenario.neighbour_valid)
 
 
+def test_internet_links_feature_counts_each_nodes_links_to_other_regions():
+    """The observation's ``internet_links``: a node's neighbours in other regions on the degree feature's scale,
+    so only gateways show it on the geographic graph and every node equals its degree on the other kinds."""
+    from greengossip.envs.observation import NODE_INDEX
+
+    env = make_env(EnvConfig(n_nodes=96, topology={"kind": "geographic", "gateways_per_region": 2}))
+    observation, _ = env.reset(seed=5)
+    scenario = env.unwrapped._fleet.scenario
+    region = scenario.region_index.numpy()
+    crossing = (region[scenario.neighbours.numpy()] != region[:, None]) & scenario.neighbour_valid.numpy()
+    degree = scenario.neighbour_valid.numpy().sum(1)
+    internet = observation["nodes"][:, NODE_INDEX["internet_links"]]
+    assert np.allclose(internet, crossing.sum(1) / degree.max())
+    assert 0 < np.count_nonzero(internet) <= 2 * len(env.unwrapped.config.regions)
+    assert np.allclose(observation["nodes"][:, NODE_INDEX["degree"]], degree / degree.max())
+    small_world = make_env(tiny_variant())
+    nodes = small_world.reset(seed=0)[0]["nodes"]
+    assert np.array_equal(nodes[:, NODE_INDEX["internet_links"]], nodes[:, NODE_INDEX["degree"]])
+
+
 def test_gateways_are_mains_powered_where_a_region_has_such_nodes():
     graph, region, grid, config = _geographic(256, seed=1)
     for r in range(len(config.regions)):

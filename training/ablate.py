@@ -79,9 +79,9 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("private_sensor_field", "telemetry",
            ("all_nodes", "battery_greedy", "carbon_periodic:period=2", "harvest_aware:period=2"),
            "battery nodes whose state reaches the scheduler only through private reports"),
-    Family("large_network", "intensity",
-           ("carbon_aware", "carbon_timing:period=1"),
-           "1,024 nodes in four grids on the geography-consistent graph"),
+    Family("large_network", "network",
+           ("carbon_periodic:period=1", "carbon_timing:period=1", "network_aware:period=1"),
+           "1,024 nodes in four regional clusters joined by gateways; internet bytes charged attributionally"),
 )}
 
 
@@ -148,6 +148,20 @@ def _annual_mean_intensity(env) -> np.ndarray:
     return np.asarray(per_region)[scenario.region_index.cpu().numpy()] / 1000.0
 
 
+# the node features that describe the graph: what a network-aware rule knows of it
+TOPOLOGY_FEATURES = ("degree", "internet_links")
+
+
+def true_topology(env) -> dict[str, np.ndarray]:
+    """(N,) each node's topology features computed from the scenario's graph itself (neighbour table and
+    its internet links), on the observation's scale."""
+    scenario = env.unwrapped._fleet.scenario
+    degree = scenario.neighbour_valid.sum(1).double().cpu().numpy()
+    internet = (scenario.internet_slot & scenario.neighbour_valid).sum(1).double().cpu().numpy()
+    most = max(float(degree.max()), 1.0)
+    return {"degree": degree / most, "internet_links": internet / most}
+
+
 def _set(observation: dict, columns: dict[str, Any]) -> dict:
     from greengossip.envs.observation import NODE_INDEX
 
@@ -168,6 +182,12 @@ def _blind(factor: str, observation: dict, env) -> dict:
     if factor == "telemetry":  # no reports: mid-range battery, and a mask that allows everything
         blind = _set(observation, {"battery_soc": 0.5})
         return {**blind, "action_mask": np.ones_like(observation["action_mask"])}
+    if factor == "network":  # every node looks like the fleet's mean node: who the gateways are is unknown
+        from greengossip.envs.observation import NODE_INDEX
+
+        nodes = observation["nodes"]
+        return _set(observation, {name: nodes[..., NODE_INDEX[name]].mean(-1, keepdims=True)
+                                  for name in TOPOLOGY_FEATURES})
     raise ValueError(f"unknown factor {factor!r}; allowed: {', '.join(FACTORS)}")
 
 
@@ -182,6 +202,8 @@ def _oracle(factor: str, observation: dict, env) -> dict:
     if factor == "telemetry":
         seen = _set(observation, {name: truth.columns[name] for name in ("battery_soc", "harvest_now", "load")})
         return {**seen, "action_mask": truth.mask.astype(np.float32)}
+    if factor == "network":  # the graph itself (the observation's figures are already exact: oracle = full)
+        return _set(observation, true_topology(env))
     raise ValueError(f"unknown factor {factor!r}; allowed: {', '.join(FACTORS)}")
 
 
@@ -191,6 +213,8 @@ FACTORS: dict[str, str] = {
                  "days' weather); oracle: true mean intensity over twice the forecast window (at least 2 h)",
     "trust": "blind: every node trusted; oracle: attackers at trust 0, honest nodes at 1",
     "telemetry": "blind: no battery reports (0.5) and no mask; oracle: true battery, harvest, load and mask",
+    "network": "blind: degree and internet links flattened to the fleet mean (no node known as a gateway); "
+               "oracle: both counted from the graph itself",
 }
 
 
