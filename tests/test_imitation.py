@@ -38,7 +38,9 @@ def test_warm_start_makes_the_policy_agree_with_the_heuristic(algo, tmp_path):
         model = build_model(settings, venv, tmp_path, resume=None)
         demonstrations = collect_demonstrations(model.get_env(), HEURISTIC, 512, model.gamma, seed=0)
         imitation = settings.imitation
-        summary = fit(model, demonstrations, imitation.epochs, imitation.batch_size, imitation.learning_rate,
+        # twice the settings' epochs: depending on the initialisation, the fit leaves its first plateau (one
+        # action per kind of node, about 0.75 agreement) after 10 to 15 epochs
+        summary = fit(model, demonstrations, 2 * imitation.epochs, imitation.batch_size, imitation.learning_rate,
                       imitation.value_coef, entropy_coef=0.0)
         predicted, _ = model.predict(
             demonstrations.observations,
