@@ -78,7 +78,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            "lying telemetry, ALIE and adaptive attackers against robust gossip"),
     Family("private_sensor_field", "telemetry",
            ("all_nodes", "battery_greedy", "carbon_periodic:period=2", "harvest_aware:period=2"),
-           "battery nodes whose state reaches the scheduler only through private reports"),
+           "winter battery nodes that brown out when asked beyond their means; their battery reaches the "
+           "scheduler only as a one-bit private report"),
     Family("large_network", "network",
            ("carbon_periodic:period=1", "carbon_timing:period=1", "network_aware:period=1"),
            "1,024 nodes in four regional clusters joined by gateways; internet bytes charged attributionally"),
