@@ -63,10 +63,12 @@ On the wire, between neighbours only:
    simulator's store-and-forward mailboxes), then, if awake, mixes with the robust aggregator and rescores
    the senders.
 
-The coordinator sends each node its action (`scatter`) and collects each node's report (`gather`): its
+After its round a node releases its telemetry for the next one with the env's own channel: row i of what
+the channel releases depends only on node i's state, noise streams and privacy accountant, so the node
+computes it itself and sends only the released values. The coordinator sends each node its action
+(`scatter`) and collects each node's report (`gather`): the released telemetry, and for the comparison its
 energy, bytes, CPU time, accuracy, trust row and model. From these the env builds the round's KPIs, reward,
-telemetry (through the configured privacy mechanism) and the next observation with its own code, so the
-scheduler sees what it would see in the simulator.
+published telemetry, mask and next observation with its own code.
 
 ## Several hosts
 
@@ -114,8 +116,12 @@ with status 1, and node processes also die with their launcher (`PR_SET_PDEATHSI
   then do bytes differ, and `crafted_extra_bytes_real` counts the difference. The dissensus attack needs
   its targets' neighbours' models and is refused. Harm (the attack-free twin) is not measured; the
   attackers' influence is.
-- **Privacy**: the scheduler sees only released telemetry, but the mechanism runs in the coordinator's process
-  on the nodes' reports, not on the nodes themselves.
+- **Telemetry**: each node releases its own row through the env's privacy mechanism (its noise streams and
+  its lifetime accountant are its own), and the coordinator's channel builds the published values and the
+  mask from those rows; `observation_gap` is the largest difference between what the scheduler saw in the
+  two runs (float32 rounding of trust, loss and model lag; the released telemetry itself is equal). The
+  coordinator still collects each node's energy, battery and model for the comparison, a measurement the
+  scheduler never reads.
 """
 
 

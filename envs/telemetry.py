@@ -60,6 +60,12 @@ class TelemetryChannel:
         """What the nodes report for the coming round, and the mask. ``restarted`` (bool): only these
         nodes' episodes just began (the others reported this round already); they show the placeholder until
         their first report. None: a round was played (or every episode began) and every node is due."""
+        self.publish(scenario, state, self.release(scenario, features, state, restarted))
+
+    def release(self, scenario: Scenario, features: ScenarioFeatures, state: SimState,
+                restarted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What each node releases about itself (through the privacy mechanism, if any). Row i depends
+        only on node i's own state, so a node can release its row itself (``greengossip.training.deploy``)."""
         config = self.config
         privacy = config.privacy
         load = background_load(config, scenario, state.round)
@@ -72,6 +78,12 @@ class TelemetryChannel:
             telemetry = self._protect(scenario, state, telemetry, restarted)
             telemetry["dropped"] = torch.zeros_like(telemetry["battery_soc"])  # released as a fleet share only
         self.reported = telemetry
+        return telemetry
+
+    def publish(self, scenario: Scenario, state: SimState, telemetry: dict[str, torch.Tensor]) -> None:
+        """The released values as the scheduler reads them, and the action mask built from them."""
+        config = self.config
+        privacy = config.privacy
         if privacy.mechanism == "none" and not self.any_liars:  # true values: already in range
             self.telemetry = telemetry
         else:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import greengossip.envs.telemetry as telemetry_module
 from greengossip.envs.config import load_config
 from greengossip.envs.dynamics.gossip import compress
 from greengossip.envs.errors import UserError
@@ -64,6 +65,7 @@ def test_deploy_on_eight_processes_matches_the_simulator(tmp_path):
         assert float(row["bytes_real"]) == float(row["bytes_sim"])
         assert abs(float(row["accuracy_real"]) - float(row["accuracy_sim"])) < 0.02
         assert int(row["actions_equal"]) == 1
+        assert float(row["observation_gap"]) < 1e-5
         assert float(row["compute_s_measured"]) > 0
     assert "compute-time factor" in (tmp_path / "sim_vs_real.md").read_text()
     assert (tmp_path / "sim_vs_real.png").stat().st_size > 0
@@ -88,6 +90,25 @@ def test_every_compression_level_arrives_in_the_simulators_bytes(tmp_path, monke
         assert row["bytes_real"] == row["bytes_sim"] > 0
         assert row["actions_equal"] == 1
         assert abs(row["accuracy_gap_pp"]) < 2.0
+
+
+def test_nodes_release_their_own_private_telemetry_as_the_simulator_does(tmp_path, monkeypatch):
+    """Each node noises its own battery and background load (one-bit battery report, lifetime accountant):
+    the scheduler sees what it sees in the simulator, up to float rounding elsewhere. This process reads
+    true telemetry only at the episode's start of the deployment, then once per round of the simulator."""
+    tiny = load_config("tiny")
+    config = tiny.model_copy(update={"privacy": load_config("private_telemetry").privacy,
+                                     "background_load": tiny.background_load.model_copy(update={"mean": 0.2})})
+    assert config.privacy.mechanism != "none"
+    reads = []
+    true_telemetry = telemetry_module.true_telemetry
+    monkeypatch.setattr(telemetry_module, "true_telemetry", lambda *args: reads.append(1) or true_telemetry(*args))
+    rows = compare(config, "energy_carbon_trust", 3, tmp_path)
+    assert len(reads) == 1 + (1 + 3)
+    for row in rows:
+        assert row["observation_gap"] < 1e-5
+        assert row["actions_equal"] == 1
+        assert row["bytes_real"] == row["bytes_sim"]
 
 
 def test_attackers_play_their_attacks_as_in_the_simulator(tmp_path):

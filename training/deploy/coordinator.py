@@ -2,9 +2,11 @@
 env the round as the simulator's ``transition`` would have (``FleetBatch.play_round``), so that
 the KPIs, reward, episode totals, telemetry (with its privacy mechanism) and observation are the env's own.
 
-The scheduler reads only the observation the env builds from the nodes' released telemetry. The
-coordinator also collects each node's model and public copy: a measurement, for the consensus distance and
-the observation's model-lag column (which a node could report as one number), never shown to the scheduler.
+The scheduler reads only the observation the env builds from the telemetry the nodes release themselves
+(``telemetry``). The coordinator also collects what the comparison with the simulator needs: each node's
+energy, bytes, CPU time, accuracy, trust row, model and public copy; of these the observation shows what
+the simulator's shows (trust, staleness, last action, local loss, the model-lag column, drop-outs unless
+telemetry is private), never battery or load.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from greengossip.envs.scenario import Scenario
 from greengossip.envs.simulator import RoundOutcome, RoundRandomness, network_carbon
 from greengossip.envs.state import SimState, at_round, consensus_distance, honest_mean, model_spec, time_index
 from greengossip.training.deploy.node import ENERGY_FIELDS, REPORT_FIELDS, report_width
+from greengossip.training.deploy.telemetry import ACCOUNT, RELEASED, NodesRelease
 
 PLAY, STOP = 1, 0
 COLUMN = {name: k for k, name in enumerate(REPORT_FIELDS)}
@@ -27,8 +30,9 @@ COLUMN = {name: k for k, name in enumerate(REPORT_FIELDS)}
 class Coordinator:
     """Rank 0 of the process group: plays rounds through the nodes (ranks 1..N)."""
 
-    def __init__(self, config: EnvConfig, scenario: Scenario, on_round=None):
+    def __init__(self, config: EnvConfig, scenario: Scenario, channel: NodesRelease, on_round=None):
         self.config = config
+        self.channel = channel
         self.n_nodes = scenario.n_nodes
         self.trust_width = scenario.neighbours.shape[1]
         self.n_params = model_spec(config).n_params
@@ -55,6 +59,7 @@ class Coordinator:
         dist.gather(torch.zeros(self.width, dtype=torch.float64), gather_list=reports, dst=0)
         self.on_round(t, False)
         table = torch.stack(reports[1:])
+        self.channel.pending = table[:, -(len(RELEASED) + len(ACCOUNT)):]
         new_state, outcome = self._assemble(scenario, state, table)
         self._measure(scenario, table, outcome)
         return new_state, outcome
@@ -69,7 +74,7 @@ class Coordinator:
         start = len(REPORT_FIELDS)
         trust = table[:, start:start + self.trust_width].float()
         params = table[:, start + self.trust_width:start + self.trust_width + self.n_params].float()
-        public = table[:, start + self.trust_width + self.n_params:].float()
+        public = table[:, start + self.trust_width + self.n_params:start + self.trust_width + 2 * self.n_params].float()
         action = table[:, COLUMN["action"]].long()
         sent = flag("sent")
         node_accuracy = column("node_accuracy")

@@ -35,6 +35,7 @@ from greengossip.envs.scenario import Scenario
 from greengossip.envs.state import SimState
 from greengossip.training.deploy.coordinator import STOP
 from greengossip.training.deploy.node import Node, NodeState, NodeView
+from greengossip.training.deploy.telemetry import OwnRelease, public_part
 
 # per node in the shared progress table: round being played, waiting on the network, rounds reported
 ROUND, WAITING, REPORTED = range(3)
@@ -88,17 +89,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def _node_main(config: EnvConfig, view: NodeView, state: NodeState, world_size: int, rendezvous: Rendezvous,
-               progress, fault: Fault | None) -> None:
+def _node_main(config: EnvConfig, view: NodeView, state: NodeState, world: Scenario, start: SimState,
+               world_size: int, rendezvous: Rendezvous, progress, fault: Fault | None) -> None:
     _die_with_parent()
     torch.set_num_threads(1)
 
     def on_wait(waiting: bool) -> None:
         progress[3 * view.index + WAITING] = float(waiting)
 
+    release = OwnRelease(config, world, start, view.index)
     rendezvous.join(view.index + 1, world_size)
     try:
-        _serve(config, view, state, progress, fault, on_wait)
+        _serve(Node(config, view, state, release, on_wait), progress, fault, on_wait)
     except RuntimeError as exc:
         if not any(word in str(exc) for word in ("gloo", "Connection", "connection")):
             raise
@@ -106,11 +108,10 @@ def _node_main(config: EnvConfig, view: NodeView, state: NodeState, world_size: 
     dist.destroy_process_group()
 
 
-def _serve(config: EnvConfig, view: NodeView, state: NodeState, progress, fault: Fault | None, on_wait) -> None:
+def _serve(node: Node, progress, fault: Fault | None, on_wait) -> None:
     """Play the rounds the coordinator commands until it says stop."""
-    i = view.index
+    i = node.view.index
     base = 3 * i
-    node = Node(config, view, state, on_wait)
     command = torch.empty(3, dtype=torch.long)
     while True:
         on_wait(True)
@@ -147,12 +148,13 @@ class NodeProcesses:
         self._stopping = threading.Event()
         by_node = {fault.node: fault for fault in faults}
         world_size = scenario.n_nodes + 1
+        world = public_part(scenario)
         self.processes: dict[int, mp.Process] = {}
         for i in nodes:
             view = NodeView.of(scenario, i)
             process = context.Process(target=_node_main, name=f"greengossip-node-{i}", daemon=True,
-                                      args=(config, view, NodeState.of(state, view), world_size, rendezvous,
-                                            self.progress, by_node.get(i)))
+                                      args=(config, view, NodeState.of(state, view), world, state, world_size,
+                                            rendezvous, self.progress, by_node.get(i)))
             process.start()
             self.processes[i] = process
         self._watch = threading.Thread(target=self._watch_loop, name="greengossip-watch", daemon=True)

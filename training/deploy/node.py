@@ -18,6 +18,7 @@ A round on the wire, between neighbours only (``torch.distributed`` point to poi
    crafted model in full;
 3. each node applies what it received to its copies of its neighbours' public models, a sleeping node
    too (the simulator's mailboxes: store and forward), then mixes and rescores its neighbours if awake.
+Then it releases its telemetry for the coming round itself (``telemetry``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from greengossip.envs.scenario import N_CLASSES, Scenario
 from greengossip.envs.simulator import contention_wh, draw_randomness
 from greengossip.envs.state import SimState, model_spec
 from greengossip.training.deploy.messages import REPLACE, SILENT, ByteMeter, decode, encode, mode_of, payload_bytes
+from greengossip.training.deploy.telemetry import ACCOUNT, RELEASED, OwnRelease
 
 ENERGY_FIELDS = ("harvested", "from_harvest", "from_battery", "grid", "consumed", "stored_in", "charge_loss",
                  "spilled", "unmet", "battery_after")
-# one node's report of a round, in this order, then its trust row, its model and its public copy
+# one node's report of a round, in this order, then its trust row, its model, its public copy and its
+# release for the coming round (``telemetry``)
 REPORT_FIELDS = ("action", "dropped", "trained", "sent", "compute_wh", "radio_wh", "base_wh", "bytes_sent",
                  "bytes_received", "receive_wh", "internet_bytes", *ENERGY_FIELDS, "local_loss", "node_accuracy",
                  "staleness", "malicious", "model_norm", "attack_shift", "payload_bytes_sent",
@@ -179,16 +182,18 @@ class NodeState:
 class Node:
     """Node ``view.index`` playing rounds with its neighbours."""
 
-    def __init__(self, config: EnvConfig, view: NodeView, state: NodeState, on_wait=None):
+    def __init__(self, config: EnvConfig, view: NodeView, state: NodeState, release: OwnRelease, on_wait=None):
         self.config = config
         self.view = view
         self.state = state
+        self.release = release
         self.spec = model_spec(config)
         self.on_wait = on_wait
 
     def play(self, requested: int, round_index: int) -> torch.Tensor:
         """Play round ``round_index`` with the scheduler's ``requested`` action; returns the report
-        (``REPORT_FIELDS``, then the trust row, the model and the public copy) as one float64 row."""
+        (``REPORT_FIELDS``, then the trust row, the model, the public copy and the node's release for the
+        coming round) as one float64 row."""
         started = time.perf_counter()
         config, view, state = self.config, self.view, self.state
         meter = ByteMeter()
@@ -339,7 +344,8 @@ class Node:
             "train_cpu_s": train_cpu_s, "round_wall_s": time.perf_counter() - started,
         }
         return torch.cat([torch.tensor([figures[name] for name in REPORT_FIELDS], dtype=torch.float64),
-                          trust.double(), params.double(), public.double()])
+                          trust.double(), params.double(), public.double(),
+                          self.release.after_round(state.battery_wh, int(action))])
 
     def _apply(self, copies: list[torch.Tensor], buffers: list[torch.Tensor], modes: list[int], from_rank: list[int],
                only_honest: bool | None) -> None:
@@ -366,4 +372,4 @@ class Node:
 
 
 def report_width(config: EnvConfig, trust_width: int) -> int:
-    return len(REPORT_FIELDS) + trust_width + 2 * model_spec(config).n_params
+    return len(REPORT_FIELDS) + trust_width + 2 * model_spec(config).n_params + len(RELEASED) + len(ACCOUNT)

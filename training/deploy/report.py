@@ -27,16 +27,17 @@ from greengossip.envs.config import EnvConfig, load_config
 from greengossip.envs.errors import UserError
 from greengossip.training.deploy.coordinator import Coordinator
 from greengossip.training.deploy.launch import Fault, NodeProcesses, Rendezvous, run_node_processes
+from greengossip.training.deploy.telemetry import NodesRelease
 from greengossip.training.rollout import env_for, one_torch_thread, takes_action_masks
 
 ENV_ID = "GreenGossip/EdgeLearning-v1"
 # two-hop knowledge (each target's neighbours) that one node's process does not hold
 UNSUPPORTED_ATTACKS = ("dissensus",)
-COLUMNS = ("round", "actions_equal", "bytes_sim", "bytes_real", "crafted_extra_bytes_real", "mailbox_bytes_real",
-           "control_bytes_real",
-           "bytes_sent_sim", "unicast_bytes_sent_real", "accuracy_sim", "accuracy_real", "accuracy_gap_pp",
-           "consensus_sim", "consensus_real", "trainers", "compute_s_model", "compute_s_measured",
-           "compute_wh_sim", "compute_wh_real", "energy_wh_sim", "energy_wh_real", "wall_s_sim", "wall_s_real")
+COLUMNS = ("round", "observation_gap", "actions_equal", "bytes_sim", "bytes_real", "crafted_extra_bytes_real",
+           "mailbox_bytes_real", "control_bytes_real", "bytes_sent_sim", "unicast_bytes_sent_real", "accuracy_sim",
+           "accuracy_real", "accuracy_gap_pp", "consensus_sim", "consensus_real", "trainers", "compute_s_model",
+           "compute_s_measured", "compute_wh_sim", "compute_wh_real", "energy_wh_sim", "energy_wh_real", "wall_s_sim",
+           "wall_s_real")
 
 
 def deploy_config(config: str | Path | dict | EnvConfig) -> tuple[EnvConfig, str | None]:
@@ -63,6 +64,8 @@ def _play(env: gym.Env, scheduler: Any, obs: Any, rounds: int) -> list[dict[str,
     state, episode_start = None, np.ones((1,), dtype=bool)
     rows = []
     for _ in range(rounds):
+        seen = {key: np.array(value, copy=True) for key, value in obs.items()} if isinstance(obs, dict) else \
+            {"flat": np.array(obs, copy=True)}
         started = time.perf_counter()
         kwargs = {"action_masks": core.action_masks()} if masks else {}
         action, state = scheduler.predict(obs, state=state, episode_start=episode_start, deterministic=True,
@@ -73,7 +76,7 @@ def _play(env: gym.Env, scheduler: Any, obs: Any, rounds: int) -> list[dict[str,
         outcome, scenario = core.last_outcome, core.scenario
         trained = outcome.trained.double()
         rows.append({
-            "round": int(info["round"]), "actions": outcome.action.tolist(),
+            "round": int(info["round"]), "actions": outcome.action.tolist(), "observation": seen,
             "bytes": float(outcome.bytes_received.double().sum()), "bytes_sent": float(outcome.bytes_sent.sum()),
             "accuracy": float(info["accuracy"]), "consensus": float(info["consensus_distance"]),
             "compute_wh": float(outcome.compute_wh.double().sum()), "energy_wh": float(info["energy_wh"]),
@@ -103,16 +106,17 @@ def deploy(config: EnvConfig, spec: str, rounds: int, seed: int, timeout_s: floa
     env = gym.make(ENV_ID, config=config)
     scheduler = make_scheduler(spec, env=env, seed=seed)
     wrapped = env_for(scheduler, env)
-    obs, _ = wrapped.reset(seed=seed)  # the world: built once here, each node process keeps its own part
     core = env.unwrapped
     fleet = core.fleet
+    channel = fleet.channel = NodesRelease(config)  # after the episode's start, the nodes release their own rows
+    obs, _ = wrapped.reset(seed=seed)  # the world: built once here, each node process keeps its own part
     nodes = range(fleet.scenario.n_nodes) if nodes is None else nodes
     if nodes.start < 0 or nodes.stop > fleet.scenario.n_nodes or len(nodes) == 0:
         raise UserError(f"--nodes {nodes.start}:{nodes.stop}: outside the fleet's nodes 0:{fleet.scenario.n_nodes}")
     records: list[dict[str, Any]] = []
 
     def coordinate(processes: NodeProcesses) -> None:
-        coordinator = Coordinator(config, fleet.scenario, on_round=processes.round_event)
+        coordinator = Coordinator(config, fleet.scenario, channel, on_round=processes.round_event)
         fleet.play_round = coordinator.play_round
         fleet.twin = None  # harm needs an attack-free twin deployment: not measured
         records.extend(_play(wrapped, scheduler, obs, rounds))
@@ -134,6 +138,8 @@ def comparison_rows(simulated: list[dict], deployed: list[dict]) -> list[dict[st
     for sim, real in zip(simulated, deployed):
         rows.append({
             "round": sim["round"], "actions_equal": int(sim["actions"] == real["actions"]),
+            "observation_gap": max(float(np.abs(sim["observation"][key] - real["observation"][key]).max())
+                                   for key in sim["observation"]),
             "bytes_sim": sim["bytes"], "bytes_real": real["payload_bytes_received"],
             "crafted_extra_bytes_real": real["oversize_bytes"],
             "mailbox_bytes_real": real["mailbox_bytes"], "control_bytes_real": real["control_bytes"],
@@ -159,6 +165,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         "bytes_equal_but_crafted_rounds": sum(
             int(row["bytes_sim"] == row["bytes_real"] - row["crafted_extra_bytes_real"]) for row in rows),
         "actions_equal_rounds": sum(row["actions_equal"] for row in rows),
+        "observation_gap": max(row["observation_gap"] for row in rows),
         "max_accuracy_gap_pp": max(abs(row["accuracy_gap_pp"]) for row in rows),
         "compute_factor": measured_s / model_s if model_s > 0 else float("nan"),
         "wall_s_sim": float(np.mean([row["wall_s_sim"] for row in rows])),
@@ -184,7 +191,8 @@ def markdown(rows: list[dict[str, Any]], title: str, notes: list[str]) -> str:
     lines += [f"- bytes per round equal in {figures['bytes_equal_rounds']} of {n} rounds, and in "
               f"{figures['bytes_equal_but_crafted_rounds']} of {n} once the attackers' crafted models sent in full "
               f"at a compressed level are set apart; the scheduler chose the same actions in "
-              f"{figures['actions_equal_rounds']} of {n}",
+              f"{figures['actions_equal_rounds']} of {n} rounds, and what it saw differed by at most "
+              f"{figures['observation_gap']:.2g} in any feature (float32 rounding of the per-node sums)",
               f"- largest honest-accuracy gap: {figures['max_accuracy_gap_pp']:.2f} percentage points",
               f"- compute-time factor (measured CPU time / the compute model on the nodes' device profiles): "
               f"{figures['compute_factor']:.3g}",
