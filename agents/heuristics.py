@@ -479,13 +479,15 @@ class NetworkAware(CarbonPeriodic):
     therefore trains and mixes with its neighbours every round but broadcasts only every
     ``gateway_period`` rounds (and in the first round); everyone else follows ``carbon_periodic``.
     Where more than ``max_gateway_share`` of the fleet would count as gateways (the non-geographic graphs,
-    on which every link crosses the internet) no node is held back, since a fleet that stays silent does
-    not learn. Measured on large_network's validation seeds: docs/world_model.md, The network."""
+    on which every link crosses the internet, or the default 32-node fleet, a quarter of which are gateways)
+    no node is held back: holding back the default fleet's 8 gateways of 32 met the target on 1 of 6 validation
+    seeds, against 6 of 6 without (``period=1``). Measured on large_network's validation seeds:
+    docs/world_model.md, The network."""
 
     name = "network_aware"
 
     def __init__(self, seed: int = 0, gateway_period: int = STALENESS_HORIZON + 1, internet_share: float = 0.05,
-                 max_gateway_share: float = 0.25, **periodic):
+                 max_gateway_share: float = 0.1, **periodic):
         super().__init__(seed, **periodic)
         if not (isinstance(gateway_period, int) and 1 <= gateway_period <= STALENESS_HORIZON + 1):
             raise ValueError(f"gateway_period must be a whole number of rounds between 1 and "

@@ -323,7 +323,7 @@ def test_network_aware_holds_gateways_broadcasts_back_but_not_their_training():
     obs = _set(_set(obs, "trust", np.ones(n)), "degree", np.full(n, 0.8))
     obs = _set(obs, "internet_links", np.where(gateway, 0.2, 0.0))
     mask = np.ones((n, N_ACTIONS), dtype=bool)
-    rule = HEURISTICS["network_aware"](seed=0, period=1, gateway_period=4)
+    rule = HEURISTICS["network_aware"](seed=0, period=1, gateway_period=4, max_gateway_share=0.3)
     periodic = HEURISTICS["carbon_periodic"](seed=0, period=1)
     obs["global"] = obs["global"].copy()
     obs["global"][GLOBAL_INDEX["progress"]] = 0.0
@@ -340,6 +340,9 @@ def test_network_aware_holds_gateways_broadcasts_back_but_not_their_training():
     assert rule.act(_set(obs, "staleness", np.zeros(n)), poor)[0] == IDLE
     everyone = _set(obs, "internet_links", np.full(n, 0.8))  # every link crosses the internet
     assert (rule.act(_set(everyone, "staleness", np.zeros(n)), mask) == SEND_Q8).all()
+    # a quarter of the fleet (2 of 8) is more than the default tenth: no one is held back
+    default = HEURISTICS["network_aware"](seed=0, period=1, gateway_period=4)
+    assert (default.act(_set(obs, "staleness", np.zeros(n)), mask) == SEND_Q8).all()
     for bad in (0, 18, 2.5):
         with pytest.raises(ValueError, match="gateway_period must be a whole number of rounds between 1 and 17"):
             HEURISTICS["network_aware"](seed=0, gateway_period=bad)

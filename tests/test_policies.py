@@ -227,7 +227,8 @@ def test_act_batch_refuses_rules_with_memory():
 
 
 @pytest.mark.parametrize("spec", ["all_nodes", "trust_threshold", "energy_carbon_trust:low_soc=0.4",
-                                  "carbon_periodic", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"])
+                                  "carbon_periodic", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02",
+                                  "network_aware:period=1,gateway_period=3,max_gateway_share=0.3"])
 def test_act_batch_of_a_batched_rule_equals_its_rule_one_observation_at_a_time(spec):
     """A batched rule decides a whole batch in one call (the residual prior of every PPO minibatch); each
     row must be what ``predict`` gives for that observation alone. The batch mixes envs, rounds, random
