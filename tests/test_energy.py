@@ -352,3 +352,36 @@ def test_a_node_cut_off_mid_round_loses_the_round_and_the_energy_it_drew(overdra
         sleep = scenario.costs.total_wh[off_grid, 0]
         torch.testing.assert_close(spent, sleep)
         assert (after.battery_wh[off_grid] > reserve[off_grid]).all()
+
+
+def test_under_brown_outs_asking_by_the_true_mask_saves_the_harvest_for_rounds_that_finish():
+    """Off-grid nodes at their reserve whose sun pays three quarters of a round: asked every round, they
+    burn each round's harvest and finish none; asked only when the true mask allows, they bank the harvest
+    and finish about every other round."""
+    import dataclasses
+
+    from greengossip.envs.simulator import affordable_actions, draw_randomness, transition
+    from greengossip.envs.state import at_round, initial_state, time_index
+
+    config = tiny_variant(availability__model="always", energy__overdraw="brown_out")
+    scenario = make_scenario(config, np.random.default_rng(0))
+    full_round = scenario.costs.total_wh[:, 2]
+    scenario = dataclasses.replace(scenario, harvest_wh=(0.75 * full_round).unsqueeze(1).expand_as(
+        scenario.harvest_wh).contiguous())
+    reserve = config.energy.battery_min_soc * scenario.capacity_wh
+    off_grid = ~scenario.grid_connected
+    finished = {}
+    for by_mask in (False, True):
+        state = initial_state(config, scenario).replace(battery_wh=reserve.clone())
+        finished[by_mask] = torch.zeros(scenario.n_nodes)
+        for _ in range(8):
+            action = torch.full((scenario.n_nodes,), 2)
+            if by_mask:
+                harvest = at_round(scenario.harvest_wh, time_index(scenario, state.round))
+                allowed = affordable_actions(config, scenario, state.battery_wh, harvest, state.round)
+                action = torch.where(allowed[:, 2], action, 0)
+            state, _ = transition(config, scenario, state, action, draw_randomness(config, scenario, state.round))
+            finished[by_mask] += (state.last_action == 2).float()
+    assert off_grid.any()
+    assert (finished[False][off_grid] == 0).all()
+    assert (finished[True][off_grid] >= 3).all(), finished[True][off_grid]
