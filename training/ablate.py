@@ -70,8 +70,10 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            ("all_nodes", "carbon_periodic:period=2", "harvest_aware:period=1", "harvest_aware:period=2"),
            "battery + solar sensor field, a few mains nodes; batteries run out overnight"),
     Family("continental_grid", "intensity",
-           ("all_nodes", "carbon_aware", "carbon_periodic:period=2", "carbon_timing:period=1",
-            "carbon_timing:period=2", "carbon_window"),
+           # no attackers here: trust_threshold=0, for on non-IID shards the trust gate idles honest nodes
+           ("all_nodes", "carbon_aware", "carbon_periodic:period=1,trust_threshold=0",
+            "carbon_timing:period=1,trust_threshold=0", "carbon_timing:period=1,trust_threshold=0,max_wait=4",
+            "carbon_window"),
            "mixed European grids on hourly traces"),
     Family("adversarial_fleet", "trust",
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
