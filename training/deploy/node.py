@@ -227,7 +227,9 @@ class Node:
                      and t >= config.attack.start_round)
         free_riding = attacking and view.kind == "free_rider"
         flipping = attacking and view.kind == "label_flip"
-        poisoning = attacking and view.kind in attacks.MODEL_POISONING and sent
+        # an active model poisoner keeps its own model out of the consensus step, broadcasting or not
+        poisoner = attacking and view.kind in attacks.MODEL_POISONING
+        poisoning = poisoner and sent
         mode = SILENT if not sent else REPLACE if poisoning else mode_of(level)
         header = torch.tensor([float(awake), float(sent), float(bytes_sent), float(mode)], dtype=torch.float64)
         headers = peers.exchange_headers(header, tag=2 * t)
@@ -317,7 +319,7 @@ class Node:
                 if their_sent[k]:
                     slot = view.slots[k]
                     trust[slot] = memory * float(state.trust[slot]) + (1 - memory) * scores[slot]
-            if not poisoning:
+            if not poisoner:
                 pull = node_pull(config, params, senders)
                 if not all(view.honest_neighbour):  # measured for the attackers' influence, as the simulator does
                     clean = node_pull(config, params, [sender for k, sender in zip(heard, senders)
