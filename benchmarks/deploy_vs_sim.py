@@ -80,7 +80,7 @@ coordinator's host, and `--nodes START:STOP` for the nodes it hosts; every host 
 # host A (coordinator and nodes 0-15)
 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 greengossip deploy --config default --nodes 0:16 --out results/a
 # host B (nodes 16-31)
-MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 greengossip deploy --config default --nodes 16:32 --worker-only --out b
+MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 greengossip deploy --config default --nodes 16:32 --worker-only
 ```
 
 Without `MASTER_ADDR` the group meets on loopback at a free port. `tests/test_deploy.py` runs two
@@ -93,6 +93,9 @@ is reported at once as `node 3 died (exit code 3) in round 1`; a round that has 
 `--timeout` seconds (default 20) is blamed on the nodes that are neither done nor waiting on the network,
 as `node 5 hung in round 2: no report after 20.1 s`. Every node process is then killed, the command exits
 with status 1, and node processes also die with their launcher (`PR_SET_PDEATHSIG`), so none is left behind.
+A launcher watches only its own host's nodes: a node that hangs on another host is reported as the round
+that did not finish and the local nodes waiting on the network, or, where none waits, by the group's own
+timeout (`--timeout` + 60 s); a node that hangs before its first round, by that timeout. Neither names it.
 
 ## What is measured, and how it differs from the simulator
 
