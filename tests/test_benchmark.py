@@ -187,3 +187,19 @@ def test_the_command_refuses_an_unknown_family_in_one_line(tmp_path, capsys):
 
     assert main(["benchmark", "--families", "solar_feld", "--seeds-per-family", "1", "--out", str(tmp_path)]) == 2
     assert "unknown family 'solar_feld'; allowed: adversarial_fleet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_oracle_finishes_at_least_as_well_as_each_family_rule(family, tmp_path):
+    from greengossip.training.oracle import outcome_key
+
+    _, ranges = suite.load_family(family)
+    rows = benchmark.run_benchmark(list(ranges.oracle.rules), [family], "test", 1, tmp_path)
+
+    def key(row):
+        return outcome_key(bool(row["reached_target"]), row["carbon_to_target_g"] or 0.0, row["final_accuracy"],
+                           row["episode_carbon_g"])
+
+    oracle = next(row for row in rows if row["scheduler"] == "oracle")
+    assert all(key(oracle) <= key(row) for row in rows)
