@@ -126,7 +126,8 @@ class LearnedScheduler:
     def check_env(self, env) -> None:
         """Fail early, and say why, when the model cannot read this env's observations."""
         if self.observation_kind != "flat":
-            return  # Dict policies (agents/policies.py) adapt to the fleet size themselves
+            self._check_feature_widths(env)  # Dict policies (agents/policies.py) adapt to the fleet size
+            return
         expected = self.model.observation_space.shape
         flat = spaces.flatdim(env.observation_space) if isinstance(env.observation_space, spaces.Dict) \
             else int(np.prod(env.observation_space.shape))
@@ -136,6 +137,22 @@ class LearnedScheduler:
                 f"observation has {flat} values; the model was trained on another fleet size or observation "
                 "layout. Evaluate it on the config it was trained on, or train a node-set policy "
                 "(agents/policies.py), which runs on any number of nodes.")
+
+
+    def _check_feature_widths(self, env) -> None:
+        """A node-set policy runs on any number of nodes, but only on the per-node and global features it
+        was trained on: a model saved under an earlier observation layout is refused here, by name."""
+        trained, current = self.model.observation_space, env.observation_space
+        if not (isinstance(trained, spaces.Dict) and isinstance(current, spaces.Dict)):
+            return
+        for key in ("nodes", "global"):
+            if key in trained.spaces and key in current.spaces:
+                was, now = trained[key].shape[-1], current[key].shape[-1]
+                if was != now:
+                    raise UserError(
+                        f"{self.path} was trained on {was} {key} features per observation, but this env has "
+                        f"{now}: the model comes from another version of the environment (see CHANGELOG.md). "
+                        "Train it again on this version.")
 
 
 def load_scheduler(

@@ -347,3 +347,22 @@ def test_prior_regulariser_needs_a_prior_and_a_feed_forward_policy(envs_8_and_32
         load_settings(policy={"prior": "carbon_periodic", "prior_regulariser": "bc"})
     settings = load_settings(policy={"prior": "carbon_periodic", "prior_regulariser": "cross_entropy"})
     assert settings.policy.hidden == load_settings().policy.hidden
+
+
+def test_a_model_from_another_observation_layout_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    from greengossip.agents.learned import LearnedScheduler
+    from greengossip.envs.errors import UserError
+
+    env = make_env("tiny")
+    current = env.observation_space
+    nodes = current["nodes"]
+    older = spaces.Dict({**current.spaces, "nodes": spaces.Box(0.0, 1.0, (nodes.shape[0], nodes.shape[1] - 1))})
+    model = SimpleNamespace(observation_space=older, predict=lambda observation, **kwargs: (None, None))
+    width = nodes.shape[1]
+    with pytest.raises(UserError, match=f"trained on {width - 1} nodes features.*this env has {width}"):
+        LearnedScheduler(model, "MaskablePPO", "old.zip").check_env(env)
+    LearnedScheduler(SimpleNamespace(observation_space=current, predict=model.predict), "MaskablePPO").check_env(env)
