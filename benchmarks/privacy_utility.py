@@ -32,7 +32,7 @@ from greengossip.envs.config import load_config
 
 # the private sensor field's best rule on the validation seeds (``greengossip ablate``'s selection)
 RULE = "harvest_aware:period=2"
-DAILY_EPSILONS = (0.25, 1.0, 4.0, 16.0)
+DAILY_EPSILONS = (0.25, 1.0, 4.0, 16.0, 64.0)
 VALIDATION_SEEDS = tuple(range(10000, 10010))
 
 

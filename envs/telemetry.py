@@ -21,10 +21,17 @@ from greengossip.envs.scenario import Scenario
 from greengossip.envs.simulator import affordable_actions, background_load
 from greengossip.envs.state import SimState, per_env
 
-# what a node shows before its first report of an episode (mid-range values)
+# what a node shows before its first report of an episode (mid-range values; under the one-bit report, 0.5
+# is "no response yet" between the responses 0 and 1)
 PLACEHOLDER = {"battery_soc": 0.5, "load": 0.5}
-# likelihood ratio a one-bit "cannot afford" must carry before the mask keeps the node out
-VETO_ODDS = 9.0
+# the mask keeps a node out when the chance that it can afford the round, given its one-bit response, is
+# below this: asking a node that cannot pay wastes what it has above its reserve (on an off-grid node,
+# carbon-free energy) and its round, while keeping out one that can pay loses its round's progress, which
+# the fleet pays for in extra rounds; so only a likely "cannot" is worth a veto (chosen on validation seeds)
+VETO_PROBABILITY = 0.25
+# variance of the fleet's share of affording devices before any response (a uniform share: 1/12); the
+# debiased share is shrunk towards one half by how much noisier than this it is
+SHARE_PRIOR_VARIANCE = 1.0 / 12.0
 
 
 class TelemetryChannel:
@@ -90,8 +97,8 @@ class TelemetryChannel:
             self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
                               for name, value in telemetry.items()}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
-        if privacy.mechanism != "none" and privacy.battery_report == "afford_bit" and not self._bit_is_evidence():
-            reported_battery = scenario.capacity_wh  # a weak "no" vetoes nobody: the node refuses what it cannot pay
+        if privacy.mechanism != "none" and privacy.battery_report == "afford_bit":
+            reported_battery = self._read_afford_bit(scenario)
         reported_harvest = self.telemetry["harvest_now"] * scenario.costs.total_wh[:, 2]
         load = None
         if config.background_load.mean > 0:
@@ -99,13 +106,46 @@ class TelemetryChannel:
         self.mask = affordable_actions(config, scenario, reported_battery, reported_harvest, state.round,
                                        load=load)
 
-    def _bit_is_evidence(self) -> bool:
-        """Whether the one-bit report's "no" may mask a node: only when a "no" is at least
-        ``VETO_ODDS`` times likelier from a node that cannot afford the rounds than from one that can,
-        (1 - f/2) / (f/2) >= VETO_ODDS. A weaker bit would keep out mostly nodes that could have taken part;
-        the battery column still shows what the bit implies."""
-        half = self.config.privacy.afford_flip / 2
-        return (1 - half) / half >= VETO_ODDS
+    def afford_probability(self, scenario: Scenario, responses: torch.Tensor) -> torch.Tensor:
+        """(B·N,) the chance that each node can afford the next ``afford_rounds`` rounds, given its released
+        one-bit response (1, 0, or 0.5 before its first): randomised-response debiasing. A response is 1 with
+        probability 1 - f/2 from a node that can afford the rounds and f/2 from one that cannot; the prior is
+        its environment's debiased fleet share (``debiased_share``), shrunk towards one half by its sampling
+        variance (at most 1 / (4·n·(1 - f)²)), so that a fleet too small for its noise falls back on
+        not knowing. Bayes' rule then gives P(can afford | response)."""
+        flip = self.config.privacy.afford_flip
+        n = scenario.nodes_per_env
+        known = (responses - 0.5).abs() > 0.25
+        said_yes = responses > 0.75
+        counted = known.view(-1, n).sum(1).clamp_min(1).float()
+        yes_share = (said_yes.view(-1, n).sum(1) / counted)
+        prior = torch.full_like(counted, 0.5)
+        if flip < 1:
+            share = (yes_share - flip / 2) / (1 - flip)
+            sampling_variance = 0.25 / counted / (1 - flip) ** 2
+            weight = SHARE_PRIOR_VARIANCE / (SHARE_PRIOR_VARIANCE + sampling_variance)
+            prior = (0.5 + weight * (share - 0.5)).clamp(0.02, 0.98)
+        prior = prior.repeat_interleave(n)
+        if_affords = torch.where(said_yes, 1 - flip / 2, flip / 2)
+        if_not = torch.where(said_yes, flip / 2, 1 - flip / 2)
+        posterior = prior * if_affords / (prior * if_affords + (1 - prior) * if_not)
+        return torch.where(known, posterior, prior)
+
+    def _read_afford_bit(self, scenario: Scenario) -> torch.Tensor:
+        """Under the one-bit report: the battery column shows the charge the likelier answer implies (the
+        least that affords the rounds where the chance that the node can afford them is at least one half,
+        the reserve otherwise: a rule comparing its spare charge with a round reads the Bayes decision), and
+        the battery the mask assumes (Wh) keeps out only the nodes whose chance is below
+        ``VETO_PROBABILITY`` (the reserve: this round's public harvest may still pay) and lets the others be
+        asked (the node itself refuses what it cannot pay, or browns out)."""
+        reserve = self.config.energy.battery_min_soc
+        affords = (reserve + self.config.privacy.afford_rounds * scenario.costs.total_wh[:, 2]
+                   / scenario.capacity_wh).clamp(max=1.0)
+        chance = self.afford_probability(scenario, self.telemetry["battery_soc"])
+        self.afford_chance = chance
+        reserve = torch.full_like(affords, reserve)
+        self.telemetry = {**self.telemetry, "battery_soc": torch.where(chance >= 0.5, affords, reserve)}
+        return torch.where(chance >= VETO_PROBABILITY, affords, reserve) * scenario.capacity_wh
 
     def _load_estimate(self, released: torch.Tensor) -> torch.Tensor:
         """The load the mask assumes: the released value, or under noise its linear least-squares estimate,
@@ -147,15 +187,16 @@ class TelemetryChannel:
 
     def _afford_bit(self, scenario: Scenario, state: SimState, telemetry: dict[str, torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The battery column under the one-bit report: the least state of charge that the memoised
-        response implies (the reserve plus k full rounds when the node says it can afford them)."""
+        """The battery column under the one-bit report, as released: the memoised response (1.0 "can
+        afford", 0.0 "cannot"). The true bit answers the mask's question: whether what the node holds above
+        its reserve, with this round's harvest, pays ``afford_rounds`` full rounds."""
         privacy, energy = self.config.privacy, self.config.energy
-        k = privacy.afford_rounds
-        full_round = scenario.costs.total_wh[:, 2] / scenario.capacity_wh
-        truth = telemetry["battery_soc"] - energy.battery_min_soc >= k * full_round
+        full_round = scenario.costs.total_wh[:, 2]
+        spare_wh = (telemetry["battery_soc"] - energy.battery_min_soc) * scenario.capacity_wh
+        harvest_wh = telemetry["harvest_now"] * full_round
+        truth = spare_wh + harvest_wh >= privacy.afford_rounds * full_round
         response, released = self.accountant.afford_bit(truth, scenario.stream_key, state.round)
-        reserve = torch.full_like(full_round, energy.battery_min_soc)
-        return torch.where(response, energy.battery_min_soc + k * full_round, reserve), released
+        return response.float(), released
 
     def hides_dropouts(self) -> bool:
         return self.config.privacy.mechanism != "none"

@@ -143,20 +143,52 @@ def test_a_seeded_reset_is_a_new_fleet():
 
 
 @pytest.mark.parametrize(("flip", "vetoes"), [(0.9, False), (0.05, True)])
-def test_only_a_strong_one_bit_no_keeps_a_node_out_of_the_mask(flip, vetoes):
+def test_only_a_likely_cannot_keeps_a_node_out_of_the_mask(flip, vetoes):
+    """The mask keeps out exactly the nodes whose chance of affording the round, given their one-bit
+    response, is below VETO_PROBABILITY: a strong "no" (f = 0.05) does, a weak one (f = 0.9, eight nodes:
+    the fleet share is all noise) does not."""
     from greengossip.envs.simulator import affordable_actions
+    from greengossip.envs.telemetry import VETO_PROBABILITY
 
-    env = private_env(battery_report="afford_bit", afford_flip=flip)
+    env = private_env(battery_report="afford_bit", afford_flip=flip, afford_rounds=1)
     obs, _ = env.reset(seed=0)
     for _ in range(12):
         obs, *_ = env.step(np.full(8, 2))
     fleet = env.unwrapped._fleet
-    scenario, telemetry = fleet.scenario, fleet.channel.telemetry
-    battery = telemetry["battery_soc"] * scenario.capacity_wh if vetoes else scenario.capacity_wh
+    scenario, telemetry, channel = fleet.scenario, fleet.channel.telemetry, fleet.channel
+    vetoed = channel.afford_chance < VETO_PROBABILITY
+    assert bool(vetoed.any()) == vetoes
+    reserve = fleet.config.energy.battery_min_soc
+    affords = reserve + scenario.costs.total_wh[:, 2] / scenario.capacity_wh
+    battery = torch.where(vetoed, torch.full_like(affords, reserve), affords) * scenario.capacity_wh
     expected = affordable_actions(fleet.config, scenario, battery,
                                   telemetry["harvest_now"] * scenario.costs.total_wh[:, 2], fleet.state.round)
     np.testing.assert_array_equal(env.unwrapped.action_masks(), expected.numpy())
-    assert np.isclose(obs["nodes"][:, BATTERY], 0.1, atol=1e-6).any()  # some node said "no"
+    assert np.isclose(obs["nodes"][:, BATTERY], reserve, atol=1e-6).any()  # some node is likelier "cannot"
+
+
+@pytest.mark.parametrize(("flip", "share"), [(0.5, 0.2), (0.5, 0.8), (0.75, 0.3)])
+def test_the_chance_of_affording_given_a_response_is_calibrated(flip, share):
+    """Among many devices that gave the same memoised response, the share that truly can afford the round
+    matches the mean chance the channel gives them (randomised-response debiasing with the fleet's
+    debiased share as prior), and a "yes" is worth more than a "no"."""
+    from types import SimpleNamespace
+
+    from greengossip.envs.telemetry import TelemetryChannel
+
+    fleets, n_nodes = 8, 4096  # fleets large enough that the prior is barely shrunk towards one half
+    accountant = PrivacyAccountant(PrivacyConfig(mechanism="laplace", afford_flip=flip, budget=1e9),
+                                   fleets * n_nodes, torch.device("cpu"))
+    truth = torch.arange(fleets * n_nodes) % n_nodes < share * n_nodes
+    keys = torch.arange(fleets, dtype=torch.long) * 104729 + 3
+    response, _ = accountant.afford_bit(truth, keys, torch.zeros(fleets, dtype=torch.long))
+    channel = TelemetryChannel(tiny_variant(privacy={"mechanism": "laplace", "battery_report": "afford_bit",
+                                                     "afford_flip": flip}))
+    chance = channel.afford_probability(SimpleNamespace(nodes_per_env=n_nodes), response.float())
+    for said in (False, True):
+        group = response == said
+        assert abs(float(chance[group].mean()) - float(truth[group].float().mean())) < 0.03
+    assert float(chance[response].mean()) > float(chance[~response].mean())
 
 
 @pytest.mark.parametrize("flip", [0.25, 0.5, 0.9])
