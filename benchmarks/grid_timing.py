@@ -1,10 +1,15 @@
 """How much can the timing of work save in a fleet's grids? Figures of the world model's "Grid timing" part.
 
-    python benchmarks/grid_timing.py [--config continental_grid] [--windows 2000]
+    python benchmarks/grid_timing.py [--config continental_grid] [--windows 2000] [--job-hours 25]
     python benchmarks/grid_timing.py --participation [--config continental_grid] [--seeds 5]
+    python benchmarks/grid_timing.py --fleet-wait [--config continental_grid] [--seeds 10]
 
-From the measured hourly traces alone (no simulation), over random windows of the episode's length in the
-config's trace year, for the config's grids:
+Every mode takes ``--zones`` (screen other grids, equal shares; trace figures only), ``--season FIRST LAST``
+(the config's ``start_days``) and ``--local-steps`` (the config's ``learning.local_steps``, which sets how much
+of a working round is compute and so how much a waiting round's sleep draw weighs).
+
+From the measured hourly traces alone (no simulation), over random windows of the episode's length starting
+on the config's ``start_days`` of its trace year, for the config's grids:
 
 * each grid's annual mean and median daily swing (max/min within a UTC day);
 * how often the order of the grids changes from one hour to the next;
@@ -17,7 +22,12 @@ config's trace year, for the config's grids:
 
 ``--participation`` plays ``all_nodes`` and ``random_k`` at 75 % and 50 % on validation seeds 10000.. of the
 config and prints rounds to target: what it costs the learning when only a share of the nodes works.
-Test seeds are never used.
+
+``--fleet-wait`` plays every node sending its 8-bit model every round (``carbon_periodic:period=1``, no trust
+gate) against the same rule in which the whole fleet sleeps while its mean intensity now is above its mean
+day-ahead forecast (at most ``--max-wait`` rounds in a row): waiting together leaves the learning as it is, so
+the difference is what timing alone saves, sleep draw included. Its blind twin, every grid at its annual mean,
+never waits and is the first rule. Validation seeds 10000.. only; test seeds are never used.
 """
 
 from __future__ import annotations
@@ -32,8 +42,16 @@ from greengossip.envs.config import load_config
 from greengossip.training.settings import FIRST_VALIDATION_SEED
 
 
-def region_traces(config) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Zones, (R, hours) hourly intensity of the trace year, and each region's node share."""
+def region_traces(config, zones_override: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Zones, (R, hours) hourly intensity of the trace year, and each region's node share (equal shares for
+    ``zones_override``)."""
+    if zones_override:
+        traces = [grid_traces.hourly_intensity(zone, config.grid.trace_year) for zone in zones_override]
+        missing = [zone for zone, trace in zip(zones_override, traces) if trace is None]
+        if missing:
+            raise SystemExit(f"no hourly trace for {missing}; allowed: {', '.join(grid_traces.TRACE_ZONES)}")
+        shares = np.full(len(zones_override), 1.0 / len(zones_override))
+        return list(zones_override), np.stack([trace[:8760] for trace in traces]), shares
     zones, traces, shares = [], [], []
     for region in config.regions:
         zone = grid_traces.zone_of(region.country_iso, region.grid_zone)
@@ -73,20 +91,22 @@ def shift_job(fleet: np.ndarray, job: int, deadline: int, look_ahead: int, stand
     return carbon / at_once, oracle / at_once
 
 
-def trace_figures(config, windows: int, job_hours: int, rng) -> None:
-    zones, traces, shares = region_traces(config)
+def trace_figures(config, windows: int, job_hours: int, rng, zones_override: list[str] | None = None) -> None:
+    zones, traces, shares = region_traces(config, zones_override)
     hours = int(config.max_rounds * config.round_minutes / 60)
     standby = standby_share(config)
-    print(f"{config.grid.trace_year} traces, {windows} windows of {hours} h, grids {' '.join(zones)}")
+    first_day, last_day = config.start_days
+    print(f"{config.grid.trace_year} traces, {windows} windows of {hours} h starting on days [{first_day}, "
+          f"{last_day}), grids {' '.join(zones)}")
     days = traces.reshape(len(zones), -1, 24)
     for zone, trace, day in zip(zones, traces, days):
         swing = day.max(1) / np.maximum(day.min(1), 1e-9)
         print(f"  {zone:6s} annual mean {trace.mean():5.0f} g/kWh, median daily max/min {np.median(swing):.2f}")
-    half = len(zones) // 2
+    half = max(1, len(zones) // 2)
     fleet_weights = shares[:, None]
     changes, hourly_half, fixed_half, own_half, causal, oracle, causal_free, oracle_free = ([] for _ in range(8))
     for _ in range(windows):
-        start = int(rng.integers(0, traces.shape[1] - hours - 25))
+        start = min(int(rng.integers(first_day * 24, last_day * 24)), traces.shape[1] - hours - 25)
         window = traces[:, start:start + hours + 24]
         now = window[:, :hours]
         order = np.argsort(now, axis=0, kind="stable")
@@ -134,20 +154,66 @@ def participation(config, seeds: int) -> None:
               f"(per seed {rounds})")
 
 
+def fleet_wait(config, seeds: int, max_wait: int) -> None:
+    import gymnasium as gym
+
+    from greengossip import envs
+    from greengossip.agents.base import IDLE, node_feature
+    from greengossip.agents.heuristics import build_heuristic
+
+    spec = "carbon_periodic:period=1,trust_threshold=0"
+    for waits in (False, True):
+        carbon, met = [], 0
+        for seed in range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + seeds):
+            env = gym.make(envs.ENV_ID, config=config)
+            scheduler = build_heuristic(spec, seed=seed)
+            observation, info = env.reset(seed=seed)
+            done, waited = False, 0
+            while not done:
+                action, _ = scheduler.predict(observation, deterministic=True)
+                dirtier_now = (node_feature(observation, "carbon_now").mean()
+                               > node_feature(observation, "carbon_forecast").mean())
+                if waits and dirtier_now and waited < max_wait:
+                    action, waited = np.full_like(action, IDLE), waited + 1
+                else:
+                    waited = 0
+                observation, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+            env.close()
+            if info.get("rounds_to_target") is not None:
+                met += 1
+                carbon.append(float(info["carbon_to_target_g"]))
+        label = "fleet waits for a cleaner hour" if waits else "fleet works at once"
+        print(f"{label:32s} targets met {met}/{seeds}, carbon to target {np.mean(carbon) if carbon else np.nan:.2f} g "
+              f"(per seed {[round(c, 1) for c in carbon]})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="continental_grid")
     parser.add_argument("--windows", type=int, default=2000)
     parser.add_argument("--job-hours", type=int, default=25, help="fleet-wide work the job needs (hours)")
     parser.add_argument("--participation", action="store_true")
+    parser.add_argument("--fleet-wait", action="store_true")
+    parser.add_argument("--max-wait", type=int, default=48, help="--fleet-wait: most rounds the fleet waits in a row")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--zones", nargs="+", help="grids to screen instead of the config's (trace figures only)")
+    parser.add_argument("--season", nargs=2, type=int, metavar=("FIRST", "LAST"), help="start_days [FIRST, LAST)")
+    parser.add_argument("--local-steps", type=int, help="learning.local_steps instead of the config's")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = load_config(args.config)
+    config = load_config(args.config).model_dump()
+    if args.season:
+        config["start_days"] = tuple(args.season)
+    if args.local_steps:
+        config["learning"]["local_steps"] = args.local_steps
+    config = load_config(config)
     if args.participation:
         participation(config, args.seeds)
+    elif args.fleet_wait:
+        fleet_wait(config, args.seeds, args.max_wait)
     else:
-        trace_figures(config, args.windows, args.job_hours, np.random.default_rng(0))
+        trace_figures(config, args.windows, args.job_hours, np.random.default_rng(0), args.zones)
 
 
 if __name__ == "__main__":
