@@ -203,3 +203,10 @@ def test_the_oracle_finishes_at_least_as_well_as_each_family_rule(family, tmp_pa
 
     oracle = next(row for row in rows if row["scheduler"] == "oracle")
     assert all(key(oracle) <= key(row) for row in rows)
+
+
+def test_the_default_heuristics_include_each_family_s_own_rules():
+    defaults = benchmark.default_schedulers(["solar_sensor_field", "continental_grid"])
+    assert set(benchmark.DEFAULT_SCHEDULERS) <= set(defaults)
+    assert {"harvest_aware:period=1", "carbon_timing:period=1"} <= set(defaults)
+    assert "trust_threshold" in defaults and len(defaults) == len(set(defaults))

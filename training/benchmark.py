@@ -85,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "training ranges) or validation (10000..); default test")
     parser.add_argument("--schedulers", nargs="+", action="extend", default=None, metavar="NAME_OR_PATH",
                         help="heuristic specs (name:key=value,...), saved SB3 model paths or 'all'; comma- or "
-                        f"space-separated. Default: {' '.join(DEFAULT_SCHEDULERS)}. all_nodes and the oracle "
-                        "always play")
+                        f"space-separated. Default: {' '.join(DEFAULT_SCHEDULERS)} and the families' own rules "
+                        "(oracle.rules in configs/suite/). all_nodes and the oracle always play")
     parser.add_argument("--seeds-per-family", type=int_at_least(1, 10_000), default=10,
                         help="scenarios per family: the split's first N seeds (default 10)")
     parser.add_argument("--families", nargs="+", action="extend", default=None, metavar="NAME",
@@ -101,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out")
-    schedulers = evaluate._split(args.schedulers) or list(DEFAULT_SCHEDULERS)
     families = evaluate._split(args.families) or family_names()
+    schedulers = evaluate._split(args.schedulers) or default_schedulers(families)
     workers = args.workers or os.cpu_count() or 1
     started = time.monotonic()
     rows = run_benchmark(schedulers, families, args.split, args.seeds_per_family, args.out, workers=workers,
@@ -116,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(rows)} episodes in {minutes:.1f} min; wrote {out / 'episodes.csv'}, {out / 'leaderboard.csv'}, "
           f"{out / 'leaderboard.md'} and {out / 'benchmark.png'}")
     return 0
+
+
+def default_schedulers(families: Sequence[str]) -> list[str]:
+    """The heuristics a benchmark runs when none are named: :data:`DEFAULT_SCHEDULERS` with their default
+    parameters, and each family's own rules (its tuned variants, the oracle's base rules)."""
+    own = [rule for family in families if family in family_names() for rule in load_family(family)[1].oracle.rules]
+    return list(dict.fromkeys([*DEFAULT_SCHEDULERS, *own]))
 
 
 # ---------------------------------------------------------------------------------------------- jobs
