@@ -1,6 +1,6 @@
 """The privacy-utility curve of private telemetry: ε per node per day against carbon-to-target and drop-outs.
 
-Runs one rule (by default the private sensor field's best on validation seeds) on a config (by
+Runs one rule (by default the private sensor field's rule that reads the battery) on a config (by
 default ``configs/scenarios/private_sensor_field.yaml``) without privacy and at several daily ε. Each daily ε
 is split as the shipped config splits its 1 ε a day: ``--bit-share`` of it buys the one-bit battery report's
 two memoised values (RAPPOR's f chosen so that 2·ε∞ = bit share × daily ε) and each load report costs a
@@ -30,7 +30,8 @@ from greengossip import envs  # noqa: F401
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs.config import load_config
 
-# the private sensor field's best rule on the validation seeds (``greengossip ablate``'s selection)
+# the private sensor field's rule that reads the battery (the Jetsons wait for the sun when it cannot pay a
+# round); all_nodes, which ``greengossip ablate`` selects on five validation seeds, reads only the mask
 RULE = "harvest_aware:period=2"
 DAILY_EPSILONS = (0.25, 1.0, 4.0, 16.0, 64.0)
 VALIDATION_SEEDS = tuple(range(10000, 10010))
