@@ -1,4 +1,4 @@
-"""The Gymnasium environment ``GreenGossip/EdgeLearning-v1``."""
+"""The Gymnasium environment ``GreenGossip/EdgeLearning-v2``."""
 
 from __future__ import annotations
 
@@ -123,18 +123,23 @@ class EdgeLearningEnv(gym.Env):
     ``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
 
     ## Arguments
-    ``gymnasium.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml", render_mode="ansi")``:
+    ``gymnasium.make("GreenGossip/EdgeLearning-v2", config="configs/tiny.yaml", render_mode="ansi")``:
     ``config`` is a YAML path, a dict or an ``EnvConfig`` (None = default scenario); ``render_mode`` is
     ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round); ``check_finite=True`` raises
     ``FloatingPointError`` at the first step with a non-finite value (debugging a scenario).
     ``reset(options=...)`` takes no options: any key is an error, not silently ignored.
 
     ## Version History
+    * v2: the node feature ``internet_links`` (17 node features); brown-outs, the one-bit battery report read as
+      a probability, the scenario suite's ``start_days``.
+    * v1: world model v2: network energy under marginal or attributional accounting, the
+      geography-consistent graph, multi-day episodes on hourly grid traces, binding energy, private
+      telemetry with a lifetime budget, adaptive attacks and harm against an attack-free twin.
     * v0: initial release.
 
     ## Example
-    >>> import gymnasium as gym, envs
-    >>> env = gym.make("GreenGossip/EdgeLearning-v1", config="configs/tiny.yaml")
+    >>> import gymnasium as gym, greengossip
+    >>> env = gym.make("GreenGossip/EdgeLearning-v2", config="tiny")
     >>> obs, info = env.reset(seed=0)
     """
 

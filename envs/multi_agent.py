@@ -91,7 +91,7 @@ def local_observations(
 class EdgeLearningParallelEnv(ParallelEnv):
     """
     ## Description
-    The simulator of ``GreenGossip/EdgeLearning-v1`` (same scenarios, same dynamics, same seeds) seen
+    The simulator of ``GreenGossip/EdgeLearning-v2`` (same scenarios, same dynamics, same seeds) seen
     from the nodes: every node is an agent named ``node_<i>`` that decides for itself, from what it and
     its neighbours know, whether to sleep, train, or train and broadcast at a compression level. There
     is no central scheduler. Agents are homogeneous (identical spaces), so one shared policy (parameter
@@ -140,7 +140,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
     (default 0: pure team reward).
 
     ## Version History
-    * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v1``).
+    * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v2``).
 
     ## Example
     >>> from greengossip.envs.multi_agent import parallel_env

@@ -1,7 +1,7 @@
 """GreenGossip: a Gymnasium environment for green, secure and accurate decentralized learning at the edge.
 
-``import greengossip`` registers the environment ids (``GreenGossip/EdgeLearning-v1`` and the
-flat-observation ``GreenGossip/EdgeLearningFlat-v1``), so ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v1")``
+``import greengossip`` registers the environment ids (``GreenGossip/EdgeLearning-v2`` and the
+flat-observation ``GreenGossip/EdgeLearningFlat-v2``), so ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v2")``
 and RL Zoo3's ``--gym-packages greengossip`` work. The parts:
 
 * :mod:`greengossip.envs` - the simulator and its Gymnasium, vector and PettingZoo environments;
@@ -23,5 +23,5 @@ if not (Path(__file__).resolve().parent / "envs").is_dir() and (_CHECKOUT / "env
 
 from greengossip.envs import ENV_ID, FLAT_ENV_ID, ConfigError, EdgeLearningEnv, EnvConfig, load_config  # noqa: E402
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["ENV_ID", "FLAT_ENV_ID", "ConfigError", "EdgeLearningEnv", "EnvConfig", "__version__", "load_config"]

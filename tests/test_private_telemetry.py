@@ -23,7 +23,7 @@ BATTERY, LOAD, DROPPED = NODE_INDEX["battery_soc"], NODE_INDEX["load"], NODE_IND
 def private_env(max_rounds=30, **privacy):
     config = tiny_variant(max_rounds=max_rounds, target_accuracy=1.0,
                           privacy={"mechanism": "laplace", "epsilon_per_report": 1.0, "budget": 1000.0, **privacy})
-    return gym.make("GreenGossip/EdgeLearning-v1", config=config)
+    return gym.make("GreenGossip/EdgeLearning-v2", config=config)
 
 
 def test_a_silent_node_shows_its_last_released_values_and_the_mask_follows_them():
@@ -106,7 +106,7 @@ def test_the_drop_out_flag_is_not_released_per_node():
 
 def _energy(background: float, seed: int = 0) -> tuple[float, float]:
     config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": background})
-    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
     env.reset(seed=seed)
     compute = total = 0.0
     for _ in range(6):
@@ -124,7 +124,7 @@ def test_background_load_stretches_training_energy_and_replays():
 
 def test_background_load_is_what_the_load_column_reports():
     config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": 0.3})
-    env = gym.make("GreenGossip/EdgeLearning-v1", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
     obs, _ = env.reset(seed=0)
     assert 0.0 < obs["nodes"][:, LOAD].mean() < 0.8
     assert obs["nodes"][:, LOAD].std() > 0
