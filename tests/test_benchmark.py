@@ -210,3 +210,18 @@ def test_the_default_heuristics_include_each_family_s_own_rules():
     assert set(benchmark.DEFAULT_SCHEDULERS) <= set(defaults)
     assert {"harvest_aware:period=1", "carbon_timing:period=1"} <= set(defaults)
     assert "trust_threshold" in defaults and len(defaults) == len(set(defaults))
+
+
+def test_the_margin_table_takes_scenarios_that_need_no_grid_energy():
+    def row(scheduler, seed, carbon):
+        return {"family": "field", "seed": seed, "scheduler": scheduler, "reached_target": 1,
+                "carbon_to_target_g": carbon, "final_accuracy": 0.9, "episode_carbon_g": carbon}
+
+    rows = [row("oracle", 1, 0.0), row("all_nodes", 1, 2.0), row("carbon_aware", 1, 0.0),
+            row("oracle", 2, 1.0), row("all_nodes", 2, 4.0), row("carbon_aware", 2, 2.0)]
+    benchmark.add_scores(rows)
+    (margin,) = benchmark.oracle_margins(rows)
+    assert margin["best_heuristic"] == "carbon_aware"
+    assert margin["saving"] == pytest.approx(0.25)  # (0 + 50 %) / 2
+    assert margin["oracle_beaten"] == 0
+    assert "| field | carbon_aware | 25% " in benchmark.markdown(rows, "test")

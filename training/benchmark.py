@@ -295,7 +295,10 @@ def oracle_margins(rows: list[dict]) -> list[dict]:
                 continue
             rival = scenario.get(best["scheduler"])
             if rival is not None and not math.isnan(_carbon(rival)) and not math.isnan(_carbon(oracle)):
-                savings.append(1.0 - _carbon(oracle) / _carbon(rival))
+                if _carbon(rival) > 0:
+                    savings.append(1.0 - _carbon(oracle) / _carbon(rival))
+                elif _carbon(oracle) == 0:  # both reached the target on harvest alone: nothing to save
+                    savings.append(0.0)
             beaten += any(key(r) < key(oracle) for name, r in scenario.items()
                           if name != ORACLE and name.partition(":")[0] in HEURISTICS)
         saving, saving_ci, both = mean_ci(savings)
