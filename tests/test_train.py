@@ -216,7 +216,8 @@ def test_the_comparison_adds_a_residual_policy_s_own_prior_rule():
     model = Path("run/best_model.zip")
     assert comparison_schedulers(model, load_settings()) == [str(model), "all"]
     assert comparison_schedulers(model, load_settings(prior="carbon_periodic")) == [str(model), "all"]  # in "all"
-    graded = load_settings("quick_start")
+    assert comparison_schedulers(model, load_settings("quick_start")) == [str(model), "all"]  # energy_carbon_trust
+    graded = load_settings(prior="carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02")
     assert comparison_schedulers(model, graded) == [
         str(model), "all", "carbon_periodic:period=6,dirtier_period=10,sprint_gap=0.02"]
 
