@@ -93,8 +93,10 @@ class EdgeLearningVectorEnv(VectorEnv):
         self._processes: list[GroupProcess] = []  # started at the first reset (worker_kind "process")
         self._pool: ThreadPoolExecutor | None = None  # started at the first step with more than one group
         if self.workers > 1 and not in_processes and hasattr(os, "register_at_fork"):
-            # a forked child inherits the pool but not its threads: work sent to it would wait forever
+            # a forked child inherits the pool but not its threads (work sent to it would wait forever), and
+            # new threads there may not start torch's own thread pool: the child steps its groups in turn
             os.register_at_fork(after_in_child=functools.partial(_drop_pool, weakref.ref(self)))
+        self._forked = False
         self._rngs: list[np.random.Generator] = []
         self._started = False
 
@@ -157,8 +159,8 @@ class EdgeLearningVectorEnv(VectorEnv):
         return self._run_groups_here(actions)
 
     def _run_groups_here(self, actions: torch.Tensor) -> list[GroupRound]:
-        if len(self._groups) == 1:
-            return [self._step_group(0, actions)]
+        if len(self._groups) == 1 or self._forked:
+            return [self._step_group(k, actions[slice(*self._groups[k])]) for k in range(len(self._groups))]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gossip-group")
         return list(self._pool.map(lambda k: self._step_group(k, actions[slice(*self._groups[k])]),
@@ -206,7 +208,7 @@ class EdgeLearningVectorEnv(VectorEnv):
 def _drop_pool(env_ref: weakref.ref) -> None:
     env = env_ref()
     if env is not None:
-        env._pool = None
+        env._pool, env._forked = None, True
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
