@@ -86,45 +86,66 @@ def _apart(train: tuple, ood: tuple) -> None:
                          "an out-of-distribution range must lie wholly outside it")
 
 
-class IntSpan(_Frozen):
+class _TrainOrOod(_Frozen):
+    """A range with a ``train`` side and an optional ``ood`` side (subclasses declare both fields)."""
+
+    def side(self, ood: bool):
+        """The ``ood`` side for an out-of-distribution draw where there is one, else ``train``."""
+        return self.ood if ood and self.ood is not None else self.train
+
+
+class _Span(_TrainOrOod):
+    """[low, high] on each side; the ``ood`` span lies wholly outside the ``train`` one."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> _Span:
+        _ordered(self.train, "train")
+        if self.ood is not None:
+            _ordered(self.ood, "ood")
+            _apart(self.train, self.ood)
+        return self
+
+
+class IntSpan(_Span):
     """Whole numbers drawn uniformly from [low, high] (both included); ``ood`` outside ``train``."""
 
     train: tuple[int, int]
     ood: tuple[int, int] | None = None
 
-    @model_validator(mode="after")
-    def _valid(self) -> IntSpan:
-        _ordered(self.train, "train")
-        if self.ood is not None:
-            _ordered(self.ood, "ood")
-            _apart(self.train, self.ood)
-        return self
-
     def draw(self, rng: np.random.Generator, ood: bool) -> int:
-        low, high = self.ood if ood and self.ood is not None else self.train
+        low, high = self.side(ood)
         return int(rng.integers(low, high + 1))
 
 
-class FloatSpan(_Frozen):
+class FloatSpan(_Span):
     """Numbers drawn uniformly from [low, high]; ``ood`` outside ``train``."""
 
     train: tuple[float, float]
     ood: tuple[float, float] | None = None
 
-    @model_validator(mode="after")
-    def _valid(self) -> FloatSpan:
-        _ordered(self.train, "train")
-        if self.ood is not None:
-            _ordered(self.ood, "ood")
-            _apart(self.train, self.ood)
-        return self
-
     def draw(self, rng: np.random.Generator, ood: bool) -> float:
-        low, high = self.ood if ood and self.ood is not None else self.train
+        low, high = self.side(ood)
         return float(rng.uniform(low, high))
 
 
-class TopologyChoice(_Frozen):
+class _CountedPool(_TrainOrOod):
+    """``count`` (drawn from [low, high]) distinct members of the side's pool, in pool order."""
+
+    def _check_count(self) -> None:
+        _ordered(self.count, "count")
+        for name in ("train", "ood"):
+            pool = getattr(self, name)
+            if pool is not None and not 1 <= self.count[0] <= self.count[1] <= len(pool):
+                raise ValueError(f"count [{self.count[0]}, {self.count[1]}] must lie in [1, {len(pool)}], the size "
+                                 f"of the {name} pool")
+
+    def choose(self, rng: np.random.Generator, ood: bool) -> list:
+        pool = self.side(ood)
+        count = int(rng.integers(self.count[0], self.count[1] + 1))
+        return [pool[i] for i in np.sort(rng.choice(len(pool), size=count, replace=False))]
+
+
+class TopologyChoice(_TrainOrOod):
     """Graph kinds, one drawn uniformly; the ``ood`` kinds are none of the ``train`` ones."""
 
     train: tuple[TopologyKind, ...] = Field(min_length=1)
@@ -139,11 +160,11 @@ class TopologyChoice(_Frozen):
         return self
 
     def draw(self, rng: np.random.Generator, ood: bool) -> str:
-        kinds = self.ood if ood and self.ood is not None else self.train
+        kinds = self.side(ood)
         return str(kinds[int(rng.integers(len(kinds)))])
 
 
-class AttackKinds(_Frozen):
+class AttackKinds(_CountedPool):
     """A subset of ``count`` (drawn from [low, high]) attack kinds out of the pool; the ``ood`` pool shares
     no kind with the ``train`` pool."""
 
@@ -153,22 +174,14 @@ class AttackKinds(_Frozen):
 
     @model_validator(mode="after")
     def _valid(self) -> AttackKinds:
-        _ordered(self.count, "count")
-        for name in ("train", "ood"):
-            pool = getattr(self, name)
-            if pool is not None and not 1 <= self.count[0] <= self.count[1] <= len(pool):
-                raise ValueError(f"count [{self.count[0]}, {self.count[1]}] must lie in [1, {len(pool)}], the size "
-                                 f"of the {name} pool")
+        self._check_count()
         shared = set(self.train) & set(self.ood or ())
         if shared:
             raise ValueError(f"ood kinds {sorted(shared)} are also training kinds")
         return self
 
     def draw(self, rng: np.random.Generator, ood: bool) -> tuple[str, ...]:
-        pool = self.ood if ood and self.ood is not None else self.train
-        count = int(rng.integers(self.count[0], self.count[1] + 1))
-        chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
-        return tuple(pool[i] for i in chosen)
+        return tuple(self.choose(rng, ood))
 
 
 class AttackRanges(_Frozen):
@@ -182,7 +195,7 @@ class PoolRegion(Region):
     fraction: float = Field(1.0, gt=0, le=1)
 
 
-class RegionPool(_Frozen):
+class RegionPool(_CountedPool):
     """``count`` (drawn from [low, high]) regions out of the pool, each with an equal share of the nodes;
     the ``ood`` pool has no region or country of the ``train`` pool."""
 
@@ -192,12 +205,7 @@ class RegionPool(_Frozen):
 
     @model_validator(mode="after")
     def _valid(self) -> RegionPool:
-        _ordered(self.count, "count")
-        for name in ("train", "ood"):
-            pool = getattr(self, name)
-            if pool is not None and not 1 <= self.count[0] <= self.count[1] <= len(pool):
-                raise ValueError(f"count [{self.count[0]}, {self.count[1]}] must lie in [1, {len(pool)}], the size "
-                                 f"of the {name} pool")
+        self._check_count()
         if self.ood is not None:
             shared = {r.country_iso for r in self.train} & {r.country_iso for r in self.ood}
             if shared:
@@ -206,10 +214,8 @@ class RegionPool(_Frozen):
         return self
 
     def draw(self, rng: np.random.Generator, ood: bool) -> list[dict[str, Any]]:
-        pool = self.ood if ood and self.ood is not None else self.train
-        count = int(rng.integers(self.count[0], self.count[1] + 1))
-        chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
-        return [{**pool[i].model_dump(exclude_none=True), "fraction": 1.0 / count} for i in chosen]
+        chosen = self.choose(rng, ood)
+        return [{**region.model_dump(exclude_none=True), "fraction": 1.0 / len(chosen)} for region in chosen]
 
 
 class OracleSettings(_Frozen):
