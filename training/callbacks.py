@@ -17,7 +17,6 @@ the VecEnv has already reset that env by then. Validation episodes are played by
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from greengossip.agents.decentralized import DecentralizedScheduler
 from greengossip.training.rollout import play_episode, play_vec_episodes
-from greengossip.training.run_files import atomic_save, atomic_write_text
+from greengossip.training.run_files import append_csv_row, atomic_save, atomic_write_text
 
 TEXT_ONLY = ("stdout", "log", "json", "csv")  # formats that should not receive a Markdown blob
 
@@ -283,12 +282,7 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
             self._save(self.unguarded_model_path, steps, summary)
         self.logger.record("eval/best_return", self.best_score)
         self.logger.dump(steps)
-        new_file = not self.log_path.is_file()
-        with self.log_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["timesteps", *summary, "best"])
-            if new_file:
-                writer.writeheader()
-            writer.writerow({"timesteps": steps, **summary, "best": improved})
+        append_csv_row(self.log_path, {"timesteps": steps, **summary, "best": improved})
         scenarios = "".join(
             f"; {name}: return {summary[f'{name}/return']:.3f}, carbon {summary[f'{name}/carbon_g']:.2f} g, "
             f"attackers {summary[f'{name}/malicious']:.0f}"
@@ -438,12 +432,7 @@ class SharedPolicyEvalCallback(PeriodicEvalCallback):
             atomic_save(self.model, self.best_path)
             atomic_write_text(self.best_path.with_suffix(".json"),
                               json.dumps({"score": self.best_score, "trained_rounds": rounds, **summary}, indent=2))
-        new_file = not self.csv_path.is_file()
-        with self.csv_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["trained_rounds", *summary, "best"])
-            if new_file:
-                writer.writeheader()
-            writer.writerow({"trained_rounds": rounds, **summary, "best": improved})
+        append_csv_row(self.csv_path, {"trained_rounds": rounds, **summary, "best": improved})
         self.on_log(f"eval @ {rounds} rounds: return {summary['return']:.3f}, "
                     f"accuracy {summary['final_accuracy']:.3f}, carbon {summary['carbon_g']:.2f} g, "
                     f"target reached {summary['target_reached']:.0%}"

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -109,6 +110,16 @@ def atomic_save(model, path: str | Path) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
+
+
+def append_csv_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path``, writing the header (``row``'s keys) first if the file is new."""
+    new_file = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def checkpoints_newest_first(folder: Path) -> list[Path]:
