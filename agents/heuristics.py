@@ -466,6 +466,39 @@ class CarbonWindow(HeuristicScheduler):
         return np.where(works & trusted, first_affordable(mask, SEND_Q8), IDLE)
 
 
+class FleetTiming(CarbonPeriodic):
+    """``carbon_periodic`` in which the whole fleet waits for a cleaner hour together: "Let's Wait Awhile"
+    (Wiesner, Behnke, Scheinert, Gontarska & Thamsen, Middleware 2021) for one deferrable job that runs on
+    every node. While the fleet's mean intensity now is more than ``slack`` above its mean forecast (a
+    cleaner stretch of hours is coming), every node sleeps, for at most ``max_wait`` rounds since the
+    fleet's last broadcast; otherwise it follows ``carbon_periodic``. Waiting together leaves the learning
+    as it is (gossip mixes only between nodes awake in the same round, so grids that wait in turn would
+    stall it), and the fleet's summed intensity is what a round's carbon follows when its nodes draw alike.
+    Everyone works in the first round. ``max_wait`` is at most ``STALENESS_HORIZON`` rounds, the silence
+    the observation can tell apart."""
+
+    name = "fleet_timing"
+
+    def __init__(self, seed: int = 0, slack: float = 0.0, max_wait: int = STALENESS_HORIZON, **periodic):
+        super().__init__(seed, **periodic)
+        if not (isinstance(max_wait, int) and 1 <= max_wait <= STALENESS_HORIZON):
+            raise ValueError(f"max_wait must be a whole number of rounds between 1 and {STALENESS_HORIZON}, "
+                             f"got {max_wait!r}")
+        if not (isinstance(slack, (int, float)) and slack >= 0):
+            raise ValueError(f"slack must be a share of the forecast of at least 0, got {slack!r}")
+        self.slack = slack
+        self.max_wait = max_wait
+
+    def act(self, observation, mask):
+        action = super().act(observation, mask)
+        now = node_feature(observation, "carbon_now").mean(-1, keepdims=True)
+        ahead = node_feature(observation, "carbon_forecast").mean(-1, keepdims=True)
+        silent_rounds = np.rint(node_feature(observation, "staleness") * STALENESS_HORIZON).min(-1, keepdims=True)
+        started = global_column(observation, "progress") > 0
+        wait = started & (now > ahead * (1.0 + self.slack)) & (silent_rounds < self.max_wait)
+        return np.where(wait, IDLE, action)
+
+
 class NetworkAware(CarbonPeriodic):
     """``carbon_periodic`` that keeps gateways' broadcasts off the internet.
 
@@ -514,7 +547,8 @@ class NetworkAware(CarbonPeriodic):
 HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     cls.name: cls
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
-                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow, NetworkAware)
+                EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow, FleetTiming,
+                NetworkAware)
 }
 
 # rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)

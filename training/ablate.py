@@ -72,9 +72,9 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("continental_grid", "intensity",
            # no attackers here: trust_threshold=0, for on non-IID shards the trust gate idles honest nodes
            ("all_nodes", "carbon_aware", "carbon_periodic:period=1,trust_threshold=0",
-            "carbon_timing:period=1,trust_threshold=0", "carbon_timing:period=1,trust_threshold=0,max_wait=4",
-            "carbon_window"),
-           "mixed European grids on hourly traces"),
+            "carbon_timing:period=1,trust_threshold=0,max_wait=4", "carbon_window",
+            "fleet_timing:period=1,trust_threshold=0"),
+           "wind-swung Denmark and nuclear France on hourly traces, in spring"),
     Family("adversarial_fleet", "trust",
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
            "lying telemetry, ALIE and adaptive attackers against robust gossip"),
