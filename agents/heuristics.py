@@ -544,11 +544,47 @@ class NetworkAware(CarbonPeriodic):
         return np.where(quiet, first_affordable(mask, TRAIN), action)
 
 
+class BatteryQuorum(HarvestAware):
+    """``harvest_aware`` whose mains-powered nodes also wait while most battery nodes cannot pay a round.
+    Accuracy is the mean over all nodes and each node's shard is non-IID, so while the battery nodes are
+    flat the mains nodes' rounds move the fleet little towards the target and burn grid energy: waiting for
+    the battery nodes is energy-neutral operation (Kansal, Hsu, Zahedi & Srivastava, ACM TECS 2007) lifted
+    from one node to the fleet. The rule reads the fleet, not the node: the share of battery nodes
+    (``grid_connected`` 0) that cannot pay is the share the action mask keeps out of a broadcast plus the
+    share that dropped out last round (``dropped_share``, counted against the battery nodes: a mains node
+    never drops). Under private telemetry both come from what the nodes release: the mask from their
+    one-bit reports, the drop-outs as a fleet aggregate (``envs/telemetry.py``); a per-node one-bit
+    report at under 1 ε a day is too noisy to count one by one. The mains nodes sit out while that share
+    is above 1 - ``quorum``, until the episode is past ``patience`` of its deadline (a fleet that waits
+    too long misses it). Without any report (no mask, no drop-out share) no node waits for the fleet."""
+
+    name = "battery_quorum"
+
+    def __init__(self, seed: int = 0, quorum: float = 0.3, patience: float = 0.5, **harvest):
+        super().__init__(seed, **harvest)
+        for name, value in (("quorum", quorum), ("patience", patience)):
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
+        self.quorum = quorum
+        self.patience = patience
+
+    def act(self, observation, mask):
+        action = super().act(observation, mask)
+        battery_only = node_feature(observation, "grid_connected") < 0.5
+        counted = np.maximum(battery_only.sum(-1, keepdims=True), 1)
+        masked = (battery_only & (mask[..., SEND_FULL] < 0.5)).sum(-1, keepdims=True) / counted
+        dropped = global_column(observation, "dropped_share") * battery_only.shape[-1] / counted
+        cannot_pay = np.minimum(masked + dropped, 1.0)
+        waits = ((battery_only.sum(-1, keepdims=True) > 0) & (cannot_pay > 1.0 - self.quorum)
+                 & (global_column(observation, "progress") < self.patience))
+        return np.where(~battery_only & waits, IDLE, action)
+
+
 HEURISTICS: dict[str, type[HeuristicScheduler]] = {
     cls.name: cls
     for cls in (AllNodes, RandomK, BatteryGreedy, CarbonAware, OortUtility, TrustThreshold, EventTriggered,
                 EnergyCarbonTrust, CarbonPeriodic, HarvestAware, CarbonTiming, CarbonWindow, FleetTiming,
-                NetworkAware)
+                NetworkAware, BatteryQuorum)
 }
 
 # rules that can be a residual policy's prior (``greengossip.agents.policies``: ``prior``)

@@ -30,9 +30,9 @@ from greengossip import envs  # noqa: F401
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs.config import load_config
 
-# the private sensor field's rule that reads the battery (the Jetsons wait for the sun when it cannot pay a
-# round); all_nodes, which ``greengossip ablate`` selects on five validation seeds, reads only the mask
-RULE = "harvest_aware:period=2"
+# the private sensor field's rule that reads the telemetry (the mains nodes wait while the reports say most
+# battery nodes cannot pay a round), the rule ``greengossip ablate`` selects for the field on validation seeds
+RULE = "battery_quorum:period=1"
 DAILY_EPSILONS = (0.25, 1.0, 4.0, 16.0, 64.0)
 VALIDATION_SEEDS = tuple(range(10000, 10010))
 

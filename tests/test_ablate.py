@@ -134,8 +134,12 @@ def test_telemetry_oracle_sees_the_true_battery_behind_private_reports():
     oracle = ablate.InformationView("telemetry", "oracle", env)(observation)
     assert np.allclose(oracle["nodes"][:, NODE_INDEX["battery_soc"]], truth.numpy(), atol=1e-6)
     assert not np.allclose(observation["nodes"][:, NODE_INDEX["battery_soc"]], truth.numpy(), atol=1e-3)
+    observation = dict(observation, **{"global": observation["global"].copy()})
+    observation["global"][GLOBAL_INDEX["dropped_share"]] = 0.4
     blind = ablate.InformationView("telemetry", "blind", env)(observation)
     assert np.all(blind["action_mask"] == 1.0)
+    assert blind["global"][GLOBAL_INDEX["dropped_share"]] == 0.0  # no reports: no drop-out aggregate either
+    assert observation["global"][GLOBAL_INDEX["dropped_share"]] == 0.4  # the view copies, never writes back
 
 
 def test_network_views_flatten_the_graph_or_count_it_from_the_scenario():

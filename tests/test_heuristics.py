@@ -28,7 +28,7 @@ TOP_LEVEL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 STEPS_PER_CONFIG = 12
 EXPECTED = {"all_nodes", "random_k", "battery_greedy", "carbon_aware", "oort", "trust_threshold",
             "event_triggered", "energy_carbon_trust", "carbon_periodic", "harvest_aware", "carbon_timing",
-            "carbon_window", "fleet_timing", "network_aware"}
+            "carbon_window", "fleet_timing", "network_aware", "battery_quorum"}
 
 
 def _assert_valid(action, mask: np.ndarray) -> None:
@@ -412,3 +412,30 @@ def test_make_scheduler_parses_parameters_and_explains_errors():
         make_scheduler("random_k:speed=3")
     with pytest.raises(ValueError, match="key=value"):
         make_scheduler("random_k:0.3")
+
+
+def test_battery_quorum_keeps_mains_nodes_waiting_while_the_battery_nodes_cannot_pay():
+    _, obs = _observation()
+    n = obs["nodes"].shape[0]
+    mains = np.arange(n) < n // 4
+    obs = _set(_set(obs, "grid_connected", mains.astype(float)), "harvest_forecast", 0.0)
+    obs = _set(_set(obs, "trust", 1.0), "battery_soc", 0.9)
+    everything = np.ones_like(obs["action_mask"])
+    scheduler = HEURISTICS["battery_quorum"](seed=0, quorum=0.3, period=1)
+
+    def act(mask, dropped_share, progress=0.1):
+        glob = obs["global"].copy()
+        glob[GLOBAL_INDEX["dropped_share"]], glob[GLOBAL_INDEX["progress"]] = dropped_share, progress
+        return scheduler.predict(dict(obs, action_mask=mask, **{"global": glob}))[0]
+
+    flat = everything.copy()
+    flat[~mains, SEND_FULL:] = 0.0  # the reports keep every battery node out of a broadcast
+    assert (act(flat, 0.0)[mains] == IDLE).all()
+    battery_share = (~mains).mean()
+    dropped = act(everything, 0.8 * battery_share)  # 80 % of the battery nodes dropped out last round
+    assert (dropped[mains] == IDLE).all() and (dropped[~mains] != IDLE).all()
+    assert (act(everything, 0.5 * battery_share) != IDLE).all()  # half of them can pay: a quorum
+    assert (act(everything, 0.0) != IDLE).all()  # no reports at all: nobody waits for the fleet
+    assert (act(flat, battery_share, progress=0.6)[mains] != IDLE).all()  # past its patience
+    with pytest.raises(ValueError, match="quorum"):
+        HEURISTICS["battery_quorum"](quorum=1.5)

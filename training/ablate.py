@@ -79,9 +79,10 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            ("trust_threshold", "energy_carbon_trust", "carbon_periodic"),
            "lying telemetry, ALIE and adaptive attackers against robust gossip"),
     Family("private_sensor_field", "telemetry",
-           ("all_nodes", "battery_greedy", "carbon_periodic:period=2", "harvest_aware:period=2"),
+           ("all_nodes", "battery_greedy", "carbon_periodic:period=1", "harvest_aware:period=1",
+            "harvest_aware:period=2", "battery_quorum:period=1"),
            "winter battery nodes that brown out when asked beyond their means; their battery reaches the "
-           "scheduler only as a one-bit private report"),
+           "scheduler only as a one-bit private report and the fleet's drop-out share"),
     Family("large_network", "network",
            ("carbon_periodic:period=1", "carbon_timing:period=1", "network_aware:period=1"),
            "1,024 nodes in four regional clusters joined by gateways; internet bytes charged attributionally"),
@@ -182,9 +183,13 @@ def _blind(factor: str, observation: dict, env) -> dict:
         return _set(observation, {"carbon_now": flat, "carbon_forecast": flat})
     if factor == "trust":  # every node looks trusted
         return _set(observation, {"trust": 1.0})
-    if factor == "telemetry":  # no reports: mid-range battery, and a mask that allows everything
+    if factor == "telemetry":  # no reports: mid-range battery, a mask that allows everything, no drop-out share
+        from greengossip.agents.base import GLOBAL_INDEX
+
         blind = _set(observation, {"battery_soc": 0.5})
-        return {**blind, "action_mask": np.ones_like(observation["action_mask"])}
+        glob = np.array(observation["global"], copy=True)
+        glob[..., GLOBAL_INDEX["dropped_share"]] = 0.0
+        return {**blind, "global": glob, "action_mask": np.ones_like(observation["action_mask"])}
     if factor == "network":  # every node looks like the fleet's mean node: who the gateways are is unknown
         from greengossip.envs.observation import NODE_INDEX
 
@@ -215,7 +220,8 @@ FACTORS: dict[str, str] = {
     "intensity": "blind: each grid flattened to its annual mean (the episode's own mean would leak the coming "
                  "days' weather); oracle: true mean intensity over twice the forecast window (at least 2 h)",
     "trust": "blind: every node trusted; oracle: attackers at trust 0, honest nodes at 1",
-    "telemetry": "blind: no battery reports (0.5) and no mask; oracle: true battery, harvest, load and mask",
+    "telemetry": "blind: no battery reports (0.5), no mask and no drop-out share; oracle: true battery, harvest, "
+                 "load and mask",
     "network": "blind: degree and internet links flattened to the fleet mean (no node known as a gateway); "
                "oracle: both counted from the graph itself",
 }
