@@ -60,6 +60,12 @@ from greengossip.training.callbacks import SharedPolicyEvalCallback, StopOnInter
 from greengossip.training.evaluate import compare_with_heuristics
 from greengossip.training.run_files import atomic_save, prepare_run_folder, resume_checkpoint
 from greengossip.training.settings import DEFAULT_CONFIG, SettingsError, load_settings
+from greengossip.training.suite_multi_agent import (
+    SuiteSharedPolicyEvalCallback,
+    fleet_sizes,
+    make_suite_vec_env,
+    validation_draws,
+)
 
 EXIT_INTERRUPTED = 130
 LOG = logging.getLogger("greengossip.multi_agent")
@@ -86,58 +92,66 @@ def train_multi_agent(
     """Train one shared per-node PPO policy on ``config`` with ``settings`` (a ``TrainSettings``;
     its ``ppo`` section, seeds, ``n_envs``, evaluation and checkpoint settings apply)."""
     started = time.perf_counter()
+    if settings.suite is not None and config is not None:
+        raise SettingsError("suite: the suite's families are the training scenarios; drop --config or the "
+                            "settings' suite section")
     if settings.reward is not None:
         raise SettingsError("reward: training reward weights apply to the centralized scheduler; with "
                             "--multi-agent set the scenario's own reward (or local_reward_weight) instead")
     out = prepare_run_folder(out_dir, resume, overwrite)
     setup_logging(out, LOG)
-    env_config = load_config(config)
-    n_nodes = env_config.n_nodes
-    config_path = out / "env_config.yaml"
-    config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
-    if isinstance(config, (str, Path)):
-        config_path = find_config(config)  # the harness names the scenario after the file; a name is a shipped file
     (out / "settings.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
-    (out / "multi_agent.json").write_text(
-        json.dumps(
-            {
-                "kind": "decentralized",
-                "algorithm": "PPO",
-                "parameter_sharing": True,
-                "local_reward_weight": local_reward_weight,
-                "n_nodes_trained": n_nodes,
-                "scheduler_spec": DECENTRALIZED_PREFIX + str(out / "best_model.zip"),
-            },
-            indent=2,
-        )
-    )
     torch_threads(settings)
-    LOG.info(
-        "training a shared per-node PPO policy on %s (%d nodes = agents) for %d rounds, seed %d, %d env(s), "
-        "local_reward_weight %g -> %s",
-        config if isinstance(config, (str, Path)) else "<config>",
-        n_nodes,
-        settings.total_timesteps,
-        settings.seed,
-        settings.n_envs,
-        local_reward_weight,
-        out,
-    )
-
-    # the first reset fills the simulator's caches (clear-sky years) once for the validation episodes
-    eval_env = gym.make(ENV_ID, config=env_config)
-    eval_env.reset(seed=settings.validation_seeds[0])
-    venv = make_multi_agent_vec_env(
-        env_config,
-        settings.n_envs,
-        local_reward_weight,
-        # in the learner's process: Ctrl-C reaches every process of the terminal, and a worker stopped in the
-        # middle of a step would take that step, and the model's save, with it
-        num_cpus=0,
-        seed=settings.seed,
-        monitor_file=out / "monitor.csv",
-        append=bool(resume),
-    )
+    record: dict[str, Any] = {"kind": "decentralized", "algorithm": "PPO", "parameter_sharing": True,
+                              "local_reward_weight": local_reward_weight,
+                              "scheduler_spec": DECENTRALIZED_PREFIX + str(out / "best_model.zip")}
+    eval_env = None
+    if settings.suite is not None:
+        envs = fleet_sizes(settings.suite, settings.n_envs)
+        decisions_per_round = sum(n for _, n in envs) / len(envs)  # SB3's steps per env round, on average
+        record["training_envs"] = [{"family": family, "n_nodes": n} for family, n in envs]
+        LOG.info("training a shared per-node PPO policy on the suite's train split (%s) for %d rounds, seed %d, "
+                 "local_reward_weight %g -> %s", ", ".join(f"{family} x {n}" for family, n in envs),
+                 settings.total_timesteps, settings.seed, local_reward_weight, out)
+        venv = make_suite_vec_env(settings.suite, settings.n_envs, local_reward_weight, seed=settings.seed,
+                                  monitor_file=out / "monitor.csv", append=bool(resume))
+        texts = {}
+    else:
+        config = DEFAULT_CONFIG if config is None else config
+        env_config = load_config(config)
+        decisions_per_round = env_config.n_nodes
+        record["n_nodes_trained"] = env_config.n_nodes
+        config_path = out / "env_config.yaml"
+        config_path.write_text(yaml.safe_dump(env_config.model_dump(mode="json"), sort_keys=False))
+        if isinstance(config, (str, Path)):
+            config_path = find_config(config)  # the harness names the scenario after the file; a name is a shipped file
+        LOG.info(
+            "training a shared per-node PPO policy on %s (%d nodes = agents) for %d rounds, seed %d, %d env(s), "
+            "local_reward_weight %g -> %s",
+            config if isinstance(config, (str, Path)) else "<config>",
+            env_config.n_nodes,
+            settings.total_timesteps,
+            settings.seed,
+            settings.n_envs,
+            local_reward_weight,
+            out,
+        )
+        # the first reset fills the simulator's caches (clear-sky years) once for the validation episodes
+        eval_env = gym.make(ENV_ID, config=env_config)
+        eval_env.reset(seed=settings.validation_seeds[0])
+        venv = make_multi_agent_vec_env(
+            env_config,
+            settings.n_envs,
+            local_reward_weight,
+            # in the learner's process: Ctrl-C reaches every process of the terminal, and a worker stopped in the
+            # middle of a step would take that step, and the model's save, with it
+            num_cpus=0,
+            seed=settings.seed,
+            monitor_file=out / "monitor.csv",
+            append=bool(resume),
+        )
+        texts = {"settings/env": "```yaml\n" + (out / "env_config.yaml").read_text() + "\n```"}
+    (out / "multi_agent.json").write_text(json.dumps(record, indent=2))
     interrupt = StopOnInterrupt(on_log=LOG.info)
     try:
         if resume:
@@ -160,14 +174,17 @@ def train_multi_agent(
                 **algorithm_kwargs(settings),
             )
         model.set_logger(sb3_logger(out / "logs"))
-        evaluation = SharedPolicyEvalCallback(eval_env, settings.validation_seeds, settings.eval_freq, n_nodes, out,
-                                              on_log=LOG.info, skip_final=lambda: interrupt.requested)
-        texts = {
-            "settings/env": "```yaml\n" + (out / "env_config.yaml").read_text() + "\n```",
-            "settings/multi_agent": (out / "multi_agent.json").read_text(),
-        }
+        if eval_env is None:
+            evaluation = SuiteSharedPolicyEvalCallback(
+                validation_draws(settings.suite), int(settings.eval_freq * decisions_per_round), decisions_per_round,
+                out, on_log=LOG.info, skip_final=lambda: interrupt.requested)
+        else:
+            evaluation = SharedPolicyEvalCallback(eval_env, settings.validation_seeds, settings.eval_freq,
+                                                  env_config.n_nodes, out, on_log=LOG.info,
+                                                  skip_final=lambda: interrupt.requested)
+        texts["settings/multi_agent"] = (out / "multi_agent.json").read_text()
         callbacks, _ = training_callbacks(settings, out, texts, evaluation, interrupt, LOG)
-        remaining = settings.total_timesteps * n_nodes - (model.num_timesteps if resume else 0)
+        remaining = int(settings.total_timesteps * decisions_per_round) - (model.num_timesteps if resume else 0)
         if remaining > 0:
             model.learn(
                 total_timesteps=remaining,
@@ -180,17 +197,19 @@ def train_multi_agent(
         if interrupt.requested:
             (out / "checkpoints").mkdir(exist_ok=True)
             checkpoint = atomic_save(model, out / "checkpoints" / f"model_{model.num_timesteps}_steps.zip")
-            LOG.info("interrupted at %d rounds; saved %s and %s. Go on with:\n  %s", model.num_timesteps // n_nodes,
+            LOG.info("interrupted at %d rounds; saved %s and %s. Go on with:\n  %s",
+                     int(model.num_timesteps / decisions_per_round),
                      model_path, checkpoint, resume_command or f"greengossip train --multi-agent ... --out {out} "
                      "--resume latest")
     finally:
         venv.close()
-        eval_env.close()
+        if eval_env is not None:
+            eval_env.close()
     best = out / "best_model.zip"
     if not best.is_file():
         best = model_path
     result = MultiAgentResult(
-        out, model_path, best, model.num_timesteps // n_nodes, 0.0, evaluation.best_summary,
+        out, model_path, best, int(model.num_timesteps / decisions_per_round), 0.0, evaluation.best_summary,
         interrupted=interrupt.requested,
     )
     LOG.info(
@@ -200,7 +219,10 @@ def train_multi_agent(
         time.perf_counter() - started,
         best,
     )
-    if settings.compare and not result.interrupted:
+    if settings.suite is not None:
+        LOG.info("the suite's comparison is the benchmark: greengossip benchmark --split validation --schedulers "
+                 "%s%s", DECENTRALIZED_PREFIX, best)
+    elif settings.compare and not result.interrupted:
         result.comparison, result.comparison_table, result.comparison_error = compare_with_heuristics(
             [DECENTRALIZED_PREFIX + str(best), "all"], config_path, settings.test_seeds, out / "comparison",
             workers=settings.compare_workers, progress=settings.progress_bar, log=LOG,
@@ -213,7 +235,8 @@ def train_multi_agent(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m greengossip.training.multi_agent`` (``greengossip train --multi-agent`` has the
     same ones)."""
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="env scenario YAML")
+    parser.add_argument("--config", default=None,
+                        help=f"env scenario YAML (default {DEFAULT_CONFIG}; none with a settings suite section)")
     parser.add_argument("--settings", default=None, help="training settings YAML (its ppo section is used)")
     parser.add_argument("--timesteps", type=int, default=None, help="env rounds over all envs")
     parser.add_argument("--seed", type=int, default=None, help="training seed (< 10000)")
@@ -263,8 +286,13 @@ def run(args: argparse.Namespace) -> int:
         progress_bar=False if args.no_progress else None,
         compare=False if args.no_compare else None,
     )
-    out = args.out or f"runs/decentralized-{Path(args.config).stem}-s{settings.seed}"
-    command = shlex.join(["greengossip", "train", "--multi-agent", "--config", str(args.config),
+    if settings.suite is not None and args.config is not None:
+        raise SettingsError("suite: the suite's families are the training scenarios; drop --config or the "
+                            "settings' suite section")
+    name = "suite" if settings.suite is not None else Path(args.config or DEFAULT_CONFIG).stem
+    out = args.out or f"runs/decentralized-{name}-s{settings.seed}"
+    command = shlex.join(["greengossip", "train", "--multi-agent",
+                          *(["--config", str(args.config)] if args.config else []),
                           *(["--settings", str(args.settings)] if args.settings else []),
                           "--local-reward-weight", str(args.local_reward_weight), "--out", str(out), "--resume",
                           "latest"])

@@ -17,7 +17,7 @@ from greengossip.agents.heuristics import HEURISTICS, memoryless_heuristic
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import bounded_repr
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
-from greengossip.envs.shipped import TRAINING, find_config, shipped_dir
+from greengossip.envs.shipped import TRAINING, find_config, shipped_dir, shipped_names
 
 DEFAULT_CONFIG = "default"  # the env scenario trained on when --config is not given
 DEFAULT_SETTINGS = shipped_dir(TRAINING) / "default.yaml"
@@ -165,6 +165,41 @@ class ImitationSettings(_Frozen):
         return name
 
 
+class SuiteSettings(_Frozen):
+    """Domain randomisation over the scenario suite (``training/suite.py``): every training episode plays a
+    fresh scenario that a seed of the train split (0..9,999) draws from a family, and the best model is
+    picked on scenarios of the validation split (10,000..). Training env ``i`` runs family ``i mod k``."""
+
+    families: list[str] = Field(
+        [], description="suite families trained on (names in configs/suite/; empty = every family)"
+    )
+    max_nodes: int = Field(
+        64,
+        ge=2,
+        description="largest fleet of a training env: each env's fleet size is spread over its family's "
+        "training range cut at this (large_network draws up to 1,024 nodes)",
+    )
+    eval_seeds_per_family: int = Field(2, ge=1, description="validation seeds per family of each evaluation")
+    max_eval_nodes: int = Field(
+        256, ge=2, description="largest fleet of a validation scenario (larger draws are cut to this)"
+    )
+
+    @field_validator("families")
+    @classmethod
+    def _shipped_families(cls, families: list[str]) -> list[str]:
+        known = shipped_names("suite")
+        unknown = [name for name in families if name not in known]
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; allowed: {', '.join(known)}")
+        if len(set(families)) < len(families):
+            raise ValueError(f"families {families} lists a family twice; name each once")
+        return families
+
+    @property
+    def family_names(self) -> list[str]:
+        return list(self.families) or shipped_names("suite")
+
+
 class TrainSettings(_Frozen):
     """How a scheduler is trained. Command-line flags override ``algo``, ``total_timesteps``, ``seed``,
     ``n_envs``, ``time_limit_minutes`` and ``imitation.heuristic``."""
@@ -186,6 +221,11 @@ class TrainSettings(_Frozen):
         "i mod (1 + len), so n_envs should be a multiple of that); same n_nodes as --config. A file listed "
         "twice runs in more of the envs (validated once). Model selection stays on --config unless "
         "select_on is training_mix; the final comparison stays on it",
+    )
+    suite: SuiteSettings | None = Field(
+        None,
+        description="train on the scenario suite's train split (domain randomisation over families, fleet "
+        "mix, regions and season) instead of --config; None = --config alone",
     )
     carbon_guard: float | None = Field(
         None,
@@ -250,6 +290,18 @@ class TrainSettings(_Frozen):
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _suite_fits(self) -> TrainSettings:
+        if self.suite is not None:
+            families = len(self.suite.family_names)
+            if self.n_envs < families:
+                raise ValueError(f"suite: {families} families need n_envs >= {families} (training env i runs "
+                                 f"family i mod {families}), got n_envs {self.n_envs}")
+            if self.also_train_on:
+                raise ValueError("suite: the suite's families are the training scenarios; leave also_train_on "
+                                 "empty")
         return self
 
     @model_validator(mode="after")

@@ -69,6 +69,7 @@ from greengossip.training.run_files import atomic_save, latest_checkpoint, prepa
 from greengossip.training.settings import (
     ALGORITHMS,
     DEFAULT_CONFIG,
+    SettingsError,
     TrainSettings,
     load_settings,
     settings_for_config,
@@ -82,8 +83,9 @@ LOG = logging.getLogger("greengossip.train")
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG),
-        help="env scenario: a shipped name (default, tiny, attack_heavy, ...) or a YAML path (default: default)"
+        "--config", default=None,
+        help="env scenario: a shipped name (default, tiny, attack_heavy, ...) or a YAML path (default: default; "
+        "none with --multi-agent and a settings suite section)"
     )
     parser.add_argument(
         "--settings",
@@ -151,6 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.multi_agent:
         return multi_agent.run(args)
+    args.config = args.config or str(DEFAULT_CONFIG)
     settings_path = args.settings or settings_for_config(args.config)
     settings = load_settings(
         settings_path,
@@ -165,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         imitate=args.imitate,
         prior=args.prior,
     )
+    if settings.suite is not None:
+        raise SettingsError("suite: training on the suite is for the shared per-node policy; add --multi-agent "
+                            "or remove the settings' suite section")
     out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
     result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path,
                    overwrite=args.overwrite, resume_command=resume_command(args, out))
