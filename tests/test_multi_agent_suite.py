@@ -1,11 +1,9 @@
-"""The shared per-node policy on the scenario suite (training/suite_multi_agent.py) and the shipped one."""
+"""The shared per-node policy on the scenario suite (training/suite_multi_agent.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("supersuit")
@@ -21,7 +19,6 @@ from greengossip.training.suite_multi_agent import (  # noqa: E402
     scenario_score,
 )
 
-SHIPPED = Path(__file__).resolve().parents[1] / "agents" / "pretrained" / "decentralized.zip"
 # two small families, fleets cut to 20 nodes: solar's envs get 17 and 19 nodes, the adversarial fleet's 20
 SMALL_SUITE = {"families": ["solar_sensor_field", "adversarial_fleet"], "max_nodes": 20,
                "eval_seeds_per_family": 1, "max_eval_nodes": 12}
@@ -77,7 +74,7 @@ def test_suite_envs_of_different_fleet_sizes_feed_one_ppo(tmp_path):
 
 def test_suite_training_picks_the_model_on_validation_scenarios(tmp_path):
     from greengossip.agents.decentralized import is_decentralized_model
-    from greengossip.training.multi_agent import train_multi_agent
+    from greengossip.training.multi_agent import ship, train_multi_agent
 
     result = train_multi_agent(None, small_settings(), tmp_path / "run")
     assert result.rounds == 16 and is_decentralized_model(result.best_model_path)
@@ -86,6 +83,12 @@ def test_suite_training_picks_the_model_on_validation_scenarios(tmp_path):
     best = json.loads(result.best_model_path.with_suffix(".json").read_text())
     assert MISSED <= best["score"] <= 1.0
     assert set(best) >= {"solar_sensor_field/score", "adversarial_fleet/score", "target_reached"}
+    shipped = ship(result.out_dir, tmp_path / "shipped" / "policy.zip")
+    assert shipped.read_bytes() == result.best_model_path.read_bytes()
+    record = json.loads(shipped.with_suffix(".json").read_text())
+    assert record["trained_rounds"] == 16 and record["wall_seconds"] > 0 and record["seed"] == 0
+    assert record["settings"]["suite"]["families"] == SMALL_SUITE["families"]
+    assert record["best_model"]["score"] == best["score"]
 
 
 @pytest.mark.parametrize(
@@ -125,29 +128,3 @@ def test_validation_score_is_the_share_of_all_nodes_carbon_saved():
     assert scenario_score(100.0, 8.0) == MISSED  # floored: one disaster does not decide the mean
     assert scenario_score(None, 8.0) == MISSED  # a missed target
     assert scenario_score(3.0, None) == 0.0  # all_nodes missed: no scale, reaching the target is enough
-
-
-# ---------------------------------------------------------------------------------------------- shipped policy
-def test_shipped_policy_loads_and_plays_a_short_episode_of_a_small_family():
-    import gymnasium as gym
-
-    from greengossip.agents import make_scheduler
-    from greengossip.agents.decentralized import is_decentralized_model
-    from greengossip.envs import ENV_ID
-    from greengossip.training.rollout import play_episode
-    from greengossip.training.suite import draw_scenario
-
-    assert SHIPPED.is_file() and SHIPPED.stat().st_size <= 2 * 1024 * 1024
-    assert is_decentralized_model(SHIPPED)
-    record = json.loads(SHIPPED.with_suffix(".json").read_text())
-    assert record["settings"]["suite"] is not None and record["trained_rounds"] > 0
-    assert record["seed"] == record["settings"]["seed"] and record["wall_seconds"] > 0
-    draw = draw_scenario("solar_sensor_field", 10_000)
-    env = gym.make(ENV_ID, config=draw.config)
-    scheduler = make_scheduler(f"decentralized:{SHIPPED}", env=env, seed=0)
-    actions = []
-    info = play_episode(scheduler, env, draw.seed, max_steps=6,
-                        on_step=lambda info, reward: actions.append(info.get("dropped_nodes", 0)))
-    env.close()
-    assert info["steps"] == 6 and np.isfinite(info["return"])
-    assert sum(actions) == 0  # every node picks only what it can afford

@@ -2,6 +2,8 @@
 
     greengossip train --multi-agent --config configs/tiny.yaml --settings configs/train/tiny.yaml
     python -m greengossip.training.multi_agent --config tiny --settings tiny   # the same
+    python -m greengossip.training.multi_agent --settings decentralized_suite \
+        --ship agents/pretrained/decentralized.zip   # on the scenario suite; the shipped policy
 
 Each node of ``greengossip.envs.multi_agent.EdgeLearningParallelEnv`` is an agent with the same spaces, so SuperSuit
 turns one env of ``N`` nodes into an SB3 vector env of ``N`` "envs" (``pettingzoo_env_to_vec_env_v1``),
@@ -10,15 +12,22 @@ node's experience at once (parameter sharing; Terry et al., "Revisiting paramete
 deep RL", 2020). The policy reads ``LOCAL_OBS_DIM`` numbers whatever the fleet size, so a policy trained
 on 8 nodes runs on 200.
 
+With a ``suite`` section in the settings (and no ``--config``) the training envs are the scenario suite's
+instead (``training/suite_multi_agent.py``): env ``i`` plays a fresh train-split scenario of family
+``i mod k`` every episode at a fixed fleet size, envs of different sizes feed the one PPO, and the best model
+is picked on validation-split scenarios by the carbon-to-target saved against all_nodes.
+
 Counting: ``--timesteps`` / ``total_timesteps`` are env rounds summed over envs, as for the centralized
 trainer (same simulator cost); SB3 itself counts node decisions, ``N`` per round, and so do its logs
 (``time/total_timesteps``, ``charts/steps_per_second``). ``monitor.csv`` has one row per node and episode.
 
 What a run leaves in ``--out``: ``model.zip`` (final), ``best_model.zip`` (+ ``.json``, best mean return
-on the validation seeds 10,000..), ``checkpoints/``, ``logs/`` (TensorBoard + progress.csv),
-``monitor.csv``, ``evaluations.csv``, ``settings.yaml``, ``env_config.yaml``, ``multi_agent.json``,
-``train.log`` and ``comparison/`` (the evaluation harness: the shared policy as a scheduler,
-``decentralized:<path>``, beside every heuristic on the test seeds 20,000..).
+on the validation seeds 10,000.., or best suite validation score), ``checkpoints/``, ``logs/`` (TensorBoard
++ progress.csv), ``monitor.csv``, ``evaluations.csv``, ``settings.yaml``, ``env_config.yaml`` (not for the
+suite), ``multi_agent.json``, ``run.json`` (seed, rounds, wall-clock seconds, the best model's record and
+the settings), ``train.log`` and ``comparison/`` (the evaluation harness: the shared policy as a scheduler,
+``decentralized:<path>``, beside every heuristic on the test seeds 20,000..; the suite's comparison is
+``greengossip benchmark``). ``--ship ZIP`` copies the best model to ``ZIP`` and ``run.json`` beside it.
 
 For the harness, ``greengossip.agents.decentralized.load_decentralized_scheduler`` wraps a trained shared
 policy as a scheduler (``decentralized:<path>``). As for ``train.py``, an ``--out`` that holds a run needs
@@ -58,7 +67,13 @@ from greengossip.training.builders import (
 )
 from greengossip.training.callbacks import SharedPolicyEvalCallback, StopOnInterrupt
 from greengossip.training.evaluate import compare_with_heuristics
-from greengossip.training.run_files import atomic_save, prepare_run_folder, resume_checkpoint
+from greengossip.training.run_files import (
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    prepare_run_folder,
+    resume_checkpoint,
+)
 from greengossip.training.settings import DEFAULT_CONFIG, SettingsError, load_settings
 from greengossip.training.suite_multi_agent import (
     SuiteSharedPolicyEvalCallback,
@@ -228,7 +243,45 @@ def train_multi_agent(
             workers=settings.compare_workers, progress=settings.progress_bar, log=LOG,
         )
     result.seconds = time.perf_counter() - started
+    write_run_record(result, settings, local_reward_weight, resume)
     return result
+
+
+def write_run_record(result: MultiAgentResult, settings, local_reward_weight: float, resume: str | None) -> Path:
+    """``OUT/run.json``: seed, rounds, wall-clock seconds (summed over the resumed parts of a run), the
+    best model's validation record and the settings; what :func:`ship` puts beside a shipped model."""
+    path = result.out_dir / "run.json"
+    earlier = json.loads(path.read_text()).get("wall_seconds", 0.0) if resume and path.is_file() else 0.0
+    best_record = result.best_model_path.with_suffix(".json")
+    record = {
+        "kind": "decentralized",
+        "seed": settings.seed,
+        "trained_rounds": result.rounds,
+        "wall_seconds": round(earlier + result.seconds, 1),
+        "interrupted": result.interrupted,
+        "local_reward_weight": local_reward_weight,
+        "best_model": json.loads(best_record.read_text()) if best_record.is_file() else None,
+        "multi_agent": json.loads((result.out_dir / "multi_agent.json").read_text()),
+        "settings": settings.model_dump(mode="json"),
+    }
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return path
+
+
+def ship(run_dir: str | Path, destination: str | Path) -> Path:
+    """Copy a run's best model to ``destination`` (a ``.zip``) with its ``run.json`` beside it
+    (``destination`` with ``.json``): settings, seed, rounds and wall-clock time of the run that made it."""
+    run_dir, destination = Path(run_dir), Path(destination)
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise UserError(f"{run_dir} holds no finished run (no run.json); train one with 'greengossip train "
+                        "--multi-agent' first")
+    best = run_dir / "best_model.zip"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    data = (best if best.is_file() else run_dir / "model.zip").read_bytes()
+    atomic_write_bytes(destination, lambda handle: handle.write(data))
+    atomic_write_text(destination.with_suffix(".json"), record.read_text())
+    return destination
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -263,6 +316,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the final comparison with the heuristics"
     )
+    parser.add_argument("--ship", default=None, metavar="ZIP",
+                        help="at the end, copy the best model to ZIP with the run's record (ZIP with .json) beside it, "
+                        "e.g. agents/pretrained/decentralized.zip")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -302,6 +358,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if getattr(args, "ship", None):
+        LOG.info("shipped %s", ship(result.out_dir, args.ship))
     return 1 if result.comparison_error else 0
 
 
