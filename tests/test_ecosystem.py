@@ -108,3 +108,12 @@ def test_every_documented_space_shape_is_the_code_s():
                         wrong.append(f"{path.relative_to(ROOT)}:{number}: {match.group(0)!r}, the code has {expected}")
     assert not wrong, "documented shapes that differ from the code:\n" + "\n".join(wrong)
     assert all(found.values()), f"patterns no longer found in the docs: {[p for p, n in found.items() if not n]}"
+
+
+def test_the_readme_lists_every_heuristic():
+    from greengossip.agents.heuristics import HEURISTICS
+
+    text = (ROOT / "README.md").read_text()
+    listed = text[text.index("Heuristics: "):].split("\n\n", 1)[0]
+    missing = [name for name in HEURISTICS if f"`{name}`" not in listed]
+    assert not missing, f"README's list of heuristics leaves out {missing}"
