@@ -175,6 +175,25 @@ def load_scheduler(
     return scheduler
 
 
+# ---------------------------------------------------------------------------------------------- shipped models
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"  # installed as package data
+# scheduler names of the shipped models: the centralized suite scheduler and the decentralized per-node policy
+PRETRAINED = {"pretrained": "suite.zip", "pretrained-decentralized": "decentralized.zip"}
+
+
+def resolve_pretrained(spec: str | Path) -> str:
+    """``pretrained`` as the shipped centralized model's path, ``pretrained-decentralized`` as
+    ``decentralized:<its path>``; any other spec unchanged. UserError when the shipped file is missing."""
+    text = str(spec)
+    if text not in PRETRAINED:
+        return text
+    path = PRETRAINED_DIR / PRETRAINED[text]
+    if not path.is_file():
+        raise UserError(f"scheduler {text!r} is the shipped model {path}, which is missing from this install; "
+                        f"reinstall greengossip, or name a saved model by its path")
+    return f"{DECENTRALIZED_PREFIX}{path}" if text == "pretrained-decentralized" else str(path)
+
+
 # ---------------------------------------------------------------------------------------------- any spec
 def is_model_spec(spec: str | Path) -> bool:
     """True when ``spec`` names a saved model rather than a heuristic."""
@@ -184,23 +203,27 @@ def is_model_spec(spec: str | Path) -> bool:
 def scheduler_label(spec: str | Path) -> str:
     """Short name for tables and plots: the heuristic spec, or a model file's stem."""
     text = str(spec)
+    if text in PRETRAINED:
+        return text
     if text.startswith(DECENTRALIZED_PREFIX):
         return "decentralized-" + Path(text.split(":", 1)[1]).name.removesuffix(".zip")
     return Path(spec).name.removesuffix(".zip") if is_model_spec(spec) else text
 
 
 def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
-    """A scheduler from a heuristic name (optionally ``name:key=value,...``) or a saved SB3 model path.
+    """A scheduler from a heuristic name (optionally ``name:key=value,...``), a saved SB3 model path, or a
+    shipped model's name (``pretrained``, ``pretrained-decentralized``; :func:`resolve_pretrained`).
 
     ``seed`` seeds randomised heuristics and the model's sampling; ``env`` (optional) lets a model
     check that it can read the env's observations.
     """
-    text = str(spec)
+    text = resolve_pretrained(spec)
     if text.startswith(DECENTRALIZED_PREFIX):  # a per-node policy shared by all nodes (PettingZoo training)
         return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
     if text.partition(":")[0] not in HEURISTICS:
         raise UserError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
-                         "saved model at that path. Use a heuristic name, 'all', or the path of an SB3 .zip")
+                         "saved model at that path. Use a heuristic name, 'all', a shipped model ("
+                        f"{', '.join(PRETRAINED)}), or the path of an SB3 .zip")
     return build_heuristic(text, seed)

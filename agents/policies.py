@@ -410,6 +410,10 @@ class _NodeSetCore:
         )
 
     def obs_to_tensor(self, observation):
+        if isinstance(observation, dict) and "adjacency" in observation and \
+                "adjacency" not in self.observation_space.spaces:
+            # trained without the graph (no message passing): an env that observes it runs the same policy
+            observation = {key: value for key, value in observation.items() if key != "adjacency"}
         if isinstance(observation, dict) and "nodes" in observation:
             n_nodes = np.shape(observation["nodes"])[-2]
             if n_nodes != self.action_space.shape[0]:

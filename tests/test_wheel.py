@@ -69,6 +69,8 @@ def test_only_greengossip_lands_at_the_top_of_the_install_folder(installed):
     shipped = installed / "greengossip" / "configs"
     assert (shipped / "tiny.yaml").is_file() and (shipped / "train" / "quick_start.yaml").is_file()
     assert (shipped / "train" / "ablations").is_dir()
+    pretrained = installed / "greengossip" / "agents" / "pretrained"
+    assert (pretrained / "suite.zip").is_file() and (pretrained / "suite.json").is_file()
 
 
 def test_gym_make_finds_the_env_beside_the_user_s_own_envs_package(installed, user_project):

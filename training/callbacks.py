@@ -161,10 +161,11 @@ class PeriodicEvalCallback(BaseCallback):
     last evaluation was at the final step and its best model is on disk, or ``skip_final()`` says the run
     was interrupted. Subclasses implement ``evaluate`` (which sets ``_last_eval``) and ``best_model_file``."""
 
-    def __init__(self, eval_freq: int, skip_final: Callable[[], bool]):
+    def __init__(self, eval_freq: int, skip_final: Callable[[], bool], at_start: bool = False):
         super().__init__()
         self.eval_freq = eval_freq
         self.skip_final = skip_final
+        self.at_start = at_start
         self._last_eval = 0
 
     def best_model_file(self) -> Path:
@@ -175,6 +176,8 @@ class PeriodicEvalCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._last_eval = self.num_timesteps
+        if self.at_start and self.num_timesteps == 0:  # the untrained model: a residual policy's prior rule
+            self.evaluate()
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last_eval >= self.eval_freq:
@@ -208,7 +211,8 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
     training.
 
     ``skip_final``: when it returns True at the end of training (an interrupted run), no last validation
-    is run. Models and records are written atomically (``run_files.atomic_save``).
+    is run. ``at_start``: also validate before the first step of a new run (not a resumed one). Models and
+    records are written atomically (``run_files.atomic_save``).
     """
 
     SCORE = "return"
@@ -225,8 +229,9 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
         on_log: Callable[[str], None] | None = None,
         carbon_guard: float | None = None,
         skip_final: Callable[[], bool] = lambda: False,
+        at_start: bool = False,
     ):
-        super().__init__(eval_freq, skip_final)
+        super().__init__(eval_freq, skip_final, at_start)
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
         self.seeds = list(seeds)
         self.best_model_path = Path(best_model_path)

@@ -167,8 +167,12 @@ class ImitationSettings(_Frozen):
 
 class SuiteSettings(_Frozen):
     """Domain randomisation over the scenario suite (``training/suite.py``): every training episode plays a
-    fresh scenario that a seed of the train split (0..9,999) draws from a family, and the best model is
-    picked on scenarios of the validation split (10,000..). Training env ``i`` runs family ``i mod k``."""
+    scenario that a seed of the train split (0..9,999) draws from a family, and the best model is picked on
+    scenarios of the validation split (10,000..); test and ood seeds are never drawn.
+
+    The decentralized trainer (``training/suite_multi_agent.py``) runs family ``i mod k`` in training env
+    ``i`` at fleet sizes up to ``max_nodes``; the centralized one (``training/suite_envs.py``) gives every
+    env slot a family picked at random, at ``n_nodes`` nodes, redrawn every ``redraw_every`` episodes."""
 
     families: list[str] = Field(
         [], description="suite families trained on (names in configs/suite/; empty = every family)"
@@ -176,12 +180,25 @@ class SuiteSettings(_Frozen):
     max_nodes: int = Field(
         64,
         ge=2,
-        description="largest fleet of a training env: each env's fleet size is spread over its family's "
-        "training range cut at this (large_network draws up to 1,024 nodes)",
+        description="(decentralized) largest fleet of a training env: each env's fleet size is spread over its "
+        "family's training range cut at this (large_network draws up to 1,024 nodes)",
     )
-    eval_seeds_per_family: int = Field(2, ge=1, description="validation seeds per family of each evaluation")
+    eval_seeds_per_family: int = Field(
+        2, ge=1, description="(decentralized) validation seeds per family of each evaluation"
+    )
     max_eval_nodes: int = Field(
-        256, ge=2, description="largest fleet of a validation scenario (larger draws are cut to this)"
+        256, ge=2, description="(decentralized) largest fleet of a validation scenario (larger draws are cut to this)"
+    )
+    n_nodes: int = Field(
+        32,
+        ge=2,
+        le=4096,
+        description="(centralized) fleet size every draw is set to: SB3 needs one observation space for all "
+        "training envs. The node-set policy has no weight that depends on N, so it still runs at each "
+        "family's own size",
+    )
+    redraw_every: int = Field(
+        1, ge=1, description="(centralized) episodes an env slot plays on one drawn scenario before it draws the next"
     )
 
     @field_validator("families")
@@ -197,6 +214,7 @@ class SuiteSettings(_Frozen):
 
     @property
     def family_names(self) -> list[str]:
+        """The families drawn from (every shipped one when ``families`` is empty)."""
         return list(self.families) or shipped_names("suite")
 
 
@@ -258,6 +276,10 @@ class TrainSettings(_Frozen):
     recurrent_ppo: RecurrentPPOSettings = RecurrentPPOSettings()
     imitation: ImitationSettings = ImitationSettings()
     eval_freq: int = Field(10_000, ge=1, description="env steps between held-out evaluations")
+    eval_at_start: bool = Field(
+        False, description="also validate before training starts, so the untrained model (a residual policy's "
+        "prior rule) can be the one kept when no later validation beats it"
+    )
     eval_episodes: int = Field(
         5, ge=1, description="held-out validation seeds 10,000.. used by each evaluation"
     )
@@ -302,6 +324,9 @@ class TrainSettings(_Frozen):
             if self.also_train_on:
                 raise ValueError("suite: the suite's families are the training scenarios; leave also_train_on "
                                  "empty")
+            if self.algo == "recurrent_ppo":
+                raise ValueError("suite: its validation runs every family's seeds as one batched program, which "
+                                 "recurrent_ppo cannot use; pick maskable_ppo, ppo or a2c, or set suite: null")
         return self
 
     @model_validator(mode="after")

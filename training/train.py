@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from greengossip.training.builders import (
     DelayedLinearSchedule,  # noqa: F401  (models saved with a step-size schedule pickle it by this path)
     make_eval_env,
     make_vec_env,
+    monitored,
     new_model,
     sb3_logger,
     setup_logging,
@@ -74,6 +76,8 @@ from greengossip.training.settings import (
     load_settings,
     settings_for_config,
 )
+from greengossip.training.suite_compare import compare_on_suite
+from greengossip.training.suite_envs import SuiteVecEnv, suite_validation_envs
 
 __all__ = ["TrainResult", "add_arguments", "latest_checkpoint", "run", "train"]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -256,6 +260,17 @@ def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str
     return [str(model_path), "all", *prior_rule_specs(settings)]
 
 
+def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
+    """(validation envs by family, training envs) of a run on the scenario suite (``settings.suite``)."""
+    suite = settings.suite
+    LOG.info("training on the suite's train split: %s at %d nodes, each of %d env slots redrawn every %d "
+             "episode(s); the best model is picked on validation seeds %d..%d of every family",
+             ", ".join(suite.family_names), suite.n_nodes, settings.n_envs, suite.redraw_every,
+             settings.validation_seeds[0], settings.validation_seeds[-1])
+    eval_envs = suite_validation_envs(suite, settings.validation_seeds)
+    return eval_envs, monitored(SuiteVecEnv(settings.n_envs, suite, seed=settings.seed), monitor_file, append)
+
+
 def save_interrupted(model, out: Path, command: str | None) -> Path:
     """After Ctrl-C: the model as ``model.zip`` and as a checkpoint, and how to go on."""
     model_path = atomic_save(model, out / "model.zip")
@@ -309,11 +324,14 @@ def train(
                  settings.validation_seeds[0], settings.validation_seeds[-1])
     else:
         validated = {"": scenarios[0]}
-    eval_envs = {name: make_eval_env(scenario, settings) for name, scenario in validated.items()}
-    if len(scenarios) > 1:
-        LOG.info("training scenarios mixed in: %s (env i runs scenario i mod %d)", settings.also_train_on,
-                 len(scenarios))
-    venv = make_vec_env(scenarios, settings, out / "monitor.csv", append=bool(resume))
+    if settings.suite is not None:
+        eval_envs, venv = suite_envs(settings, out / "monitor.csv", append=bool(resume))
+    else:
+        eval_envs = {name: make_eval_env(scenario, settings) for name, scenario in validated.items()}
+        if len(scenarios) > 1:
+            LOG.info("training scenarios mixed in: %s (env i runs scenario i mod %d)", settings.also_train_on,
+                     len(scenarios))
+        venv = make_vec_env(scenarios, settings, out / "monitor.csv", append=bool(resume))
     interrupt = StopOnInterrupt(on_log=LOG.info)
     try:
         model = build_model(settings, venv, out, resume)
@@ -330,6 +348,7 @@ def train(
             on_log=LOG.info,
             carbon_guard=settings.carbon_guard,
             skip_final=lambda: interrupt.requested,
+            at_start=settings.eval_at_start,
         )
         callbacks, emissions = training_callbacks(
             settings, out, {"settings/env": "```yaml\n" + config_path.read_text() + "\n```"}, evaluation,
@@ -382,11 +401,30 @@ def train(
     best_record = best_model_path.with_suffix(".json")
     if best_record.is_file():
         result.best_eval = json.loads(best_record.read_text())
-    if settings.compare and not result.interrupted:
+    if settings.compare and not result.interrupted and settings.suite is not None:
+        result.comparison, result.comparison_table, result.comparison_error = compare_on_suite(
+            best_model_path, settings, out / "comparison", log=LOG)
+    elif settings.compare and not result.interrupted:
         result.comparison, result.comparison_table, result.comparison_error = compare_with_heuristics(
             comparison_schedulers(best_model_path, settings), config_path, settings.test_seeds,
             out / "comparison", workers=settings.compare_workers, progress=settings.progress_bar, log=LOG,
         )
     result.seconds = time.perf_counter() - started
+    write_record(out / "training_record.json", settings, result, learn_seconds)
     LOG.info("done in %.1f s", result.seconds)
     return result
+
+
+def write_record(path: Path, settings: TrainSettings, result: TrainResult, learn_seconds: float) -> None:
+    """What a shipped model needs beside it: the settings, seed, steps and wall time that produced it."""
+    record = {
+        "settings": settings.model_dump(mode="json"),
+        "seed": settings.seed,
+        "timesteps": result.timesteps,
+        "best_model_timesteps": result.best_eval.get("timesteps"),
+        "best_model_validation": {key: value for key, value in result.best_eval.items() if key != "reference"},
+        "wall_minutes": round(result.seconds / 60, 2),
+        "training_minutes": round(learn_seconds / 60, 2),
+        "command": shlex.join(["greengossip", *sys.argv[1:]]),  # as typed, when run from the command line
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
