@@ -43,7 +43,7 @@ def test_bad_suite_settings_name_the_field(suite, match):
 
 
 def test_the_suite_and_also_train_on_exclude_each_other():
-    with pytest.raises(SettingsError, match="suite: the suite.s families are the training scenarios; leave also_train_on empty"):
+    with pytest.raises(SettingsError, match="the suite.s families are the training scenarios; leave also_train_on"):
         load_settings("suite", also_train_on=["attack_heavy"])
 
 
