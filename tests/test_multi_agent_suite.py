@@ -99,7 +99,6 @@ def test_suite_training_picks_the_model_on_validation_scenarios(tmp_path):
         ({"max_nodes": 1}, 5, r"suite\.max_nodes"),
         ({"eval_seeds_per_family": 0}, 5, r"suite\.eval_seeds_per_family"),
         ({"size": 3}, 5, r"suite\.size: unknown setting"),
-        ({}, 3, r"suite: 5 families need n_envs >= 5"),
     ],
 )
 def test_suite_settings_errors_name_the_field(suite, n_envs, message):
@@ -107,19 +106,18 @@ def test_suite_settings_errors_name_the_field(suite, n_envs, message):
         load_settings(None, algo="ppo", n_envs=n_envs, suite=suite)
 
 
-def test_suite_training_refuses_a_config_and_the_centralized_trainer(tmp_path):
-    import argparse
+def test_fewer_training_envs_than_families_is_an_error_naming_the_suite():
+    suite = load_settings(None, algo="ppo", n_envs=3, suite={}).suite  # the centralized trainer takes it
+    with pytest.raises(SettingsError, match="suite: 5 families need n_envs >= 5"):
+        fleet_sizes(suite, 3)
 
-    from greengossip.training import train
+
+def test_suite_training_refuses_a_config(tmp_path):
     from greengossip.training.multi_agent import train_multi_agent
 
     with pytest.raises(SettingsError, match="suite: the suite's families are the training scenarios; drop --config"):
         train_multi_agent("tiny", small_settings(), tmp_path / "run")
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args(["--settings", "decentralized_suite", "--out", str(tmp_path / "central")])
-    with pytest.raises(SettingsError, match="suite: training on the suite is for the shared per-node policy"):
-        train.run(args)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_validation_score_is_the_share_of_all_nodes_carbon_saved():

@@ -317,10 +317,6 @@ class TrainSettings(_Frozen):
     @model_validator(mode="after")
     def _suite_fits(self) -> TrainSettings:
         if self.suite is not None:
-            families = len(self.suite.family_names)
-            if self.n_envs < families:
-                raise ValueError(f"suite: {families} families need n_envs >= {families} (training env i runs "
-                                 f"family i mod {families}), got n_envs {self.n_envs}")
             if self.also_train_on:
                 raise ValueError("suite: the suite's families are the training scenarios; leave also_train_on "
                                  "empty")

@@ -39,7 +39,7 @@ from greengossip.training.builders import SeededSB3VecEnvWrapper, monitored
 from greengossip.training.callbacks import PeriodicEvalCallback
 from greengossip.training.rollout import play_episode
 from greengossip.training.run_files import append_csv_row, atomic_save, atomic_write_text
-from greengossip.training.settings import SuiteSettings
+from greengossip.training.settings import SettingsError, SuiteSettings
 from greengossip.training.suite import SPLITS, ScenarioDraw, draw_scenario, load_family, split_seeds
 
 BASELINE = "all_nodes"  # the validation score's zero: every node trains and sends every round
@@ -48,8 +48,12 @@ MISSED = -1.0  # the validation score of a missed target, and the lowest a scena
 
 def fleet_sizes(suite: SuiteSettings, n_envs: int) -> list[tuple[str, int]]:
     """(family, fleet size) of each training env: family ``i mod k``; a family's ``m`` envs spread over
-    its training ``n_nodes`` range cut at ``suite.max_nodes`` (at the midpoints of ``m`` equal parts)."""
+    its training ``n_nodes`` range cut at ``suite.max_nodes`` (at the midpoints of ``m`` equal parts).
+    SettingsError when there are fewer envs than families."""
     families = suite.family_names
+    if n_envs < len(families):
+        raise SettingsError(f"suite: {len(families)} families need n_envs >= {len(families)} for the shared "
+                            f"per-node policy (training env i runs family i mod {len(families)}), got n_envs {n_envs}")
     envs: list[tuple[str, int]] = []
     for i in range(n_envs):
         family = families[i % len(families)]

@@ -71,7 +71,6 @@ from greengossip.training.run_files import atomic_save, latest_checkpoint, prepa
 from greengossip.training.settings import (
     ALGORITHMS,
     DEFAULT_CONFIG,
-    SettingsError,
     TrainSettings,
     load_settings,
     settings_for_config,
@@ -172,9 +171,6 @@ def run(args: argparse.Namespace) -> int:
         imitate=args.imitate,
         prior=args.prior,
     )
-    if settings.suite is not None:
-        raise SettingsError("suite: training on the suite is for the shared per-node policy; add --multi-agent "
-                            "or remove the settings' suite section")
     out = args.out or f"runs/{settings.algo}-{Path(args.config).stem}-s{settings.seed}"
     result = train(args.config, settings, out, resume=args.resume, settings_source=settings_path,
                    overwrite=args.overwrite, resume_command=resume_command(args, out))
