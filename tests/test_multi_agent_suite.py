@@ -1,9 +1,11 @@
-"""The shared per-node policy on the scenario suite (training/suite_multi_agent.py)."""
+"""The shared per-node policy on the scenario suite (training/suite_multi_agent.py) and the shipped one."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("supersuit")
@@ -19,6 +21,7 @@ from greengossip.training.suite_multi_agent import (  # noqa: E402
     scenario_score,
 )
 
+SHIPPED = Path(__file__).resolve().parents[1] / "agents" / "pretrained" / "decentralized.zip"
 # two small families, fleets cut to 20 nodes: solar's envs get 17 and 19 nodes, the adversarial fleet's 20
 SMALL_SUITE = {"families": ["solar_sensor_field", "adversarial_fleet"], "max_nodes": 20,
                "eval_seeds_per_family": 1, "max_eval_nodes": 12}
@@ -126,3 +129,30 @@ def test_validation_score_is_the_share_of_all_nodes_carbon_saved():
     assert scenario_score(100.0, 8.0) == MISSED  # floored: one disaster does not decide the mean
     assert scenario_score(None, 8.0) == MISSED  # a missed target
     assert scenario_score(3.0, None) == 0.0  # all_nodes missed: no scale, reaching the target is enough
+
+
+# ---------------------------------------------------------------------------------------------- shipped policy
+def test_shipped_policy_loads_and_plays_a_short_episode_of_a_small_family():
+    import gymnasium as gym
+
+    from greengossip.agents import make_scheduler
+    from greengossip.agents.decentralized import DecentralizedScheduler, is_decentralized_model
+    from greengossip.envs import ENV_ID
+    from greengossip.training.rollout import play_episode
+    from greengossip.training.suite import draw_scenario
+
+    assert SHIPPED.is_file() and SHIPPED.stat().st_size <= 2 * 1024 * 1024
+    assert is_decentralized_model(SHIPPED)
+    record = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert record["settings"]["suite"] is not None and record["trained_rounds"] > 0
+    assert record["seed"] == record["settings"]["seed"] and record["wall_seconds"] > 0
+    draw = draw_scenario("solar_sensor_field", 10_000)
+    env = gym.make(ENV_ID, config=draw.config)
+    scheduler = make_scheduler("pretrained-decentralized", env=env, seed=0)
+    assert isinstance(scheduler, DecentralizedScheduler) and scheduler.path.name == SHIPPED.name
+    dropped = []
+    info = play_episode(scheduler, env, draw.seed, max_steps=6,
+                        on_step=lambda info, reward: dropped.append(info.get("dropped_nodes", 0)))
+    env.close()
+    assert info["steps"] == 6 and np.isfinite(info["return"])
+    assert sum(dropped) == 0  # every node picks only what it can afford
