@@ -92,6 +92,7 @@ def test_suite_training_picks_the_model_on_validation_scenarios(tmp_path):
     assert record["trained_rounds"] == 16 and record["wall_seconds"] > 0 and record["seed"] == 0
     assert record["settings"]["suite"]["families"] == SMALL_SUITE["families"]
     assert record["best_model"]["score"] == best["score"]
+    assert record["multi_agent"]["scheduler_spec"] == f"decentralized:{shipped}"  # not the run folder
 
 
 @pytest.mark.parametrize(

@@ -280,7 +280,9 @@ def ship(run_dir: str | Path, destination: str | Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     data = (best if best.is_file() else run_dir / "model.zip").read_bytes()
     atomic_write_bytes(destination, lambda handle: handle.write(data))
-    atomic_write_text(destination.with_suffix(".json"), record.read_text())
+    shipped = json.loads(record.read_text())
+    shipped["multi_agent"]["scheduler_spec"] = DECENTRALIZED_PREFIX + str(destination)  # not the run folder
+    atomic_write_text(destination.with_suffix(".json"), json.dumps(shipped, indent=2))
     return destination
 
 
