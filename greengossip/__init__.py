@@ -23,5 +23,5 @@ if not (Path(__file__).resolve().parent / "envs").is_dir() and (_CHECKOUT / "env
 
 from greengossip.envs import ENV_ID, FLAT_ENV_ID, ConfigError, EdgeLearningEnv, EnvConfig, load_config  # noqa: E402
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["ENV_ID", "FLAT_ENV_ID", "ConfigError", "EdgeLearningEnv", "EnvConfig", "__version__", "load_config"]
