@@ -132,48 +132,36 @@ def trace_figures(config, windows: int, job_hours: int, rng, zones_override: lis
           f"{1 - np.mean(oracle_free):+.1%} without")
 
 
-def participation(config, seeds: int) -> None:
+def _last_info(config, spec: str, seed: int) -> dict:
+    """The last step's ``info`` of one deterministic episode of heuristic ``spec`` on ``config``."""
     import gymnasium as gym
 
     from greengossip import envs
     from greengossip.agents.heuristics import build_heuristic
+    from greengossip.training.rollout import play_episode
 
+    env = gym.make(envs.ENV_ID, config=config)
+    try:
+        return play_episode(build_heuristic(spec, seed=seed), env, seed)
+    finally:
+        env.close()
+
+
+def participation(config, seeds: int) -> None:
     for spec in ("all_nodes", "random_k:fraction=0.75", "random_k:fraction=0.5"):
-        rounds = []
-        for seed in range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + seeds):
-            env = gym.make(envs.ENV_ID, config=config)
-            scheduler = build_heuristic(spec, seed=seed)
-            observation, info = env.reset(seed=seed)
-            done = False
-            while not done:
-                action, _ = scheduler.predict(observation, deterministic=True)
-                observation, _, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-            rounds.append(info.get("rounds_to_target"))
+        rounds = [_last_info(config, spec, seed).get("rounds_to_target")
+                  for seed in range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + seeds)]
         met = [r for r in rounds if r is not None]
         print(f"{spec:24s} targets met {len(met)}/{seeds}, rounds to target {np.mean(met) if met else np.nan:.1f} "
               f"(per seed {rounds})")
 
 
 def fleet_wait(config, seeds: int, max_wait: int) -> None:
-    import gymnasium as gym
-
-    from greengossip import envs
-    from greengossip.agents.heuristics import build_heuristic
-
     at_once = "carbon_periodic:period=1,trust_threshold=0"
     for spec in (at_once, f"fleet_timing:period=1,trust_threshold=0,max_wait={max_wait}"):
         carbon, met = [], 0
         for seed in range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + seeds):
-            env = gym.make(envs.ENV_ID, config=config)
-            scheduler = build_heuristic(spec, seed=seed)
-            observation, info = env.reset(seed=seed)
-            done = False
-            while not done:
-                action, _ = scheduler.predict(observation, deterministic=True)
-                observation, _, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-            env.close()
+            info = _last_info(config, spec, seed)
             if info.get("rounds_to_target") is not None:
                 met += 1
                 carbon.append(float(info["carbon_to_target_g"]))
