@@ -354,6 +354,14 @@ class ScenarioDraw:
     parameters: dict[str, Any]
 
 
+def resized(config: EnvConfig, n_nodes: int, **observation: Any) -> EnvConfig:
+    """``config`` with ``n_nodes`` nodes (and the ``observation`` fields given replaced), validated again: the
+    graph, the fleet's groups and the attackers follow the fleet size, and a size that makes the scenario
+    invalid is an error that says so."""
+    data = config.model_dump(mode="json")
+    return load_config({**data, "n_nodes": int(n_nodes), "observation": {**data["observation"], **observation}})
+
+
 def _rng(family: str, seed: int) -> np.random.Generator:
     # the family's name enters the seed, so two families never draw in lockstep
     return np.random.default_rng([seed, zlib.crc32(family.encode())])

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from greengossip.envs.config import EnvConfig, load_config
+from greengossip.envs.config import EnvConfig
 from greengossip.envs.sb3_vec_env import GossipVecEnv
 from greengossip.envs.vector_env import EdgeLearningVectorEnv
 from greengossip.training.settings import SuiteSettings
-from greengossip.training.suite import SPLITS, draw_scenario, load_family
+from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 
 def sized_draw(family: str, seed: int, n_nodes: int, ranges=None) -> EnvConfig:
     """The scenario ``seed`` draws from ``family``, with ``n_nodes`` nodes and no adjacency observed
     (validated again: a fleet size can make a drawn scenario invalid, and the error then says so)."""
-    draw = draw_scenario(family, seed, ranges)
-    data = draw.config.model_dump(mode="json")
-    data["n_nodes"] = n_nodes
-    data["observation"] = {**data.get("observation", {}), "adjacency": False}
-    return load_config(data)
+    return resized(draw_scenario(family, seed, ranges).config, n_nodes, adjacency=False)
 
 
 class SuiteDrawer:

@@ -32,7 +32,6 @@ from supersuit.vector import ConcatVecEnv, MarkovVectorEnv
 from greengossip.agents.decentralized import DecentralizedScheduler
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs import ENV_ID
-from greengossip.envs.config import EnvConfig, load_config
 from greengossip.envs.dynamics.energy import N_ACTIONS
 from greengossip.envs.multi_agent import EdgeLearningParallelEnv, local_observation_space
 from greengossip.training.builders import SeededSB3VecEnvWrapper, monitored
@@ -40,7 +39,7 @@ from greengossip.training.callbacks import PeriodicEvalCallback
 from greengossip.training.rollout import play_episode
 from greengossip.training.run_files import append_csv_row, atomic_save, atomic_write_text
 from greengossip.training.settings import SettingsError, SuiteSettings
-from greengossip.training.suite import SPLITS, ScenarioDraw, draw_scenario, load_family, split_seeds
+from greengossip.training.suite import SPLITS, ScenarioDraw, draw_scenario, load_family, resized, split_seeds
 
 BASELINE = "all_nodes"  # the validation score's zero: every node trains and sends every round
 MISSED = -1.0  # the validation score of a missed target, and the lowest a scenario scores
@@ -62,12 +61,6 @@ def fleet_sizes(suite: SuiteSettings, n_envs: int) -> list[tuple[str, int]]:
         part = i // len(families)
         envs.append((family, int(round(low + (high - low) * (part + 0.5) / share))))
     return envs
-
-
-def resized(draw: ScenarioDraw, n_nodes: int) -> EnvConfig:
-    """The drawn scenario with ``n_nodes`` nodes, validated again: the graph, the fleet's groups and the
-    attackers follow the fleet size."""
-    return load_config({**draw.config.model_dump(mode="json"), "n_nodes": int(n_nodes)})
 
 
 class SuiteDrawParallelEnv(ParallelEnv):
@@ -106,7 +99,7 @@ class SuiteDrawParallelEnv(ParallelEnv):
         self.last_draw = draw_scenario(self._family, draw_seed, self._ranges)
         if self._env is not None:
             self._env.close()
-        self._env = EdgeLearningParallelEnv(resized(self.last_draw, self.n_nodes),
+        self._env = EdgeLearningParallelEnv(resized(self.last_draw.config, self.n_nodes),
                                             local_reward_weight=self.local_reward_weight)
         observations, infos = self._env.reset(seed=draw_seed, options=options)
         self.agents = list(self._env.agents)
@@ -151,7 +144,7 @@ def validation_draws(suite: SuiteSettings) -> list[ScenarioDraw]:
         for seed in split_seeds("validation", suite.eval_seeds_per_family):
             draw = draw_scenario(name, seed, ranges)
             if draw.config.n_nodes > suite.max_eval_nodes:
-                draw = ScenarioDraw(draw.family, draw.seed, draw.split, resized(draw, suite.max_eval_nodes),
+                draw = ScenarioDraw(draw.family, draw.seed, draw.split, resized(draw.config, suite.max_eval_nodes),
                                     {**draw.parameters, "n_nodes": suite.max_eval_nodes})
             draws.append(draw)
     return draws
