@@ -617,6 +617,13 @@ def build_heuristic(spec: str, seed: int = 0) -> HeuristicScheduler:
         raise UserError(f"scheduler {spec!r}: {exc}") from None
 
 
+def prior_specs(prior: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The rule specs a ``prior`` setting names: none, one, or the several a gate chooses among."""
+    if prior is None:
+        return []
+    return [prior] if isinstance(prior, str) else list(prior)
+
+
 def memoryless_heuristic(spec: str) -> HeuristicScheduler:
     """The memoryless rule that ``spec`` names, built: ``name`` or ``name:key=value,...`` (the harness's
     syntax, e.g. ``carbon_periodic:period=6``); ValueError naming the allowed rules or the bad parameter

@@ -19,6 +19,13 @@ ICRA 2019): ``prior_weight`` is added to the logit of the action that rule picks
 untrained network (output near 0) already acts like the rule and PPO learns the corrections. The rule
 runs on the observation inside the policy, so a saved model carries it to any fleet size.
 
+With several rules (``prior=["network_aware:period=1", "battery_quorum:period=1", ...]``) a fleet-level
+*gate* chooses among them: ``g = softmax(Linear(c))`` weighs the rules, and each node's prior logit is
+``prior_weight * sum_r g_r * onehot(rule r's action)``. The gate is learned with the rest (by imitation
+of the rule that did best on each training scenario, ``training/imitation.py``, then PPO): a mixture of
+experts over the rules (Jacobs, Jordan, Nowlan & Hinton, "Adaptive Mixtures of Local Experts", Neural
+Computation 1991) that lets one policy follow a different rule on each kind of fleet.
+
 Logits of actions the observation's ``action_mask`` forbids are set to -1e8 inside the network
 (``mask_logits``), so even plain PPO / A2C and a ``predict`` without ``action_masks`` never choose
 them; MaskablePPO applies the env's masks on top (the same masks). The recurrent variant runs an LSTM
@@ -52,7 +59,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from greengossip.agents.heuristics import memoryless_heuristic
+from greengossip.agents.heuristics import memoryless_heuristic, prior_specs
 from greengossip.envs.errors import UserError
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
@@ -276,37 +283,43 @@ def _resolve_arch(net_arch) -> tuple[list[int], list[int]]:
     return list(net_arch), list(net_arch)
 
 
-def _prior_rule(prior: str | None, prior_weight: float):
-    """The heuristic whose choice gets ``prior_weight`` extra logit, or None; validated here so that a bad
-    name fails when the policy is built, not in the middle of a rollout."""
-    if prior is None:
-        return None
-    try:
-        rule = memoryless_heuristic(prior)
-    except ValueError as exc:
-        raise ValueError(f"prior {exc}") from None
-    if not np.isfinite(prior_weight) or prior_weight <= 0:
+def _prior_rules(prior: str | list[str] | None, prior_weight: float) -> list:
+    """The heuristics whose choices get ``prior_weight`` extra logit (empty without a prior); validated
+    here so that a bad name fails when the policy is built, not in the middle of a rollout."""
+    specs = prior_specs(prior)
+    if not isinstance(prior, (str, type(None))) and not specs:
+        raise ValueError("prior must name at least one rule (or be None: no prior)")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"prior names a rule twice: {specs}")
+    rules = []
+    for spec in specs:
+        try:
+            rules.append(memoryless_heuristic(spec))
+        except ValueError as exc:
+            raise ValueError(f"prior {exc}") from None
+    if specs and (not np.isfinite(prior_weight) or prior_weight <= 0):
         raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), "
                          f"got {prior_weight!r}")
-    return rule
+    return rules
 
 
 class _NodeSetCore:
     """What the three policies share: the heads, the masked per-node logits, adapting to the fleet size."""
 
     mask_logits: bool
-    prior: str | None = None
+    prior: str | list[str] | None = None
     prior_weight: float = 0.0
-    _prior = None
+    _priors: list = []
 
     allowed_actions: list[int] | None = None
     prior_regulariser: str = "entropy"
 
-    def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | None, prior_weight: float,
+    def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | list[str] | None, prior_weight: float,
                    allowed_actions: list[int] | None = None, prior_regulariser: str = "entropy") -> None:
         """Residual prior and allowed actions (called before the SB3 base class is built)."""
-        self._prior = _prior_rule(prior, prior_weight)
-        self.prior, self.prior_weight = prior, float(prior_weight)
+        self._priors = _prior_rules(prior, prior_weight)
+        self.prior = prior if prior is None or isinstance(prior, str) else list(prior)
+        self.prior_weight = float(prior_weight)
         if prior_regulariser not in PRIOR_REGULARISERS:
             raise ValueError(f"prior_regulariser must be one of {', '.join(PRIOR_REGULARISERS)}, "
                              f"got {prior_regulariser!r}")
@@ -325,12 +338,23 @@ class _NodeSetCore:
         self._blocked_actions = None if allowed_actions is None else (
             [code for code in range(n_actions) if code not in allowed_actions] or None)
 
-    def prior_logits(self, obs: dict[str, th.Tensor]) -> th.Tensor:
-        """(B, N, K): ``prior_weight`` on the prior rule's action of each node, 0 elsewhere."""
+    def prior_logits(self, obs: dict[str, th.Tensor], context: th.Tensor | None = None) -> th.Tensor:
+        """(B, N, K): ``prior_weight`` on the prior rule's action of each node, 0 elsewhere; with several
+        rules, ``prior_weight`` times the gate's weight of each rule that picks the action (the gate reads
+        the actor's fleet ``context``)."""
         numpy_obs = {key: value.detach().cpu().numpy() for key, value in obs.items()}
-        actions = th.as_tensor(self._prior.act_batch(numpy_obs), device=obs["nodes"].device)
         n_actions = obs["action_mask"].shape[-1]
-        return nn.functional.one_hot(actions, n_actions).to(obs["nodes"].dtype) * self.prior_weight
+        dtype, device = obs["nodes"].dtype, obs["nodes"].device
+        chosen = [nn.functional.one_hot(th.as_tensor(rule.act_batch(numpy_obs), device=device), n_actions).to(dtype)
+                  for rule in self._priors]
+        if self.prior_gate is None:
+            return chosen[0] * self.prior_weight
+        weights = self.rule_weights(context)  # (B, R)
+        return th.einsum("br,brnk->bnk", weights, th.stack(chosen, dim=1)) * self.prior_weight
+
+    def rule_weights(self, context: th.Tensor) -> th.Tensor:
+        """(B, R): the gate's weight of each prior rule for each fleet context."""
+        return th.softmax(self.prior_gate(context), dim=-1)
 
     # critic input and actor context size; the recurrent policy overrides both with the LSTM width
     def _head_dims(self) -> tuple[int, int]:
@@ -352,6 +376,8 @@ class _NodeSetCore:
         )
         self.action_net = nn.Linear(self.mlp_extractor.latent_dim_pi, n_actions)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        # with several prior rules: the fleet-level choice among them
+        self.prior_gate = nn.Linear(context_dim, len(self._priors)) if len(self._priors) > 1 else None
         if self.ortho_init:  # SB3's gains: sqrt(2) hidden, 0.01 policy output, 1 value output
             for module, gain in (
                 (self.features_extractor, np.sqrt(2)),
@@ -360,6 +386,9 @@ class _NodeSetCore:
                 (self.value_net, 1.0),
             ):
                 module.apply(partial(self.init_weights, gain=gain))
+        if self.prior_gate is not None:  # every rule equally likely until the gate has learned
+            nn.init.zeros_(self.prior_gate.weight)
+            nn.init.zeros_(self.prior_gate.bias)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _distribution(
@@ -373,7 +402,7 @@ class _NodeSetCore:
         """The policy's distribution and, ``with_prior``, the prior rule's own (its ``prior_weight`` logit
         alone, under the same masks; None without a prior), the rule evaluated once for both."""
         logits = self.action_net(self.mlp_extractor.forward_actor(h, context))  # (B, N, K)
-        prior = None if self._prior is None else self.prior_logits(obs)
+        prior = self.prior_logits(obs, context) if self._priors else None
         if prior is not None:
             logits = logits + prior
         distribution = self._masked(obs, self.action_dist, logits, action_masks)
@@ -489,7 +518,7 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         net_arch=None,
         *,
         mask_logits: bool = True,
-        prior: str | None = None,
+        prior: str | list[str] | None = None,
         prior_weight: float = 3.0,
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
@@ -512,7 +541,7 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         net_arch=None,
         *,
         mask_logits: bool = True,
-        prior: str | None = None,
+        prior: str | list[str] | None = None,
         prior_weight: float = 3.0,
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
@@ -541,7 +570,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         net_arch=None,
         *,
         mask_logits: bool = True,
-        prior: str | None = None,
+        prior: str | list[str] | None = None,
         prior_weight: float = 3.0,
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,

@@ -422,13 +422,18 @@ def run_benchmark(schedulers: Sequence[str], families: Sequence[str], split: str
 
 
 def write_docs_section(path: str | Path, split: str, table: str, minutes: float, workers: int) -> None:
-    """Replace the body of the ``## Leaderboard: <split>`` section of ``path`` (up to the next ``## ``
-    heading) with ``table``; the section is added at the end where there is none."""
+    """Replace the body of the ``## Leaderboard: <split>`` section of ``path`` with ``table``."""
+    replace_section(path, f"## Leaderboard: {split}", [
+        f"Written by `greengossip benchmark --split {split} --docs` (training/benchmark.py) in "
+        f"{minutes:.0f} min with {workers} worker(s).", "", *table.rstrip("\n").splitlines()])
+
+
+def replace_section(path: str | Path, heading: str, body: list[str]) -> None:
+    """Replace the body of section ``heading`` of the Markdown file ``path`` (up to the next ``## `` heading)
+    with ``body``; the section is added at the end where there is none."""
     path = Path(path)
-    heading = f"## Leaderboard: {split}"
     lines = path.read_text().splitlines() if path.is_file() else []
-    body = ["", f"Written by `greengossip benchmark --split {split} --docs` (training/benchmark.py) in "
-            f"{minutes:.0f} min with {workers} worker(s).", "", *table.rstrip("\n").splitlines(), ""]
+    body = ["", *body, ""]
     if heading in lines:
         start = lines.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
@@ -436,4 +441,3 @@ def write_docs_section(path: str | Path, split: str, table: str, minutes: float,
     else:
         lines += ["", heading, *body] if lines else [heading, *body]
     path.write_text("\n".join(lines) + "\n")
-

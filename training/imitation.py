@@ -22,6 +22,7 @@ have no exact return; they still teach the actor but are left out of the critic'
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,11 @@ from sb3_contrib.common.maskable.utils import get_action_masks
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecMonitor
+from torch import nn
 
+from greengossip.agents.heuristics import prior_specs
 from greengossip.agents.learned import make_scheduler
-from greengossip.training.settings import ImitationSettings
+from greengossip.training.settings import ImitationSettings, SuiteSettings
 
 LOG = logging.getLogger("greengossip.train.imitation")
 
@@ -151,6 +154,7 @@ class _Batches:
         self.returns = th.as_tensor(demonstrations.returns, device=policy.device)
         self.complete = th.as_tensor(demonstrations.complete, dtype=th.float32, device=policy.device)
         self.masked = masked
+        self.size = demonstrations.steps
 
     def __call__(self, rows: th.Tensor):
         observations = {key: value[rows] for key, value in self.observations.items()}
@@ -164,25 +168,42 @@ def _squared_errors(values: th.Tensor, returns: th.Tensor, complete: th.Tensor) 
 
 
 @th.no_grad()
-def _measure(policy, batches: _Batches, size: int, batch_size: int) -> tuple[float, float, float]:
+def _measure(policy, groups: list[_Batches], batch_size: int) -> tuple[float, float, float]:
     """(cross-entropy per node action, value loss, agreement) over all demonstrations; the value loss
     is NaN when no episode ended inside the buffer."""
-    cross_entropy = squared_error = agreeing = exact = 0.0
-    for rows in th.arange(size, device=policy.device).split(batch_size):
-        observations, mask_kwargs, actions, returns, complete = batches(rows)
-        distribution = policy.get_distribution(observations, **mask_kwargs)
-        cross_entropy -= float(distribution.log_prob(actions).sum())
-        squared_error += float(_squared_errors(policy.predict_values(observations), returns, complete).sum())
-        exact += float(complete.sum())
-        agreeing += float((distribution.get_actions(deterministic=True) == actions).sum())
-    node_actions = size * batches.actions.shape[1]
+    cross_entropy = squared_error = agreeing = exact = node_actions = 0.0
+    for batches in groups:
+        for rows in th.arange(batches.size, device=policy.device).split(batch_size):
+            observations, mask_kwargs, actions, returns, complete = batches(rows)
+            distribution = policy.get_distribution(observations, **mask_kwargs)
+            cross_entropy -= float(distribution.log_prob(actions).sum())
+            squared_error += float(_squared_errors(policy.predict_values(observations), returns, complete).sum())
+            exact += float(complete.sum())
+            agreeing += float((distribution.get_actions(deterministic=True) == actions).sum())
+        node_actions += batches.size * batches.actions.shape[1]
     value_loss = squared_error / exact if exact else float("nan")
     return cross_entropy / node_actions, value_loss, agreeing / node_actions
 
 
+def _gate_target(policy, rule: str) -> int | None:
+    """The index of ``rule`` among a gated policy's prior rules, or None (no gate, or not one of them)."""
+    rules = prior_specs(getattr(policy, "prior", None))
+    if getattr(policy, "prior_gate", None) is None or rule not in rules:
+        return None
+    return rules.index(rule)
+
+
+def _gate_loss(policy, observations, target: int) -> th.Tensor:
+    """Cross-entropy of the gate's choice against the rule demonstrated: the rules often pick the same
+    actions, so the actions alone do not say which rule the gate should weigh."""
+    h = policy.extract_features(observations)
+    logits = policy.prior_gate(policy._actor_context(observations, h))
+    return nn.functional.cross_entropy(logits, th.full((len(logits),), target, device=logits.device))
+
+
 def fit(
     model,
-    demonstrations: Demonstrations,
+    demonstrations: Demonstrations | Sequence[Demonstrations],
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -192,7 +213,9 @@ def fit(
 ) -> ImitationSummary:
     """Fit ``model.policy`` to ``demonstrations``: loss = cross-entropy per node action of the
     heuristic's actions (under the recorded masks) - ``entropy_coef`` x entropy per node action
-    + ``value_coef`` x MSE(value, exact return).
+    + ``value_coef`` x MSE(value, exact return). Several ``Demonstrations`` (fleets of different sizes)
+    are fitted together, each minibatch drawn from one of them. For a policy whose gate chooses among prior
+    rules, demonstrations of one of those rules also teach the gate to choose it (``_gate_loss``).
 
     Without the entropy term the fitted policy is all but deterministic (cross-entropy near 0.01) and PPO,
     which explores by sampling it, then hardly moves away from the heuristic. With it the heuristic's
@@ -202,38 +225,61 @@ def fit(
     clipped at the algorithm's ``max_grad_norm``.
     """
     policy = model.policy
-    batches = _Batches(policy, demonstrations, _check_policy(policy))
-    size, n_nodes = demonstrations.actions.shape
-    initial_agreement = _measure(policy, batches, size, batch_size)[2]
+    parts = [demonstrations] if isinstance(demonstrations, Demonstrations) else list(demonstrations)
+    if not parts:
+        raise ValueError("no demonstrations to fit")
+    masked = _check_policy(policy)
+    groups = [_Batches(policy, part, masked) for part in parts]
+    gate_targets = [_gate_target(policy, part.heuristic) for part in parts]
+    initial_agreement = _measure(policy, groups, batch_size)[2]
     optimizer = th.optim.Adam(policy.parameters(), lr=learning_rate)
     generator = th.Generator().manual_seed(seed)
     policy.set_training_mode(True)
     try:
         for _ in range(epochs):
-            for rows in th.randperm(size, generator=generator).to(policy.device).split(batch_size):
-                observations, mask_kwargs, actions, returns, complete = batches(rows)
+            minibatches = [(index, rows) for index, batches in enumerate(groups)
+                           for rows in th.randperm(batches.size, generator=generator).split(batch_size)]
+            for order in th.randperm(len(minibatches), generator=generator).tolist():
+                index, rows = minibatches[order]
+                observations, mask_kwargs, actions, returns, complete = groups[index](rows.to(policy.device))
                 values, log_prob, entropy = policy.evaluate_actions(observations, actions, **mask_kwargs)
                 value_loss = _squared_errors(values, returns, complete).sum() / complete.sum().clamp_min(1.0)
                 # SB3 sums log-probabilities and entropies over the nodes' categorical distributions
+                n_nodes = actions.shape[1]
                 loss = -(log_prob + entropy_coef * entropy).mean() / n_nodes + value_coef * value_loss
+                if gate_targets[index] is not None:
+                    loss = loss + _gate_loss(policy, observations, gate_targets[index])
                 optimizer.zero_grad()
                 loss.backward()
                 th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
                 optimizer.step()
     finally:
         policy.set_training_mode(False)
-    cross_entropy, value_loss, agreement = _measure(policy, batches, size, batch_size)
+    cross_entropy, value_loss, agreement = _measure(policy, groups, batch_size)
     return ImitationSummary(
-        demonstrations.heuristic, size, epochs, initial_agreement, agreement, cross_entropy, value_loss
+        "+".join(dict.fromkeys(part.heuristic for part in parts)), sum(part.steps for part in parts), epochs,
+        initial_agreement, agreement, cross_entropy, value_loss
     )
 
 
-def warm_start(model, settings: ImitationSettings, seed: int = 0) -> ImitationSummary:
-    """Imitate ``settings.heuristic`` on ``model``'s training envs (discounting with the model's gamma),
-    then log and return how well the policy now agrees with it."""
-    if settings.heuristic is None:
+def warm_start(model, settings: ImitationSettings, seed: int = 0, suite: SuiteSettings | None = None
+               ) -> ImitationSummary:
+    """Imitate ``settings.heuristic`` on ``model``'s training envs, or, with ``settings.select_from``, the
+    best of those rules on train scenarios of ``suite`` (``training/rule_selection.py``); discounting with
+    the model's gamma. Then log and return how well the policy now agrees with what it imitated."""
+    if settings.select_from:
+        if suite is None:
+            raise ValueError("imitation.select_from picks rules on the scenario suite's train split; set suite")
+        from greengossip.training.rule_selection import selected_demonstrations
+
+        demonstrations, _counts = selected_demonstrations(
+            suite, settings.select_from, settings.scenarios_per_family, settings.max_nodes, model.gamma, seed,
+            settings.workers)
+    elif settings.heuristic is not None:
+        demonstrations = [collect_demonstrations(model.get_env(), settings.heuristic, settings.steps, model.gamma,
+                                                 seed)]
+    else:
         raise ValueError("imitation.heuristic is not set: name the heuristic to imitate")
-    demonstrations = collect_demonstrations(model.get_env(), settings.heuristic, settings.steps, model.gamma, seed)
     summary = fit(
         model,
         demonstrations,
@@ -249,7 +295,7 @@ def warm_start(model, settings: ImitationSettings, seed: int = 0) -> ImitationSu
         "%.3f, cross-entropy %.3f per node action, value loss %.4f",
         summary.heuristic,
         summary.steps,
-        int(demonstrations.complete.sum()),
+        int(sum(part.complete.sum() for part in demonstrations)),
         summary.epochs,
         summary.initial_agreement,
         summary.agreement,

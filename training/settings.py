@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from greengossip.agents.heuristics import HEURISTICS, memoryless_heuristic
+from greengossip.agents.heuristics import HEURISTICS, memoryless_heuristic, prior_specs
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import bounded_repr
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
@@ -107,10 +107,11 @@ class PolicySettings(_Frozen):
     activation: Literal["relu", "tanh"] = Field("relu", description="activation of every hidden layer")
     mask_logits: bool = Field(True, description="mask infeasible actions inside the network (all algorithms)")
     ortho_init: bool = Field(True, description="orthogonal initialisation with SB3's gains")
-    prior: str | None = Field(
+    prior: str | list[str] | None = Field(
         None,
         description="memoryless heuristic the policy starts from and learns corrections to (residual policy; "
-        "parameters as name:key=value, e.g. carbon_periodic:period=6; None = learn from scratch)",
+        "parameters as name:key=value, e.g. carbon_periodic:period=6; None = learn from scratch), or a list "
+        "of them that a learned fleet-level gate chooses among",
     )
     prior_weight: float = Field(3.0, gt=0, description="extra logit of the prior rule's action per node")
     prior_regulariser: Literal["entropy", "kl", "cross_entropy"] = Field(
@@ -131,10 +132,15 @@ class PolicySettings(_Frozen):
 
     @field_validator("prior")
     @classmethod
-    def _memoryless_heuristic(cls, name: str | None) -> str | None:
-        if name is not None:
-            memoryless_heuristic(name)
-        return name
+    def _memoryless_heuristic(cls, prior: str | list[str] | None) -> str | list[str] | None:
+        specs = prior_specs(prior)
+        if not isinstance(prior, (str, type(None))) and not specs:
+            raise ValueError("must name at least one rule, or be null (no prior)")
+        if len(set(specs)) != len(specs):
+            raise ValueError(f"names a rule twice: {specs}")
+        for spec in specs:
+            memoryless_heuristic(spec)
+        return prior
 
 
 class ImitationSettings(_Frozen):
@@ -155,6 +161,36 @@ class ImitationSettings(_Frozen):
     entropy_coef: float = Field(
         0.3, ge=0, description="entropy bonus per node action: keeps the fitted policy stochastic for PPO to explore"
     )
+    select_from: list[str] | None = Field(
+        None,
+        description="rules (memoryless heuristics) to choose among by rollouts: on scenarios_per_family train "
+        "scenarios of every suite family each plays the episode, and the best one's episode is imitated "
+        "(training/rule_selection.py; needs suite; instead of heuristic)",
+    )
+    scenarios_per_family: int = Field(8, ge=1, description="train scenarios per family for select_from")
+    max_nodes: int = Field(256, ge=4, description="largest fleet the select_from rollouts play (larger draws are cut)")
+    workers: int = Field(1, ge=1, description="processes for the select_from rollouts")
+
+    @field_validator("select_from")
+    @classmethod
+    def _memoryless_rules(cls, rules: list[str] | None) -> list[str] | None:
+        if rules is not None:
+            if not rules or len(set(rules)) != len(rules):
+                raise ValueError(f"must name at least one rule, each once; got {rules}")
+            for spec in rules:
+                memoryless_heuristic(spec)
+        return rules
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> ImitationSettings:
+        if self.select_from and self.heuristic is not None:
+            raise ValueError("set heuristic (imitate one rule) or select_from (imitate the best of several), "
+                             "not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.heuristic is not None or bool(self.select_from)
 
     @field_validator("heuristic")
     @classmethod
@@ -316,6 +352,9 @@ class TrainSettings(_Frozen):
 
     @model_validator(mode="after")
     def _suite_fits(self) -> TrainSettings:
+        if self.imitation.select_from and self.suite is None:
+            raise ValueError("imitation.select_from picks rules on the scenario suite's train split; set suite "
+                             "(e.g. suite: {}) or imitate one rule with imitation.heuristic")
         if self.suite is not None:
             if self.also_train_on:
                 raise ValueError("suite: the suite's families are the training scenarios; leave also_train_on "
@@ -334,7 +373,7 @@ class TrainSettings(_Frozen):
 
     @model_validator(mode="after")
     def _imitation_fits(self) -> TrainSettings:
-        if self.imitation.heuristic is not None and self.algo == "recurrent_ppo":
+        if self.imitation.enabled and self.algo == "recurrent_ppo":
             raise ValueError(
                 "imitation: the warm start fits feed-forward policies (maskable_ppo, ppo, a2c), not "
                 "recurrent_ppo, whose LSTM would need whole sequences; set imitation.heuristic: null"

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from greengossip.agents.heuristics import prior_specs
 from greengossip.agents.learned import scheduler_label
 from greengossip.training.benchmark import ANCHOR, Job, run_jobs
 from greengossip.training.settings import TrainSettings
@@ -27,14 +28,14 @@ FIELDS = ("family", "seed", "scheduler", "reached_target", "carbon_to_target_g",
           "malicious_participation", "n_nodes")
 
 
-def family_schedulers(model: str, prior: str | None, family: str) -> list[str]:
-    """What plays on ``family``: the model, its prior rule, all_nodes and the family's own rules
+def family_schedulers(model: str, prior: str | list[str] | None, family: str) -> list[str]:
+    """What plays on ``family``: the model, its prior rules, all_nodes and the family's own rules
     (``oracle.rules`` of its range file)."""
     rules = load_family(family)[1].oracle.rules
-    return list(dict.fromkeys([model, *([prior] if prior else []), ANCHOR, *rules]))
+    return list(dict.fromkeys([model, *prior_specs(prior), ANCHOR, *rules]))
 
 
-def suite_jobs(model: str, prior: str | None, families: list[str], seeds: list[int]) -> list[Job]:
+def suite_jobs(model: str, prior: str | list[str] | None, families: list[str], seeds: list[int]) -> list[Job]:
     jobs: list[Job] = []
     for family in families:
         ranges = load_family(family)[1]
@@ -42,7 +43,7 @@ def suite_jobs(model: str, prior: str | None, families: list[str], seeds: list[i
         for seed in seeds:
             draw = draw_scenario(family, seed, ranges)
             for spec in specs:
-                label = f"{spec} (prior alone)" if spec == prior else scheduler_label(spec)
+                label = f"{spec} (prior alone)" if spec in prior_specs(prior) else scheduler_label(spec)
                 jobs.append(Job(len(jobs), draw, spec, label))
     return jobs
 

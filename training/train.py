@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 from stable_baselines3.common.callbacks import CallbackList
 
+from greengossip.agents.heuristics import prior_specs
 from greengossip.agents.policies import detect_algorithm, load_for_nodes
 from greengossip.envs.config import load_config
 from greengossip.envs.errors import UserError
@@ -234,7 +235,7 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
 
 def imitate(model, settings: TrainSettings) -> None:
     """The behaviour-cloning warm start (training/imitation.py), its figures logged at step 0."""
-    summary = warm_start(model, settings.imitation, seed=settings.seed)
+    summary = warm_start(model, settings.imitation, seed=settings.seed, suite=settings.suite)
     for name in ("cross_entropy", "value_loss", "agreement"):
         model.logger.record(f"imitation/{name}", getattr(summary, name))
     model.logger.dump(step=0)
@@ -247,8 +248,7 @@ def prior_rule_specs(settings: TrainSettings) -> list[str]:
     """A residual policy's prior rule where it is not a heuristic at its defaults
     (``carbon_periodic:period=6``), else nothing: a comparison lists it beside the model, so that the
     model's gain over the rule it starts from, not only over the defaults, can be read off."""
-    prior = settings.policy.prior
-    return [prior] if prior is not None and ":" in prior else []
+    return [spec for spec in prior_specs(settings.policy.prior) if ":" in spec]
 
 
 def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str]:
@@ -332,7 +332,7 @@ def train(
     try:
         model = build_model(settings, venv, out, resume)
         model.set_logger(sb3_logger(out / "logs"))
-        if settings.imitation.heuristic is not None and not resume:
+        if settings.imitation.enabled and not resume:
             imitate(model, settings)
         best_model_path = out / "best_model.zip"
         evaluation = HeldOutEvalCallback(

@@ -1,0 +1,125 @@
+"""How much room the hand-written rules leave a scheduler that chooses among them, per suite family.
+
+    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--workers 2]
+        [--schedulers pretrained runs/x/best_model.zip] [--docs docs/benchmark.md]
+
+Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays the first ``--seeds``
+scenarios of the split in each family, at the family's own fleet size. Per family it prints:
+
+* the **best rule**: most targets met, then the least mean carbon-to-target over the scenarios it met;
+* the **per-scenario pick**: on each scenario, the rule with the least carbon-to-target among those that met
+  the target, chosen in hindsight. Its saving against the best rule (total carbon-to-target, paired over the
+  scenarios both met) bounds what any scheduler that follows one of the rules for a whole episode can gain;
+* each named scheduler's paired saving against the best rule, and its targets.
+
+With ``--docs`` the table replaces the "## Room above the rules" section of that Markdown file.
+Validation seeds (the default) are the split for choosing methods; the test split is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+
+from greengossip.agents.learned import scheduler_label
+from greengossip.training import evaluate
+from greengossip.training.benchmark import replace_section
+from greengossip.training.rollout import one_torch_thread
+from greengossip.training.suite import draw_scenario, family_names, load_family, split_seeds
+
+# the memoryless rules a residual policy can take, and carbon_aware, the best rule of two families' test draws
+RULES = ("carbon_aware", "harvest_aware:period=1", "harvest_aware:period=2", "network_aware:period=1",
+         "energy_carbon_trust", "fleet_timing:period=1,trust_threshold=0", "battery_quorum:period=1",
+         "carbon_periodic:period=1,trust_threshold=0", "carbon_periodic:period=2", "carbon_timing:period=1")
+HEADING = "## Room above the rules"
+
+
+def play(job: tuple[str, int, str]) -> dict:
+    family, seed, spec = job
+    with one_torch_thread():
+        draw = draw_scenario(family, seed, load_family(family)[1])
+        row, _ = evaluate.run_episode(spec, draw.config, draw.seed, spec, family)
+    met = bool(row.get("reached_target"))
+    return {"family": family, "seed": seed, "spec": spec, "met": met,
+            "carbon": float(row["carbon_to_target_g"]) if met else None}
+
+
+def paired_saving(results: dict, seeds: list[int], scheduler: str, reference: str) -> float:
+    """1 - total carbon-to-target of ``scheduler`` / that of ``reference``, over the seeds both met."""
+    both = [seed for seed in seeds if results[seed][scheduler] is not None and results[seed][reference] is not None]
+    if not both:
+        return float("nan")
+    return 1.0 - sum(results[seed][scheduler] for seed in both) / sum(results[seed][reference] for seed in both)
+
+
+def family_rows(rows: list[dict], schedulers: list[str]) -> list[dict]:
+    by_family: dict[str, dict[int, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        by_family[row["family"]][row["seed"]][row["spec"]] = row["carbon"]
+    table = []
+    for family, results in by_family.items():
+        seeds = sorted(results)
+
+        def met(spec: str) -> int:
+            return sum(results[seed][spec] is not None for seed in seeds)
+
+        def mean_carbon(spec: str) -> float:
+            values = [results[seed][spec] for seed in seeds if results[seed][spec] is not None]
+            return sum(values) / len(values) if values else float("inf")
+
+        best = min(RULES, key=lambda spec: (-met(spec), mean_carbon(spec)))
+        for seed in seeds:  # the hindsight pick: the cleanest rule that met the target on this scenario
+            reached = [results[seed][spec] for spec in RULES if results[seed][spec] is not None]
+            results[seed]["per-scenario pick"] = min(reached) if reached else None
+        picked = ["per-scenario pick", *schedulers]
+        table.append({"family": family, "seeds": len(seeds), "best": best, "best_met": met(best),
+                      "best_carbon": mean_carbon(best),
+                      "others": [(name, met(name), paired_saving(results, seeds, name, best)) for name in picked]})
+    return table
+
+
+def markdown(table: list[dict], split: str, seeds: list[int], schedulers: list[str]) -> str:
+    names = ["per-scenario pick", *schedulers]
+    header = "| family | best rule | " + " | ".join(scheduler_label(name) for name in names) + " |"
+    lines = [header, "|---|---|" + "---|" * len(names)]
+    for row in table:
+        cells = [f"{met}/{row['seeds']}, {100 * saving:+.1f} %" for _, met, saving in row["others"]]
+        lines.append(f"| {row['family']} | `{row['best']}` {row['best_met']}/{row['seeds']}, "
+                     f"{row['best_carbon']:.2f} g | " + " | ".join(cells) + " |")
+    return (f"Split `{split}`, seeds {seeds[0]}..{seeds[-1]} of each family at its own size. Each cell: targets "
+            "met, and carbon-to-target saved against the best rule (total, paired over the scenarios both "
+            "met; + is less carbon).\n\n" + "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", default="validation", choices=("validation", "test", "ood"))
+    parser.add_argument("--seeds", type=int, default=10, help="scenarios per family (the split's first N)")
+    parser.add_argument("--families", nargs="+", default=None, help="default: every family")
+    parser.add_argument("--schedulers", nargs="*", default=[], help="more schedulers to place against the rules")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--docs", default=None, help="Markdown file whose rule-room section to replace")
+    args = parser.parse_args()
+    families = args.families or family_names()
+    seeds = split_seeds(args.split, args.seeds)
+    jobs = [(family, seed, spec) for family in families for seed in seeds for spec in (*RULES, *args.schedulers)]
+    started = time.monotonic()
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            rows = list(pool.map(play, jobs))
+    else:
+        rows = [play(job) for job in jobs]
+    text = markdown(family_rows(rows, args.schedulers), args.split, seeds, args.schedulers)
+    print(text)
+    if args.docs:
+        minutes = (time.monotonic() - started) / 60
+        command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
+                            *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs"])
+        replace_section(args.docs, HEADING, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
+                                             "worker(s).", "", *text.rstrip("\n").splitlines()])
+
+
+if __name__ == "__main__":
+    main()

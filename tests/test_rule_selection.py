@@ -1,0 +1,129 @@
+"""Gated prior rules (agents/policies.py) and their teacher (training/rule_selection.py): the gate's
+mixture, saving and loading it, the settings' checks, the rollouts' choice and imitating it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from sb3_contrib import MaskablePPO
+
+from greengossip.agents.heuristics import memoryless_heuristic
+from greengossip.agents.policies import MaskableNodeSetPolicy, pool
+from greengossip.envs.sb3_vec_env import GossipVecEnv
+from greengossip.training.imitation import fit
+from greengossip.training.rule_selection import (
+    Trajectory,
+    as_demonstrations,
+    best_trajectories,
+    draw_training_scenarios,
+    play_rule,
+)
+from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
+from greengossip.training.suite import SPLITS
+from greengossip.training.suite_envs import sized_draw
+from tests.conftest import ROOT
+
+RULES = ["harvest_aware:period=1", "carbon_periodic:period=2"]
+FAMILY = "solar_sensor_field"
+SEED = 17  # a train-split seed
+
+
+def _model(prior, n_nodes: int = 16) -> MaskablePPO:
+    venv = GossipVecEnv(1, config=[sized_draw(FAMILY, SEED, n_nodes)])
+    return MaskablePPO(MaskableNodeSetPolicy, venv, n_steps=16, batch_size=16, device="cpu", seed=0,
+                       policy_kwargs=dict(prior=prior, prior_weight=1.5,
+                                          features_extractor_kwargs=dict(message_passing=0)))
+
+
+def _observation(model) -> dict[str, th.Tensor]:
+    obs = model.get_env().reset()
+    return model.policy.obs_to_tensor(obs)[0]
+
+
+@pytest.fixture(scope="module")
+def trajectories() -> list[Trajectory]:
+    return [play_rule((FAMILY, SEED, rule, 16)) for rule in RULES]
+
+
+def test_an_untrained_gate_weighs_every_rule_alike_and_mixes_their_actions():
+    model = _model(RULES)
+    policy = model.policy
+    obs = _observation(model)
+    with th.no_grad():
+        context = pool(policy.extract_features(obs))
+        weights = policy.rule_weights(context)
+        mixed = policy.prior_logits(obs, context)
+    np.testing.assert_allclose(weights.numpy(), 0.5)
+    numpy_obs = {key: value.numpy() for key, value in obs.items()}
+    expected = np.zeros(mixed.shape)
+    for rule in RULES:
+        actions = memoryless_heuristic(rule).act_batch(numpy_obs)
+        np.put_along_axis(expected, actions[..., None], np.take_along_axis(expected, actions[..., None], -1) + 0.75, -1)
+    np.testing.assert_allclose(mixed.numpy(), expected, atol=1e-6)
+
+
+def test_one_prior_rule_has_no_gate_and_the_gate_survives_saving(tmp_path):
+    assert _model("harvest_aware:period=1").policy.prior_gate is None
+    model = _model(RULES)
+    with th.no_grad():
+        model.policy.prior_gate.bias.copy_(th.tensor([0.0, 2.0]))
+    model.save(tmp_path / "gated.zip")
+    loaded = MaskablePPO.load(tmp_path / "gated.zip", device="cpu")
+    assert loaded.policy.prior == RULES
+    np.testing.assert_allclose(loaded.policy.prior_gate.bias.detach().numpy(), [0.0, 2.0])
+
+
+@pytest.mark.parametrize(("prior", "message"), [
+    (["harvest_aware", "harvest_aware"], "names a rule twice"),
+    ([], "at least one rule"),
+    (["harvest_aware", "oort"], "oort"),
+])
+def test_bad_prior_lists_are_refused_by_name(prior, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(ROOT / "configs" / "train" / "tiny.yaml", policy={"prior": prior})
+    with pytest.raises(ValueError, match=message):
+        _model(prior)
+
+
+def test_rule_selection_needs_the_suite_and_only_one_teacher():
+    tiny = ROOT / "configs" / "train" / "tiny.yaml"
+    with pytest.raises(SettingsError, match="select_from picks rules on the scenario suite"):
+        load_settings(tiny, imitation={"select_from": RULES})
+    with pytest.raises(SettingsError, match="not both"):
+        load_settings(tiny, imitation={"select_from": RULES, "heuristic": "energy_carbon_trust"})
+    with pytest.raises(SettingsError, match="oort"):
+        load_settings(tiny, imitation={"select_from": ["oort"]}, suite={})
+    assert load_settings(tiny, imitation={"select_from": RULES}, suite={}).imitation.enabled
+
+
+def test_training_scenarios_are_distinct_train_seeds_of_every_family():
+    suite = SuiteSettings()
+    drawn = draw_training_scenarios(suite, 5, seed=3)
+    assert len(drawn) == 5 * len(suite.family_names) == len(set(drawn))
+    assert {family for family, _ in drawn} == set(suite.family_names)
+    assert all(SPLITS["train"].start <= seed < SPLITS["train"].stop for _, seed in drawn)
+    assert drawn == draw_training_scenarios(suite, 5, seed=3) != draw_training_scenarios(suite, 5, seed=4)
+
+
+def test_the_best_rollout_is_kept_per_scenario(trajectories):
+    chosen = best_trajectories(trajectories)
+    assert len(chosen) == 1
+    assert chosen[0].key == min(trajectory.key for trajectory in trajectories)
+    for trajectory in trajectories:
+        assert trajectory.actions.shape == (len(trajectory.rewards), 16)
+        assert trajectory.action_masks.shape[0] == len(trajectory.rewards)
+        demonstrations = as_demonstrations(trajectory, gamma=1.0)
+        assert demonstrations.complete.all()
+        assert demonstrations.returns[0] == pytest.approx(trajectory.rewards.sum(), rel=1e-5)
+
+
+def test_imitating_a_rule_teaches_the_gate_to_choose_it(trajectories):
+    model = _model(RULES)
+    demonstrated = trajectories[1]  # carbon_periodic:period=2, the second rule
+    fit(model, [as_demonstrations(demonstrated, model.gamma)], epochs=3, batch_size=32, learning_rate=3e-3,
+        value_coef=0.5, seed=0)
+    obs = model.policy.obs_to_tensor(demonstrated.observations)[0]
+    with th.no_grad():
+        weights = model.policy.rule_weights(pool(model.policy.extract_features(obs)))
+    assert float(weights[:, 1].mean()) > 0.8
