@@ -21,10 +21,12 @@ runs on the observation inside the policy, so a saved model carries it to any fl
 
 With several rules (``prior=["network_aware:period=1", "battery_quorum:period=1", ...]``) a fleet-level
 *gate* chooses among them: ``g = softmax(Linear(c))`` weighs the rules, and each node's prior logit is
-``prior_weight * sum_r g_r * onehot(rule r's action)``. The gate is learned with the rest (by imitation
-of the rule that did best on each training scenario, ``training/imitation.py``, then PPO): a mixture of
-experts over the rules (Jacobs, Jordan, Nowlan & Hinton, "Adaptive Mixtures of Local Experts", Neural
-Computation 1991) that lets one policy follow a different rule on each kind of fleet.
+``prior_weight * sum_r g_r * onehot(rule r's action)`` (a mixture of experts over the rules: Jacobs,
+Jordan, Nowlan & Hinton, "Adaptive Mixtures of Local Experts", Neural Computation 1991), learned by
+imitation of the rule that did best on each training scenario (``training/rule_selection.py``) and PPO.
+A soft mixture lets each node follow the rules' majority, which can be a schedule none of them would
+make (half a fleet waiting for a cleaner hour); with ``gate="hard"`` the whole fleet follows the one rule
+the gate rates highest, and the gate learns only from the imitation's rule labels.
 
 Logits of actions the observation's ``action_mask`` forbids are set to -1e8 inside the network
 (``mask_logits``), so even plain PPO / A2C and a ``predict`` without ``action_masks`` never choose
@@ -65,6 +67,7 @@ from greengossip.envs.errors import UserError
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
 # what PPO's ent_coef weighs (``evaluate_actions``): the entropy, or a distance to the residual prior rule
 PRIOR_REGULARISERS = ("entropy", "kl", "cross_entropy")
+GATES = ("soft", "hard")  # how a gate over several prior rules weighs them (``_NodeSetCore.rule_weights``)
 PER_NODE_KEYS = ("nodes", "action_mask")
 
 __all__ = [
@@ -315,8 +318,12 @@ class _NodeSetCore:
     prior_regulariser: str = "entropy"
 
     def _set_prior(self, action_space: spaces.MultiDiscrete, prior: str | list[str] | None, prior_weight: float,
-                   allowed_actions: list[int] | None = None, prior_regulariser: str = "entropy") -> None:
+                   allowed_actions: list[int] | None = None, prior_regulariser: str = "entropy",
+                   gate: str = "soft") -> None:
         """Residual prior and allowed actions (called before the SB3 base class is built)."""
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        self.gate = gate
         self._priors = _prior_rules(prior, prior_weight)
         self.prior = prior if prior is None or isinstance(prior, str) else list(prior)
         self.prior_weight = float(prior_weight)
@@ -353,8 +360,12 @@ class _NodeSetCore:
         return th.einsum("br,brnk->bnk", weights, th.stack(chosen, dim=1)) * self.prior_weight
 
     def rule_weights(self, context: th.Tensor) -> th.Tensor:
-        """(B, R): the gate's weight of each prior rule for each fleet context."""
-        return th.softmax(self.prior_gate(context), dim=-1)
+        """(B, R): the gate's weight of each prior rule for each fleet context: its softmax, or with
+        ``gate="hard"`` all of it on the rule it rates highest."""
+        logits = self.prior_gate(context)
+        if self.gate == "hard":
+            return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+        return th.softmax(logits, dim=-1)
 
     # critic input and actor context size; the recurrent policy overrides both with the LSTM width
     def _head_dims(self) -> tuple[int, int]:
@@ -454,6 +465,7 @@ class _NodeSetCore:
         data["mask_logits"] = self.mask_logits
         data["prior"], data["prior_weight"] = self.prior, self.prior_weight
         data["prior_regulariser"] = self.prior_regulariser
+        data["gate"] = self.gate
         data["allowed_actions"] = self.allowed_actions
         return data
 
@@ -522,11 +534,12 @@ class MaskableNodeSetPolicy(_NodeSetCore, _FeedForwardMethods, MaskableActorCrit
         prior_weight: float = 3.0,
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
+        gate: str = "soft",
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser, gate)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -545,13 +558,14 @@ class NodeSetPolicy(_NodeSetCore, _FeedForwardMethods, ActorCriticPolicy):
         prior_weight: float = 3.0,
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
+        gate: str = "soft",
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
         if kwargs.get("use_sde"):
             raise ValueError("use_sde applies to continuous actions only; GreenGossip's actions are discrete")
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, prior_regulariser, gate)
         super().__init__(observation_space, action_space, lr_schedule, net_arch, **{**_DEFAULTS, **kwargs})
 
 
@@ -575,6 +589,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
         prior_regulariser: str = "entropy",
         allowed_actions: list[int] | None = None,
         lstm_hidden_size: int = 64,
+        gate: str = "soft",
         **kwargs,
     ):
         _check_spaces(observation_space, action_space)
@@ -582,7 +597,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
             raise ValueError("prior_regulariser is for the feed-forward policies (maskable_ppo, ppo, a2c); the "
                              "recurrent policy keeps PPO's entropy bonus")
         self.mask_logits = mask_logits
-        self._set_prior(action_space, prior, prior_weight, allowed_actions)
+        self._set_prior(action_space, prior, prior_weight, allowed_actions, gate=gate)
         super().__init__(
             observation_space,
             action_space,

@@ -116,7 +116,7 @@ def main() -> None:
     if args.docs:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
-                            *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs"])
+                            *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs", args.docs])
         replace_section(args.docs, HEADING, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
                                              "worker(s).", "", *text.rstrip("\n").splitlines()])
 

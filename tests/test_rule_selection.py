@@ -29,10 +29,10 @@ FAMILY = "solar_sensor_field"
 SEED = 17  # a train-split seed
 
 
-def _model(prior, n_nodes: int = 16) -> MaskablePPO:
+def _model(prior, n_nodes: int = 16, gate: str = "soft") -> MaskablePPO:
     venv = GossipVecEnv(1, config=[sized_draw(FAMILY, SEED, n_nodes)])
     return MaskablePPO(MaskableNodeSetPolicy, venv, n_steps=16, batch_size=16, device="cpu", seed=0,
-                       policy_kwargs=dict(prior=prior, prior_weight=1.5,
+                       policy_kwargs=dict(prior=prior, prior_weight=1.5, gate=gate,
                                           features_extractor_kwargs=dict(message_passing=0)))
 
 
@@ -127,3 +127,22 @@ def test_imitating_a_rule_teaches_the_gate_to_choose_it(trajectories):
     with th.no_grad():
         weights = model.policy.rule_weights(pool(model.policy.extract_features(obs)))
     assert float(weights[:, 1].mean()) > 0.8
+
+
+def test_a_hard_gate_follows_one_rule_for_the_whole_fleet(trajectories):
+    model = _model(RULES, gate="hard")
+    policy = model.policy
+    rounds = {key: value[1:20] for key, value in trajectories[0].observations.items()}
+    obs = policy.obs_to_tensor(rounds)[0]
+    numpy_obs = {key: value.numpy() for key, value in obs.items()}
+    disagree = [memoryless_heuristic(rule).act_batch(numpy_obs) for rule in RULES]
+    assert (disagree[0] != disagree[1]).any()  # else the test could not tell a hard gate from a soft one
+    for favoured in (0, 1):
+        with th.no_grad():
+            policy.prior_gate.bias.copy_(th.tensor([1.0, 0.0] if favoured == 0 else [0.0, 1.0]))
+            logits = policy.prior_logits(obs, pool(policy.extract_features(obs)))
+        actions = memoryless_heuristic(RULES[favoured]).act_batch(numpy_obs)
+        np.testing.assert_array_equal(logits.argmax(-1).numpy(), actions)
+        np.testing.assert_allclose(logits.amax(-1).numpy(), 1.5)
+    with pytest.raises(ValueError, match="gate must be one of soft, hard"):
+        _model(RULES, gate="firm")

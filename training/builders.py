@@ -260,6 +260,7 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
         prior_weight=policy.prior_weight,
         prior_regulariser=policy.prior_regulariser,
         allowed_actions=policy.allowed_actions,
+        gate=policy.gate,
         features_extractor_kwargs=dict(
             hidden=policy.hidden,
             layers=policy.encoder_layers,

@@ -122,6 +122,10 @@ class PolicySettings(_Frozen):
     allowed_actions: list[int] | None = Field(
         None, description="action codes the policy may choose (must include 0, idle); None = all"
     )
+    gate: Literal["soft", "hard"] = Field(
+        "soft", description="with several prior rules: soft = each node's prior is the gate-weighted mixture of "
+        "the rules' actions; hard = the whole fleet follows the rule the gate rates highest"
+    )
 
     @model_validator(mode="after")
     def _regulariser_needs_a_prior(self) -> PolicySettings:
