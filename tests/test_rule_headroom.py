@@ -1,0 +1,46 @@
+"""benchmarks/rule_headroom.py: the best rule, the per-scenario pick and paired savings, and its docs section."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import ROOT
+
+SPEC = importlib.util.spec_from_file_location("rule_headroom", ROOT / "benchmarks" / "rule_headroom.py")
+headroom = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(headroom)
+
+A, B = headroom.RULES[0], headroom.RULES[1]
+
+
+def _rows(results: dict[str, list[float | None]]) -> list[dict]:
+    rows = []
+    for spec, carbons in results.items():
+        rows += [{"family": "f", "seed": seed, "spec": spec, "met": carbon is not None, "carbon": carbon}
+                 for seed, carbon in enumerate(carbons)]
+    others = [spec for spec in headroom.RULES if spec not in results]
+    rows += [{"family": "f", "seed": seed, "spec": spec, "met": False, "carbon": None}
+             for spec in others for seed in range(3)]
+    return rows
+
+
+def test_the_best_rule_meets_most_targets_and_the_pick_takes_the_cleanest_per_scenario():
+    rows = _rows({A: [10.0, 10.0, None], B: [12.0, 6.0, 8.0], "model": [9.0, None, 7.0]})
+    (row,) = headroom.family_rows(rows, ["model"])
+    assert row["best"] == B and row["best_met"] == 3  # more targets beats less carbon
+    pick, model = row["others"]
+    assert pick == ("per-scenario pick", 3, pytest.approx(1 - (10 + 6 + 8) / 26))
+    assert model == ("model", 2, pytest.approx(1 - (9 + 7) / (12 + 8)))  # paired: only the seeds both met
+
+
+def test_the_docs_section_is_replaced_and_the_rest_kept(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n## Room above the rules\n\nold table\n\n## Next\n\nkept\n")
+    headroom.replace_section(page, headroom.HEADING, ["new table"])
+    text = page.read_text()
+    assert "old table" not in text and "new table" in text and text.index("new table") < text.index("## Next")
+    assert text.endswith("kept\n")
+    headroom.replace_section(tmp_path / "fresh.md", headroom.HEADING, ["first"])
+    assert (tmp_path / "fresh.md").read_text() == "## Room above the rules\n\nfirst\n\n"
