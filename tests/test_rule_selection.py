@@ -17,6 +17,7 @@ from greengossip.training.rule_selection import (
     as_demonstrations,
     best_trajectories,
     draw_training_scenarios,
+    family_best_trajectories,
     play_rule,
 )
 from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
@@ -171,3 +172,26 @@ def test_the_train_command_warm_starts_a_gated_policy_from_the_rules_rollouts(tm
     assert record["settings"]["policy"]["prior"] == RULES and record["settings"]["policy"]["gate"] == "hard"
     model = MaskablePPO.load(out / "best_model.zip", device="cpu")
     assert model.policy.prior == RULES and model.policy.gate == "hard" and model.policy.prior_gate is not None
+
+
+def _ending(family: str, seed: int, rule: str, carbon: float | None) -> Trajectory:
+    key = (0.0, carbon, 0.0) if carbon is not None else (1.0, -0.5, 1.0)
+    return Trajectory(family, seed, rule, {}, np.zeros((1, 4)), np.zeros((1, 2), dtype=np.int64), np.zeros(1), key,
+                      carbon)
+
+
+def test_the_family_s_best_rule_meets_most_targets_then_has_the_least_relative_carbon():
+    # rule a wins the small scenario by a lot and loses the large one by a little; b misses one target
+    played = [_ending("f", 1, "a", 1.0), _ending("f", 1, "b", 2.0), _ending("f", 1, "c", 1.5),
+              _ending("f", 2, "a", 110.0), _ending("f", 2, "b", 100.0), _ending("f", 2, "c", 105.0),
+              _ending("f", 3, "a", 5.0), _ending("f", 3, "b", None), _ending("f", 3, "c", 6.0),
+              _ending("g", 1, "a", None), _ending("g", 1, "b", 3.0), _ending("g", 1, "c", None)]
+    chosen = family_best_trajectories(played)
+    assert sorted((t.family, t.seed, t.rule) for t in chosen) == [
+        ("f", 1, "a"), ("f", 2, "a"), ("f", 3, "a"), ("g", 1, "b")]
+    # scenario by scenario the winners differ
+    assert sorted((t.seed, t.rule) for t in best_trajectories(played) if t.family == "f") == [
+        (1, "a"), (2, "b"), (3, "a")]
+    with pytest.raises(SettingsError, match="select_by"):
+        load_settings(ROOT / "configs" / "train" / "tiny.yaml", imitation={"select_from": RULES, "select_by": "x"},
+                      suite={})

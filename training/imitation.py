@@ -274,7 +274,7 @@ def warm_start(model, settings: ImitationSettings, seed: int = 0, suite: SuiteSe
 
         demonstrations, _counts = selected_demonstrations(
             suite, settings.select_from, settings.scenarios_per_family, settings.max_nodes, model.gamma, seed,
-            settings.workers)
+            settings.workers, settings.select_by)
     elif settings.heuristic is not None:
         demonstrations = [collect_demonstrations(model.get_env(), settings.heuristic, settings.steps, model.gamma,
                                                  seed)]

@@ -29,6 +29,7 @@ from greengossip.training.settings import SuiteSettings
 from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 LOG = logging.getLogger("greengossip.train.imitation")
+SELECT_BY = ("scenario", "family")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,27 @@ def best_trajectories(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
     return list(best.values())
 
 
+def family_best_trajectories(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    """On every scenario, the trajectory of its family's best rule over all the family's scenarios: the most
+    targets met, then the least mean carbon-to-target relative to each scenario's cleanest rule that met it
+    (relative, so that a large fleet's grams do not outweigh a small one's)."""
+    by_scenario: dict[tuple[str, int], dict[str, Trajectory]] = {}
+    for trajectory in trajectories:
+        by_scenario.setdefault((trajectory.family, trajectory.seed), {})[trajectory.rule] = trajectory
+    scores: dict[str, dict[str, list[float]]] = {}  # family -> rule -> [targets missed, summed relative carbon]
+    for (family, _seed), played in by_scenario.items():
+        met = [t.carbon_to_target_g for t in played.values() if t.key[0] == 0.0 and t.carbon_to_target_g]
+        cleanest = min(met) if met else None
+        for rule, trajectory in played.items():
+            score = scores.setdefault(family, {}).setdefault(rule, [0.0, 0.0])
+            if trajectory.key[0] == 0.0 and cleanest:
+                score[1] += trajectory.carbon_to_target_g / cleanest
+            else:
+                score[0] += 1.0
+    best_rule = {family: min(rules, key=lambda rule: tuple(rules[rule])) for family, rules in scores.items()}
+    return [played[best_rule[family]] for (family, _seed), played in by_scenario.items()]
+
+
 def as_demonstrations(trajectory: Trajectory, gamma: float) -> Demonstrations:
     """A whole episode as demonstrations: every return is exact (the episode ended)."""
     dones = np.zeros(len(trajectory.rewards), dtype=bool)
@@ -112,9 +134,13 @@ def as_demonstrations(trajectory: Trajectory, gamma: float) -> Demonstrations:
 
 
 def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_family: int, max_nodes: int,
-                            gamma: float, seed: int = 0, workers: int = 1) -> tuple[list[Demonstrations], dict]:
+                            gamma: float, seed: int = 0, workers: int = 1, select_by: str = "scenario"
+                            ) -> tuple[list[Demonstrations], dict]:
     """Demonstrations of the best of ``rules`` on ``per_family`` train scenarios of every family (one
-    ``Demonstrations`` per scenario: fleet sizes differ), and a summary: how often each rule was chosen."""
+    ``Demonstrations`` per scenario: fleet sizes differ), and a summary: how often each rule was chosen.
+    ``select_by``: the best rule of each scenario, or of each family over its scenarios."""
+    if select_by not in SELECT_BY:
+        raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
     scenarios = draw_training_scenarios(suite, per_family, seed)
     jobs = [(family, draw_seed, rule, max_nodes) for family, draw_seed in scenarios for rule in rules]
     if workers > 1:
@@ -122,7 +148,7 @@ def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_fami
             trajectories = list(pool.map(play_rule, jobs))
     else:
         trajectories = [play_rule(job) for job in jobs]
-    chosen = best_trajectories(trajectories)
+    chosen = best_trajectories(trajectories) if select_by == "scenario" else family_best_trajectories(trajectories)
     counts: dict[str, dict[str, int]] = {}
     for trajectory in chosen:
         family_counts = counts.setdefault(trajectory.family, {})

@@ -174,6 +174,10 @@ class ImitationSettings(_Frozen):
     scenarios_per_family: int = Field(8, ge=1, description="train scenarios per family for select_from")
     max_nodes: int = Field(256, ge=4, description="largest fleet the select_from rollouts play (larger draws are cut)")
     workers: int = Field(1, ge=1, description="processes for the select_from rollouts")
+    select_by: Literal["scenario", "family"] = Field(
+        "scenario", description="select_from imitates the best rule of each scenario, or the best rule of each "
+        "family over its scenarios (most targets met, then the least carbon-to-target relative to each "
+        "scenario's cleanest rule)")
 
     @field_validator("select_from")
     @classmethod
