@@ -36,7 +36,7 @@ from torch import nn
 
 from greengossip.agents.heuristics import prior_specs
 from greengossip.agents.learned import make_scheduler
-from greengossip.training.settings import ImitationSettings, SuiteSettings
+from greengossip.training.settings import ImitationSettings
 
 LOG = logging.getLogger("greengossip.train.imitation")
 
@@ -262,24 +262,16 @@ def fit(
     )
 
 
-def warm_start(model, settings: ImitationSettings, seed: int = 0, suite: SuiteSettings | None = None
-               ) -> ImitationSummary:
-    """Imitate ``settings.heuristic`` on ``model``'s training envs, or, with ``settings.select_from``, the
-    best of those rules on train scenarios of ``suite`` (``training/rule_selection.py``); discounting with
-    the model's gamma. Then log and return how well the policy now agrees with what it imitated."""
-    if settings.select_from:
-        if suite is None:
-            raise ValueError("imitation.select_from picks rules on the scenario suite's train split; set suite")
-        from greengossip.training.rule_selection import selected_demonstrations
-
-        demonstrations, _counts = selected_demonstrations(
-            suite, settings.select_from, settings.scenarios_per_family, settings.max_nodes, model.gamma, seed,
-            settings.workers, settings.select_by)
-    elif settings.heuristic is not None:
+def warm_start(model, settings: ImitationSettings, seed: int = 0,
+               demonstrations: Sequence[Demonstrations] | None = None) -> ImitationSummary:
+    """Imitate ``demonstrations``, or by default ``settings.heuristic`` on ``model``'s training envs
+    (discounting with the model's gamma); then log and return how well the policy now agrees with what it
+    imitated. ``training/rule_selection.py`` gives the demonstrations of ``settings.select_from``."""
+    if demonstrations is None:
+        if settings.heuristic is None:
+            raise ValueError("imitation.heuristic is not set: name the heuristic to imitate")
         demonstrations = [collect_demonstrations(model.get_env(), settings.heuristic, settings.steps, model.gamma,
                                                  seed)]
-    else:
-        raise ValueError("imitation.heuristic is not set: name the heuristic to imitate")
     summary = fit(
         model,
         demonstrations,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from greengossip.training.imitation import Demonstrations, discounted_returns
+from greengossip.training.imitation import Demonstrations, ImitationSummary, discounted_returns, warm_start
 from greengossip.training.rollout import one_torch_thread
-from greengossip.training.settings import SuiteSettings
+from greengossip.training.settings import ImitationSettings, SuiteSettings
 from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 LOG = logging.getLogger("greengossip.train.imitation")
@@ -155,3 +155,13 @@ def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_fami
         family_counts[trajectory.rule] = family_counts.get(trajectory.rule, 0) + 1
     LOG.info("rule selection on %d train scenarios (%d rollouts): %s", len(chosen), len(trajectories), counts)
     return [as_demonstrations(trajectory, gamma) for trajectory in chosen], counts
+
+
+def warm_start_from_rules(model, settings: ImitationSettings, suite: SuiteSettings, seed: int = 0
+                          ) -> ImitationSummary:
+    """The warm start of ``imitation.select_from``: the best rules' episodes on train scenarios of ``suite``,
+    imitated by ``model`` (``training.imitation.warm_start``)."""
+    demonstrations, _counts = selected_demonstrations(
+        suite, settings.select_from, settings.scenarios_per_family, settings.max_nodes, model.gamma, seed,
+        settings.workers, settings.select_by)
+    return warm_start(model, settings, seed, demonstrations)

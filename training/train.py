@@ -68,6 +68,7 @@ from greengossip.training.builders import (
 from greengossip.training.callbacks import HeldOutEvalCallback, StopOnInterrupt
 from greengossip.training.evaluate import compare_with_heuristics
 from greengossip.training.imitation import warm_start
+from greengossip.training.rule_selection import warm_start_from_rules
 from greengossip.training.run_files import atomic_save, latest_checkpoint, prepare_run_folder, resume_checkpoint
 from greengossip.training.settings import (
     ALGORITHMS,
@@ -235,7 +236,10 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
 
 def imitate(model, settings: TrainSettings) -> None:
     """The behaviour-cloning warm start (training/imitation.py), its figures logged at step 0."""
-    summary = warm_start(model, settings.imitation, seed=settings.seed, suite=settings.suite)
+    if settings.imitation.select_from:
+        summary = warm_start_from_rules(model, settings.imitation, settings.suite, seed=settings.seed)
+    else:
+        summary = warm_start(model, settings.imitation, seed=settings.seed)
     for name in ("cross_entropy", "value_loss", "agreement"):
         model.logger.record(f"imitation/{name}", getattr(summary, name))
     model.logger.dump(step=0)
