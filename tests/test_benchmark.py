@@ -225,3 +225,15 @@ def test_the_margin_table_takes_scenarios_that_need_no_grid_energy():
     assert margin["saving"] == pytest.approx(0.25)  # (0 + 50 %) / 2
     assert margin["oracle_beaten"] == 0
     assert "| field | carbon_aware | 25% " in benchmark.markdown(rows, "test")
+
+
+def test_the_docs_section_names_the_schedulers_only_when_they_were_named(tmp_path):
+    write_docs_section = benchmark.write_docs_section
+    page = tmp_path / "benchmark.md"
+    page.write_text("# Benchmark\n\n## Leaderboard: test\n\nold\n\n## Leaderboard: ood\n\nkept\n")
+    write_docs_section(page, "test", "| new |\n", 3.2, 2, ["all_nodes", "pretrained"])
+    text = page.read_text()
+    assert "`greengossip benchmark --split test --schedulers all_nodes pretrained --docs`" in text
+    assert "in 3 min with 2 worker(s)" in text and "old" not in text and text.endswith("kept\n")
+    write_docs_section(page, "ood", "| other |\n", 1.0, 1)
+    assert "`greengossip benchmark --split ood --docs`" in page.read_text()

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     table = (out / "leaderboard.md").read_text()
     if args.docs:
-        write_docs_section(args.docs, args.split, table, minutes, workers)
+        write_docs_section(args.docs, args.split, table, minutes, workers,
+                           schedulers if evaluate._split(args.schedulers) else None)
     print(f"\n{table}")
     print(f"{len(rows)} episodes in {minutes:.1f} min; wrote {out / 'episodes.csv'}, {out / 'leaderboard.csv'}, "
           f"{out / 'leaderboard.md'} and {out / 'benchmark.png'}")
@@ -421,10 +422,13 @@ def run_benchmark(schedulers: Sequence[str], families: Sequence[str], split: str
     return rows
 
 
-def write_docs_section(path: str | Path, split: str, table: str, minutes: float, workers: int) -> None:
-    """Replace the body of the ``## Leaderboard: <split>`` section of ``path`` with ``table``."""
+def write_docs_section(path: str | Path, split: str, table: str, minutes: float, workers: int,
+                       schedulers: Sequence[str] | None = None) -> None:
+    """Replace the body of the ``## Leaderboard: <split>`` section of ``path`` with ``table``; the line above
+    it names the command, with the ``schedulers`` when they were named rather than the default list."""
+    named = f" --schedulers {' '.join(schedulers)}" if schedulers else ""
     replace_section(path, f"## Leaderboard: {split}", [
-        f"Written by `greengossip benchmark --split {split} --docs` (training/benchmark.py) in "
+        f"Written by `greengossip benchmark --split {split}{named} --docs` (training/benchmark.py) in "
         f"{minutes:.0f} min with {workers} worker(s).", "", *table.rstrip("\n").splitlines()])
 
 
