@@ -624,6 +624,18 @@ def prior_specs(prior: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return [prior] if isinstance(prior, str) else list(prior)
 
 
+def memoryless_rules(prior: str | list[str] | tuple[str, ...] | None) -> list[HeuristicScheduler]:
+    """The memoryless rules a ``prior`` setting names (none, one spec, or a list of them), built; ValueError
+    for an empty list, a rule named twice, or a spec :func:`memoryless_heuristic` refuses (the one check
+    behind ``policy.prior``, ``imitation.select_from`` and the policies' ``prior``)."""
+    specs = prior_specs(prior)
+    if not isinstance(prior, (str, type(None))) and not specs:
+        raise ValueError("must name at least one rule, or be null (no prior)")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"names a rule twice: {specs}")
+    return [memoryless_heuristic(spec) for spec in specs]
+
+
 def memoryless_heuristic(spec: str) -> HeuristicScheduler:
     """The memoryless rule that ``spec`` names, built: ``name`` or ``name:key=value,...`` (the harness's
     syntax, e.g. ``carbon_periodic:period=6``); ValueError naming the allowed rules or the bad parameter

@@ -61,7 +61,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from greengossip.agents.heuristics import memoryless_heuristic, prior_specs
+from greengossip.agents.heuristics import memoryless_rules
 from greengossip.envs.errors import UserError
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
@@ -289,18 +289,11 @@ def _resolve_arch(net_arch) -> tuple[list[int], list[int]]:
 def _prior_rules(prior: str | list[str] | None, prior_weight: float) -> list:
     """The heuristics whose choices get ``prior_weight`` extra logit (empty without a prior); validated
     here so that a bad name fails when the policy is built, not in the middle of a rollout."""
-    specs = prior_specs(prior)
-    if not isinstance(prior, (str, type(None))) and not specs:
-        raise ValueError("prior must name at least one rule (or be None: no prior)")
-    if len(set(specs)) != len(specs):
-        raise ValueError(f"prior names a rule twice: {specs}")
-    rules = []
-    for spec in specs:
-        try:
-            rules.append(memoryless_heuristic(spec))
-        except ValueError as exc:
-            raise ValueError(f"prior {exc}") from None
-    if specs and (not np.isfinite(prior_weight) or prior_weight <= 0):
+    try:
+        rules = memoryless_rules(prior)
+    except ValueError as exc:
+        raise ValueError(f"prior {exc}") from None
+    if rules and (not np.isfinite(prior_weight) or prior_weight <= 0):
         raise ValueError(f"prior_weight must be a finite number > 0 (extra logit of the rule's action), "
                          f"got {prior_weight!r}")
     return rules

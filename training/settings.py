@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from greengossip.agents.heuristics import HEURISTICS, memoryless_heuristic, prior_specs
+from greengossip.agents.heuristics import HEURISTICS, memoryless_rules
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import bounded_repr
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
@@ -137,13 +137,7 @@ class PolicySettings(_Frozen):
     @field_validator("prior")
     @classmethod
     def _memoryless_heuristic(cls, prior: str | list[str] | None) -> str | list[str] | None:
-        specs = prior_specs(prior)
-        if not isinstance(prior, (str, type(None))) and not specs:
-            raise ValueError("must name at least one rule, or be null (no prior)")
-        if len(set(specs)) != len(specs):
-            raise ValueError(f"names a rule twice: {specs}")
-        for spec in specs:
-            memoryless_heuristic(spec)
+        memoryless_rules(prior)
         return prior
 
 
@@ -182,11 +176,7 @@ class ImitationSettings(_Frozen):
     @field_validator("select_from")
     @classmethod
     def _memoryless_rules(cls, rules: list[str] | None) -> list[str] | None:
-        if rules is not None:
-            if not rules or len(set(rules)) != len(rules):
-                raise ValueError(f"must name at least one rule, each once; got {rules}")
-            for spec in rules:
-                memoryless_heuristic(spec)
+        memoryless_rules(rules)
         return rules
 
     @model_validator(mode="after")
