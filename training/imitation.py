@@ -239,8 +239,11 @@ def fit(
         for _ in range(epochs):
             minibatches = [(index, rows) for index, batches in enumerate(groups)
                            for rows in th.randperm(batches.size, generator=generator).split(batch_size)]
-            for order in th.randperm(len(minibatches), generator=generator).tolist():
-                index, rows = minibatches[order]
+            # one fleet's demonstrations keep their own shuffle, as when fit took only one
+            order = th.randperm(len(minibatches), generator=generator).tolist() if len(groups) > 1 \
+                else range(len(minibatches))
+            for position in order:
+                index, rows = minibatches[position]
                 observations, mask_kwargs, actions, returns, complete = groups[index](rows.to(policy.device))
                 values, log_prob, entropy = policy.evaluate_actions(observations, actions, **mask_kwargs)
                 value_loss = _squared_errors(values, returns, complete).sum() / complete.sum().clamp_min(1.0)
