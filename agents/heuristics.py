@@ -639,7 +639,7 @@ def memoryless_rules(prior: str | list[str] | tuple[str, ...] | None) -> list[He
 def memoryless_heuristic(spec: str) -> HeuristicScheduler:
     """The memoryless rule that ``spec`` names, built: ``name`` or ``name:key=value,...`` (the harness's
     syntax, e.g. ``carbon_periodic:period=6``); ValueError naming the allowed rules or the bad parameter
-    otherwise (the one check behind ``policy.prior`` in the settings and the policies' ``prior``)."""
+    otherwise (the check of each spec in :func:`memoryless_rules`)."""
     name = str(spec).partition(":")[0]
     if name not in MEMORYLESS_HEURISTICS:
         known = "" if name in HEURISTICS else " (no such heuristic)"
