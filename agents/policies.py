@@ -62,6 +62,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from greengossip.agents.heuristics import memoryless_rules
+from greengossip.agents.node_ratio_ppo import RATIOS, NodeRatioMaskablePPO
 from greengossip.envs.errors import UserError
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
@@ -250,8 +251,12 @@ class NodeCategoricalDistribution(MaskableDistribution):
         self.distribution.apply_masking(masks)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        return self.node_log_prob(actions).sum(dim=1)
+
+    def node_log_prob(self, actions: th.Tensor) -> th.Tensor:
+        """(B, N): each node's log-probability of its action (``log_prob`` is their sum)."""
         actions = actions.reshape(self.distribution.logits.shape[:2]).long()
-        return self.distribution.log_prob(actions).sum(dim=1)
+        return self.distribution.log_prob(actions)
 
     def entropy(self) -> th.Tensor:
         return self.distribution.entropy().sum(dim=1)
@@ -482,13 +487,13 @@ class _FeedForwardMethods:
         log_prob = distribution.log_prob(actions)
         return actions, values, log_prob
 
-    def evaluate_actions(self, obs, actions: th.Tensor, action_masks=None):
-        """Values, log-probabilities and the regulariser that PPO's loss weighs with ``ent_coef``
-        (``prior_regulariser``, summed over nodes): ``entropy`` (PPO's bonus: the KL to the uniform
-        distribution, up to a constant); ``kl``: minus KL(policy || the prior rule's distribution, its
-        ``prior_weight`` logit alone), which pulls towards the rule instead of towards uniform;
-        ``cross_entropy``: the log-probability of the rule's action (behaviour cloning, a pull towards
-        the rule's deterministic choice). SB3 logs minus the mean as ``train/entropy_loss``."""
+    def evaluate_actions(self, obs, actions: th.Tensor, action_masks=None, per_node: bool = False):
+        """Values, log-probabilities (B,), or (B, N) per node with ``per_node``, and the regulariser that
+        PPO's loss weighs with ``ent_coef`` (``prior_regulariser``, summed over nodes): ``entropy`` (PPO's
+        bonus: the KL to the uniform distribution, up to a constant); ``kl``: minus KL(policy || the prior
+        rule's distribution, its ``prior_weight`` logit alone), which pulls towards the rule instead of
+        towards uniform; ``cross_entropy``: the log-probability of the rule's action (behaviour cloning, a
+        pull towards the rule's deterministic choice). SB3 logs minus the mean as ``train/entropy_loss``."""
         h = self.extract_features(obs)
         context = pool(h)
         distribution, prior = self._distributions(obs, h, context, action_masks,
@@ -499,7 +504,8 @@ class _FeedForwardMethods:
             regulariser = distribution.log_prob(prior.mode())
         else:
             regulariser = distribution.entropy()
-        return self._critic(obs, context), distribution.log_prob(actions), regulariser
+        log_prob = distribution.node_log_prob(actions) if per_node else distribution.log_prob(actions)
+        return self._critic(obs, context), log_prob, regulariser
 
     def get_distribution(self, obs, action_masks=None):
         h = self.extract_features(obs)
@@ -667,11 +673,18 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
 ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "recurrent_ppo")
 
 
-def algorithm_class(name: str):
-    """The SB3 / sb3-contrib algorithm class for ``name`` (one of ``ALGORITHMS``)."""
+def algorithm_class(name: str, ratio: str = "joint"):
+    """The SB3 / sb3-contrib algorithm class for ``name`` (one of ``ALGORITHMS``); ``ratio="per_node"``
+    gives MaskablePPO with one clipped ratio per node (``agents/node_ratio_ppo.py``)."""
     classes = {"maskable_ppo": MaskablePPO, "ppo": PPO, "a2c": A2C, "recurrent_ppo": RecurrentPPO}
     if name not in classes:
         raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
+    if ratio not in RATIOS:
+        raise ValueError(f"unknown ratio {ratio!r}; allowed: {', '.join(RATIOS)}")
+    if ratio == "per_node":
+        if name != "maskable_ppo":
+            raise ValueError(f"ratio per_node is for maskable_ppo, not {name}")
+        return NodeRatioMaskablePPO
     return classes[name]
 
 
@@ -744,7 +757,8 @@ def _target_spaces(env_or_spaces) -> tuple[spaces.Space, spaces.Space]:
     return env_or_spaces.observation_space, env_or_spaces.action_space
 
 
-def load_for_nodes(path: str | Path, env, algo: str | None = None, device: str = "cpu", **kwargs):
+def load_for_nodes(path: str | Path, env, algo: str | None = None, device: str = "cpu", ratio: str = "joint",
+                   **kwargs):
     """Load a saved model (any of ``ALGORITHMS``) for ``env``, whose fleet size may differ from training's.
 
     SB3 checks an env's spaces against the saved ones; the node-set policies have no N-sized weight, so
@@ -759,7 +773,7 @@ def load_for_nodes(path: str | Path, env, algo: str | None = None, device: str =
         "action_space": action_space,
         **kwargs.pop("custom_objects", {}),
     }
-    return algorithm_class(algo).load(path, env=env, device=device, custom_objects=custom, **kwargs)
+    return algorithm_class(algo, ratio).load(path, env=env, device=device, custom_objects=custom, **kwargs)
 
 
 def load_policy(path: str | Path, env_or_spaces=None, device: str = "cpu"):

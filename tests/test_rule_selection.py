@@ -195,3 +195,17 @@ def test_the_family_s_best_rule_meets_most_targets_then_has_the_least_relative_c
     with pytest.raises(SettingsError, match="select_by"):
         load_settings(ROOT / "configs" / "train" / "tiny.yaml", imitation={"select_from": RULES, "select_by": "x"},
                       suite={})
+
+
+def test_the_oracle_teacher_does_at_least_as_well_as_each_rule_and_records_what_the_policy_sees(trajectories):
+    oracle = play_rule((FAMILY, SEED, "oracle", 16, *RULES))
+    assert oracle.rule == "oracle"
+    # the oracle's plans include every rule as observed, and its plan only improves
+    assert all(oracle.key <= trajectory.key for trajectory in trajectories)
+    steps, n_nodes = oracle.actions.shape
+    assert n_nodes == 16 and oracle.observations["nodes"].shape[:2] == (steps, 16)
+    # the observation as the scheduler reads it, not the truth the oracle plans on: the first round's is the
+    # same as any rule's (the same reset)
+    np.testing.assert_array_equal(oracle.observations["nodes"][0], trajectories[0].observations["nodes"][0])
+    demonstrations = as_demonstrations(oracle, gamma=0.99)
+    assert demonstrations.heuristic == "oracle" and len(demonstrations.actions) == steps

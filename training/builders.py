@@ -236,6 +236,7 @@ def algorithm_kwargs(settings: TrainSettings) -> dict[str, Any]:
     kwargs = settings.hyperparameters.model_dump()
     kwargs.pop("lstm_hidden_size", None)
     kwargs.pop("enable_critic_lstm", None)
+    kwargs.pop("ratio", None)  # picks the class (new_model), not an argument of it
     final = kwargs.pop("learning_rate_final", None)
     hold = kwargs.pop("learning_rate_decay_start", 0.0)
     if final is not None:
@@ -278,7 +279,7 @@ def policy_kwargs(settings: TrainSettings) -> dict[str, Any]:
 
 def new_model(settings: TrainSettings, venv):
     """A fresh model of ``settings.algo`` with the node-set policy."""
-    return algorithm_class(settings.algo)(
+    return algorithm_class(settings.algo, settings.ratio)(
         policy_class(settings.algo),
         venv,
         seed=settings.seed,

@@ -29,7 +29,8 @@ from greengossip.training.settings import ImitationSettings, SuiteSettings
 from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 LOG = logging.getLogger("greengossip.train.imitation")
-SELECT_BY = ("scenario", "family")
+SELECT_BY = ("scenario", "family", "oracle")
+ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,27 @@ def draw_training_scenarios(suite: SuiteSettings, per_family: int, seed: int) ->
 
 def play_rule(job: tuple[str, int, str, int]) -> Trajectory:
     """Play rule ``job[2]`` on the scenario train seed ``job[1]`` draws from family ``job[0]``, at the family's
-    own size capped at ``job[3]`` nodes, without the adjacency matrix (as the suite policy is trained)."""
+    own size capped at ``job[3]`` nodes, without the adjacency matrix (as the suite policy is trained).
+    ``job[2]`` may be :data:`ORACLE`: the clairvoyant scheduler (``training/oracle.py``) over the family's
+    base rules under both views and ``job[4:]`` as observed; its actions are recorded beside the observation
+    the policy would see, not the truth the oracle plans on."""
     from greengossip.agents.heuristics import build_heuristic
     from greengossip.envs.gossip_env import EdgeLearningEnv
-    from greengossip.training.oracle import outcome_key
+    from greengossip.training.oracle import OracleScheduler, base_policies, outcome_key
 
-    family, seed, rule, max_nodes = job
+    family, seed, rule, max_nodes, *extra_rules = job
     with one_torch_thread():
-        draw = draw_scenario(family, seed, load_family(family)[1])
+        ranges = load_family(family)[1]
+        draw = draw_scenario(family, seed, ranges)
         config = resized(draw.config, min(draw.config.n_nodes, max_nodes), adjacency=False)
         env = EdgeLearningEnv(config)
-        scheduler = build_heuristic(rule, seed=0)
+        if rule == ORACLE:
+            policies = [*base_policies(ranges.oracle.rules, ranges.oracle.views),
+                        *base_policies(extra_rules, ("observed",))]
+            scheduler = OracleScheduler(env, list(dict.fromkeys(policies)), every=ranges.oracle.every,
+                                        width=ranges.oracle.width)
+        else:
+            scheduler = build_heuristic(rule, seed=0)
         obs, _ = env.reset(seed=seed)
         observations, masks, actions, rewards = [], [], [], []
         done, first, info = False, True, {}
@@ -142,13 +153,21 @@ def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_fami
     if select_by not in SELECT_BY:
         raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
     scenarios = draw_training_scenarios(suite, per_family, seed)
-    jobs = [(family, draw_seed, rule, max_nodes) for family, draw_seed in scenarios for rule in rules]
+    if select_by == ORACLE:
+        jobs = [(family, draw_seed, ORACLE, max_nodes, *rules) for family, draw_seed in scenarios]
+    else:
+        jobs = [(family, draw_seed, rule, max_nodes) for family, draw_seed in scenarios for rule in rules]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             trajectories = list(pool.map(play_rule, jobs))
     else:
         trajectories = [play_rule(job) for job in jobs]
-    chosen = best_trajectories(trajectories) if select_by == "scenario" else family_best_trajectories(trajectories)
+    if select_by == ORACLE:
+        chosen = trajectories
+    elif select_by == "scenario":
+        chosen = best_trajectories(trajectories)
+    else:
+        chosen = family_best_trajectories(trajectories)
     counts: dict[str, dict[str, int]] = {}
     for trajectory in chosen:
         family_counts = counts.setdefault(trajectory.family, {})

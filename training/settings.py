@@ -64,6 +64,9 @@ class PPOSettings(_Frozen):
     max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping")
     target_kl: float | None = Field(None, gt=0, description="stop an update's epochs early above this KL")
     normalize_advantage: bool = Field(True, description="standardise advantages per minibatch")
+    ratio: Literal["joint", "per_node"] = Field(
+        "joint", description="the clipped probability ratio: one per fleet (PPO), or one per node with the "
+        "fleet's advantage (maskable_ppo only; agents/node_ratio_ppo.py)")
 
     @model_validator(mode="after")
     def _decay_needs_a_final_rate(self):
@@ -168,10 +171,11 @@ class ImitationSettings(_Frozen):
     scenarios_per_family: int = Field(8, ge=1, description="train scenarios per family for select_from")
     max_nodes: int = Field(256, ge=4, description="largest fleet the select_from rollouts play (larger draws are cut)")
     workers: int = Field(1, ge=1, description="processes for the select_from rollouts")
-    select_by: Literal["scenario", "family"] = Field(
-        "scenario", description="select_from imitates the best rule of each scenario, or the best rule of each "
+    select_by: Literal["scenario", "family", "oracle"] = Field(
+        "scenario", description="select_from imitates the best rule of each scenario, the best rule of each "
         "family over its scenarios (most targets met, then the least carbon-to-target relative to each "
-        "scenario's cleanest rule)")
+        "scenario's cleanest rule), or the oracle's plan (training/oracle.py: the family's base rules under "
+        "both views and the select_from rules, switched between with foresight)")
 
     @field_validator("select_from")
     @classmethod
@@ -346,6 +350,10 @@ class TrainSettings(_Frozen):
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
                 )
+        for name in ("ppo", "recurrent_ppo"):
+            if self.algo == name and getattr(self, name).ratio != "joint":
+                raise ValueError(f"{name}.ratio: per_node is for maskable_ppo (the node-set policy's per-node "
+                                 f"log-probabilities); allowed for {name}: joint")
         return self
 
     @model_validator(mode="after")
@@ -382,6 +390,11 @@ class TrainSettings(_Frozen):
     def hyperparameters(self) -> BaseModel:
         """The section of the chosen algorithm."""
         return getattr(self, self.algo)
+
+    @property
+    def ratio(self) -> str:
+        """The chosen algorithm's clipped ratio (``PPOSettings.ratio``; joint for A2C, which has none)."""
+        return getattr(self.hyperparameters, "ratio", "joint")
 
     @property
     def validation_seeds(self) -> list[int]:

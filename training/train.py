@@ -227,7 +227,7 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
     if algo != settings.algo:
         raise UserError(f"--resume {path} holds a {algo} model but the settings ask for {settings.algo}; "
                         f"pass --algo {algo}")
-    model = load_for_nodes(path, venv, algo=algo, device=settings.device)
+    model = load_for_nodes(path, venv, algo=algo, device=settings.device, ratio=settings.ratio)
     # SB3 does not save RNG states: reseed deterministically from where the run stopped
     model.set_random_seed(settings.seed + model.num_timesteps)
     LOG.info("resumed from %s at %d steps", path, model.num_timesteps)
