@@ -1,7 +1,7 @@
 """How a learned scheduler fares against each family's best rule, its own prior rule and the oracle.
 
-    python benchmarks/learned_vs_rules.py RUN/episodes.csv [--model pretrained] [--prior harvest_aware:period=1]
-        [--decentralized pretrained-decentralized]
+    python benchmarks/learned_vs_rules.py RUN/episodes.csv [--model pretrained]
+        [--prior carbon_periodic:period=1,trust_threshold=0] [--decentralized pretrained-decentralized]
 
 Reads the ``episodes.csv`` of one ``greengossip benchmark`` run (any split) and prints a Markdown table, one
 row per family, with the figures the suite's learned scheduler is judged by:
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("episodes", type=Path, help="episodes.csv of a greengossip benchmark run")
     parser.add_argument("--model", default="pretrained", help="the learned scheduler's label in the run")
-    parser.add_argument("--prior", default="harvest_aware:period=1", help="its prior rule's label ('' for none)")
+    parser.add_argument("--prior", default="carbon_periodic:period=1,trust_threshold=0",
+                        help="its prior rule's label ('' for none)")
     parser.add_argument("--decentralized", default="pretrained-decentralized",
                         help="the decentralized policy's label ('' for none)")
     args = parser.parse_args(argv)
