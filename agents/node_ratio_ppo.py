@@ -31,7 +31,8 @@ RATIOS = ("joint", "per_node")
 
 class NodeRatioMaskablePPO(MaskablePPO):
     """sb3-contrib's MaskablePPO with the per-node clipped surrogate (see the module docstring). Needs a
-    policy whose ``evaluate_actions`` takes ``per_node=True`` (the node-set policies). A saved model is an
+    policy whose ``evaluate_actions`` takes ``per_node=True`` and whose distribution has ``node_log_prob``
+    (the feed-forward node-set policies). A saved model is an
     ordinary MaskablePPO zip: ``MaskablePPO.load`` reads it."""
 
     def train(self) -> None:
@@ -51,10 +52,10 @@ class NodeRatioMaskablePPO(MaskablePPO):
                 values, log_prob, entropy = self.policy.evaluate_actions(
                     rollout_data.observations, rollout_data.actions, action_masks=rollout_data.action_masks,
                     per_node=True)
-                with th.no_grad():
-                    old_log_prob = behaviour.evaluate_actions(
-                        rollout_data.observations, rollout_data.actions,
-                        action_masks=rollout_data.action_masks, per_node=True)[1]
+                with th.no_grad():  # the distribution alone: no critic, no regulariser
+                    old_log_prob = behaviour.get_distribution(
+                        rollout_data.observations, action_masks=rollout_data.action_masks
+                    ).node_log_prob(rollout_data.actions)
                 values = values.flatten()
                 advantages = rollout_data.advantages
                 if self.normalize_advantage:
@@ -76,7 +77,7 @@ class NodeRatioMaskablePPO(MaskablePPO):
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
                 value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 value_losses.append(value_loss.item())
-                entropy_loss = -th.mean(-log_prob.sum(dim=1)) if entropy is None else -th.mean(entropy)
+                entropy_loss = -th.mean(entropy)  # the node-set policies always return their regulariser
                 entropy_losses.append(entropy_loss.item())
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 

@@ -28,7 +28,7 @@ def test_node_log_probabilities_sum_to_the_fleet_log_probability():
     model = _model(NodeRatioMaskablePPO, 1)
     env = model.get_env()
     obs = {key: th.as_tensor(value) for key, value in env.reset().items()}
-    actions = th.as_tensor(np.stack([env.action_space.sample() for _ in range(1)]))
+    actions = th.as_tensor(env.action_space.sample()[None])
     masks = th.as_tensor(np.stack(env.env_method("action_masks")))
     with th.no_grad():
         _, per_node, _ = model.policy.evaluate_actions(obs, actions, action_masks=masks, per_node=True)
@@ -47,7 +47,6 @@ def test_first_update_equals_ppo_and_later_ones_differ():
     th.testing.assert_close(_parameters(one[NodeRatioMaskablePPO]), moved, rtol=1e-5, atol=1e-6)
     three = {cls: _model(cls, 3).learn(16) for cls in (MaskablePPO, NodeRatioMaskablePPO)}
     assert not th.allclose(_parameters(three[MaskablePPO]), _parameters(three[NodeRatioMaskablePPO]))
-    assert 0.0 <= one[NodeRatioMaskablePPO].logger.name_to_value.get("train/clip_fraction", 0.0) <= 1.0
 
 
 def test_per_node_ratio_is_chosen_in_the_settings_and_saves_as_maskable_ppo(tmp_path):

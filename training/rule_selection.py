@@ -59,7 +59,7 @@ def draw_training_scenarios(suite: SuiteSettings, per_family: int, seed: int) ->
     return drawn
 
 
-def play_rule(job: tuple[str, int, str, int]) -> Trajectory:
+def play_rule(job: tuple) -> Trajectory:
     """Play rule ``job[2]`` on the scenario train seed ``job[1]`` draws from family ``job[0]``, at the family's
     own size capped at ``job[3]`` nodes, without the adjacency matrix (as the suite policy is trained).
     ``job[2]`` may be :data:`ORACLE`: the clairvoyant scheduler (``training/oracle.py``) over the family's
@@ -149,7 +149,8 @@ def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_fami
                             ) -> tuple[list[Demonstrations], dict]:
     """Demonstrations of the best of ``rules`` on ``per_family`` train scenarios of every family (one
     ``Demonstrations`` per scenario: fleet sizes differ), and a summary: how often each rule was chosen.
-    ``select_by``: the best rule of each scenario, or of each family over its scenarios."""
+    ``select_by``: the best rule of each scenario, the best rule of each family over its scenarios, or the
+    oracle's plan over the family's base rules and ``rules`` (one oracle episode per scenario)."""
     if select_by not in SELECT_BY:
         raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
     scenarios = draw_training_scenarios(suite, per_family, seed)
@@ -178,8 +179,9 @@ def selected_demonstrations(suite: SuiteSettings, rules: Sequence[str], per_fami
 
 def warm_start_from_rules(model, settings: ImitationSettings, suite: SuiteSettings, seed: int = 0
                           ) -> ImitationSummary:
-    """The warm start of ``imitation.select_from``: the best rules' episodes on train scenarios of ``suite``,
-    imitated by ``model`` (``training.imitation.warm_start``)."""
+    """The warm start of ``imitation.select_from``: the episodes ``imitation.select_by`` picks on train
+    scenarios of ``suite`` (the best rules', or the oracle's), imitated by ``model``
+    (``training.imitation.warm_start``)."""
     demonstrations, _counts = selected_demonstrations(
         suite, settings.select_from, settings.scenarios_per_family, settings.max_nodes, model.gamma, seed,
         settings.workers, settings.select_by)
