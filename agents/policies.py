@@ -64,12 +64,12 @@ from torch import nn
 from greengossip.agents.heuristics import memoryless_rules
 from greengossip.agents.node_ratio_ppo import RATIOS, NodeRatioMaskablePPO
 from greengossip.envs.errors import UserError
+from greengossip.envs.observation import spaces_for_nodes
 
 MASKED_LOGIT = -1e8  # same fill value as sb3-contrib's MaskableCategorical
 # what PPO's ent_coef weighs (``evaluate_actions``): the entropy, or a distance to the residual prior rule
 PRIOR_REGULARISERS = ("entropy", "kl", "cross_entropy")
 GATES = ("soft", "hard")  # how a gate over several prior rules weighs them (``_NodeSetCore.rule_weights``)
-PER_NODE_KEYS = ("nodes", "action_mask")
 
 __all__ = [
     "MaskableNodeSetPolicy",
@@ -90,27 +90,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- spaces
-def spaces_for_nodes(
-    observation_space: spaces.Dict, action_space: spaces.MultiDiscrete, n_nodes: int
-) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
-    """The GreenGossip observation and action spaces of the same scenario family with ``n_nodes`` nodes.
-
-    Per-node bounds are the same for every node, so the first row of each per-node Box is tiled.
-    """
-    parts: dict[str, spaces.Space] = {}
-    for key, box in observation_space.spaces.items():
-        if key in PER_NODE_KEYS:
-            parts[key] = spaces.Box(
-                np.tile(box.low[:1], (n_nodes, 1)), np.tile(box.high[:1], (n_nodes, 1)), dtype=box.dtype
-            )
-        elif key == "adjacency":
-            parts[key] = spaces.Box(0.0, 1.0, (n_nodes, n_nodes), dtype=box.dtype)
-        else:
-            parts[key] = box
-    n_actions = int(action_space.nvec[0])
-    return spaces.Dict(parts), spaces.MultiDiscrete(np.full(n_nodes, n_actions, dtype=np.int64))
-
-
 def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
     if not isinstance(observation_space, spaces.Dict) or not {"nodes", "global", "action_mask"} <= set(
         observation_space.spaces
@@ -191,8 +170,18 @@ class NodeSetEncoder(BaseFeaturesExtractor):
         return h
 
 
-def pool(h: th.Tensor) -> th.Tensor:
-    """(B, N, H) -> (B, 2H): mean and max over nodes, both independent of N."""
+def pool(h: th.Tensor, action_mask: th.Tensor | None = None) -> th.Tensor:
+    """(B, N, H) -> (B, 2H): mean and max over the fleet's nodes, both independent of N. With the
+    observation's ``action_mask`` (B, N, K), absent nodes (the padding rows of an observation padded to a
+    larger fleet, whose mask allows no action; a real node may always idle) are left out. An observation
+    with no node at all (RecurrentPPO's all-zero sequence padding, left out of its loss) pools every row."""
+    if action_mask is not None:
+        present = action_mask.amax(-1, keepdim=True) > 0.5  # (B, N, 1)
+        present = present | ~present.any(1, keepdim=True)
+        if not bool(present.all()):
+            weights = present.to(h.dtype)
+            mean = (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            return th.cat([mean, h.masked_fill(~present, float("-inf")).amax(1)], dim=-1)
     return th.cat([h.mean(1), h.amax(1)], dim=-1)
 
 
@@ -438,7 +427,7 @@ class _NodeSetCore:
         return self._distribution(obs, h, context).distribution.logits.flatten(1)
 
     def _actor_context(self, obs, h):  # feed-forward: the pooled fleet context
-        return pool(h)
+        return pool(h, obs["action_mask"])
 
     # -- any fleet size at predict time: SB3 reshapes observations and actions with the stored spaces
     def resize(self, n_nodes: int) -> None:
@@ -480,7 +469,7 @@ class _FeedForwardMethods:
 
     def forward(self, obs, deterministic: bool = False, action_masks=None):
         h = self.extract_features(obs)
-        context = pool(h)
+        context = pool(h, obs["action_mask"])
         values = self._critic(obs, context)
         distribution = self._distribution(obs, h, context, action_masks)
         actions = distribution.get_actions(deterministic=deterministic)
@@ -495,7 +484,7 @@ class _FeedForwardMethods:
         towards uniform; ``cross_entropy``: the log-probability of the rule's action (behaviour cloning, a
         pull towards the rule's deterministic choice). SB3 logs minus the mean as ``train/entropy_loss``."""
         h = self.extract_features(obs)
-        context = pool(h)
+        context = pool(h, obs["action_mask"])
         distribution, prior = self._distributions(obs, h, context, action_masks,
                                                   with_prior=self.prior_regulariser != "entropy")
         if self.prior_regulariser == "kl":
@@ -509,10 +498,10 @@ class _FeedForwardMethods:
 
     def get_distribution(self, obs, action_masks=None):
         h = self.extract_features(obs)
-        return self._distribution(obs, h, pool(h), action_masks)
+        return self._distribution(obs, h, pool(h, obs["action_mask"]), action_masks)
 
     def predict_values(self, obs) -> th.Tensor:
-        return self._critic(obs, pool(self.extract_features(obs)))
+        return self._critic(obs, pool(self.extract_features(obs), obs["action_mask"]))
 
 
 _DEFAULTS = dict(activation_fn=nn.ReLU, features_extractor_class=NodeSetEncoder)
@@ -618,7 +607,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
 
     def forward(self, obs, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False):
         h = self.extract_features(obs)
-        context = pool(h)
+        context = pool(h, obs["action_mask"])
         latent_pi, states_pi = self._process_sequence(
             context, lstm_states.pi, episode_starts, self.lstm_actor
         )
@@ -635,11 +624,12 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
 
     def get_distribution(self, obs, lstm_states, episode_starts):
         h = self.extract_features(obs)
-        latent_pi, lstm_states = self._process_sequence(pool(h), lstm_states, episode_starts, self.lstm_actor)
+        latent_pi, lstm_states = self._process_sequence(pool(h, obs["action_mask"]), lstm_states, episode_starts,
+                                                        self.lstm_actor)
         return self._distribution(obs, h, latent_pi), lstm_states
 
     def predict_values(self, obs, lstm_states, episode_starts) -> th.Tensor:
-        context = pool(self.extract_features(obs))
+        context = pool(self.extract_features(obs), obs["action_mask"])
         if self.lstm_critic is not None:
             latent_vf, _ = self._process_sequence(context, lstm_states, episode_starts, self.lstm_critic)
         elif self.shared_lstm:
@@ -650,7 +640,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
 
     def evaluate_actions(self, obs, actions, lstm_states: RNNStates, episode_starts):
         h = self.extract_features(obs)
-        context = pool(h)
+        context = pool(h, obs["action_mask"])
         latent_pi, _ = self._process_sequence(context, lstm_states.pi, episode_starts, self.lstm_actor)
         latent_vf, _ = self._critic_latent(context, lstm_states.vf, latent_pi, episode_starts)
         distribution = self._distribution(obs, h, latent_pi)
@@ -665,7 +655,7 @@ class RecurrentNodeSetPolicy(_NodeSetCore, RecurrentActorCriticPolicy):
             lstm_states = (zeros, zeros.clone())
         if episode_starts is None:
             episode_starts = th.ones(batch, device=h.device)
-        latent_pi, _ = self._process_sequence(pool(h), lstm_states, episode_starts, self.lstm_actor)
+        latent_pi, _ = self._process_sequence(pool(h, obs["action_mask"]), lstm_states, episode_starts, self.lstm_actor)
         return self._distribution(obs, h, latent_pi).distribution.logits.flatten(1)
 
 

@@ -84,6 +84,51 @@ def observation_space(config: EnvConfig) -> spaces.Dict:
     return spaces.Dict(parts)
 
 
+PER_NODE_KEYS = ("nodes", "action_mask")  # observation keys with one row per node
+
+
+def spaces_for_nodes(
+    observation_space: spaces.Dict, action_space: spaces.MultiDiscrete, n_nodes: int
+) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
+    """The GreenGossip observation and action spaces of the same scenario family with ``n_nodes`` nodes.
+
+    Per-node bounds are the same for every node, so the first row of each per-node Box is tiled.
+    """
+    parts: dict[str, spaces.Space] = {}
+    for key, box in observation_space.spaces.items():
+        if key in PER_NODE_KEYS:
+            parts[key] = spaces.Box(
+                np.tile(box.low[:1], (n_nodes, 1)), np.tile(box.high[:1], (n_nodes, 1)), dtype=box.dtype
+            )
+        elif key == "adjacency":
+            parts[key] = spaces.Box(0.0, 1.0, (n_nodes, n_nodes), dtype=box.dtype)
+        else:
+            parts[key] = box
+    n_actions = int(action_space.nvec[0])
+    return spaces.Dict(parts), spaces.MultiDiscrete(np.full(n_nodes, n_actions, dtype=np.int64))
+
+
+def padded_observation(observation: dict[str, np.ndarray], n_nodes: int, batched: bool = True) -> dict[str, np.ndarray]:
+    """``observation`` of a fleet of N <= ``n_nodes`` nodes with rows of zeros appended up to ``n_nodes``:
+    an absent node has no features and no allowed action (an all-zero ``action_mask`` row, which no real
+    node has, since idle is always allowed). ``batched``: the arrays have a leading environment axis."""
+    axis = 1 if batched else 0
+    out = {}
+    for key, value in observation.items():
+        missing = n_nodes - value.shape[axis] if key in PER_NODE_KEYS or key == "adjacency" else 0
+        if missing < 0:
+            raise ValueError(f"a fleet of {value.shape[axis]} nodes does not fit an observation padded to {n_nodes}")
+        if missing == 0:
+            out[key] = value
+            continue
+        widths = [(0, 0)] * value.ndim
+        widths[axis] = (0, missing)
+        if key == "adjacency":
+            widths[axis + 1] = (0, missing)
+        out[key] = np.pad(value, widths)
+    return out
+
+
 def adjacency_matrix(scenario: Scenario) -> np.ndarray:
     """(B, N, N) 0/1 adjacency of each environment's graph."""
     n = scenario.nodes_per_env

@@ -210,7 +210,8 @@ class SuiteSettings(_Frozen):
 
     The decentralized trainer (``training/suite_multi_agent.py``) runs family ``i mod k`` in training env
     ``i`` at fleet sizes up to ``max_nodes``; the centralized one (``training/suite_envs.py``) gives every
-    env slot a family picked at random, at ``n_nodes`` nodes, redrawn every ``redraw_every`` episodes."""
+    env slot a family picked at random, redrawn every ``redraw_every`` episodes, at ``n_nodes`` nodes or
+    (``fleet_sizes: drawn``) at the size its seed draws, cut at ``max_nodes``."""
 
     families: list[str] = Field(
         [], description="suite families trained on (names in configs/suite/; empty = every family)"
@@ -218,8 +219,9 @@ class SuiteSettings(_Frozen):
     max_nodes: int = Field(
         64,
         ge=2,
-        description="(decentralized) largest fleet of a training env: each env's fleet size is spread over its "
-        "family's training range cut at this (large_network draws up to 1,024 nodes)",
+        description="largest fleet of a training env (large_network draws up to 1,024 nodes). Decentralized: each "
+        "env's fleet size is spread over its family's training range cut at this; centralized with fleet_sizes: "
+        "drawn: each draw keeps its own size cut at this, and observations are padded to it",
     )
     eval_seeds_per_family: int = Field(
         2, ge=1, description="(decentralized) validation seeds per family of each evaluation"
@@ -234,6 +236,13 @@ class SuiteSettings(_Frozen):
         description="(centralized) fleet size every draw is set to: SB3 needs one observation space for all "
         "training envs. The node-set policy has no weight that depends on N, so it still runs at each "
         "family's own size",
+    )
+    fleet_sizes: Literal["fixed", "drawn"] = Field(
+        "fixed",
+        description="(centralized) fixed: every draw is set to n_nodes nodes; drawn: every draw keeps the fleet size "
+        "its seed draws, cut at max_nodes, so training varies N as well, and each env's observation is padded "
+        "with absent nodes (no features, no allowed action) to max_nodes nodes, the one observation space SB3 "
+        "needs",
     )
     redraw_every: int = Field(
         1, ge=1, description="(centralized) episodes an env slot plays on one drawn scenario before it draws the next"
@@ -254,6 +263,15 @@ class SuiteSettings(_Frozen):
     def family_names(self) -> list[str]:
         """The families drawn from (every shipped one when ``families`` is empty)."""
         return list(self.families) or shipped_names("suite")
+
+    @property
+    def pad_to(self) -> int | None:
+        """(centralized) the fleet size observations are padded to; None when every draw has ``n_nodes``."""
+        return self.max_nodes if self.fleet_sizes == "drawn" else None
+
+    def training_size(self, drawn_nodes: int) -> int:
+        """(centralized) the fleet size of a training or validation draw whose seed drew ``drawn_nodes``."""
+        return self.n_nodes if self.fleet_sizes == "fixed" else min(int(drawn_nodes), self.max_nodes)
 
 
 class TrainSettings(_Frozen):

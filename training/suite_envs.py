@@ -1,8 +1,12 @@
 """Training and validation envs drawn from the scenario suite (``TrainSettings.suite``).
 
-Every draw is set to one fleet size (``SuiteSettings.n_nodes``) and observed without the adjacency matrix:
-SB3 wants one observation space for all training envs, and a policy without message passing runs on every
-family's own configuration, including ``large_network``, whose 1,024-node observation leaves the matrix out.
+SB3 wants one observation space for all training envs. Either every draw is set to one fleet size
+(``suite.fleet_sizes: fixed``, ``suite.n_nodes``), or each keeps the size its seed draws, cut at
+``suite.max_nodes``, and its observation is padded with absent nodes to ``max_nodes``
+(``fleet_sizes: drawn``; the node-set policy leaves absent nodes out of its pooled fleet context and
+gives them no action). Draws are observed without the adjacency matrix: a policy without message passing
+runs on every family's own configuration, including ``large_network``, whose 1,024-node observation
+leaves the matrix out.
 
 :class:`SuiteVecEnv` gives each env slot its own scenario (one ``EdgeLearningVectorEnv`` per slot, since a
 batched program runs one scenario) and replaces it with a new train-split draw every ``redraw_every``
@@ -27,6 +31,13 @@ def sized_draw(family: str, seed: int, n_nodes: int, ranges=None) -> EnvConfig:
     return resized(draw_scenario(family, seed, ranges).config, n_nodes, adjacency=False)
 
 
+def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None) -> EnvConfig:
+    """The scenario ``seed`` draws from ``family`` at the fleet size ``suite`` trains on
+    (``SuiteSettings.training_size``), with no adjacency observed."""
+    config = draw_scenario(family, seed, ranges).config
+    return resized(config, suite.training_size(config.n_nodes), adjacency=False)
+
+
 class SuiteDrawer:
     """Draws (family, train seed) pairs for one env slot: a family uniformly, a seed uniformly from the train
     split; ``np.random.default_rng([seed, slot])``, so a run's sequence of scenarios is reproducible."""
@@ -41,7 +52,7 @@ class SuiteDrawer:
         family = self.families[int(self.rng.integers(len(self.families)))]
         train = SPLITS["train"]
         seed = int(self.rng.integers(train.start, train.stop))
-        return family, seed, sized_draw(family, seed, self.suite.n_nodes, self.ranges[family])
+        return family, seed, suite_draw(self.suite, family, seed, self.ranges[family])
 
 
 class SuiteVecEnv(GossipVecEnv):
@@ -56,7 +67,7 @@ class SuiteVecEnv(GossipVecEnv):
         self.drawers = [SuiteDrawer(suite, seed, slot) for slot in range(num_envs)]
         drawn = [drawer.next() for drawer in self.drawers]
         self.scenarios = [(family, draw_seed) for family, draw_seed, _ in drawn]
-        super().__init__(num_envs, config=[config for *_, config in drawn])
+        super().__init__(num_envs, config=[config for *_, config in drawn], pad_to=suite.pad_to)
         self.episodes = np.zeros(num_envs, dtype=np.int64)
 
     def seed(self, seed: int | None = None):
@@ -79,7 +90,7 @@ class SuiteVecEnv(GossipVecEnv):
             self.venvs[slot] = EdgeLearningVectorEnv(num_envs=1, config=config)
             self.scenarios[slot] = (family, draw_seed)
             first, _ = self.venvs[slot].reset(seed=[draw_seed])
-            for key, value in first.items():
+            for key, value in self._padded(first).items():
                 obs[key][slot] = value[0]
             infos[slot]["scenario"] = f"{family}:{draw_seed}"
         return obs, rewards, dones, infos
@@ -87,12 +98,12 @@ class SuiteVecEnv(GossipVecEnv):
 
 def suite_validation_envs(suite: SuiteSettings, seeds: list[int]) -> dict[str, GossipVecEnv]:
     """One batched validation env per family: environment i plays the scenario ``seeds[i]`` (a validation
-    seed) draws, reset with that seed."""
+    seed) draws, at the fleet size training gives it, reset with that seed."""
     envs = {}
     for family in suite.family_names:
         ranges = load_family(family)[1]
-        configs = [sized_draw(family, seed, suite.n_nodes, ranges) for seed in seeds]
-        env = GossipVecEnv(len(seeds), config=configs)
+        configs = [suite_draw(suite, family, seed, ranges) for seed in seeds]
+        env = GossipVecEnv(len(seeds), config=configs, pad_to=suite.pad_to)
         env.seed(seeds[0])
         env.reset()
         envs[family] = env

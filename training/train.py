@@ -263,9 +263,11 @@ def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str
 def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
     """(validation envs by family, training envs) of a run on the scenario suite (``settings.suite``)."""
     suite = settings.suite
-    LOG.info("training on the suite's train split: %s at %d nodes, each of %d env slots redrawn every %d "
+    sizes = (f"at {suite.n_nodes} nodes" if suite.pad_to is None
+             else f"at the drawn fleet sizes cut at {suite.max_nodes} nodes (observations padded to it)")
+    LOG.info("training on the suite's train split: %s %s, each of %d env slots redrawn every %d "
              "episode(s); the best model is picked on validation seeds %d..%d of every family",
-             ", ".join(suite.family_names), suite.n_nodes, settings.n_envs, suite.redraw_every,
+             ", ".join(suite.family_names), sizes, settings.n_envs, suite.redraw_every,
              settings.validation_seeds[0], settings.validation_seeds[-1])
     eval_envs = suite_validation_envs(suite, settings.validation_seeds)
     return eval_envs, monitored(SuiteVecEnv(settings.n_envs, suite, seed=settings.seed), monitor_file, append)
@@ -304,11 +306,12 @@ def train(
     (out / "settings.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     torch_threads(settings)
     LOG.info(
-        "training %s (settings %s) on %s (%d nodes) for %d steps, seed %d, %d env(s) -> %s",
+        "training %s (settings %s) on %s (%s nodes) for %d steps, seed %d, %d env(s) -> %s",
         settings.algo,
         settings_source or "given",
         "the suite" if settings.suite else config if isinstance(config, (str, Path)) else "<config>",
-        settings.suite.n_nodes if settings.suite else env_config.n_nodes,
+        (env_config.n_nodes if not settings.suite else settings.suite.n_nodes if settings.suite.pad_to is None
+         else f"up to {settings.suite.max_nodes}"),
         settings.total_timesteps,
         settings.seed,
         settings.n_envs,
