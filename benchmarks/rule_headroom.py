@@ -1,10 +1,12 @@
 """How much room the hand-written rules leave a scheduler that chooses among them, per suite family.
 
-    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--workers 2]
+    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--workers 2] [--size-factor 2]
         [--schedulers pretrained runs/x/best_model.zip] [--docs docs/benchmark.md]
 
 Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays the first ``--seeds``
-scenarios of the split in each family, at the family's own fleet size. Per family it prints:
+scenarios of the split in each family, at the family's own fleet size, or with ``--size-factor k`` at k
+times the size each seed drew: how a model chosen on validation draws holds up on fleets larger than it
+was trained on, without touching the ood seeds. Per family it prints:
 
 * the **best rule**: most targets met, then the least mean carbon-to-target over the scenarios it met;
 * the **per-scenario pick**: on each scenario, the rule with the least carbon-to-target among those that met
@@ -12,19 +14,21 @@ scenarios of the split in each family, at the family's own fleet size. Per famil
   scenarios both met) bounds what any scheduler that follows one of the rules for a whole episode can gain;
 * each named scheduler's paired saving against the best rule, and its targets.
 
-With ``--docs`` the table replaces the "## Room above the rules" section of that Markdown file.
+With ``--docs`` the table replaces the "## Room above the rules" section of that Markdown file (with
+``--size-factor k``: "## Room above the rules, at k times the fleet size").
 Validation seeds (the default) are the split for choosing methods; the test split is for reporting.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 
 from greengossip.agents.learned import scheduler_label
 from greengossip.training.benchmark import Job, replace_section, run_jobs
-from greengossip.training.suite import draw_scenario, family_names, load_family, split_seeds
+from greengossip.training.suite import draw_scenario, family_names, load_family, resized, split_seeds
 
 # the memoryless rules a residual policy can take, and carbon_aware, which keeps every node working
 RULES = ("carbon_aware", "harvest_aware:period=1", "harvest_aware:period=2", "network_aware:period=1",
@@ -33,14 +37,22 @@ RULES = ("carbon_aware", "harvest_aware:period=1", "harvest_aware:period=2", "ne
 HEADING = "## Room above the rules"
 
 
-def play(families: list[str], seeds: list[int], schedulers: list[str], workers: int) -> list[dict]:
+def sized(draw, size_factor: float):
+    """``draw`` with ``size_factor`` times the fleet it drew (at least 2 nodes)."""
+    if size_factor == 1:
+        return draw
+    return dataclasses.replace(draw, config=resized(draw.config, max(2, round(size_factor * draw.config.n_nodes))))
+
+
+def play(families: list[str], seeds: list[int], schedulers: list[str], workers: int,
+         size_factor: float = 1.0) -> list[dict]:
     """Every rule and scheduler on every scenario, through the benchmark's jobs (no oracle): one row per
     episode with the family, seed, spec and carbon-to-target (None where the target was missed)."""
     jobs: list[Job] = []
     for family in families:
         ranges = load_family(family)[1]
         for seed in seeds:
-            draw = draw_scenario(family, seed, ranges)
+            draw = sized(draw_scenario(family, seed, ranges), size_factor)
             for spec in (*RULES, *schedulers):
                 jobs.append(Job(len(jobs), draw, spec, spec))
     return [{"family": row["family"], "seed": row["seed"], "spec": job.spec, "met": bool(row["reached_target"]),
@@ -82,7 +94,7 @@ def family_rows(rows: list[dict], schedulers: list[str]) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], split: str, seeds: list[int], schedulers: list[str]) -> str:
+def markdown(table: list[dict], split: str, seeds: list[int], schedulers: list[str], size_factor: float = 1.0) -> str:
     names = ["per-scenario pick", *schedulers]
     header = "| family | best rule | " + " | ".join(scheduler_label(name) for name in names) + " |"
     lines = [header, "|---|---|" + "---|" * len(names)]
@@ -90,7 +102,8 @@ def markdown(table: list[dict], split: str, seeds: list[int], schedulers: list[s
         cells = [f"{met}/{row['seeds']}, {100 * saving:+.1f} %" for _, met, saving in row["others"]]
         lines.append(f"| {row['family']} | `{row['best']}` {row['best_met']}/{row['seeds']}, "
                      f"{row['best_carbon']:.2f} g | " + " | ".join(cells) + " |")
-    return (f"Split `{split}`, seeds {seeds[0]}..{seeds[-1]} of each family at its own size. Each cell: targets "
+    size = "its own size" if size_factor == 1 else f"{size_factor:g} times the fleet size each seed drew"
+    return (f"Split `{split}`, seeds {seeds[0]}..{seeds[-1]} of each family at {size}. Each cell: targets "
             "met, and carbon-to-target saved against the best rule (total, paired over the scenarios both "
             "met; + is less carbon).\n\n" + "\n".join(lines) + "\n")
 
@@ -102,19 +115,25 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=None, help="default: every family")
     parser.add_argument("--schedulers", nargs="*", default=[], help="more schedulers to place against the rules")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--size-factor", type=float, default=1.0,
+                        help="play each scenario with this many times the nodes its seed drew (default 1)")
     parser.add_argument("--docs", default=None, help="Markdown file whose rule-room section to replace")
     args = parser.parse_args()
+    if not 0 < args.size_factor <= 8:
+        parser.error(f"--size-factor must be in (0, 8], got {args.size_factor:g}")
     families = args.families or family_names()
     seeds = split_seeds(args.split, args.seeds)
     started = time.monotonic()
-    rows = play(families, seeds, args.schedulers, args.workers)
-    text = markdown(family_rows(rows, args.schedulers), args.split, seeds, args.schedulers)
+    rows = play(families, seeds, args.schedulers, args.workers, args.size_factor)
+    text = markdown(family_rows(rows, args.schedulers), args.split, seeds, args.schedulers, args.size_factor)
     print(text)
     if args.docs:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
+                            *([f"--size-factor {args.size_factor:g}"] if args.size_factor != 1 else []),
                             *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs", args.docs])
-        replace_section(args.docs, HEADING, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
+        heading = HEADING if args.size_factor == 1 else f"{HEADING}, at {args.size_factor:g} times the fleet size"
+        replace_section(args.docs, heading, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
                                              "worker(s).", "", *text.rstrip("\n").splitlines()])
 
 

@@ -44,3 +44,14 @@ def test_the_docs_section_is_replaced_and_the_rest_kept(tmp_path):
     assert text.endswith("kept\n")
     headroom.replace_section(tmp_path / "fresh.md", headroom.HEADING, ["first"])
     assert (tmp_path / "fresh.md").read_text() == "## Room above the rules\n\nfirst\n\n"
+
+
+def test_a_size_factor_plays_each_draw_on_a_larger_fleet_and_says_so():
+    draw = headroom.draw_scenario("continental_grid", 10_000)
+    doubled = headroom.sized(draw, 2)
+    assert doubled.config.n_nodes == 2 * draw.config.n_nodes and doubled.seed == draw.seed
+    assert [r.name for r in doubled.config.regions] == [r.name for r in draw.config.regions]
+    assert headroom.sized(draw, 1) is draw
+    rows = _rows({A: [10.0, 10.0, 10.0]})
+    assert "at 2 times the fleet size each seed drew" in headroom.markdown(
+        headroom.family_rows(rows, []), "validation", [0, 1, 2], [], 2)
