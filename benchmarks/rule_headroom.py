@@ -131,6 +131,7 @@ def main() -> None:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
                             *([f"--size-factor {args.size_factor:g}"] if args.size_factor != 1 else []),
+                            *(["--families", *args.families] if args.families else []),
                             *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs", args.docs])
         heading = HEADING if args.size_factor == 1 else f"{HEADING}, at {args.size_factor:g} times the fleet size"
         replace_section(args.docs, heading, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
