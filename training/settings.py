@@ -233,8 +233,8 @@ class SuiteSettings(_Frozen):
         32,
         ge=2,
         le=4096,
-        description="(centralized) fleet size every draw is set to: SB3 needs one observation space for all "
-        "training envs. The node-set policy has no weight that depends on N, so it still runs at each "
+        description="(centralized, fleet_sizes: fixed) fleet size every draw is set to: SB3 needs one observation "
+        "space for all training envs. The node-set policy has no weight that depends on N, so it still runs at each "
         "family's own size",
     )
     fleet_sizes: Literal["fixed", "drawn"] = Field(
