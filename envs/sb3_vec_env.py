@@ -43,8 +43,9 @@ class GossipVecEnv(VecEnv):
             too_large = [venv.n_nodes for venv in self.venvs if venv.n_nodes > pad_to]
             if too_large:
                 raise ValueError(f"pad_to ({pad_to}) must be at least every scenario's n_nodes (got {max(too_large)})")
+        expected = self._spaces(first)
         for venv in self.venvs[1:]:
-            if self._spaces(venv) != self._spaces(first):
+            if self._spaces(venv) != expected:
                 raise ValueError("the scenarios of one GossipVecEnv must have the same observation and action "
                                  f"spaces (n_nodes {first.n_nodes} vs {venv.n_nodes}, observation settings)"
                                  + ("" if pad_to is None else "; with pad_to only n_nodes may differ"))
@@ -52,7 +53,7 @@ class GossipVecEnv(VecEnv):
         self._position = np.empty(num_envs, dtype=np.int64)
         for j, group in enumerate(self.groups):
             self._owner[group], self._position[group] = j, np.arange(len(group))
-        super().__init__(num_envs, *self._spaces(first))
+        super().__init__(num_envs, *expected)
         self._seed = seed
         self._actions: np.ndarray | None = None
 

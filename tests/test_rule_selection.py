@@ -22,7 +22,7 @@ from greengossip.training.rule_selection import (
 )
 from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
 from greengossip.training.suite import SPLITS
-from greengossip.training.suite_envs import sized_draw
+from greengossip.training.suite_envs import suite_draw
 from tests.conftest import ROOT
 
 RULES = ["harvest_aware:period=1", "carbon_periodic:period=2"]
@@ -31,7 +31,7 @@ SEED = 17  # a train-split seed
 
 
 def _model(prior, n_nodes: int = 16, gate: str = "soft") -> MaskablePPO:
-    venv = GossipVecEnv(1, config=[sized_draw(FAMILY, SEED, n_nodes)])
+    venv = GossipVecEnv(1, config=[suite_draw(SuiteSettings(n_nodes=n_nodes), FAMILY, SEED)])
     return MaskablePPO(MaskableNodeSetPolicy, venv, n_steps=16, batch_size=16, device="cpu", seed=0,
                        policy_kwargs=dict(prior=prior, prior_weight=1.5, gate=gate,
                                           features_extractor_kwargs=dict(message_passing=0)))

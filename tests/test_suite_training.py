@@ -14,10 +14,10 @@ from greengossip.agents import learned
 from greengossip.agents.learned import PRETRAINED_DIR, make_scheduler, resolve_pretrained, scheduler_label
 from greengossip.envs.errors import UserError
 from greengossip.training import evaluate
-from greengossip.training.settings import SettingsError, load_settings
+from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
 from greengossip.training.suite import SPLITS, draw_scenario, family_names
 from greengossip.training.suite_compare import results_table
-from greengossip.training.suite_envs import SuiteVecEnv, sized_draw, suite_validation_envs
+from greengossip.training.suite_envs import SuiteVecEnv, suite_draw, suite_validation_envs
 from tests.conftest import ENV_ID, ROOT
 
 SUITE_MODEL = PRETRAINED_DIR / "suite.zip"
@@ -48,9 +48,9 @@ def test_the_suite_and_also_train_on_exclude_each_other():
 
 
 # ---------------------------------------------------------------------------------------------- envs
-def test_a_sized_draw_keeps_what_the_seed_drew_at_the_training_fleet_size():
+def test_a_suite_draw_keeps_what_the_seed_drew_at_the_training_fleet_size():
     drawn = draw_scenario("continental_grid", 17)
-    sized = sized_draw("continental_grid", 17, 12)
+    sized = suite_draw(SuiteSettings(n_nodes=12), "continental_grid", 17)
     assert sized.n_nodes == 12 and drawn.config.n_nodes != 12
     assert not sized.observation.adjacency
     assert [r.name for r in sized.regions] == [r.name for r in drawn.config.regions]

@@ -25,15 +25,10 @@ from greengossip.training.settings import SuiteSettings
 from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 
-def sized_draw(family: str, seed: int, n_nodes: int, ranges=None) -> EnvConfig:
-    """The scenario ``seed`` draws from ``family``, with ``n_nodes`` nodes and no adjacency observed
-    (validated again: a fleet size can make a drawn scenario invalid, and the error then says so)."""
-    return resized(draw_scenario(family, seed, ranges).config, n_nodes, adjacency=False)
-
-
 def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None) -> EnvConfig:
     """The scenario ``seed`` draws from ``family`` at the fleet size ``suite`` trains on
-    (``SuiteSettings.training_size``), with no adjacency observed."""
+    (``SuiteSettings.training_size``), with no adjacency observed (validated again: a fleet size can make a
+    drawn scenario invalid, and the error then says so)."""
     config = draw_scenario(family, seed, ranges).config
     return resized(config, suite.training_size(config.n_nodes), adjacency=False)
 
