@@ -12,6 +12,7 @@ import pytest
 
 from greengossip.agents import learned
 from greengossip.agents.learned import PRETRAINED_DIR, make_scheduler, resolve_pretrained, scheduler_label
+from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import UserError
 from greengossip.training import evaluate
 from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
@@ -90,6 +91,24 @@ def test_validation_envs_play_each_family_s_validation_draws():
     assert list(envs) == ["adversarial_fleet"] and venv.num_envs == 2
     assert venv.venvs[1].n_nodes == 5
     venv.close()
+
+
+def test_the_run_s_reward_weights_replace_each_family_s_in_training_and_validation():
+    weights = RewardWeights(accuracy=0.0, carbon=2.0, security=1.0, deadline=10.0)
+    settings = load_settings("suite", suite={"families": ["private_sensor_field"], "n_nodes": 5},
+                             reward=weights.model_dump())
+    assert suite_draw(settings.suite, "private_sensor_field", 17, reward=settings.reward).reward == weights
+    assert suite_draw(settings.suite, "private_sensor_field", 17).reward != weights
+    training = SuiteVecEnv(2, settings.suite, seed=3, reward=settings.reward)
+    validation = suite_validation_envs(settings.suite, [10_000], settings.reward)["private_sensor_field"]
+    for venv in (training, validation):
+        venv.reset()
+        _, rewards, _, infos = venv.step(np.full((venv.num_envs, 5), 3, dtype=np.int64))
+        components = [info["reward_components"] for info in infos]
+        assert components[0]["accuracy"] != 0.0  # the weight, not the component, is zero
+        expected = [sum(getattr(weights, name) * value for name, value in parts.items()) for parts in components]
+        np.testing.assert_allclose(rewards, expected, rtol=1e-5)
+        venv.close()
 
 
 def test_the_comparison_table_puts_targets_met_before_carbon():

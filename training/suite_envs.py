@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from greengossip.envs.config import EnvConfig
+from greengossip.envs.config import EnvConfig, RewardWeights
 from greengossip.envs.sb3_vec_env import GossipVecEnv
 from greengossip.envs.vector_env import EdgeLearningVectorEnv
 from greengossip.training.settings import SuiteSettings
 from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
 
 
-def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None) -> EnvConfig:
+def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None,
+               reward: RewardWeights | None = None) -> EnvConfig:
     """The scenario ``seed`` draws from ``family`` at the fleet size ``suite`` trains on
     (``SuiteSettings.training_size``), with no adjacency observed (validated again: a fleet size can make a
-    drawn scenario invalid, and the error then says so)."""
+    drawn scenario invalid, and the error then says so); ``reward`` (the run's ``settings.reward``), where
+    given, replaces the family's reward weights."""
     config = draw_scenario(family, seed, ranges).config
+    if reward is not None:
+        config = config.model_copy(update={"reward": reward})
     return resized(config, suite.training_size(config.n_nodes), adjacency=False)
 
 
@@ -37,8 +41,9 @@ class SuiteDrawer:
     """Draws (family, train seed) pairs for one env slot: a family uniformly, a seed uniformly from the train
     split; ``np.random.default_rng([seed, slot])``, so a run's sequence of scenarios is reproducible."""
 
-    def __init__(self, suite: SuiteSettings, seed: int, slot: int):
+    def __init__(self, suite: SuiteSettings, seed: int, slot: int, reward: RewardWeights | None = None):
         self.suite = suite
+        self.reward = reward
         self.families = suite.family_names
         self.ranges = {name: load_family(name)[1] for name in self.families}
         self.rng = np.random.default_rng([int(seed), int(slot)])
@@ -47,7 +52,7 @@ class SuiteDrawer:
         family = self.families[int(self.rng.integers(len(self.families)))]
         train = SPLITS["train"]
         seed = int(self.rng.integers(train.start, train.stop))
-        return family, seed, suite_draw(self.suite, family, seed, self.ranges[family])
+        return family, seed, suite_draw(self.suite, family, seed, self.ranges[family], self.reward)
 
 
 class SuiteVecEnv(GossipVecEnv):
@@ -55,11 +60,11 @@ class SuiteVecEnv(GossipVecEnv):
 
     A slot's first episode, and each first episode after a redraw, is reset with the draw's seed (as the
     benchmark does); episodes in between go on with the slot's own generator. ``scenarios`` lists what each
-    slot plays now as ``(family, seed)``."""
+    slot plays now as ``(family, seed)``; ``reward`` as in ``suite_draw``."""
 
-    def __init__(self, num_envs: int, suite: SuiteSettings, seed: int = 0):
+    def __init__(self, num_envs: int, suite: SuiteSettings, seed: int = 0, reward: RewardWeights | None = None):
         self.suite = suite
-        self.drawers = [SuiteDrawer(suite, seed, slot) for slot in range(num_envs)]
+        self.drawers = [SuiteDrawer(suite, seed, slot, reward) for slot in range(num_envs)]
         drawn = [drawer.next() for drawer in self.drawers]
         self.scenarios = [(family, draw_seed) for family, draw_seed, _ in drawn]
         super().__init__(num_envs, config=[config for *_, config in drawn], pad_to=suite.pad_to)
@@ -91,13 +96,14 @@ class SuiteVecEnv(GossipVecEnv):
         return obs, rewards, dones, infos
 
 
-def suite_validation_envs(suite: SuiteSettings, seeds: list[int]) -> dict[str, GossipVecEnv]:
+def suite_validation_envs(suite: SuiteSettings, seeds: list[int],
+                          reward: RewardWeights | None = None) -> dict[str, GossipVecEnv]:
     """One batched validation env per family: environment i plays the scenario ``seeds[i]`` (a validation
-    seed) draws, at the fleet size training gives it, reset with that seed."""
+    seed) draws, at the fleet size training gives it, reset with that seed; ``reward`` as in ``suite_draw``."""
     envs = {}
     for family in suite.family_names:
         ranges = load_family(family)[1]
-        configs = [suite_draw(suite, family, seed, ranges) for seed in seeds]
+        configs = [suite_draw(suite, family, seed, ranges, reward) for seed in seeds]
         env = GossipVecEnv(len(seeds), config=configs, pad_to=suite.pad_to)
         env.seed(seeds[0])
         env.reset()

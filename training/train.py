@@ -269,8 +269,12 @@ def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
              "episode(s); the best model is picked on validation seeds %d..%d of every family",
              ", ".join(suite.family_names), sizes, settings.n_envs, suite.redraw_every,
              settings.validation_seeds[0], settings.validation_seeds[-1])
-    eval_envs = suite_validation_envs(suite, settings.validation_seeds)
-    return eval_envs, monitored(SuiteVecEnv(settings.n_envs, suite, seed=settings.seed), monitor_file, append)
+    if settings.reward is not None:
+        LOG.info("training and validation reward weights (settings.reward) in place of each family's: %s",
+                 settings.reward.model_dump())
+    eval_envs = suite_validation_envs(suite, settings.validation_seeds, settings.reward)
+    training = SuiteVecEnv(settings.n_envs, suite, seed=settings.seed, reward=settings.reward)
+    return eval_envs, monitored(training, monitor_file, append)
 
 
 def save_interrupted(model, out: Path, command: str | None) -> Path:
@@ -318,7 +322,7 @@ def train(
         out,
     )
 
-    if settings.reward is not None:
+    if settings.reward is not None and settings.suite is None:
         LOG.info("training and validation reward weights (settings.reward): %s; the scenario's: %s",
                  settings.reward.model_dump(), env_config.reward.model_dump())
     if settings.select_on == "training_mix" and len(scenarios) > 1:
