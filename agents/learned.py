@@ -24,6 +24,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from greengossip.agents.base import ObservationKind, Scheduler
 from greengossip.agents.decentralized import DECENTRALIZED_PREFIX, load_decentralized_scheduler
 from greengossip.agents.heuristics import HEURISTICS, build_heuristic
+from greengossip.agents.rule_switching import RuleSwitchingScheduler
 from greengossip.envs.errors import UserError
 
 # Tried in this order when the metadata does not settle it; sb3-contrib first because its classes
@@ -157,8 +158,9 @@ class LearnedScheduler:
 
 def load_scheduler(
     path: str | Path, env=None, seed: int = 0, algorithm: str | None = None
-) -> LearnedScheduler:
-    """Load a saved SB3 model (PPO, MaskablePPO, A2C, RecurrentPPO, TRPO) as a scheduler.
+) -> LearnedScheduler | RuleSwitchingScheduler:
+    """Load a saved SB3 model (PPO, MaskablePPO, A2C, RecurrentPPO, TRPO) as a scheduler; a model saved with
+    ``switch_rules`` (a rule switch, ``training/rule_switching.py``) as a :class:`RuleSwitchingScheduler`.
 
     ``algorithm`` skips detection. With ``env`` the model's observation space is checked against it.
     """
@@ -169,6 +171,11 @@ def load_scheduler(
     name, model = _load(str(resolved), resolved.stat().st_mtime, algorithm)
     if seed is not None:
         model.set_random_seed(int(seed))
+    if getattr(model, "switch_rules", None):  # a fleet-level choice among rules (agents/rule_switching.py)
+        switching = RuleSwitchingScheduler(model, found, seed)
+        if env is not None:
+            switching.check_env(env)
+        return switching
     scheduler = LearnedScheduler(model, name, found, seed)
     if env is not None:
         scheduler.check_env(env)

@@ -144,6 +144,26 @@ class PolicySettings(_Frozen):
         return prior
 
 
+class RuleSwitchSettings(_Frozen):
+    """A fleet-level rule switch in place of the node-set policy (``agents/rule_switching.py``): every round
+    PPO (the ``ppo`` section) picks one of ``rules``, and that rule decides every node."""
+
+    rules: list[str] = Field(
+        min_length=2,
+        description="memoryless rules to switch among (name or name:key=value); the first one is what the "
+        "untrained switch follows, and the final comparison plays it beside the model",
+    )
+    first_rule_bias: float = Field(
+        2.0, ge=0, description="added to the first rule's logit at the start (0 = every rule equally likely)")
+    net_arch: list[int] = Field([64, 64], description="hidden layers of the actor and of the critic")
+
+    @field_validator("rules")
+    @classmethod
+    def _memoryless_rules(cls, rules: list[str]) -> list[str]:
+        memoryless_rules(rules)
+        return rules
+
+
 class ImitationSettings(_Frozen):
     """Behaviour-cloning warm start before PPO (training/imitation.py): the policy first imitates a
     heuristic's rollouts on the training envs (actor: cross-entropy on its actions, critic: regression
@@ -321,6 +341,9 @@ class TrainSettings(_Frozen):
     )
     device: str = Field("cpu", description="torch device of the policy")
     policy: PolicySettings = PolicySettings()
+    rule_switch: RuleSwitchSettings | None = Field(
+        None, description="train a fleet-level rule switch (agents/rule_switching.py) instead of the node-set "
+        "policy; needs algo ppo and suite")
     reward: RewardWeights | None = Field(
         None,
         description="reward weights of the training and validation envs in place of the scenario's own "
@@ -389,6 +412,20 @@ class TrainSettings(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _rule_switch_fits(self) -> TrainSettings:
+        if self.rule_switch is None:
+            return self
+        if self.algo != "ppo":
+            raise ValueError(f"rule_switch: a choice of one rule per round needs no action mask; set algo: ppo "
+                             f"(got {self.algo})")
+        if self.suite is None:
+            raise ValueError("rule_switch: trains on the scenario suite; set suite (e.g. suite: {})")
+        if self.imitation.enabled:
+            raise ValueError("rule_switch: the warm start fits the node-set policy; set imitation.heuristic and "
+                             "imitation.select_from to null")
+        return self
+
+    @model_validator(mode="after")
     def _prior_regulariser_fits(self) -> TrainSettings:
         if self.policy.prior_regulariser != "entropy" and self.algo == "recurrent_ppo":
             raise ValueError("policy.prior_regulariser is for maskable_ppo, ppo and a2c; recurrent_ppo keeps the "
@@ -413,6 +450,12 @@ class TrainSettings(_Frozen):
     def ratio(self) -> str:
         """The chosen algorithm's clipped ratio (``PPOSettings.ratio``; joint for A2C, which has none)."""
         return getattr(self.hyperparameters, "ratio", "joint")
+
+    @property
+    def reference_rule(self) -> str | list[str] | None:
+        """The rule a run starts from, played beside its model in the final comparison: the rule switch's
+        first rule, else the residual policy's prior."""
+        return self.rule_switch.rules[0] if self.rule_switch is not None else self.policy.prior
 
     @property
     def validation_seeds(self) -> list[int]:

@@ -77,7 +77,7 @@ def compare_on_suite(model_path: Path, settings: TrainSettings, out: Path, log: 
     log.info("comparing %s with its prior rule and each family's rules on test seeds %d..%d of %s", model_path,
              seeds[0], seeds[-1], ", ".join(families))
     try:
-        jobs = suite_jobs(str(model_path), settings.policy.prior, families, seeds)
+        jobs = suite_jobs(str(model_path), settings.reference_rule, families, seeds)
         rows = run_jobs(jobs, settings.compare_workers)
     except Exception as exc:  # noqa: BLE001 - training is saved already; report the failure, keep the run
         log.exception("comparison failed")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 
 from greengossip.agents.heuristics import prior_specs
@@ -54,6 +55,7 @@ from greengossip.envs.shipped import find_config
 from greengossip.training import multi_agent
 from greengossip.training.builders import (
     DelayedLinearSchedule,  # noqa: F401  (models saved with a step-size schedule pickle it by this path)
+    algorithm_kwargs,
     make_eval_env,
     make_vec_env,
     monitored,
@@ -69,6 +71,7 @@ from greengossip.training.callbacks import HeldOutEvalCallback, StopOnInterrupt
 from greengossip.training.evaluate import compare_with_heuristics
 from greengossip.training.imitation import warm_start
 from greengossip.training.rule_selection import warm_start_from_rules
+from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
 from greengossip.training.run_files import atomic_save, latest_checkpoint, prepare_run_folder, resume_checkpoint
 from greengossip.training.settings import (
     ALGORITHMS,
@@ -220,9 +223,18 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------- pieces
 def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
     """A new model, or with ``resume`` the checkpoint (checked; a damaged newest one is skipped) on ``venv``."""
+    switch = settings.rule_switch
     if not resume:
+        if switch is not None:
+            return new_switching_model(venv, first_rule_bias=switch.first_rule_bias, net_arch=switch.net_arch,
+                                       seed=settings.seed, device=settings.device, **algorithm_kwargs(settings))
         return new_model(settings, venv)
     path = resume_checkpoint(out, resume, on_log=LOG.warning)
+    if switch is not None:  # a plain PPO over the fleet summary: nothing depends on the fleet size
+        model = PPO.load(path, env=venv, device=settings.device)
+        model.set_random_seed(settings.seed + model.num_timesteps)
+        LOG.info("resumed from %s at %d steps", path, model.num_timesteps)
+        return model
     algo = detect_algorithm(path)
     if algo != settings.algo:
         raise UserError(f"--resume {path} holds a {algo} model but the settings ask for {settings.algo}; "
@@ -333,6 +345,11 @@ def train(
         validated = {"": scenarios[0]}
     if settings.suite is not None:
         eval_envs, venv = suite_envs(settings, out / "monitor.csv", append=bool(resume))
+        if settings.rule_switch is not None:
+            rules = settings.rule_switch.rules
+            LOG.info("a rule switch: every round the model picks one of %s for the whole fleet", ", ".join(rules))
+            eval_envs = {name: RuleSwitchingVecEnv(env, rules) for name, env in eval_envs.items()}
+            venv = RuleSwitchingVecEnv(venv, rules)
     else:
         eval_envs = {name: make_eval_env(scenario, settings) for name, scenario in validated.items()}
         if len(scenarios) > 1:

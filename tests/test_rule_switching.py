@@ -1,0 +1,116 @@
+"""The rule switch: a learned fleet-level choice among memoryless rules (``agents/rule_switching.py``,
+``training/rule_switching.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from greengossip.agents.heuristics import build_heuristic
+from greengossip.agents.learned import make_scheduler
+from greengossip.agents.rule_switching import RuleSwitchingScheduler, fleet_summary, summary_size, summary_space
+from greengossip.envs.errors import UserError
+from greengossip.envs.observation import padded_observation
+from greengossip.envs.sb3_vec_env import GossipVecEnv
+from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
+from greengossip.training.settings import SettingsError, TrainSettings, load_settings
+from tests.conftest import ROOT, tiny_variant
+
+RULES = ["carbon_periodic:period=1,trust_threshold=0", "harvest_aware:period=1", "carbon_periodic:period=2"]
+
+
+def _vec_env(n_envs: int = 2, n_nodes: int = 6) -> GossipVecEnv:
+    return GossipVecEnv(n_envs, config=tiny_variant(n_nodes=n_nodes, observation__adjacency=False), seed=3)
+
+
+def test_the_fleet_summary_has_one_length_for_any_fleet_size_and_stays_in_its_bounds():
+    space = summary_space()
+    for n_nodes in (4, 11):
+        obs = _vec_env(2, n_nodes).reset()
+        batch = fleet_summary(obs)
+        assert batch.shape == (2, summary_size()) == (2, space.shape[0])
+        assert space.contains(batch[0]) and space.contains(batch[1])
+        single = fleet_summary({key: value[1] for key, value in obs.items()})
+        np.testing.assert_array_equal(single, batch[1])
+    assert fleet_summary(_vec_env(1, 4).reset())[0, -1] != fleet_summary(_vec_env(1, 11).reset())[0, -1]
+
+
+def test_a_padded_fleet_has_the_summary_of_the_fleet_itself():
+    obs = _vec_env(2, 5).reset()
+    padded = padded_observation(obs, 9)
+    np.testing.assert_allclose(fleet_summary(padded), fleet_summary(obs), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_following_one_rule_through_the_switch_is_that_rule(index):
+    switch, alone = RuleSwitchingVecEnv(_vec_env(), RULES), _vec_env()
+    rule = build_heuristic(RULES[index])
+    switch.reset()
+    obs = alone.reset()
+    for _ in range(25):
+        expected = rule.act_batch(obs)
+        _, rewards, dones, _ = switch.step(np.full(2, index))
+        obs, alone_rewards, alone_dones, _ = alone.step(expected)
+        np.testing.assert_allclose(rewards, alone_rewards)
+        np.testing.assert_array_equal(dones, alone_dones)
+
+
+def test_the_switch_refuses_rules_with_memory_and_a_single_rule():
+    with pytest.raises(UserError, match=r"memoryless rules.*got 'carbon_aware'"):
+        RuleSwitchingVecEnv(_vec_env(), ["carbon_periodic", "carbon_aware"])
+    with pytest.raises(UserError, match="at least two rules"):
+        RuleSwitchingVecEnv(_vec_env(), ["carbon_periodic"])
+
+
+def test_a_saved_switch_loads_as_a_scheduler_that_starts_at_its_first_rule(tmp_path):
+    venv = RuleSwitchingVecEnv(_vec_env(), RULES)
+    model = new_switching_model(venv, first_rule_bias=3.0, net_arch=[8], seed=0, n_steps=16, batch_size=16,
+                                n_epochs=1)
+    path = tmp_path / "switch.zip"
+    model.save(path)
+    scheduler = make_scheduler(path)
+    assert isinstance(scheduler, RuleSwitchingScheduler) and scheduler.rule_specs == RULES
+    obs = _vec_env(1, 9).reset()  # another fleet size than the one it was built on
+    single = {key: value[0] for key, value in obs.items()}
+    assert scheduler.choose(obs).tolist() == [0]
+    action, _ = scheduler.predict(single)
+    np.testing.assert_array_equal(action, build_heuristic(RULES[0]).act_batch(obs)[0])
+    model.learn(32)  # PPO steps through the switch
+    assert model.num_timesteps >= 32
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"algo": "maskable_ppo"}, r"rule_switch: a choice of one rule per round needs no action mask; set algo: ppo"),
+    ({"rule_switch": {"rules": ["carbon_periodic", "oort"]}}, r"rule_switch\.rules.*must be one of .*got 'oort'"),
+    ({"rule_switch": {"rules": ["carbon_periodic"]}}, r"rule_switch\.rules.*at least 2 items"),
+])
+def test_bad_rule_switch_settings_name_the_field(changes, match):
+    with pytest.raises(SettingsError, match=match):
+        load_settings("suite_rule_switch", **changes)
+
+
+def test_a_rule_switch_needs_the_suite():
+    with pytest.raises(ValueError, match=r"rule_switch: trains on the scenario suite"):
+        TrainSettings(algo="ppo", rule_switch={"rules": RULES})
+
+
+def test_the_train_command_trains_a_rule_switch_and_keeps_it_as_a_scheduler(tmp_path):
+    import argparse
+
+    from greengossip.training import train
+
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(f"extends: {ROOT / 'configs' / 'train' / 'suite_rule_switch.yaml'}\n"
+                      "total_timesteps: 64\neval_episodes: 2\neval_freq: 100000\ncompare: false\n"
+                      "track_carbon: false\nprogress_bar: false\nppo: {n_steps: 8, batch_size: 32}\n"
+                      "suite: {families: [solar_sensor_field], n_nodes: 6}\n")
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    out = tmp_path / "run"
+    assert train.run(parser.parse_args(["--settings", str(recipe), "--out", str(out)])) == 0
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["timesteps"] >= 64 and record["settings"]["rule_switch"]["rules"][0] == RULES[0]
+    scheduler = make_scheduler(out / "best_model.zip")
+    assert isinstance(scheduler, RuleSwitchingScheduler) and len(scheduler.rule_specs) == 7
