@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -101,3 +102,22 @@ def all_nodes(env: gym.Env, code: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_config() -> EnvConfig:
     return load_config(TINY)
+
+
+def train_small_suite_run(tmp_path: Path, recipe: str, changes: str) -> dict:
+    """``greengossip train`` (its argument parser and ``run``) on ``configs/train/<recipe>.yaml`` cut down to
+    one update without the final comparison, plus the YAML lines ``changes``; the run's record, with the run
+    folder as ``"out"``."""
+    import argparse
+
+    from greengossip.training import train
+
+    settings = tmp_path / "small.yaml"
+    settings.write_text(f"extends: {CONFIG_DIR / 'train' / f'{recipe}.yaml'}\n"
+                        "total_timesteps: 64\neval_episodes: 2\neval_freq: 100000\ncompare: false\n"
+                        "track_carbon: false\nprogress_bar: false\n" + changes)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    out = tmp_path / "run"
+    assert train.run(parser.parse_args(["--settings", str(settings), "--out", str(out)])) == 0
+    return {**json.loads((out / "training_record.json").read_text()), "out": out}

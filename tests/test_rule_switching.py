@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ from greengossip.envs.observation import padded_observation
 from greengossip.envs.sb3_vec_env import GossipVecEnv
 from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
 from greengossip.training.settings import SettingsError, TrainSettings, load_settings
-from tests.conftest import ROOT, tiny_variant
+from tests.conftest import tiny_variant, train_small_suite_run
 
 RULES = ["carbon_periodic:period=1,trust_threshold=0", "harvest_aware:period=1", "carbon_periodic:period=2"]
 
@@ -97,20 +95,9 @@ def test_a_rule_switch_needs_the_suite():
 
 
 def test_the_train_command_trains_a_rule_switch_and_keeps_it_as_a_scheduler(tmp_path):
-    import argparse
-
-    from greengossip.training import train
-
-    recipe = tmp_path / "small.yaml"
-    recipe.write_text(f"extends: {ROOT / 'configs' / 'train' / 'suite_rule_switch.yaml'}\n"
-                      "total_timesteps: 64\neval_episodes: 2\neval_freq: 100000\ncompare: false\n"
-                      "track_carbon: false\nprogress_bar: false\nppo: {n_steps: 8, batch_size: 32}\n"
-                      "suite: {families: [solar_sensor_field], n_nodes: 6}\n")
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    out = tmp_path / "run"
-    assert train.run(parser.parse_args(["--settings", str(recipe), "--out", str(out)])) == 0
-    record = json.loads((out / "training_record.json").read_text())
+    record = train_small_suite_run(tmp_path, "suite_rule_switch", "ppo: {n_steps: 8, batch_size: 32}\n"
+                                   "suite: {families: [solar_sensor_field], n_nodes: 6}\n")
     assert record["timesteps"] >= 64 and record["settings"]["rule_switch"]["rules"][0] == RULES[0]
+    out = record["out"]
     scheduler = make_scheduler(out / "best_model.zip")
     assert isinstance(scheduler, RuleSwitchingScheduler) and len(scheduler.rule_specs) == 7

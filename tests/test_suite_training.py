@@ -19,7 +19,7 @@ from greengossip.training.settings import SettingsError, SuiteSettings, load_set
 from greengossip.training.suite import SPLITS, draw_scenario, family_names
 from greengossip.training.suite_compare import results_table
 from greengossip.training.suite_envs import SuiteVecEnv, suite_draw, suite_validation_envs
-from tests.conftest import ENV_ID, ROOT
+from tests.conftest import ENV_ID, ROOT, train_small_suite_run
 
 SUITE_MODEL = PRETRAINED_DIR / "suite.zip"
 
@@ -165,21 +165,10 @@ def test_the_shipped_models_are_package_data():
 
 
 def test_the_train_command_runs_the_suite_recipe_and_records_the_run(tmp_path):
-    """The README's first command on a small slice of the recipe: one family, six nodes, one update."""
-    import argparse
-
-    from greengossip.training import train
-
-    recipe = tmp_path / "small.yaml"
-    recipe.write_text(f"extends: {ROOT / 'configs' / 'train' / 'suite.yaml'}\n"
-                      "total_timesteps: 64\neval_episodes: 2\neval_freq: 100000\ncompare: false\n"
-                      "track_carbon: false\nprogress_bar: false\n"
-                      "suite: {families: [solar_sensor_field, private_sensor_field], n_nodes: 6}\n")
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    out = tmp_path / "run"
-    assert train.run(parser.parse_args(["--settings", str(recipe), "--out", str(out)])) == 0
-    record = json.loads((out / "training_record.json").read_text())
+    """The README's first command on a small slice of the recipe: two families, six nodes, one update."""
+    record = train_small_suite_run(
+        tmp_path, "suite", "suite: {families: [solar_sensor_field, private_sensor_field], n_nodes: 6}\n")
+    out = record["out"]
     assert record["timesteps"] >= 64 and record["settings"]["suite"]["n_nodes"] == 6
     evaluations = (out / "evaluations.csv").read_text().splitlines()
     assert len(evaluations) == 3  # header, the untrained model (eval_at_start), the end of training
