@@ -16,6 +16,7 @@ the observation, so taking over from another rule mid-episode leaves nothing sta
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,19 @@ def summary_size() -> int:
 
 def summary_space() -> spaces.Box:
     """Bounds of :func:`fleet_summary`, from the features' own bounds."""
+    low, high = _summary_bounds()
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+@functools.cache
+def _summary_bounds() -> tuple[np.ndarray, np.ndarray]:
     node_low = np.array([f[1] for f in NODE_FEATURES], dtype=np.float32)
     node_high = np.array([f[2] for f in NODE_FEATURES], dtype=np.float32)
     low = np.concatenate([[f[1] for f in GLOBAL_FEATURES], node_low, np.zeros_like(node_low), node_low, node_low,
                           [0.0]]).astype(np.float32)
     high = np.concatenate([[f[2] for f in GLOBAL_FEATURES], node_high, node_high - node_low, node_high, node_high,
                            [2.0]]).astype(np.float32)
-    return spaces.Box(low, high, dtype=np.float32)
+    return low, high
 
 
 def fleet_summary(observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -65,8 +72,7 @@ def fleet_summary(observation: dict[str, np.ndarray]) -> np.ndarray:
     high = np.where(present[..., None], nodes, -np.inf).max(-2)
     size = np.log2(np.maximum(count[..., :1], 1.0)) / FLEET_SIZE_SCALE
     summary = np.concatenate([glob, mean, std, low, high, size], axis=-1).astype(np.float32)
-    space = summary_space()
-    return np.clip(summary, space.low, space.high)
+    return np.clip(summary, *_summary_bounds())
 
 
 def check_switchable(rules: Sequence[str]) -> list:

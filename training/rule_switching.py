@@ -45,9 +45,6 @@ class RuleSwitchingVecEnv(VecEnvWrapper):
                 info["terminal_observation"] = fleet_summary(info["terminal_observation"])
         return fleet_summary(observation), rewards, dones, infos
 
-    def env_method(self, method_name: str, *args, indices=None, **kwargs):
-        return self.venv.env_method(method_name, *args, indices=indices, **kwargs)
-
 
 def new_switching_model(venv: RuleSwitchingVecEnv, *, first_rule_bias: float, net_arch: Sequence[int],
                         seed: int, device: str = "cpu", **ppo_kwargs) -> PPO:
