@@ -172,11 +172,9 @@ def load_scheduler(
     if seed is not None:
         model.set_random_seed(int(seed))
     if getattr(model, "switch_rules", None):  # a fleet-level choice among rules (agents/rule_switching.py)
-        switching = RuleSwitchingScheduler(model, found, seed)
-        if env is not None:
-            switching.check_env(env)
-        return switching
-    scheduler = LearnedScheduler(model, name, found, seed)
+        scheduler = RuleSwitchingScheduler(model, found, seed)
+    else:
+        scheduler = LearnedScheduler(model, name, found, seed)
     if env is not None:
         scheduler.check_env(env)
     return scheduler

@@ -35,7 +35,7 @@ FLEET_SIZE_SCALE = 10.0
 
 def summary_size() -> int:
     """Length of :func:`fleet_summary`: the global features, four statistics per node feature, the size."""
-    return len(GLOBAL_FEATURES) + 4 * len(NODE_FEATURES) + 1
+    return _summary_bounds()[0].size
 
 
 def summary_space() -> spaces.Box:

@@ -232,14 +232,12 @@ def build_model(settings: TrainSettings, venv, out: Path, resume: str | None):
     path = resume_checkpoint(out, resume, on_log=LOG.warning)
     if switch is not None:  # a plain PPO over the fleet summary: nothing depends on the fleet size
         model = PPO.load(path, env=venv, device=settings.device)
-        model.set_random_seed(settings.seed + model.num_timesteps)
-        LOG.info("resumed from %s at %d steps", path, model.num_timesteps)
-        return model
-    algo = detect_algorithm(path)
-    if algo != settings.algo:
-        raise UserError(f"--resume {path} holds a {algo} model but the settings ask for {settings.algo}; "
-                        f"pass --algo {algo}")
-    model = load_for_nodes(path, venv, algo=algo, device=settings.device, ratio=settings.ratio)
+    else:
+        algo = detect_algorithm(path)
+        if algo != settings.algo:
+            raise UserError(f"--resume {path} holds a {algo} model but the settings ask for {settings.algo}; "
+                            f"pass --algo {algo}")
+        model = load_for_nodes(path, venv, algo=algo, device=settings.device, ratio=settings.ratio)
     # SB3 does not save RNG states: reseed deterministically from where the run stopped
     model.set_random_seed(settings.seed + model.num_timesteps)
     LOG.info("resumed from %s at %d steps", path, model.num_timesteps)
@@ -273,7 +271,8 @@ def comparison_schedulers(model_path: Path, settings: TrainSettings) -> list[str
 
 
 def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
-    """(validation envs by family, training envs) of a run on the scenario suite (``settings.suite``)."""
+    """(validation envs by family, training envs) of a run on the scenario suite (``settings.suite``), seen
+    through the rule switch where ``settings.rule_switch`` asks for one."""
     suite = settings.suite
     sizes = (f"at {suite.n_nodes} nodes" if suite.pad_to is None
              else f"at the drawn fleet sizes cut at {suite.max_nodes} nodes (observations padded to it)")
@@ -285,8 +284,14 @@ def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
         LOG.info("training and validation reward weights (settings.reward) in place of each family's: %s",
                  settings.reward.model_dump())
     eval_envs = suite_validation_envs(suite, settings.validation_seeds, settings.reward)
-    training = SuiteVecEnv(settings.n_envs, suite, seed=settings.seed, reward=settings.reward)
-    return eval_envs, monitored(training, monitor_file, append)
+    training = monitored(SuiteVecEnv(settings.n_envs, suite, seed=settings.seed, reward=settings.reward),
+                         monitor_file, append)
+    if settings.rule_switch is None:
+        return eval_envs, training
+    rules = settings.rule_switch.rules
+    LOG.info("a rule switch: every round the model picks one of %s for the whole fleet", ", ".join(rules))
+    return ({name: RuleSwitchingVecEnv(env, rules) for name, env in eval_envs.items()},
+            RuleSwitchingVecEnv(training, rules))
 
 
 def save_interrupted(model, out: Path, command: str | None) -> Path:
@@ -345,11 +350,6 @@ def train(
         validated = {"": scenarios[0]}
     if settings.suite is not None:
         eval_envs, venv = suite_envs(settings, out / "monitor.csv", append=bool(resume))
-        if settings.rule_switch is not None:
-            rules = settings.rule_switch.rules
-            LOG.info("a rule switch: every round the model picks one of %s for the whole fleet", ", ".join(rules))
-            eval_envs = {name: RuleSwitchingVecEnv(env, rules) for name, env in eval_envs.items()}
-            venv = RuleSwitchingVecEnv(venv, rules)
     else:
         eval_envs = {name: make_eval_env(scenario, settings) for name, scenario in validated.items()}
         if len(scenarios) > 1:
