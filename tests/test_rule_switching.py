@@ -83,6 +83,8 @@ def test_a_saved_switch_loads_as_a_scheduler_that_starts_at_its_first_rule(tmp_p
     ({"algo": "maskable_ppo"}, r"rule_switch: a choice of one rule per round needs no action mask; set algo: ppo"),
     ({"rule_switch": {"rules": ["carbon_periodic", "oort"]}}, r"rule_switch\.rules.*must be one of .*got 'oort'"),
     ({"rule_switch": {"rules": ["carbon_periodic"]}}, r"rule_switch\.rules.*at least 2 items"),
+    ({"rule_switch": {"rules": RULES, "validation_sizes": "drawn"}},
+     r"rule_switch\.validation_sizes.*'training' or 'own'"),
 ])
 def test_bad_rule_switch_settings_name_the_field(changes, match):
     with pytest.raises(SettingsError, match=match):

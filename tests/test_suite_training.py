@@ -93,6 +93,20 @@ def test_validation_envs_play_each_family_s_validation_draws():
     venv.close()
 
 
+def test_validation_envs_at_own_sizes_play_each_draw_s_fleet_cut_at_the_cap():
+    """With max_nodes each validation seed keeps the fleet size it drew (cut at max_nodes), and the family's
+    env pads its observations to the largest of them."""
+    settings = load_settings("suite", suite={"families": ["large_network", "private_sensor_field"]})
+    seeds = [10_000, 10_001, 10_002]
+    envs = suite_validation_envs(settings.suite, seeds, max_nodes=40)
+    for family, venv in envs.items():
+        drawn = [min(draw_scenario(family, seed).config.n_nodes, 40) for seed in seeds]
+        assert [venv.venvs[i].n_nodes for i in range(3)] == drawn
+        assert venv.observation_space["nodes"].shape[0] == max(drawn)
+        venv.close()
+    assert [envs["large_network"].venvs[i].n_nodes for i in range(3)] == [40, 40, 40]  # 256 nodes and more
+
+
 def test_the_run_s_reward_weights_replace_each_family_s_in_training_and_validation():
     weights = RewardWeights(accuracy=0.0, carbon=2.0, security=1.0, deadline=10.0)
     settings = load_settings("suite", suite={"families": ["private_sensor_field"], "n_nodes": 5},

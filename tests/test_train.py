@@ -455,3 +455,49 @@ def test_carbon_guard_keeps_a_best_model_that_spends_more_than_the_first_validat
     assert resumed.best_unguarded_score == callback.best_unguarded_score == pytest.approx(2.5)
     with pytest.raises(SettingsError, match="carbon_guard"):
         _settings(carbon_guard=0.0)
+
+
+def test_keep_targets_keeps_no_model_that_reaches_fewer_targets_in_any_scenario(tmp_path, monkeypatch):
+    """HeldOutEvalCallback with keep_targets: a higher mean return is a new best only when every scenario
+    reaches the target at least as often as in the first validation, not on average; the first
+    validation's targets survive a resume through the best model's .json record."""
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import configure
+
+    from greengossip.training import callbacks as callbacks_module
+    from greengossip.training.callbacks import HeldOutEvalCallback
+
+    def episodes(ret, reached):
+        return [{"return": ret, "final_accuracy": 0.9, "episode_carbon_g": 1.0, "episode_energy_wh": 1.0,
+                 "episode_rounds": 50, "target_reached": hit, "episode_malicious_participants": 0}
+                for hit in reached]
+
+    # (solar, attack) per validation, two seeds each: start (solar 1 of 2), better return with attack 1 of 2
+    # (more targets overall: 3 of 4 against 3), better return with the start's targets per family
+    script = [(episodes(1.0, [True, False]), episodes(0.0, [True, True])),
+              (episodes(3.0, [True, True]), episodes(1.0, [True, False])),
+              (episodes(2.0, [True, False]), episodes(0.5, [True, True]))]
+
+    def run(keep, folder):
+        saved = []
+        monkeypatch.setattr(callbacks_module, "atomic_save", lambda model, path: (
+            saved.append((Path(path).stem, callback.num_timesteps)), Path(path).write_text("m")))
+        callback = HeldOutEvalCallback({"solar": None, "attack": None}, [10_000, 10_001], 10,
+                                       tmp_path / folder / "best_model.zip", tmp_path / folder / "evaluations.csv",
+                                       keep_targets=keep)
+        callback.model = SimpleNamespace(logger=configure(str(tmp_path / folder), ["csv"]))
+        for step, (solar, attack) in enumerate(script, start=1):
+            callback.num_timesteps = 10 * step
+            results = iter([solar, attack])
+            callback._episodes = lambda env: next(results)
+            callback.evaluate()
+        return [step for _, step in saved]
+
+    assert run(False, "plain") == [10, 20]
+    assert run(True, "kept") == [10, 30]
+    resumed = HeldOutEvalCallback({"solar": None, "attack": None}, [10_000, 10_001], 10,
+                                  tmp_path / "kept" / "best_model.zip", tmp_path / "kept" / "evaluations.csv",
+                                  keep_targets=True)
+    assert resumed.reference_targets == {"solar": 0.5, "attack": 1.0}
+    assert not resumed._targets_kept({"solar": 1.0, "attack": 0.5})

@@ -210,6 +210,10 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
     (``<best_model_path stem>_unguarded.zip`` and ``.json``), so one run compares both picks on the same
     training.
 
+    ``keep_targets``: an evaluation may only become the best when every scenario reaches the target at
+    least as often as in the first evaluation (per scenario, not on average: a model that gains return in
+    one family cannot pay with missed targets in another).
+
     ``skip_final``: when it returns True at the end of training (an interrupted run), no last validation
     is run. ``at_start``: also validate before the first step of a new run (not a resumed one). Models and
     records are written atomically (``run_files.atomic_save``).
@@ -230,6 +234,7 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
         carbon_guard: float | None = None,
         skip_final: Callable[[], bool] = lambda: False,
         at_start: bool = False,
+        keep_targets: bool = False,
     ):
         super().__init__(eval_freq, skip_final, at_start)
         self.envs = dict(env) if isinstance(env, dict) else {"": env}
@@ -239,9 +244,11 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
         self.log_path = Path(log_path)
         self.on_log = on_log or (lambda message: None)
         self.carbon_guard = carbon_guard
-        best = self._record(self.best_model_path)  # a resumed run's best score and guard reference
+        self.keep_targets = keep_targets
+        best = self._record(self.best_model_path)  # a resumed run's best score and guard references
         self.best_score = float(best.get("score", -math.inf))
         self.reference: dict[str, float] | None = best.get("reference")  # the first evaluation's
+        self.reference_targets: dict[str, float] | None = best.get("reference_targets")
         self.unguarded_model_path = self.best_model_path.with_name(f"{self.best_model_path.stem}_unguarded.zip")
         self.best_unguarded_score = float(self._record(self.unguarded_model_path).get("score", -math.inf))
 
@@ -276,12 +283,17 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
             self.logger.record(f"eval/{key}", value)
         on_config_prefix = f"{next(iter(by_scenario))}/" if len(by_scenario) > 1 else ""
         on_config = {key: summary[on_config_prefix + key] for key in ("carbon_g", "target_reached")}
+        targets = {name: float(np.mean([e["target_reached"] for e in group])) for name, group in by_scenario.items()}
         if self.reference is None:
             self.reference = on_config
-        improved = summary[self.SCORE] > self.best_score and self._within_guard(on_config)
+        if self.reference_targets is None:
+            self.reference_targets = targets
+        improved = (summary[self.SCORE] > self.best_score and self._within_guard(on_config)
+                    and self._targets_kept(targets))
         if improved:
             self.best_score = summary[self.SCORE]
-            self._save(self.best_model_path, steps, summary, reference=self.reference)
+            self._save(self.best_model_path, steps, summary, reference=self.reference,
+                       reference_targets=self.reference_targets)
         if self.carbon_guard is not None and summary[self.SCORE] > self.best_unguarded_score:
             self.best_unguarded_score = summary[self.SCORE]
             self._save(self.unguarded_model_path, steps, summary)
@@ -290,7 +302,7 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
         append_csv_row(self.log_path, {"timesteps": steps, **summary, "best": improved})
         scenarios = "".join(
             f"; {name}: return {summary[f'{name}/return']:.3f}, carbon {summary[f'{name}/carbon_g']:.2f} g, "
-            f"attackers {summary[f'{name}/malicious']:.0f}"
+            f"attackers {summary[f'{name}/malicious']:.0f}, targets {targets[name]:.0%}"
             for name in by_scenario if len(by_scenario) > 1
         )
         self.on_log(
@@ -312,6 +324,11 @@ class HeldOutEvalCallback(PeriodicEvalCallback):
         """A saved model's .json record (empty when the model or its record is missing)."""
         record = path.with_suffix(".json")
         return json.loads(record.read_text()) if record.is_file() and path.is_file() else {}
+
+    def _targets_kept(self, targets: dict[str, float]) -> bool:
+        if not self.keep_targets:
+            return True
+        return all(targets[name] >= self.reference_targets.get(name, 0.0) for name in targets)
 
     def _within_guard(self, on_config: dict[str, float]) -> bool:
         if self.carbon_guard is None:

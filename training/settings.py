@@ -156,6 +156,12 @@ class RuleSwitchSettings(_Frozen):
     first_rule_bias: float = Field(
         2.0, ge=0, description="added to the first rule's logit at the start (0 = every rule equally likely)")
     net_arch: list[int] = Field([64, 64], description="hidden layers of the actor and of the critic")
+    validation_sizes: Literal["training", "own"] = Field(
+        "training",
+        description="fleet size of the validation draws: training = suite's training size (n_nodes or the drawn "
+        "size cut at max_nodes); own = the size each validation seed draws, cut at suite.max_eval_nodes, as "
+        "the benchmark plays them (the summary has no weight that depends on N)",
+    )
 
     @field_validator("rules")
     @classmethod
@@ -247,7 +253,8 @@ class SuiteSettings(_Frozen):
         2, ge=1, description="(decentralized) validation seeds per family of each evaluation"
     )
     max_eval_nodes: int = Field(
-        256, ge=2, description="(decentralized) largest fleet of a validation scenario (larger draws are cut to this)"
+        256, ge=2, description="(decentralized, and a rule switch validated at its own sizes) largest fleet of a "
+        "validation scenario (larger draws are cut to this)"
     )
     n_nodes: int = Field(
         32,
@@ -327,6 +334,12 @@ class TrainSettings(_Frozen):
         description="if set, a validation can only become the best model when the --config scenario's mean "
         "episode carbon is at most this multiple of the first validation's (a residual policy's prior rule) "
         "and it reaches the target at least as often; None: the mean return alone decides",
+    )
+    keep_targets: bool = Field(
+        False,
+        description="if true, a validation can only become the best model when every validated scenario (each "
+        "suite family) reaches the target at least as often as in the first validation (with eval_at_start, "
+        "the untrained model: a residual policy's prior rule, a rule switch's first rule)",
     )
     select_on: Literal["config", "training_mix"] = Field(
         "config",

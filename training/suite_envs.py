@@ -26,15 +26,16 @@ from greengossip.training.suite import SPLITS, draw_scenario, load_family, resiz
 
 
 def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None,
-               reward: RewardWeights | None = None) -> EnvConfig:
+               reward: RewardWeights | None = None, max_nodes: int | None = None) -> EnvConfig:
     """The scenario ``seed`` draws from ``family`` at the fleet size ``suite`` trains on
-    (``SuiteSettings.training_size``), with no adjacency observed (validated again: a fleet size can make a
-    drawn scenario invalid, and the error then says so); ``reward`` (the run's ``settings.reward``), where
-    given, replaces the family's reward weights."""
+    (``SuiteSettings.training_size``), or, with ``max_nodes``, at its own size cut at ``max_nodes``; with no
+    adjacency observed (validated again: a fleet size can make a drawn scenario invalid, and the error then
+    says so). ``reward`` (the run's ``settings.reward``), where given, replaces the family's reward weights."""
     config = draw_scenario(family, seed, ranges).config
     if reward is not None:
         config = config.model_copy(update={"reward": reward})
-    return resized(config, suite.training_size(config.n_nodes), adjacency=False)
+    size = suite.training_size(config.n_nodes) if max_nodes is None else min(config.n_nodes, max_nodes)
+    return resized(config, size, adjacency=False)
 
 
 class SuiteDrawer:
@@ -96,15 +97,19 @@ class SuiteVecEnv(GossipVecEnv):
         return obs, rewards, dones, infos
 
 
-def suite_validation_envs(suite: SuiteSettings, seeds: list[int],
-                          reward: RewardWeights | None = None) -> dict[str, GossipVecEnv]:
+def suite_validation_envs(suite: SuiteSettings, seeds: list[int], reward: RewardWeights | None = None,
+                          max_nodes: int | None = None) -> dict[str, GossipVecEnv]:
     """One batched validation env per family: environment i plays the scenario ``seeds[i]`` (a validation
-    seed) draws, at the fleet size training gives it, reset with that seed; ``reward`` as in ``suite_draw``."""
+    seed) draws, reset with that seed, at the fleet size training gives it, or with ``max_nodes`` at its own
+    size cut at ``max_nodes`` (observations then padded to the family's largest: only a policy that reads
+    them through a size-free summary, as the rule switch does, can play them); ``reward`` as in
+    ``suite_draw``."""
     envs = {}
     for family in suite.family_names:
         ranges = load_family(family)[1]
-        configs = [suite_draw(suite, family, seed, ranges, reward) for seed in seeds]
-        env = GossipVecEnv(len(seeds), config=configs, pad_to=suite.pad_to)
+        configs = [suite_draw(suite, family, seed, ranges, reward, max_nodes) for seed in seeds]
+        pad_to = suite.pad_to if max_nodes is None else max(config.n_nodes for config in configs)
+        env = GossipVecEnv(len(seeds), config=configs, pad_to=pad_to)
         env.seed(seeds[0])
         env.reset()
         envs[family] = env

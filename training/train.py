@@ -283,7 +283,14 @@ def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
     if settings.reward is not None:
         LOG.info("training and validation reward weights (settings.reward) in place of each family's: %s",
                  settings.reward.model_dump())
-    eval_envs = suite_validation_envs(suite, settings.validation_seeds, settings.reward)
+    own_sizes = settings.rule_switch is not None and settings.rule_switch.validation_sizes == "own"
+    if own_sizes:
+        LOG.info("validation at each seed's own fleet size, cut at %d nodes", suite.max_eval_nodes)
+    if settings.keep_targets:
+        LOG.info("a validation becomes the best model only if every family reaches the target as often as in "
+                 "the first validation")
+    eval_envs = suite_validation_envs(suite, settings.validation_seeds, settings.reward,
+                                      max_nodes=suite.max_eval_nodes if own_sizes else None)
     training = monitored(SuiteVecEnv(settings.n_envs, suite, seed=settings.seed, reward=settings.reward),
                          monitor_file, append)
     if settings.rule_switch is None:
@@ -371,6 +378,7 @@ def train(
             out / "evaluations.csv",
             on_log=LOG.info,
             carbon_guard=settings.carbon_guard,
+            keep_targets=settings.keep_targets,
             skip_final=lambda: interrupt.requested,
             at_start=settings.eval_at_start,
         )
