@@ -144,6 +144,22 @@ class PolicySettings(_Frozen):
         return prior
 
 
+class RolloutLabelSettings(_Frozen):
+    """Rollout labels for a rule switch before PPO (``training/rule_rollouts.py``): on train scenarios of
+    every suite family the first rule plays the episode, every ``every`` rounds each rule is played on a copy
+    of the env for ``hold`` rounds (the first rule after that, to the end), and the switch's logits are fitted
+    to each rule's return over the first rule's."""
+
+    scenarios_per_family: int = Field(12, ge=1, description="train scenarios of every family that are labelled")
+    every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
+    hold: int = Field(4, ge=1, description="rounds a copy plays the rule it measures before the first rule takes over")
+    max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
+    workers: int = Field(1, ge=1, description="processes playing the scenarios")
+    epochs: int = Field(200, ge=1, description="passes over the labelled states")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the fit")
+    batch_size: int = Field(64, ge=1, description="minibatch size of the fit")
+
+
 class RuleSwitchSettings(_Frozen):
     """A fleet-level rule switch in place of the node-set policy (``agents/rule_switching.py``): every round
     PPO (the ``ppo`` section) picks one of ``rules``, and that rule decides every node."""
@@ -156,6 +172,9 @@ class RuleSwitchSettings(_Frozen):
     first_rule_bias: float = Field(
         2.0, ge=0, description="added to the first rule's logit at the start (0 = every rule equally likely)")
     net_arch: list[int] = Field([64, 64], description="hidden layers of the actor and of the critic")
+    rollout_labels: RolloutLabelSettings | None = Field(
+        None, description="fit the switch to rollout labels before PPO (training/rule_rollouts.py); None = start "
+        "from first_rule_bias alone")
     validation_sizes: Literal["training", "own"] = Field(
         "training",
         description="fleet size of the validation draws: training = suite's training size (n_nodes or the drawn "

@@ -1,0 +1,163 @@
+"""Rollout labels for a rule switch: what each rule would return from a state, measured on copies of the env.
+
+From the states a base rule reaches on train scenarios, every rule k is played for ``hold`` rounds on a
+copy of the env (``oracle.clone_env``) and the base rule after that, to the end of the episode; the copy's
+return is Q(s, k). Every random draw comes from counter-based streams keyed by the episode and the round,
+so all copies of one state replay the same future: Q(s, k) - Q(s, base) is the effect of the choice alone,
+with common random numbers instead of PPO's sampled returns, whose round-to-round noise drowned it.
+
+:func:`fit_switch` then fits the switch's logits to those differences from the fleet summary alone, which
+is all the scheduler sees. Its argmax is one step of approximate policy iteration over the base rule:
+rollout policy improvement (Bertsekas, "Rollout Algorithms for Discrete Optimization: A Survey", 2013)
+learned as cost-sensitive classification (Lagoudakis & Parr, "Reinforcement Learning as Classification:
+Leveraging Modern Classifiers", ICML 2003). The copies know the hidden state (the true battery, who the
+attackers are, the coming harvest) only through what each choice leads to; regressing on the observed
+summary averages over what the scheduler cannot see.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from greengossip.agents.rule_switching import check_switchable, fleet_summary, rule_actions
+from greengossip.envs.config import RewardWeights
+from greengossip.training.oracle import clone_env
+from greengossip.training.rollout import one_torch_thread
+from greengossip.training.settings import SuiteSettings
+from greengossip.training.suite import SPLITS, load_family
+from greengossip.training.suite_envs import suite_draw
+
+LOG = logging.getLogger("greengossip.train")
+
+
+@dataclass
+class RolloutLabels:
+    """Labelled states: ``summaries`` (S, D) as the switch sees them, ``returns`` (S, K) the return of each
+    rule from there, ``families`` (S,) the family each state's scenario was drawn from."""
+
+    summaries: np.ndarray
+    returns: np.ndarray
+    families: np.ndarray
+
+    @property
+    def advantages(self) -> np.ndarray:
+        """(S, K) each rule's return minus the base rule's (column 0)."""
+        return self.returns - self.returns[:, :1]
+
+    @staticmethod
+    def join(parts: Sequence[RolloutLabels]) -> RolloutLabels:
+        return RolloutLabels(np.concatenate([p.summaries for p in parts]), np.concatenate([p.returns for p in parts]),
+                             np.concatenate([p.families for p in parts]))
+
+
+def _batched(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: np.asarray(value)[None] for key, value in observation.items()}
+
+
+def rule_returns(env, rules: Sequence, hold: int) -> np.ndarray:
+    """(K,) the return of each copy of ``env`` (in its current state) that plays ``rules[k]`` for ``hold``
+    rounds and ``rules[0]`` after that, to the end of the episode."""
+    returns = np.zeros(len(rules))
+    for k in range(len(rules)):
+        copy = clone_env(env)
+        observation = copy._observation()
+        done, played = False, 0
+        while not done:
+            choice = k if played < hold else 0
+            action = rule_actions(rules, _batched(observation), [choice])[0]
+            observation, reward, terminated, truncated, _ = copy.step(action)
+            returns[k] += reward
+            played += 1
+            done = terminated or truncated
+    return returns
+
+
+def label_scenario(job: tuple) -> RolloutLabels:
+    """The labelled states of one train scenario: ``job`` = (suite, family, seed, rule specs, reward weights,
+    hold, every, max_nodes). The base rule (the first) plays the episode; every ``every`` rounds (from a
+    round the seed picks, so the labelled rounds differ between scenarios) each rule's return is measured."""
+    from greengossip.envs.gossip_env import EdgeLearningEnv
+
+    suite, family, seed, specs, reward, hold, every, max_nodes = job
+    rules = check_switchable(specs)
+    with one_torch_thread():
+        config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
+        env = EdgeLearningEnv(config)
+        observation, _ = env.reset(seed=seed)
+        offset = seed % every
+        summaries, returns = [], []
+        done, played = False, 0
+        while not done:
+            if played % every == offset:
+                summaries.append(fleet_summary(observation))
+                returns.append(rule_returns(env, rules, hold))
+            action = rule_actions(rules, _batched(observation), [0])[0]
+            observation, _, terminated, truncated, _ = env.step(action)
+            played += 1
+            done = terminated or truncated
+        env.close()
+    count = len(summaries)
+    dimension = fleet_summary(observation).shape[-1]
+    return RolloutLabels(np.asarray(summaries, dtype=np.float32).reshape(count, dimension),
+                         np.asarray(returns, dtype=np.float64).reshape(count, len(rules)),
+                         np.full(count, family, dtype=object))
+
+
+def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWeights | None, *, seed: int,
+                   scenarios_per_family: int, hold: int, every: int, max_nodes: int,
+                   workers: int = 1) -> RolloutLabels:
+    """Rollout labels on ``scenarios_per_family`` train seeds of every family of ``suite`` (picked with
+    ``seed``), each at its own fleet size cut at ``max_nodes``, over ``workers`` processes."""
+    rng = np.random.default_rng(seed)
+    train = SPLITS["train"]
+    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes)
+            for family in suite.family_names
+            for draw in rng.choice(np.arange(train.start, train.stop), scenarios_per_family, replace=False)]
+    if workers == 1:
+        parts = [label_scenario(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(label_scenario, jobs))
+    return RolloutLabels.join(parts)
+
+
+def fit_switch(model, labels: RolloutLabels, *, epochs: int, learning_rate: float, batch_size: int,
+               seed: int) -> dict[str, float]:
+    """Fits the actor of a rule-switch PPO ``model`` so that its logits are each rule's advantage over the
+    base rule (``labels.advantages``), scaled per family by that family's mean absolute advantage, so every
+    family weighs the same whatever its return scale. The deterministic switch then plays the rule with the
+    largest predicted advantage. Returns the share of labelled states on which it picks a rule whose
+    advantage is the best one's (``agreement``) and the mean advantage it realises (``gain``)."""
+    advantages = labels.advantages
+    scale = np.ones(len(advantages))
+    for family in np.unique(labels.families):
+        rows = labels.families == family
+        scale[rows] = max(float(np.abs(advantages[rows]).mean()), 1e-9)
+    targets = torch.as_tensor(advantages / scale[:, None], dtype=torch.float32)
+    inputs = torch.as_tensor(labels.summaries, dtype=torch.float32)
+    policy = model.policy
+    parameters = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
+            features = policy.extract_features(inputs[batch], policy.pi_features_extractor)
+            logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
+            loss = torch.nn.functional.mse_loss(logits, targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        features = policy.extract_features(inputs, policy.pi_features_extractor)
+        chosen = policy.action_net(policy.mlp_extractor.forward_actor(features)).argmax(-1).numpy()
+    realised = advantages[np.arange(len(chosen)), chosen]
+    return {"agreement": float(np.mean(realised >= advantages.max(-1) - 1e-9)), "gain": float(realised.mean()),
+            "best_gain": float(advantages.max(-1).mean()), "states": float(len(chosen))}
