@@ -100,7 +100,8 @@ def rule_actions(rules: Sequence, observations: dict[str, np.ndarray], choices: 
 class RuleSwitchingScheduler:
     """A saved rule-switching model (an SB3 model over :func:`fleet_summary` with a ``Discrete`` choice of
     ``model.switch_rules``) behind the scheduler interface: reads the ``Dict`` observation, returns node
-    actions."""
+    actions. A model saved with ``switch_hold`` k > 1 chooses at an episode's first round and every k rounds
+    after, and keeps its choice in between (carried in ``state``, reset by ``episode_start``)."""
 
     observation_kind: ObservationKind = "dict"
 
@@ -108,6 +109,7 @@ class RuleSwitchingScheduler:
         self.model = model
         self.rule_specs = list(model.switch_rules)
         self.rules = check_switchable(self.rule_specs)
+        self.hold = int(getattr(model, "switch_hold", 1))  # rounds each choice is kept
         self.path = None if path is None else Path(path)
         self.seed = int(seed)
         self.algorithm = type(model).__name__
@@ -128,7 +130,15 @@ class RuleSwitchingScheduler:
                 deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         batched = np.asarray(observation["nodes"]).ndim == 3
         batch = observation if batched else {key: np.asarray(value)[None] for key, value in observation.items()}
-        actions = rule_actions(self.rules, batch, self.choose(batch, deterministic))
+        choices = self.choose(batch, deterministic)
+        if self.hold > 1:  # state: (the choice each episode follows, rounds it has been followed)
+            held, age = state if state is not None else (choices, np.zeros(len(choices), dtype=np.int64))
+            starts = (np.ones(len(choices), dtype=bool) if episode_start is None
+                      else np.asarray(episode_start, dtype=bool).reshape(-1))
+            age = np.where(starts, 0, age)
+            choices = np.where(age % self.hold == 0, choices, held)
+            state = (choices, age + 1)
+        actions = rule_actions(self.rules, batch, choices)
         return (actions if batched else actions[0]), state
 
     def check_env(self, env) -> None:

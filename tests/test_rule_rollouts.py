@@ -47,7 +47,7 @@ def test_each_copy_replays_the_env_s_future_and_leaves_the_env_where_it_was():
 
 def test_a_labelled_scenario_has_one_summary_and_one_return_per_rule_for_each_labelled_round():
     settings = load_settings("suite_rule_switch")
-    labels = label_scenario((settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6))
+    labels = label_scenario((settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None))
     count = len(labels.returns)
     assert count >= 1 and labels.summaries.shape == (count, summary_size())
     assert labels.returns.shape == (count, len(RULES)) and (labels.families == "solar_sensor_field").all()
@@ -80,7 +80,7 @@ def test_the_fit_plays_the_rule_with_the_largest_advantage():
 
 @pytest.mark.parametrize(("changes", "match"), [
     ({"every": 0}, r"rule_switch\.rollout_labels\.every"),
-    ({"hold": -1}, r"rule_switch\.rollout_labels\.hold"),
+    ({"max_nodes": 1}, r"rule_switch\.rollout_labels\.max_nodes"),
     ({"scenarios": 3}, r"rule_switch\.rollout_labels\.scenarios"),
 ])
 def test_bad_rollout_label_settings_name_the_field(changes, match):
@@ -92,7 +92,7 @@ def test_the_train_command_fits_a_switch_to_rollout_labels_before_ppo(tmp_path):
     record = train_small_suite_run(
         tmp_path, "suite_rule_switch", "ppo: {n_steps: 8, batch_size: 32}\n"
         "suite: {families: [solar_sensor_field], n_nodes: 6}\n"
-        "rule_switch: {rollout_labels: {scenarios_per_family: 1, every: 12, hold: 2, max_nodes: 6, epochs: 2}}\n")
+        "rule_switch: {hold: 2, rollout_labels: {scenarios_per_family: 1, every: 12, max_nodes: 6, epochs: 2}}\n")
     assert record["settings"]["rule_switch"]["rollout_labels"]["every"] == 12
     log = (record["out"] / "train.log").read_text()
     assert "rule switch fitted to" in log and "rollout-labelled states" in log

@@ -55,6 +55,47 @@ def test_following_one_rule_through_the_switch_is_that_rule(index):
         np.testing.assert_array_equal(dones, alone_dones)
 
 
+def test_a_held_choice_ignores_the_actions_in_between_and_restarts_with_each_episode():
+    """hold 3: the env takes the action at rounds 0, 3, 6, ... of each episode; what is sent in between
+    changes nothing, and a new episode takes its first action at once."""
+    held, spelled = RuleSwitchingVecEnv(_vec_env(), RULES, hold=3), RuleSwitchingVecEnv(_vec_env(), RULES)
+    held.reset()
+    spelled.reset()
+    age = np.zeros(2, dtype=np.int64)
+    following = np.zeros(2, dtype=np.int64)
+    rng = np.random.default_rng(1)
+    ended = 0
+    for _ in range(60):
+        sent = rng.integers(0, len(RULES), 2)
+        following = np.where(age % 3 == 0, sent, following)
+        _, rewards, dones, _ = held.step(sent)
+        _, spelled_rewards, spelled_dones, _ = spelled.step(following)
+        np.testing.assert_allclose(rewards, spelled_rewards)
+        np.testing.assert_array_equal(dones, spelled_dones)
+        age = np.where(dones, 0, age + 1)
+        ended += int(dones.sum())
+    assert ended >= 1
+    with pytest.raises(ValueError, match="hold must be a whole number"):
+        RuleSwitchingVecEnv(_vec_env(), RULES, hold=0)
+
+
+def test_a_saved_switch_with_a_hold_keeps_its_choice_between_decisions(tmp_path):
+    venv = RuleSwitchingVecEnv(_vec_env(), RULES, hold=2)
+    model = new_switching_model(venv, first_rule_bias=0.0, net_arch=[8], seed=0, n_steps=16, batch_size=16)
+    model.save(tmp_path / "switch.zip")
+    scheduler = make_scheduler(tmp_path / "switch.zip")
+    assert scheduler.hold == 2
+    choices = iter([[1], [2], [0], [2]])
+    scheduler.choose = lambda observation, deterministic=True: np.array(next(choices))
+    obs = _vec_env(1).reset()
+    followed = []
+    state = None
+    for start in (True, False, False, True):  # a new episode at the fourth round
+        action, state = scheduler.predict(obs, state=state, episode_start=np.array([start]))
+        followed.append(int(state[0][0]))
+    assert followed == [1, 1, 0, 2]
+
+
 def test_the_switch_refuses_rules_with_memory_and_a_single_rule():
     with pytest.raises(UserError, match=r"memoryless rules.*got 'carbon_aware'"):
         RuleSwitchingVecEnv(_vec_env(), ["carbon_periodic", "carbon_aware"])

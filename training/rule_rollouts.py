@@ -80,24 +80,32 @@ def rule_returns(env, rules: Sequence, hold: int) -> np.ndarray:
 
 def label_scenario(job: tuple) -> RolloutLabels:
     """The labelled states of one train scenario: ``job`` = (suite, family, seed, rule specs, reward weights,
-    hold, every, max_nodes). The base rule (the first) plays the episode; every ``every`` rounds (from a
-    round the seed picks, so the labelled rounds differ between scenarios) each rule's return is measured."""
+    hold, every, max_nodes, roll-in). The roll-in (a saved rule switch, or None for the base rule, the first)
+    plays the episode; every ``every`` rounds (from a round the seed picks, so the labelled rounds differ
+    between scenarios) each rule's return is measured. Rolling in with the switch fitted so far labels the
+    states that switch reaches itself, where labels from the base rule's states may not hold (DAgger: Ross,
+    Gordon & Bagnell, AISTATS 2011)."""
+    from greengossip.agents.learned import make_scheduler
     from greengossip.envs.gossip_env import EdgeLearningEnv
 
-    suite, family, seed, specs, reward, hold, every, max_nodes = job
+    suite, family, seed, specs, reward, hold, every, max_nodes, rollin = job
     rules = check_switchable(specs)
     with one_torch_thread():
         config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
         env = EdgeLearningEnv(config)
+        switch = None if rollin is None else make_scheduler(rollin)
         observation, _ = env.reset(seed=seed)
         offset = seed % every
         summaries, returns = [], []
-        done, played = False, 0
+        done, played, state = False, 0, None
         while not done:
             if played % every == offset:
                 summaries.append(fleet_summary(observation))
                 returns.append(rule_returns(env, rules, hold))
-            action = rule_actions(rules, _batched(observation), [0])[0]
+            if switch is None:
+                action = rule_actions(rules, _batched(observation), [0])[0]
+            else:
+                action, state = switch.predict(observation, state=state, episode_start=np.array([played == 0]))
             observation, _, terminated, truncated, _ = env.step(action)
             played += 1
             done = terminated or truncated
@@ -111,12 +119,13 @@ def label_scenario(job: tuple) -> RolloutLabels:
 
 def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWeights | None, *, seed: int,
                    scenarios_per_family: int, hold: int, every: int, max_nodes: int,
-                   workers: int = 1) -> RolloutLabels:
+                   workers: int = 1, rollin: str | None = None) -> RolloutLabels:
     """Rollout labels on ``scenarios_per_family`` train seeds of every family of ``suite`` (picked with
-    ``seed``), each at its own fleet size cut at ``max_nodes``, over ``workers`` processes."""
+    ``seed``), each at its own fleet size cut at ``max_nodes``, over ``workers`` processes; ``rollin`` as in
+    :func:`label_scenario`."""
     rng = np.random.default_rng(seed)
     train = SPLITS["train"]
-    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes)
+    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes, rollin)
             for family in suite.family_names
             for draw in rng.choice(np.arange(train.start, train.stop), scenarios_per_family, replace=False)]
     if workers == 1:

@@ -20,26 +20,37 @@ from greengossip.agents.rule_switching import check_switchable, fleet_summary, r
 
 
 class RuleSwitchingVecEnv(VecEnvWrapper):
-    """``venv`` seen through a rule switch: observation ``fleet_summary``, action one rule index per env."""
+    """``venv`` seen through a rule switch: observation ``fleet_summary``, action one rule index per env.
+    With ``hold`` k > 1 an env takes the action at its episode's first round and every k rounds after, and
+    keeps that rule in between (the actions of the other rounds are ignored)."""
 
-    def __init__(self, venv: VecEnv, rules: Sequence[str]):
+    def __init__(self, venv: VecEnv, rules: Sequence[str], hold: int = 1):
         self.rule_specs = list(rules)
         self.rules = check_switchable(self.rule_specs)
+        if not (isinstance(hold, int) and hold >= 1):
+            raise ValueError(f"hold must be a whole number of rounds >= 1, got {hold!r}")
+        self.hold = hold
         super().__init__(venv, observation_space=summary_space(), action_space=spaces.Discrete(len(self.rules)))
         self._observation: dict[str, np.ndarray] | None = None
+        self._held = np.zeros(self.num_envs, dtype=np.int64)  # the choice each env follows
+        self._age = np.zeros(self.num_envs, dtype=np.int64)  # rounds it has followed it
 
     def reset(self) -> np.ndarray:
         self._observation = self.venv.reset()
+        self._age[:] = 0
         return fleet_summary(self._observation)
 
     def step_async(self, actions: np.ndarray) -> None:
         if self._observation is None:
             raise RuntimeError("reset() the rule switch before stepping it")
-        self.venv.step_async(rule_actions(self.rules, self._observation, actions))
+        actions = np.asarray(actions, dtype=np.int64).reshape(-1)
+        self._held = np.where(self._age % self.hold == 0, actions, self._held)
+        self.venv.step_async(rule_actions(self.rules, self._observation, self._held))
 
     def step_wait(self):
         observation, rewards, dones, infos = self.venv.step_wait()
         self._observation = observation
+        self._age = np.where(dones, 0, self._age + 1)
         for info in infos:
             if "terminal_observation" in info:
                 info["terminal_observation"] = fleet_summary(info["terminal_observation"])
@@ -55,6 +66,7 @@ def new_switching_model(venv: RuleSwitchingVecEnv, *, first_rule_bias: float, ne
     model = PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0,
                 policy_kwargs=dict(net_arch=dict(pi=list(net_arch), vf=list(net_arch))), **ppo_kwargs)
     model.switch_rules = list(venv.rule_specs)
+    model.switch_hold = venv.hold
     with torch.no_grad():
         model.policy.action_net.bias[0] += first_rule_bias
     return model

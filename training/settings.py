@@ -152,7 +152,6 @@ class RolloutLabelSettings(_Frozen):
 
     scenarios_per_family: int = Field(12, ge=1, description="train scenarios of every family that are labelled")
     every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
-    hold: int = Field(4, ge=1, description="rounds a copy plays the rule it measures before the first rule takes over")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
     epochs: int = Field(200, ge=1, description="passes over the labelled states")
@@ -172,6 +171,9 @@ class RuleSwitchSettings(_Frozen):
     first_rule_bias: float = Field(
         2.0, ge=0, description="added to the first rule's logit at the start (0 = every rule equally likely)")
     net_arch: list[int] = Field([64, 64], description="hidden layers of the actor and of the critic")
+    hold: int = Field(
+        1, ge=1, description="rounds each choice is kept: the switch chooses at an episode's first round and every "
+        "hold rounds after")
     rollout_labels: RolloutLabelSettings | None = Field(
         None, description="fit the switch to rollout labels before PPO (training/rule_rollouts.py); None = start "
         "from first_rule_bias alone")

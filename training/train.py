@@ -264,7 +264,7 @@ def fit_to_rollouts(model, settings: TrainSettings) -> None:
     labelling = settings.rule_switch.rollout_labels
     started = time.monotonic()
     labels = collect_labels(settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed,
-                            scenarios_per_family=labelling.scenarios_per_family, hold=labelling.hold,
+                            scenarios_per_family=labelling.scenarios_per_family, hold=settings.rule_switch.hold,
                             every=labelling.every, max_nodes=labelling.max_nodes, workers=labelling.workers)
     fit = fit_switch(model, labels, epochs=labelling.epochs, learning_rate=labelling.learning_rate,
                      batch_size=labelling.batch_size, seed=settings.seed)
@@ -315,10 +315,11 @@ def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
                          monitor_file, append)
     if settings.rule_switch is None:
         return eval_envs, training
-    rules = settings.rule_switch.rules
-    LOG.info("a rule switch: every round the model picks one of %s for the whole fleet", ", ".join(rules))
-    return ({name: RuleSwitchingVecEnv(env, rules) for name, env in eval_envs.items()},
-            RuleSwitchingVecEnv(training, rules))
+    rules, hold = settings.rule_switch.rules, settings.rule_switch.hold
+    LOG.info("a rule switch: every %s the model picks one of %s for the whole fleet",
+             "round" if hold == 1 else f"{hold} rounds", ", ".join(rules))
+    return ({name: RuleSwitchingVecEnv(env, rules, hold) for name, env in eval_envs.items()},
+            RuleSwitchingVecEnv(training, rules, hold))
 
 
 def save_interrupted(model, out: Path, command: str | None) -> Path:
