@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from greengossip.agents.rule_switching import check_switchable, rule_actions, summary_size
+from greengossip.agents.learned import make_scheduler
+from greengossip.agents.rule_switching import RuleSwitchingScheduler, check_switchable, rule_actions, summary_size
 from greengossip.envs.gossip_env import EdgeLearningEnv
 from greengossip.envs.sb3_vec_env import GossipVecEnv
 from greengossip.training.rule_rollouts import RolloutLabels, fit_switch, label_scenario, rule_returns
@@ -92,7 +93,12 @@ def test_the_train_command_fits_a_switch_to_rollout_labels_before_ppo(tmp_path):
     record = train_small_suite_run(
         tmp_path, "suite_rule_switch", "ppo: {n_steps: 8, batch_size: 32}\n"
         "suite: {families: [solar_sensor_field], n_nodes: 6}\n"
-        "rule_switch: {hold: 2, rollout_labels: {scenarios_per_family: 1, every: 12, max_nodes: 6, epochs: 2}}\n")
+        "rule_switch: {hold: 2, rollout_labels: {scenarios_per_family: 1, every: 12, max_nodes: 6, epochs: 2, "
+        "iterations: 2}}\n")
     assert record["settings"]["rule_switch"]["rollout_labels"]["every"] == 12
     log = (record["out"] / "train.log").read_text()
-    assert "rule switch fitted to" in log and "rollout-labelled states" in log
+    assert "(iteration 1 of 2, the first rule's roll-in)" in log
+    assert "(iteration 2 of 2, the fitted switch's roll-in)" in log
+    first_fit = make_scheduler(record["out"] / "rollout_labels_1.zip")  # the second iteration's roll-in
+    assert isinstance(first_fit, RuleSwitchingScheduler) and first_fit.hold == 2
+    assert make_scheduler(record["out"] / "best_model.zip").hold == 2

@@ -154,6 +154,9 @@ class RolloutLabelSettings(_Frozen):
     every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
+    iterations: int = Field(
+        1, ge=1, description="rounds of labelling and fitting: the first rolls in with the first rule, each later "
+        "one with the switch fitted so far (on other train scenarios), and every fit uses all labels so far")
     epochs: int = Field(200, ge=1, description="passes over the labelled states")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the fit")
     batch_size: int = Field(64, ge=1, description="minibatch size of the fit")

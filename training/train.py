@@ -70,7 +70,7 @@ from greengossip.training.builders import (
 from greengossip.training.callbacks import HeldOutEvalCallback, StopOnInterrupt
 from greengossip.training.evaluate import compare_with_heuristics
 from greengossip.training.imitation import warm_start
-from greengossip.training.rule_rollouts import collect_labels, fit_switch
+from greengossip.training.rule_rollouts import RolloutLabels, collect_labels, fit_switch
 from greengossip.training.rule_selection import warm_start_from_rules
 from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
 from greengossip.training.run_files import atomic_save, latest_checkpoint, prepare_run_folder, resume_checkpoint
@@ -259,22 +259,30 @@ def imitate(model, settings: TrainSettings) -> None:
     model.set_random_seed(settings.seed)
 
 
-def fit_to_rollouts(model, settings: TrainSettings) -> None:
-    """The rule switch fitted to rollout labels (training/rule_rollouts.py), its figures logged at step 0."""
+def fit_to_rollouts(model, settings: TrainSettings, out: Path) -> None:
+    """The rule switch fitted to rollout labels (training/rule_rollouts.py), its figures logged at step 0.
+    Each iteration after the first rolls in with the switch fitted so far (saved as
+    ``rollout_labels_<i>.zip`` in ``out``)."""
     labelling = settings.rule_switch.rollout_labels
     started = time.monotonic()
-    labels = collect_labels(settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed,
-                            scenarios_per_family=labelling.scenarios_per_family, hold=settings.rule_switch.hold,
-                            every=labelling.every, max_nodes=labelling.max_nodes, workers=labelling.workers)
-    fit = fit_switch(model, labels, epochs=labelling.epochs, learning_rate=labelling.learning_rate,
-                     batch_size=labelling.batch_size, seed=settings.seed)
+    labels, rollin = [], None
+    for iteration in range(1, labelling.iterations + 1):
+        labels.append(collect_labels(
+            settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed + iteration - 1,
+            scenarios_per_family=labelling.scenarios_per_family, hold=settings.rule_switch.hold,
+            every=labelling.every, max_nodes=labelling.max_nodes, workers=labelling.workers, rollin=rollin))
+        fit = fit_switch(model, RolloutLabels.join(labels), epochs=labelling.epochs,
+                         learning_rate=labelling.learning_rate, batch_size=labelling.batch_size, seed=settings.seed)
+        LOG.info("rule switch fitted to %d rollout-labelled states (iteration %d of %d, %s roll-in) after %.0f s: "
+                 "it picks a best rule on %.0f%% of them and gains %.3f reward per state over the first rule "
+                 "(the best choice: %.3f)", fit["states"], iteration, labelling.iterations,
+                 "the first rule's" if rollin is None else "the fitted switch's", time.monotonic() - started,
+                 100 * fit["agreement"], fit["gain"], fit["best_gain"])
+        if iteration < labelling.iterations:
+            rollin = str(atomic_save(model, out / f"rollout_labels_{iteration}.zip"))
     for name, value in fit.items():
         model.logger.record(f"rollout_labels/{name}", value)
     model.logger.dump(step=0)
-    LOG.info("rule switch fitted to %d rollout-labelled states of %d train scenarios per family in %.0f s: "
-             "it picks a best rule on %.0f%% of them and gains %.3f reward over the first rule per state "
-             "(the best choice: %.3f)", fit["states"], labelling.scenarios_per_family,
-             time.monotonic() - started, 100 * fit["agreement"], fit["gain"], fit["best_gain"])
     model.set_random_seed(settings.seed)
 
 
@@ -391,7 +399,7 @@ def train(
         if settings.imitation.enabled and not resume:
             imitate(model, settings)
         if settings.rule_switch is not None and settings.rule_switch.rollout_labels is not None and not resume:
-            fit_to_rollouts(model, settings)
+            fit_to_rollouts(model, settings, out)
         best_model_path = out / "best_model.zip"
         evaluation = HeldOutEvalCallback(
             eval_envs,
