@@ -97,8 +97,8 @@ def test_the_train_command_fits_a_switch_to_rollout_labels_before_ppo(tmp_path):
         "iterations: 2}}\n")
     assert record["settings"]["rule_switch"]["rollout_labels"]["every"] == 12
     log = (record["out"] / "train.log").read_text()
-    assert "(iteration 1 of 2, the first rule's roll-in)" in log
-    assert "(iteration 2 of 2, the fitted switch's roll-in)" in log
+    assert "batch 1 of 2 (the first rule's roll-in)" in log and "batch 2 of 2 (the fitted switch's roll-in)" in log
+    assert log.count("rule switch fitted to") == 2
     first_fit = make_scheduler(record["out"] / "rollout_labels_1.zip")  # the second iteration's roll-in
     assert isinstance(first_fit, RuleSwitchingScheduler) and first_fit.hold == 2
     assert make_scheduler(record["out"] / "best_model.zip").hold == 2

@@ -155,8 +155,11 @@ class RolloutLabelSettings(_Frozen):
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
     iterations: int = Field(
-        1, ge=1, description="rounds of labelling and fitting: the first rolls in with the first rule, each later "
-        "one with the switch fitted so far (on other train scenarios), and every fit uses all labels so far")
+        1, ge=1, description="batches of labels, each on other train scenarios: the first "
+        "batches_from_first_rule roll in with the first rule, each later one with the switch fitted to all "
+        "labels so far; the switch is fitted afresh to all labels after each of those and at the end")
+    batches_from_first_rule: int = Field(
+        1, ge=1, description="batches labelled from the first rule's states before the switch is first fitted")
     epochs: int = Field(200, ge=1, description="passes over the labelled states")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the fit")
     batch_size: int = Field(64, ge=1, description="minibatch size of the fit")

@@ -34,6 +34,7 @@ training after the current step, saves the model and a checkpoint, prints how to
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shlex
@@ -261,25 +262,31 @@ def imitate(model, settings: TrainSettings) -> None:
 
 def fit_to_rollouts(model, settings: TrainSettings, out: Path) -> None:
     """The rule switch fitted to rollout labels (training/rule_rollouts.py), its figures logged at step 0.
-    Each iteration after the first rolls in with the switch fitted so far (saved as
-    ``rollout_labels_<i>.zip`` in ``out``)."""
+    Batch i (seed + i) is labelled from the first rule's states for the first ``batches_from_first_rule``,
+    after that from the states of the switch fitted to all labels so far (saved as
+    ``rollout_labels_<i>.zip`` in ``out``); every fit starts from the model's initial weights."""
     labelling = settings.rule_switch.rollout_labels
+    initial = copy.deepcopy(model.policy.state_dict())
     started = time.monotonic()
-    labels, rollin = [], None
-    for iteration in range(1, labelling.iterations + 1):
+    labels, rollin, fit = [], None, None
+    for batch in range(labelling.iterations):
         labels.append(collect_labels(
-            settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed + iteration - 1,
+            settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed + batch,
             scenarios_per_family=labelling.scenarios_per_family, hold=settings.rule_switch.hold,
             every=labelling.every, max_nodes=labelling.max_nodes, workers=labelling.workers, rollin=rollin))
+        LOG.info("rollout labels, batch %d of %d (%s roll-in): %d states after %.0f s", batch + 1,
+                 labelling.iterations, "the first rule's" if rollin is None else "the fitted switch's",
+                 len(labels[-1].returns), time.monotonic() - started)
+        if batch + 1 < labelling.batches_from_first_rule and batch + 1 < labelling.iterations:
+            continue
+        model.policy.load_state_dict(initial)
         fit = fit_switch(model, RolloutLabels.join(labels), epochs=labelling.epochs,
                          learning_rate=labelling.learning_rate, batch_size=labelling.batch_size, seed=settings.seed)
-        LOG.info("rule switch fitted to %d rollout-labelled states (iteration %d of %d, %s roll-in) after %.0f s: "
-                 "it picks a best rule on %.0f%% of them and gains %.3f reward per state over the first rule "
-                 "(the best choice: %.3f)", fit["states"], iteration, labelling.iterations,
-                 "the first rule's" if rollin is None else "the fitted switch's", time.monotonic() - started,
+        LOG.info("rule switch fitted to %d rollout-labelled states: it picks a best rule on %.0f%% of them and "
+                 "gains %.3f reward per state over the first rule (the best choice: %.3f)", fit["states"],
                  100 * fit["agreement"], fit["gain"], fit["best_gain"])
-        if iteration < labelling.iterations:
-            rollin = str(atomic_save(model, out / f"rollout_labels_{iteration}.zip"))
+        if batch + 1 < labelling.iterations:
+            rollin = str(atomic_save(model, out / f"rollout_labels_{batch + 1}.zip"))
     for name, value in fit.items():
         model.logger.record(f"rollout_labels/{name}", value)
     model.logger.dump(step=0)
