@@ -17,7 +17,6 @@ summary averages over what the scheduler cannot see.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,15 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from greengossip.agents.rule_switching import check_switchable, fleet_summary, rule_actions
+from greengossip.agents.rule_switching import check_switchable, fleet_summary, rule_actions, summary_size
 from greengossip.envs.config import RewardWeights
 from greengossip.training.oracle import clone_env
 from greengossip.training.rollout import one_torch_thread
 from greengossip.training.settings import SuiteSettings
 from greengossip.training.suite import SPLITS, load_family
 from greengossip.training.suite_envs import suite_draw
-
-LOG = logging.getLogger("greengossip.train")
 
 
 @dataclass
@@ -93,7 +90,7 @@ def label_scenario(job: tuple) -> RolloutLabels:
     with one_torch_thread():
         config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
         env = EdgeLearningEnv(config)
-        switch = None if rollin is None else make_scheduler(rollin)
+        player = rules[0] if rollin is None else make_scheduler(rollin)
         observation, _ = env.reset(seed=seed)
         offset = seed % every
         summaries, returns = [], []
@@ -102,17 +99,13 @@ def label_scenario(job: tuple) -> RolloutLabels:
             if played % every == offset:
                 summaries.append(fleet_summary(observation))
                 returns.append(rule_returns(env, rules, hold))
-            if switch is None:
-                action = rule_actions(rules, _batched(observation), [0])[0]
-            else:
-                action, state = switch.predict(observation, state=state, episode_start=np.array([played == 0]))
+            action, state = player.predict(observation, state=state, episode_start=np.array([played == 0]))
             observation, _, terminated, truncated, _ = env.step(action)
             played += 1
             done = terminated or truncated
         env.close()
     count = len(summaries)
-    dimension = fleet_summary(observation).shape[-1]
-    return RolloutLabels(np.asarray(summaries, dtype=np.float32).reshape(count, dimension),
+    return RolloutLabels(np.asarray(summaries, dtype=np.float32).reshape(count, summary_size()),
                          np.asarray(returns, dtype=np.float64).reshape(count, len(rules)),
                          np.full(count, family, dtype=object))
 
@@ -154,19 +147,23 @@ def fit_switch(model, labels: RolloutLabels, *, epochs: int, learning_rate: floa
     parameters = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
+
+    def logits(summaries: torch.Tensor) -> torch.Tensor:
+        # the actor's raw logits: the distribution's own are shifted to log-probabilities, which would fit
+        # the advantages only up to that shift
+        return policy.action_net(policy.mlp_extractor.forward_actor(
+            policy.extract_features(summaries, policy.pi_features_extractor)))
+
     policy.set_training_mode(True)
     for _ in range(epochs):
         for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
-            features = policy.extract_features(inputs[batch], policy.pi_features_extractor)
-            logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
-            loss = torch.nn.functional.mse_loss(logits, targets[batch])
+            loss = torch.nn.functional.mse_loss(logits(inputs[batch]), targets[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     policy.set_training_mode(False)
     with torch.no_grad():
-        features = policy.extract_features(inputs, policy.pi_features_extractor)
-        chosen = policy.action_net(policy.mlp_extractor.forward_actor(features)).argmax(-1).numpy()
+        chosen = logits(inputs).argmax(-1).numpy()
     realised = advantages[np.arange(len(chosen)), chosen]
     return {"agreement": float(np.mean(realised >= advantages.max(-1) - 1e-9)), "gain": float(realised.mean()),
             "best_gain": float(advantages.max(-1).mean()), "states": float(len(chosen))}
