@@ -46,9 +46,21 @@ def test_each_copy_replays_the_env_s_future_and_leaves_the_env_where_it_was():
     assert returns.shape == (3,) and np.isfinite(returns).all()
 
 
+def test_with_the_same_rule_continued_each_copy_returns_that_rule_s_own_value():
+    rules = check_switchable(RULES)
+    env = EdgeLearningEnv(tiny_variant(n_nodes=6, observation__adjacency=False))
+    observation, _ = env.reset(seed=8)
+    first = rule_returns(env, rules, hold=2, continuation="first_rule")
+    same = rule_returns(env, rules, hold=2, continuation="same_rule")
+    assert same[0] == pytest.approx(first[0], rel=1e-9)  # the first rule continues itself either way
+    assert not np.allclose(same[1:], first[1:])  # the other rules' tails differ
+    assert _play(env, rules, lambda i: 2, observation) == pytest.approx(same[2], rel=1e-6)
+
+
 def test_a_labelled_scenario_has_one_summary_and_one_return_per_rule_for_each_labelled_round():
     settings = load_settings("suite_rule_switch")
-    labels = label_scenario((settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None))
+    labels = label_scenario((settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None,
+                                    "first_rule"))
     count = len(labels.returns)
     assert count >= 1 and labels.summaries.shape == (count, summary_size())
     assert labels.returns.shape == (count, len(RULES)) and (labels.families == "solar_sensor_field").all()
@@ -83,6 +95,7 @@ def test_the_fit_plays_the_rule_with_the_largest_advantage():
     ({"every": 0}, r"rule_switch\.rollout_labels\.every"),
     ({"max_nodes": 1}, r"rule_switch\.rollout_labels\.max_nodes"),
     ({"scenarios": 3}, r"rule_switch\.rollout_labels\.scenarios"),
+    ({"continuation": "best_rule"}, r"rule_switch\.rollout_labels\.continuation.*first_rule.*same_rule"),
 ])
 def test_bad_rollout_label_settings_name_the_field(changes, match):
     with pytest.raises(SettingsError, match=match):

@@ -202,6 +202,19 @@ def test_a_settings_file_extends_another_section_by_section(tmp_path):
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_a_variant_changes_one_key_of_a_nested_section_and_keeps_the_rest(tmp_path):
+    base = load_settings(ROOT / "configs" / "train" / "suite_rule_rollouts.yaml")
+    (tmp_path / "variant.yaml").write_text(
+        f"extends: {ROOT / 'configs' / 'train' / 'suite_rule_rollouts.yaml'}\n"
+        "rule_switch:\n  rollout_labels:\n    continuation: same_rule\n")
+    variant = load_settings(tmp_path / "variant.yaml")
+    assert variant.rule_switch.rollout_labels.continuation == "same_rule"
+    assert base.rule_switch.rollout_labels.continuation == "first_rule"
+    assert variant.rule_switch.model_dump(exclude={"rollout_labels": {"continuation"}}) == \
+        base.rule_switch.model_dump(exclude={"rollout_labels": {"continuation"}})
+    assert variant.rule_switch.rollout_labels.workers == 2  # the base's, not the field's default of 1
+
+
 def test_settings_files_are_valid_and_hyperparameters_render_as_text():
     for path in sorted((ROOT / "configs" / "train").glob("*.yaml")):
         settings = load_settings(path)

@@ -13,6 +13,12 @@ learned as cost-sensitive classification (Lagoudakis & Parr, "Reinforcement Lear
 Leveraging Modern Classifiers", ICML 2003). The copies know the hidden state (the true battery, who the
 attackers are, the coming harvest) only through what each choice leads to; regressing on the observed
 summary averages over what the scheduler cannot see.
+
+With ``continuation="same_rule"`` each copy plays its rule to the end, so Q(s, k) is rule k's own value from
+s, and the argmax is policy switching among the rules: with exact values it does at least as well as the
+best of them from every state (Chang, Givan & Chong, "Parallel Rollout for Online Solution of Partially
+Observable Markov Decision Processes", Discrete Event Dynamic Systems 14, 2004), which is the comparison the
+benchmark makes, family by family.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -57,16 +64,21 @@ def _batched(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.asarray(value)[None] for key, value in observation.items()}
 
 
-def rule_returns(env, rules: Sequence, hold: int) -> np.ndarray:
+Continuation = Literal["first_rule", "same_rule"]
+
+
+def rule_returns(env, rules: Sequence, hold: int, continuation: Continuation = "first_rule") -> np.ndarray:
     """(K,) the return of each copy of ``env`` (in its current state) that plays ``rules[k]`` for ``hold``
-    rounds and ``rules[0]`` after that, to the end of the episode."""
+    rounds and then, to the end of the episode, ``rules[0]`` (``continuation="first_rule"``) or ``rules[k]``
+    itself (``"same_rule"``)."""
     returns = np.zeros(len(rules))
     for k in range(len(rules)):
         copy = clone_env(env)
         observation = copy._observation()
         done, played = False, 0
+        continued = k if continuation == "same_rule" else 0
         while not done:
-            choice = k if played < hold else 0
+            choice = k if played < hold else continued
             action = rule_actions(rules, _batched(observation), [choice])[0]
             observation, reward, terminated, truncated, _ = copy.step(action)
             returns[k] += reward
@@ -77,15 +89,15 @@ def rule_returns(env, rules: Sequence, hold: int) -> np.ndarray:
 
 def label_scenario(job: tuple) -> RolloutLabels:
     """The labelled states of one train scenario: ``job`` = (suite, family, seed, rule specs, reward weights,
-    hold, every, max_nodes, roll-in). The roll-in (a saved rule switch, or None for the base rule, the first)
-    plays the episode; every ``every`` rounds (from a round the seed picks, so the labelled rounds differ
-    between scenarios) each rule's return is measured. Rolling in with the switch fitted so far labels the
-    states that switch reaches itself, where labels from the base rule's states may not hold (DAgger: Ross,
-    Gordon & Bagnell, AISTATS 2011)."""
+    hold, every, max_nodes, roll-in, continuation as in :func:`rule_returns`). The roll-in (a saved rule
+    switch, or None for the base rule, the first) plays the episode; every ``every`` rounds (from a round the
+    seed picks, so the labelled rounds differ between scenarios) each rule's return is measured. Rolling in
+    with the switch fitted so far labels the states that switch reaches itself, where labels from the base
+    rule's states may not hold (DAgger: Ross, Gordon & Bagnell, AISTATS 2011)."""
     from greengossip.agents.learned import make_scheduler
     from greengossip.envs.gossip_env import EdgeLearningEnv
 
-    suite, family, seed, specs, reward, hold, every, max_nodes, rollin = job
+    suite, family, seed, specs, reward, hold, every, max_nodes, rollin, continuation = job
     rules = check_switchable(specs)
     with one_torch_thread():
         config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
@@ -98,7 +110,7 @@ def label_scenario(job: tuple) -> RolloutLabels:
         while not done:
             if played % every == offset:
                 summaries.append(fleet_summary(observation))
-                returns.append(rule_returns(env, rules, hold))
+                returns.append(rule_returns(env, rules, hold, continuation))
             action, state = player.predict(observation, state=state, episode_start=np.array([played == 0]))
             observation, _, terminated, truncated, _ = env.step(action)
             played += 1
@@ -112,13 +124,14 @@ def label_scenario(job: tuple) -> RolloutLabels:
 
 def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWeights | None, *, seed: int,
                    scenarios_per_family: int, hold: int, every: int, max_nodes: int,
-                   workers: int = 1, rollin: str | None = None) -> RolloutLabels:
+                   workers: int = 1, rollin: str | None = None,
+                   continuation: Continuation = "first_rule") -> RolloutLabels:
     """Rollout labels on ``scenarios_per_family`` train seeds of every family of ``suite`` (picked with
     ``seed``), each at its own fleet size cut at ``max_nodes``, over ``workers`` processes; ``rollin`` as in
-    :func:`label_scenario`."""
+    :func:`label_scenario`, ``continuation`` as in :func:`rule_returns`."""
     rng = np.random.default_rng(seed)
     train = SPLITS["train"]
-    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes, rollin)
+    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes, rollin, continuation)
             for family in suite.family_names
             for draw in rng.choice(np.arange(train.start, train.stop), scenarios_per_family, replace=False)]
     if workers == 1:

@@ -147,11 +147,15 @@ class PolicySettings(_Frozen):
 class RolloutLabelSettings(_Frozen):
     """Rollout labels for a rule switch before PPO (``training/rule_rollouts.py``): on train scenarios of
     every suite family the first rule plays the episode, every ``every`` rounds each rule is played on a copy
-    of the env for ``hold`` rounds (the first rule after that, to the end), and the switch's logits are fitted
-    to each rule's return over the first rule's."""
+    of the env for ``hold`` rounds (then the first rule or the same one, to the end: ``continuation``), and the
+    switch's logits are fitted to each rule's return over the first rule's."""
 
     scenarios_per_family: int = Field(12, ge=1, description="train scenarios of every family that are labelled")
     every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
+    continuation: Literal["first_rule", "same_rule"] = Field(
+        "first_rule", description="what each copy plays after the rule's hold rounds, to the end of the episode: "
+        "the first rule (one step of policy improvement over it) or the same rule (each rule's own value from "
+        "the state: policy switching among the rules)")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
     iterations: int = Field(
@@ -536,7 +540,7 @@ def settings_for_config(config: str | Path | None) -> Path | None:
 
 def _read_settings_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """One settings file as a mapping. ``extends: other.yaml`` (relative to the file) starts from that
-    file's settings, section by section: a variant names only what it changes."""
+    file's settings, key by key at every depth: a variant names only what it changes."""
     if path.resolve() in seen:
         raise SettingsError(f"training settings file {path} extends itself (through {' -> '.join(map(str, seen))})")
     if not path.exists():
@@ -552,10 +556,15 @@ def _read_settings_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, An
         return data
     if not isinstance(parent, str):
         raise SettingsError(f"training settings ({path}): extends must be a file name, got {parent!r}")
-    merged = _read_settings_file(path.parent / parent, (*seen, path.resolve()))
-    for key, value in data.items():
+    return _merged(_read_settings_file(path.parent / parent, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``change`` laid over it, mapping by mapping at every depth (a list or a value replaces)."""
+    merged = dict(base)
+    for key, value in change.items():
         section = merged.get(key)
-        merged[key] = {**section, **value} if isinstance(section, dict) and isinstance(value, dict) else value
+        merged[key] = _merged(section, value) if isinstance(section, dict) and isinstance(value, dict) else value
     return merged
 
 
