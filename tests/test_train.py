@@ -185,7 +185,7 @@ def test_misspelt_setting_is_named_in_the_error():
         load_settings(TINY_SETTINGS, seed=10_000)  # would overlap the held-out seeds
 
 
-def test_a_settings_file_extends_another_section_by_section(tmp_path):
+def test_a_settings_file_extends_another_key_by_key(tmp_path):
     base = load_settings(ROOT / "configs" / "train" / "default.yaml")
     (tmp_path / "variant.yaml").write_text(
         f"extends: {ROOT / 'configs' / 'train' / 'default.yaml'}\nmaskable_ppo:\n  learning_rate: 0.0001\nseed: 3\n")
