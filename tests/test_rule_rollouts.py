@@ -59,8 +59,8 @@ def test_with_the_same_rule_continued_each_copy_returns_that_rule_s_own_value():
 
 def test_a_labelled_scenario_has_one_summary_and_one_return_per_rule_for_each_labelled_round():
     settings = load_settings("suite_rule_switch")
-    labels = label_scenario((settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None,
-                                    "first_rule"))
+    job = (settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None, "first_rule")
+    labels = label_scenario(job)
     count = len(labels.returns)
     assert count >= 1 and labels.summaries.shape == (count, summary_size())
     assert labels.returns.shape == (count, len(RULES)) and (labels.families == "solar_sensor_field").all()
