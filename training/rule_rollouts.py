@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from greengossip.agents.rule_switching import check_switchable, fleet_summary, r
 from greengossip.envs.config import RewardWeights
 from greengossip.training.oracle import clone_env
 from greengossip.training.rollout import one_torch_thread
-from greengossip.training.settings import SuiteSettings
+from greengossip.training.settings import Continuation, SuiteSettings
 from greengossip.training.suite import SPLITS, load_family
 from greengossip.training.suite_envs import suite_draw
 
@@ -62,9 +61,6 @@ class RolloutLabels:
 
 def _batched(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.asarray(value)[None] for key, value in observation.items()}
-
-
-Continuation = Literal["first_rule", "same_rule"]
 
 
 def rule_returns(env, rules: Sequence, hold: int, continuation: Continuation = "first_rule") -> np.ndarray:

@@ -25,6 +25,7 @@ FIRST_VALIDATION_SEED = 10_000  # held-out seeds of the evaluation callback (bes
 FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heuristics
 
 Algorithm = Literal["maskable_ppo", "ppo", "a2c", "recurrent_ppo"]
+Continuation = Literal["first_rule", "same_rule"]  # what a rollout-label copy plays after its rule's hold
 ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # agents.policies.ALGORITHMS, as a type for validation
 
 
@@ -152,7 +153,7 @@ class RolloutLabelSettings(_Frozen):
 
     scenarios_per_family: int = Field(12, ge=1, description="train scenarios of every family that are labelled")
     every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
-    continuation: Literal["first_rule", "same_rule"] = Field(
+    continuation: Continuation = Field(
         "first_rule", description="what each copy plays after the rule's hold rounds, to the end of the episode: "
         "the first rule (one step of policy improvement over it) or the same rule (each rule's own value from "
         "the state: policy switching among the rules)")
