@@ -34,62 +34,94 @@ from greengossip.agents.rule_switching import check_switchable, fleet_summary, r
 from greengossip.envs.config import RewardWeights
 from greengossip.training.oracle import clone_env
 from greengossip.training.rollout import one_torch_thread
-from greengossip.training.settings import Continuation, SuiteSettings
+from greengossip.training.settings import Continuation, LabelMeasure, SuiteSettings
 from greengossip.training.suite import SPLITS, load_family
 from greengossip.training.suite_envs import suite_draw
 
 
 @dataclass
 class RolloutLabels:
-    """Labelled states: ``summaries`` (S, D) as the switch sees them, ``returns`` (S, K) the return of each
-    rule from there, ``families`` (S,) the family each state's scenario was drawn from."""
+    """Labelled states: ``summaries`` (S, D) as the switch sees them; for each rule k, from there to the end of
+    the episode, ``returns`` (S, K) its return, ``carbon_g`` (S, K) the gCO2e it emits and ``shortfall``
+    (S, K) how far its final accuracy falls short of the target, over the target (0 where it reaches the
+    target); ``families`` (S,) the family each state's scenario was drawn from."""
 
     summaries: np.ndarray
     returns: np.ndarray
+    carbon_g: np.ndarray
+    shortfall: np.ndarray
     families: np.ndarray
 
-    @property
-    def advantages(self) -> np.ndarray:
-        """(S, K) each rule's return minus the base rule's (column 0)."""
-        return self.returns - self.returns[:, :1]
+    def values(self, measure: LabelMeasure = "return") -> np.ndarray:
+        """(S, K) what each rule is worth from each state, higher is better. ``"return"``: the env's reward.
+        ``"carbon_to_target"``: minus the carbon emitted until the target is reached, what the benchmark
+        sums. A copy that misses the target ranks below every copy of its state that reaches it (twice the
+        state's largest carbon), and misses rank among themselves by shortfall, not by the carbon they
+        saved by giving up."""
+        if measure == "return":
+            return self.returns
+        missed = self.shortfall > 0
+        miss_cost = 2.0 * self.carbon_g.max(1, keepdims=True) * (1.0 + self.shortfall)
+        return -np.where(missed, miss_cost, self.carbon_g)
+
+    def advantages(self, measure: LabelMeasure = "return") -> np.ndarray:
+        """(S, K) each rule's value (:meth:`values`) minus the base rule's (column 0)."""
+        values = self.values(measure)
+        return values - values[:, :1]
 
     @staticmethod
     def join(parts: Sequence[RolloutLabels]) -> RolloutLabels:
-        return RolloutLabels(np.concatenate([p.summaries for p in parts]), np.concatenate([p.returns for p in parts]),
-                             np.concatenate([p.families for p in parts]))
+        return RolloutLabels(*(np.concatenate([getattr(p, name) for p in parts]) for name in LABEL_FIELDS))
+
+
+LABEL_FIELDS = ("summaries", "returns", "carbon_g", "shortfall", "families")
+OUTCOMES = ("return", "carbon_g", "shortfall")  # the columns of rule_outcomes, in order
 
 
 def _batched(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.asarray(value)[None] for key, value in observation.items()}
 
 
-def rule_returns(env, rules: Sequence, hold: int, continuation: Continuation = "first_rule") -> np.ndarray:
-    """(K,) the return of each copy of ``env`` (in its current state) that plays ``rules[k]`` for ``hold``
-    rounds and then, to the end of the episode, ``rules[0]`` (``continuation="first_rule"``) or ``rules[k]``
-    itself (``"same_rule"``)."""
-    returns = np.zeros(len(rules))
-    for k in range(len(rules)):
+def _shortfall(terminated: bool, info: dict) -> float:
+    """The episode's last step's shortfall: 0 on reaching the target, else the deadline component's."""
+    return 0.0 if terminated else max(0.0, -float(info["reward_components"]["deadline"]))
+
+
+def rule_outcomes(env, rules: Sequence, hold: int, continuation: Continuation = "first_rule",
+                  first: int = 0) -> np.ndarray:
+    """(K, 3): for each copy of ``env`` (in its current state) that plays ``rules[k]`` for ``hold`` rounds
+    and then, to the end of the episode, ``rules[0]`` (``continuation="first_rule"``) or ``rules[k]`` itself
+    (``"same_rule"``), its return, its gCO2e and its shortfall (columns as :data:`OUTCOMES`). Copies before
+    ``first`` are not played (their rows are NaN)."""
+    outcomes = np.full((len(rules), len(OUTCOMES)), np.nan)
+    for k in range(first, len(rules)):
         copy = clone_env(env)
         observation = copy._observation()
-        done, played = False, 0
+        done, played, total, carbon = False, 0, 0.0, 0.0
         continued = k if continuation == "same_rule" else 0
         while not done:
             choice = k if played < hold else continued
             action = rule_actions(rules, _batched(observation), [choice])[0]
-            observation, reward, terminated, truncated, _ = copy.step(action)
-            returns[k] += reward
+            observation, reward, terminated, truncated, info = copy.step(action)
+            total += reward
+            carbon += info["carbon_g"]
             played += 1
             done = terminated or truncated
-    return returns
+        outcomes[k] = total, carbon, _shortfall(terminated, info)
+    return outcomes
 
 
 def label_scenario(job: tuple) -> RolloutLabels:
     """The labelled states of one train scenario: ``job`` = (suite, family, seed, rule specs, reward weights,
-    hold, every, max_nodes, roll-in, continuation as in :func:`rule_returns`). The roll-in (a saved rule
+    hold, every, max_nodes, roll-in, continuation as in :func:`rule_outcomes`). The roll-in (a saved rule
     switch, or None for the base rule, the first) plays the episode; every ``every`` rounds (from a round the
-    seed picks, so the labelled rounds differ between scenarios) each rule's return is measured. Rolling in
+    seed picks, so the labelled rounds differ between scenarios) each rule's outcome is measured. Rolling in
     with the switch fitted so far labels the states that switch reaches itself, where labels from the base
-    rule's states may not hold (DAgger: Ross, Gordon & Bagnell, AISTATS 2011)."""
+    rule's states may not hold (DAgger: Ross, Gordon & Bagnell, AISTATS 2011).
+
+    Rolled in with the base rule, the base rule's copy would replay the episode's own future (the base rule
+    continues itself under either continuation, and every draw is keyed by episode and round), so it is not
+    played: its outcome is the episode's own, summed from the labelled round on. That saves one copy in K."""
     from greengossip.agents.learned import make_scheduler
     from greengossip.envs.gossip_env import EdgeLearningEnv
 
@@ -99,23 +131,32 @@ def label_scenario(job: tuple) -> RolloutLabels:
         config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
         env = EdgeLearningEnv(config)
         player = rules[0] if rollin is None else make_scheduler(rollin)
+        first = 1 if rollin is None else 0
         observation, _ = env.reset(seed=seed)
         offset = seed % every
-        summaries, returns = [], []
+        summaries, outcomes, labelled, rewards, carbon = [], [], [], [], []
         done, played, state = False, 0, None
         while not done:
             if played % every == offset:
                 summaries.append(fleet_summary(observation))
-                returns.append(rule_returns(env, rules, hold, continuation))
+                outcomes.append(rule_outcomes(env, rules, hold, continuation, first))
+                labelled.append(played)
             action, state = player.predict(observation, state=state, episode_start=np.array([played == 0]))
-            observation, _, terminated, truncated, _ = env.step(action)
+            observation, step_reward, terminated, truncated, info = env.step(action)
+            rewards.append(step_reward)
+            carbon.append(info["carbon_g"])
             played += 1
             done = terminated or truncated
         env.close()
     count = len(summaries)
+    table = np.asarray(outcomes, dtype=np.float64).reshape(count, len(rules), len(OUTCOMES))
+    if first:
+        # the episode's own tail from each labelled round: reversed cumulative sums
+        table[:, 0, 0] = np.cumsum(rewards[::-1])[::-1][labelled]
+        table[:, 0, 1] = np.cumsum(carbon[::-1])[::-1][labelled]
+        table[:, 0, 2] = _shortfall(terminated, info)
     return RolloutLabels(np.asarray(summaries, dtype=np.float32).reshape(count, summary_size()),
-                         np.asarray(returns, dtype=np.float64).reshape(count, len(rules)),
-                         np.full(count, family, dtype=object))
+                         table[..., 0], table[..., 1], table[..., 2], np.full(count, family, dtype=object))
 
 
 def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWeights | None, *, seed: int,
@@ -139,13 +180,14 @@ def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWei
 
 
 def fit_switch(model, labels: RolloutLabels, *, epochs: int, learning_rate: float, batch_size: int,
-               seed: int) -> dict[str, float]:
+               seed: int, measure: LabelMeasure = "return") -> dict[str, float]:
     """Fits the actor of a rule-switch PPO ``model`` so that its logits are each rule's advantage over the
-    base rule (``labels.advantages``), scaled per family by that family's mean absolute advantage, so every
-    family weighs the same whatever its return scale. The deterministic switch then plays the rule with the
-    largest predicted advantage. Returns the share of labelled states on which it picks a rule whose
-    advantage is the best one's (``agreement``) and the mean advantage it realises (``gain``)."""
-    advantages = labels.advantages
+    base rule on ``measure`` (``labels.advantages(measure)``), scaled per family by that family's mean
+    absolute advantage, so every family weighs the same whatever its scale. The deterministic switch then
+    plays the rule with the largest predicted advantage. Returns the share of labelled states on which it
+    picks a rule whose advantage is the best one's (``agreement``) and the mean advantage it realises
+    (``gain``)."""
+    advantages = labels.advantages(measure)
     scale = np.ones(len(advantages))
     for family in np.unique(labels.families):
         rows = labels.families == family

@@ -26,6 +26,7 @@ FIRST_TEST_SEED = 20_000  # held-out seeds of the final comparison with the heur
 
 Algorithm = Literal["maskable_ppo", "ppo", "a2c", "recurrent_ppo"]
 Continuation = Literal["first_rule", "same_rule"]  # what a rollout-label copy plays after its rule's hold
+LabelMeasure = Literal["return", "carbon_to_target"]  # what a rollout label ranks the rules by
 ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # agents.policies.ALGORITHMS, as a type for validation
 
 
@@ -149,7 +150,7 @@ class RolloutLabelSettings(_Frozen):
     """Rollout labels for a rule switch before PPO (``training/rule_rollouts.py``): on train scenarios of
     every suite family the first rule plays the episode, every ``every`` rounds each rule is played on a copy
     of the env for ``hold`` rounds (then the first rule or the same one, to the end: ``continuation``), and the
-    switch's logits are fitted to each rule's return over the first rule's."""
+    switch's logits are fitted to each rule's value (``measure``) over the first rule's."""
 
     scenarios_per_family: int = Field(12, ge=1, description="train scenarios of every family that are labelled")
     every: int = Field(6, ge=1, description="rounds between two labelled states of one episode")
@@ -157,6 +158,10 @@ class RolloutLabelSettings(_Frozen):
         "first_rule", description="what each copy plays after the rule's hold rounds, to the end of the episode: "
         "the first rule (one step of policy improvement over it) or the same rule (each rule's own value from "
         "the state: policy switching among the rules)")
+    measure: LabelMeasure = Field(
+        "return", description="what the fit ranks the rules by: the env's return, or the carbon each copy emits "
+        "until it reaches the target, as the benchmark sums it (a copy that misses the target ranks below every "
+        "copy that reaches it)")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
     iterations: int = Field(

@@ -282,10 +282,11 @@ def fit_to_rollouts(model, settings: TrainSettings, out: Path) -> None:
             continue
         model.policy.load_state_dict(initial)
         fit = fit_switch(model, RolloutLabels.join(labels), epochs=labelling.epochs,
-                         learning_rate=labelling.learning_rate, batch_size=labelling.batch_size, seed=settings.seed)
+                         learning_rate=labelling.learning_rate, batch_size=labelling.batch_size, seed=settings.seed,
+                         measure=labelling.measure)
         LOG.info("rule switch fitted to %d rollout-labelled states: it picks a best rule on %.0f%% of them and "
-                 "gains %.3f reward per state over the first rule (the best choice: %.3f)", fit["states"],
-                 100 * fit["agreement"], fit["gain"], fit["best_gain"])
+                 "gains %.3f per state over the first rule on %s (the best choice: %.3f)", fit["states"],
+                 100 * fit["agreement"], fit["gain"], labelling.measure, fit["best_gain"])
         if batch + 1 < labelling.iterations:
             rollin = str(atomic_save(model, out / f"rollout_labels_{batch + 1}.zip"))
     for name, value in fit.items():
