@@ -154,6 +154,8 @@ def test_the_fit_plays_the_rule_with_the_largest_advantage(measure):
     ({"scenarios": 3}, r"rule_switch\.rollout_labels\.scenarios"),
     ({"continuation": "best_rule"}, r"rule_switch\.rollout_labels\.continuation.*first_rule.*same_rule"),
     ({"measure": "carbon"}, r"rule_switch\.rollout_labels\.measure.*return.*carbon_to_target"),
+    ({"family_max_nodes": {"large": 256}}, r"family_max_nodes.*unknown families \['large'\].*large_network"),
+    ({"family_max_nodes": {"large_network": 1}}, r"family_max_nodes.*at least 2 nodes"),
 ])
 def test_bad_rollout_label_settings_name_the_field(changes, match):
     with pytest.raises(SettingsError, match=match):
@@ -165,11 +167,28 @@ def test_the_train_command_fits_a_switch_to_rollout_labels_before_ppo(tmp_path):
         tmp_path, "suite_rule_switch", "ppo: {n_steps: 8, batch_size: 32}\n"
         "suite: {families: [solar_sensor_field], n_nodes: 6}\n"
         "rule_switch: {hold: 2, rollout_labels: {scenarios_per_family: 1, every: 12, max_nodes: 6, epochs: 2, "
-        "iterations: 2}}\n")
+        "iterations: 2, measure: carbon_to_target}}\n")
     assert record["settings"]["rule_switch"]["rollout_labels"]["every"] == 12
     log = (record["out"] / "train.log").read_text()
     assert "batch 1 of 2 (the first rule's roll-in)" in log and "batch 2 of 2 (the fitted switch's roll-in)" in log
-    assert log.count("rule switch fitted to") == 2
+    assert log.count("rule switch fitted to") == 2 and log.count("over the first rule on carbon_to_target") == 2
     first_fit = make_scheduler(record["out"] / "rollout_labels_1.zip")  # the second iteration's roll-in
     assert isinstance(first_fit, RuleSwitchingScheduler) and first_fit.hold == 2
     assert make_scheduler(record["out"] / "best_model.zip").hold == 2
+
+
+def test_a_family_named_in_family_max_nodes_is_labelled_at_its_own_cut(monkeypatch):
+    from greengossip.training import rule_rollouts
+
+    settings = load_settings("suite_rule_switch", suite={"families": ["solar_sensor_field", "large_network"]})
+    cuts: dict[str, set[int]] = {}
+
+    def record(job):
+        cuts.setdefault(job[1], set()).add(job[7])  # (suite, family, seed, specs, reward, hold, every, max_nodes..)
+        return RolloutLabels(*(np.zeros((0, width)) for width in (summary_size(), 3, 3, 3)),
+                             np.zeros(0, dtype=object))
+
+    monkeypatch.setattr(rule_rollouts, "label_scenario", record)
+    rule_rollouts.collect_labels(settings.suite, RULES, settings.reward, seed=0, scenarios_per_family=2, hold=2,
+                                 every=6, max_nodes=64, family_max_nodes={"large_network": 1024})
+    assert cuts == {"solar_sensor_field": {64}, "large_network": {1024}}

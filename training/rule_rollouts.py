@@ -23,7 +23,7 @@ benchmark makes, family by family.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -161,14 +161,17 @@ def label_scenario(job: tuple) -> RolloutLabels:
 
 def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWeights | None, *, seed: int,
                    scenarios_per_family: int, hold: int, every: int, max_nodes: int,
-                   workers: int = 1, rollin: str | None = None,
+                   family_max_nodes: Mapping[str, int] | None = None, workers: int = 1, rollin: str | None = None,
                    continuation: Continuation = "first_rule") -> RolloutLabels:
     """Rollout labels on ``scenarios_per_family`` train seeds of every family of ``suite`` (picked with
-    ``seed``), each at its own fleet size cut at ``max_nodes``, over ``workers`` processes; ``rollin`` as in
-    :func:`label_scenario`, ``continuation`` as in :func:`rule_returns`."""
+    ``seed``), each at its own fleet size cut at ``family_max_nodes[family]`` where given, else at
+    ``max_nodes``, over ``workers`` processes; ``rollin`` as in :func:`label_scenario`, ``continuation`` as
+    in :func:`rule_outcomes`."""
     rng = np.random.default_rng(seed)
     train = SPLITS["train"]
-    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, max_nodes, rollin, continuation)
+    sizes = dict(family_max_nodes or {})
+    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, sizes.get(family, max_nodes), rollin,
+             continuation)
             for family in suite.family_names
             for draw in rng.choice(np.arange(train.start, train.stop), scenarios_per_family, replace=False)]
     if workers == 1:

@@ -146,6 +146,14 @@ class PolicySettings(_Frozen):
         return prior
 
 
+def check_family_names(names) -> None:
+    """A ValueError naming every name that is not a shipped suite family, and the allowed ones."""
+    known = shipped_names("suite")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; allowed: {', '.join(known)}")
+
+
 class RolloutLabelSettings(_Frozen):
     """Rollout labels for a rule switch before PPO (``training/rule_rollouts.py``): on train scenarios of
     every suite family the first rule plays the episode, every ``every`` rounds each rule is played on a copy
@@ -163,6 +171,10 @@ class RolloutLabelSettings(_Frozen):
         "until it reaches the target, as the benchmark sums it (a copy that misses the target ranks below every "
         "copy that reaches it)")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
+    family_max_nodes: dict[str, int] = Field(
+        {}, description="largest fleet labelled in each named family, in place of max_nodes: a family whose "
+        "structure changes with its size (the large network's regions and gateways) is labelled at the sizes "
+        "the benchmark plays")
     workers: int = Field(1, ge=1, description="processes playing the scenarios")
     iterations: int = Field(
         1, ge=1, description="batches of labels, each on other train scenarios: the first "
@@ -173,6 +185,15 @@ class RolloutLabelSettings(_Frozen):
     epochs: int = Field(200, ge=1, description="passes over the labelled states")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the fit")
     batch_size: int = Field(64, ge=1, description="minibatch size of the fit")
+
+    @field_validator("family_max_nodes")
+    @classmethod
+    def _shipped_families(cls, sizes: dict[str, int]) -> dict[str, int]:
+        check_family_names(sizes)
+        small = {name: size for name, size in sizes.items() if size < 2}
+        if small:
+            raise ValueError(f"{small}: a labelled fleet has at least 2 nodes")
+        return sizes
 
 
 class RuleSwitchSettings(_Frozen):
@@ -315,10 +336,7 @@ class SuiteSettings(_Frozen):
     @field_validator("families")
     @classmethod
     def _shipped_families(cls, families: list[str]) -> list[str]:
-        known = shipped_names("suite")
-        unknown = [name for name in families if name not in known]
-        if unknown:
-            raise ValueError(f"unknown families {unknown}; allowed: {', '.join(known)}")
+        check_family_names(families)
         if len(set(families)) < len(families):
             raise ValueError(f"families {families} lists a family twice; name each once")
         return families

@@ -273,7 +273,8 @@ def fit_to_rollouts(model, settings: TrainSettings, out: Path) -> None:
         labels.append(collect_labels(
             settings.suite, settings.rule_switch.rules, settings.reward, seed=settings.seed + batch,
             scenarios_per_family=labelling.scenarios_per_family, hold=settings.rule_switch.hold,
-            every=labelling.every, max_nodes=labelling.max_nodes, workers=labelling.workers, rollin=rollin,
+            every=labelling.every, max_nodes=labelling.max_nodes, family_max_nodes=labelling.family_max_nodes,
+            workers=labelling.workers, rollin=rollin,
             continuation=labelling.continuation))
         LOG.info("rollout labels, batch %d of %d (%s roll-in): %d states after %.0f s", batch + 1,
                  labelling.iterations, "the first rule's" if rollin is None else "the fitted switch's",
