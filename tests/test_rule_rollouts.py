@@ -110,15 +110,17 @@ def _labels(returns, carbon_g, shortfall, summaries=None):
 
 
 def test_carbon_to_target_ranks_a_miss_below_every_copy_that_reaches_the_target():
-    labels = _labels(returns=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]],
-                     carbon_g=[[5.0, 9.0, 0.5], [4.0, 1.0, 2.0]],
-                     shortfall=[[0.0, 0.0, 0.2], [0.3, 0.1, 0.3]])
+    labels = _labels(returns=[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                     carbon_g=[[5.0, 9.0, 0.5], [4.0, 1.0, 2.0], [0.0, 0.0, 0.0]],
+                     shortfall=[[0.0, 0.0, 0.2], [0.3, 0.1, 0.3], [0.0, 0.1, 0.0]])
     values = labels.values("carbon_to_target")
     # state 0: rule 2 emits least but misses; of those that reach the target, rule 0 emits least
     assert np.argsort(-values[0]).tolist() == [0, 1, 2]
     # state 1: every copy misses; the one closest to the target ranks first, and two that fall equally short
     # rank equal, whatever they emit
     assert values[1].argmax() == 1 and values[1][0] == values[1][2]
+    # state 2: nothing more is emitted whatever the rule, and the copy that misses still ranks last
+    assert values[2][0] == values[2][2] == 0.0 and values[2][1] < 0.0
     np.testing.assert_array_equal(labels.values("return"), labels.returns)
 
 

@@ -55,14 +55,20 @@ class RolloutLabels:
     def values(self, measure: LabelMeasure = "return") -> np.ndarray:
         """(S, K) what each rule is worth from each state, higher is better. ``"return"``: the env's reward.
         ``"carbon_to_target"``: minus the carbon emitted until the target is reached, what the benchmark
-        sums. A copy that misses the target ranks below every copy of its state that reaches it (twice the
-        state's largest carbon), and misses rank among themselves by shortfall, not by the carbon they
-        saved by giving up."""
+        sums. A copy that misses the target ranks below every copy of its state that reaches it, and misses
+        rank among themselves by shortfall, not by the carbon they saved by giving up: a miss costs twice
+        the state's largest carbon plus its family's typical one (the mean over the family's states of
+        their largest), times 1 + shortfall. The family's term keeps a miss costly from a state where every
+        copy emits nothing more (a solar fleet on a sunny afternoon)."""
         if measure == "return":
             return self.returns
-        missed = self.shortfall > 0
-        miss_cost = 2.0 * self.carbon_g.max(1, keepdims=True) * (1.0 + self.shortfall)
-        return -np.where(missed, miss_cost, self.carbon_g)
+        largest = self.carbon_g.max(1)
+        typical = np.zeros(len(largest))
+        for family in np.unique(self.families):
+            rows = self.families == family
+            typical[rows] = largest[rows].mean()
+        miss_cost = 2.0 * (largest + typical)[:, None] * (1.0 + self.shortfall)
+        return -np.where(self.shortfall > 0, miss_cost, self.carbon_g)
 
     def advantages(self, measure: LabelMeasure = "return") -> np.ndarray:
         """(S, K) each rule's value (:meth:`values`) minus the base rule's (column 0)."""
