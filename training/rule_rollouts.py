@@ -14,6 +14,10 @@ Leveraging Modern Classifiers", ICML 2003). The copies know the hidden state (th
 attackers are, the coming harvest) only through what each choice leads to; regressing on the observed
 summary averages over what the scheduler cannot see.
 
+Each copy also records the carbon it emits and whether it reaches the target: with
+``measure="carbon_to_target"`` the fit ranks the rules by carbon until the target, as the benchmark does,
+instead of by return (:meth:`RolloutLabels.values`).
+
 With ``continuation="same_rule"`` each copy plays its rule to the end, so Q(s, k) is rule k's own value from
 s, and the argmax is policy switching among the rules: with exact values it does at least as well as the
 best of them from every state (Chang, Givan & Chong, "Parallel Rollout for Online Solution of Partially
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -77,10 +81,10 @@ class RolloutLabels:
 
     @staticmethod
     def join(parts: Sequence[RolloutLabels]) -> RolloutLabels:
-        return RolloutLabels(*(np.concatenate([getattr(p, name) for p in parts]) for name in LABEL_FIELDS))
+        names = [field.name for field in fields(RolloutLabels)]
+        return RolloutLabels(*(np.concatenate([getattr(part, name) for part in parts]) for name in names))
 
 
-LABEL_FIELDS = ("summaries", "returns", "carbon_g", "shortfall", "families")
 OUTCOMES = ("return", "carbon_g", "shortfall")  # the columns of rule_outcomes, in order
 
 
