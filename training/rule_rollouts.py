@@ -67,12 +67,16 @@ class RolloutLabels:
         if measure == "return":
             return self.returns
         largest = self.carbon_g.max(1)
-        typical = np.zeros(len(largest))
+        miss_cost = 2.0 * (largest + self.family_mean(largest))[:, None] * (1.0 + self.shortfall)
+        return -np.where(self.shortfall > 0, miss_cost, self.carbon_g)
+
+    def family_mean(self, values: np.ndarray) -> np.ndarray:
+        """(S,) for each state, the mean of ``values`` ((S,) or (S, K)) over the states of its family."""
+        means = np.zeros(len(self.families))
         for family in np.unique(self.families):
             rows = self.families == family
-            typical[rows] = largest[rows].mean()
-        miss_cost = 2.0 * (largest + typical)[:, None] * (1.0 + self.shortfall)
-        return -np.where(self.shortfall > 0, miss_cost, self.carbon_g)
+            means[rows] = values[rows].mean()
+        return means
 
     def advantages(self, measure: LabelMeasure = "return") -> np.ndarray:
         """(S, K) each rule's value (:meth:`values`) minus the base rule's (column 0)."""
@@ -201,10 +205,7 @@ def fit_switch(model, labels: RolloutLabels, *, epochs: int, learning_rate: floa
     picks a rule whose advantage is the best one's (``agreement``) and the mean advantage it realises
     (``gain``)."""
     advantages = labels.advantages(measure)
-    scale = np.ones(len(advantages))
-    for family in np.unique(labels.families):
-        rows = labels.families == family
-        scale[rows] = max(float(np.abs(advantages[rows]).mean()), 1e-9)
+    scale = np.maximum(labels.family_mean(np.abs(advantages)), 1e-9)
     targets = torch.as_tensor(advantages / scale[:, None], dtype=torch.float32)
     inputs = torch.as_tensor(labels.summaries, dtype=torch.float32)
     policy = model.policy

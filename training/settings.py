@@ -8,6 +8,7 @@ renders them for TensorBoard's text tab. Like the env config, a misspelt key is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,7 +147,7 @@ class PolicySettings(_Frozen):
         return prior
 
 
-def check_family_names(names) -> None:
+def check_family_names(names: Iterable[str]) -> None:
     """A ValueError naming every name that is not a shipped suite family, and the allowed ones."""
     known = shipped_names("suite")
     unknown = [name for name in names if name not in known]
