@@ -123,6 +123,7 @@ class FleetBatch:
         and the KPIs as a dict of (B,) arrays (episode totals included; they matter where an episode ended)."""
         config, scenario = self.config, self.scenario
         noise = draw_randomness(config, scenario, self.state.round)
+        self.channel.requested(action)
         play_round = transition if self.play_round is None else self.play_round
         self.state, outcome = play_round(config, scenario, self.state, action, noise)
         if self.twin is not None:  # no attack draws: every attacker behaves as an honest node

@@ -226,9 +226,10 @@ def observe(
         **telemetry,
         **features.static_columns,
         "trust": trust,
-        "staleness": (state.staleness / STALENESS_HORIZON).clamp_(max=1.0),
+        # under hidden drop-outs the telemetry holds what the scheduler asked (envs/telemetry.py)
+        "staleness": (telemetry.get("staleness", state.staleness) / STALENESS_HORIZON).clamp(max=1.0),
         "local_loss": state.local_loss,
-        "last_action": state.last_action / (N_ACTIONS - 1),
+        "last_action": telemetry.get("last_action", state.last_action) / (N_ACTIONS - 1),
         "dropped": telemetry["dropped"] if "dropped" in telemetry else state.dropped.float(),
         "model_lag": model_lag(state.params, state.public),
     }

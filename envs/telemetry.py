@@ -4,8 +4,11 @@ A node's report starts from the truth (envs/observation.py ``true_telemetry``); 
 replace it with the most attractive values; with private telemetry the private values (battery, background
 load) pass through the configured mechanism, a node reports only when due and within its device's budget,
 and a node that stays silent shows its last released values (envs/dynamics/privacy.py). The per-node
-drop-out flag is then not released at all (the fleet's share of drop-outs, an aggregate, still is). The
-scheduler never sees more than the nodes chose to publish, and its action mask is built from that.
+drop-out flag is then not released at all (the fleet's share of drop-outs, an aggregate, still is), and
+nothing else per node may give a drop-out away: a node reports when it was asked to wake (not when it did),
+and the scheduler's ``last_action`` and ``staleness`` columns show what it asked of each node, not what the
+node carried out (a node that could not pay its round sleeps instead). The scheduler never sees more than
+the nodes chose to publish, and its action mask is built from that.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from greengossip.envs.config import EnvConfig
 from greengossip.envs.dynamics import attacks
+from greengossip.envs.dynamics.energy import decode_action
 from greengossip.envs.dynamics.privacy import PRIVATE_RANGES, PrivacyAccountant, noise_scale, privatize
 from greengossip.envs.observation import ScenarioFeatures, apply_lies, true_telemetry
 from greengossip.envs.scenario import Scenario
@@ -44,6 +48,10 @@ class TelemetryChannel:
         self.reported: dict[str, torch.Tensor] | None = None
         self.telemetry: dict[str, torch.Tensor] = {}
         self.mask: torch.Tensor | None = None
+        # what the scheduler asked of each node last round, and the rounds since it last asked it to
+        # broadcast: under hidden drop-outs these stand in for what the nodes carried out
+        self.requested_action: torch.Tensor | None = None
+        self.requested_silence: torch.Tensor | None = None
 
     def start(self, scenario: Scenario, new_devices: bool = True) -> None:
         """New episodes in every environment. Unless ``new_devices``, the devices' accountants carry over
@@ -52,11 +60,20 @@ class TelemetryChannel:
             self.accountant = PrivacyAccountant(self.config.privacy, scenario.n_nodes, scenario.capacity_wh.device,
                                                 rounds_per_day=1440.0 / self.config.round_minutes)
         self.reported = None
+        device = scenario.capacity_wh.device
+        self.requested_action = torch.zeros(scenario.n_nodes, dtype=torch.long, device=device)
+        self.requested_silence = torch.zeros(scenario.n_nodes, device=device)
         self.new_scenario(scenario)
 
     def new_scenario(self, scenario: Scenario) -> None:
         self.liars = attacks.is_kind(scenario.attack_kind, "lying_telemetry")
         self.any_liars = bool(self.liars.any())
+
+    def requested(self, action: torch.Tensor) -> None:
+        """The (B·N,) actions the scheduler asks of the nodes for the round about to be played."""
+        _, sends, _ = decode_action(action)
+        self.requested_silence = torch.where(sends, 0.0, self.requested_silence + 1)
+        self.requested_action = action.clone()
 
     def round_played(self, scenario: Scenario) -> None:
         """Every device lived one more round."""
@@ -67,6 +84,9 @@ class TelemetryChannel:
         """What the nodes report for the coming round, and the mask. ``restarted`` (bool): only these
         nodes' episodes just began (the others reported this round already); they show the placeholder until
         their first report. None: a round was played (or every episode began) and every node is due."""
+        if restarted is not None:  # a new episode: nothing asked of these nodes yet
+            self.requested_action = torch.where(restarted, 0, self.requested_action)
+            self.requested_silence = torch.where(restarted, 0.0, self.requested_silence)
         self.publish(scenario, state, self.release(scenario, features, state, restarted))
 
     def release(self, scenario: Scenario, features: ScenarioFeatures, state: SimState,
@@ -96,6 +116,9 @@ class TelemetryChannel:
         else:
             self.telemetry = {name: value.clamp(0.0, PRIVATE_RANGES[name]) if name in PRIVATE_RANGES else value
                               for name, value in telemetry.items()}
+        if self.hides_dropouts():
+            self.telemetry = {**self.telemetry, "last_action": self.requested_action,
+                              "staleness": self.requested_silence}
         reported_battery = self.telemetry["battery_soc"] * scenario.capacity_wh
         if privacy.mechanism != "none" and privacy.battery_report == "afford_bit":
             reported_battery = self._read_afford_bit(scenario)
@@ -169,8 +192,8 @@ class TelemetryChannel:
         if self.reported is not None:  # a silent node shows what it last released; a new episode, the placeholder
             previous = {name: self.reported[name] if restarted is None else
                         torch.where(restarted, previous[name], self.reported[name]) for name in previous}
-        woke = state.last_action >= 1
-        due = woke | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
+        asked = self.requested_action >= 1  # asked to wake: whether it could pay is its own business
+        due = asked | (state.round % privacy.heartbeat_rounds == 0).repeat_interleave(n)
         private = dict(PRIVATE_RANGES)
         if privacy.battery_report == "afford_bit":
             private.pop("battery_soc")

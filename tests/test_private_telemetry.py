@@ -1,6 +1,7 @@
 """Private telemetry as the federated tracker has it: silent nodes keep their last released values, a
 device's budget lasts its life and keeps a daily pace, the one-bit report is memoised, the per-node
-drop-out flag is not released, and the background load is part of the world."""
+drop-out flag is not released (nor given away by any other column), and the background load is part of the
+world."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from conftest import tiny_variant
 
 from greengossip import envs  # noqa: F401
 from greengossip.envs.config import PrivacyConfig
+from greengossip.envs.dynamics.energy import N_ACTIONS
 from greengossip.envs.dynamics.privacy import PrivacyAccountant, bit_epsilon, debiased_share
-from greengossip.envs.observation import NODE_INDEX
+from greengossip.envs.observation import NODE_INDEX, STALENESS_HORIZON
 
 BATTERY, LOAD, DROPPED = NODE_INDEX["battery_soc"], NODE_INDEX["load"], NODE_INDEX["dropped"]
+LAST_ACTION, STALENESS = NODE_INDEX["last_action"], NODE_INDEX["staleness"]
 
 
 def private_env(max_rounds=30, **privacy):
@@ -102,6 +105,38 @@ def test_the_drop_out_flag_is_not_released_per_node():
     for _ in range(30):
         obs, *_, info = env.step(np.full(8, 2))
         assert np.all(obs["nodes"][:, DROPPED] == 0.0)
+
+
+def test_nothing_per_node_gives_a_drop_out_away():
+    # batteries at their reserve: nodes asked to work drop out. The scheduler's last_action and staleness
+    # columns show what it asked, and a node reports when asked, whether or not it could pay its round
+    def drop_out_env(**privacy):
+        config = tiny_variant(max_rounds=30, target_accuracy=1.0, energy__initial_soc_low=0.15,
+                              energy__initial_soc_high=0.15, privacy=privacy)
+        return gym.make("GreenGossip/EdgeLearning-v2", config=config)
+
+    private = drop_out_env(mechanism="laplace", epsilon_per_report=1.0, budget=1000.0, heartbeat_rounds=1000)
+    public = drop_out_env()
+    private.reset(seed=0)
+    public.reset(seed=0)
+    accountant = private.unwrapped.accountant
+    rng = np.random.default_rng(0)
+    silence, drop_outs = np.zeros(8), 0
+    for _ in range(12):
+        action = rng.integers(0, N_ACTIONS, 8)
+        reports = accountant.reports.clone().numpy()
+        obs, *_ = private.step(action)
+        shown, *_ = public.step(action)
+        dropped = private.unwrapped.sim_state.dropped.numpy()
+        drop_outs += int(dropped.sum())
+        silence = np.where(action >= 2, 0, silence + 1)
+        np.testing.assert_allclose(obs["nodes"][:, LAST_ACTION], action / (N_ACTIONS - 1), atol=1e-6)
+        np.testing.assert_allclose(obs["nodes"][:, STALENESS], np.minimum(silence / STALENESS_HORIZON, 1), atol=1e-6)
+        np.testing.assert_array_equal(accountant.reports.numpy() - reports, (action >= 1).astype(int))
+        # without privacy the columns are what the nodes carried out: a drop-out slept
+        carried = np.where(dropped, 0, action)
+        np.testing.assert_allclose(shown["nodes"][:, LAST_ACTION], carried / (N_ACTIONS - 1), atol=1e-6)
+    assert drop_outs > 0
 
 
 def _energy(background: float, seed: int = 0) -> tuple[float, float]:

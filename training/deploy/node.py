@@ -347,7 +347,7 @@ class Node:
         }
         return torch.cat([torch.tensor([figures[name] for name in REPORT_FIELDS], dtype=torch.float64),
                           trust.double(), params.double(), public.double(),
-                          self.release.after_round(state.battery_wh, int(action))])
+                          self.release.after_round(state.battery_wh, int(action), requested)])
 
     def _apply(self, copies: list[torch.Tensor], buffers: list[torch.Tensor], modes: list[int], from_rank: list[int],
                only_honest: bool | None) -> None:

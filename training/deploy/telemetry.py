@@ -2,8 +2,8 @@
 
 Node i runs the env's ``TelemetryChannel`` over the public world (the scenario without anyone's data) and
 feeds it its own state: row i of what the channel releases depends on node i's state alone (its battery,
-last action and the round), as do its noise streams and its lifetime privacy accountant, so row i is what
-the simulator's channel releases for node i. The node sends that row and its accountant's row (reports
+what it was asked last round and the round), as do its noise streams and its lifetime privacy accountant,
+so row i is what the simulator's channel releases for node i. The node sends that row and its accountant's row (reports
 released, rounds lived, which one-bit values it has revealed and their memoised responses: all visible
 to whoever receives its reports). The coordinator's channel takes those rows in place of its own release,
 then builds the published values and the action mask as the env does (``TelemetryChannel.publish``).
@@ -44,11 +44,15 @@ class OwnRelease:
         self.channel.refresh(world, self.features, state)  # the release at the episode's start, as the env's
         self.state = state
 
-    def after_round(self, battery_wh: torch.Tensor, action: int) -> torch.Tensor:
-        """The node's release for the coming round, then its accountant's row, as one float64 row."""
+    def after_round(self, battery_wh: torch.Tensor, action: int, requested: int) -> torch.Tensor:
+        """The node's release for the coming round, then its accountant's row, as one float64 row.
+        ``action``: what it carried out; ``requested``: what the scheduler asked of it."""
         i, state = self.index, self.state
         battery, last_action = state.battery_wh.clone(), state.last_action.clone()
         battery[i], last_action[i] = battery_wh.reshape(()), action
+        asked = self.channel.requested_action.clone()
+        asked[i] = requested
+        self.channel.requested(asked)
         self.state = state.replace(battery_wh=battery, last_action=last_action, round=state.round + 1)
         self.channel.round_played(self.world)
         released = self.channel.release(self.world, self.features, self.state)
