@@ -157,3 +157,19 @@ def test_shipped_policy_loads_and_plays_a_short_episode_of_a_small_family():
     env.close()
     assert info["steps"] == 6 and np.isfinite(info["return"])
     assert sum(dropped) == 0  # every node picks only what it can afford
+
+
+def test_the_minibatch_counts_node_decisions_not_rounds(tmp_path):
+    from greengossip.training.multi_agent import check_rollout_batch, train_multi_agent
+
+    ppo = {"n_steps": 32, "batch_size": 512}  # 32 rounds x 10 envs: 320 rounds, but thousands of node decisions
+    with pytest.raises(SettingsError, match="batch_size .* larger than a rollout"):
+        load_settings("decentralized_suite", algo="ppo", ppo=ppo)
+    settings = load_settings("decentralized_suite", per_node=True, algo="ppo", ppo=ppo)
+    nodes = sum(n for _, n in fleet_sizes(settings.suite, settings.n_envs))
+    check_rollout_batch(settings, None)  # 512 <= 32 x nodes
+    too_large = load_settings("decentralized_suite", per_node=True, algo="ppo",
+                              ppo={"n_steps": 32, "batch_size": 32 * nodes + 1})
+    with pytest.raises(SettingsError, match=rf"ppo\.batch_size .* = {32 * nodes} node decisions"):
+        train_multi_agent(None, too_large, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written

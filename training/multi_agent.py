@@ -100,6 +100,21 @@ class MultiAgentResult:
     interrupted: bool = False
 
 
+def check_rollout_batch(settings, config) -> None:
+    """Refuses a PPO minibatch larger than a rollout, counted as this trainer's PPO counts its steps: one
+    per node decision, n_steps x the training envs' nodes (``TrainSettings`` counts rounds, n_steps x
+    n_envs, as the centralized trainer's steps are)."""
+    if settings.suite is not None:
+        nodes = sum(n for _, n in fleet_sizes(settings.suite, settings.n_envs))
+    else:
+        nodes = load_config(DEFAULT_CONFIG if config is None else config).n_nodes * settings.n_envs
+    ppo = settings.ppo
+    if ppo.batch_size > ppo.n_steps * nodes:
+        raise SettingsError(f"ppo.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
+                            f"{nodes} nodes over {settings.n_envs} env(s) = {ppo.n_steps * nodes} node decisions); "
+                            "lower batch_size or raise n_steps")
+
+
 def train_multi_agent(
     config, settings, out_dir: str | Path, local_reward_weight: float = 0.0, resume: str | None = None,
     overwrite: bool = False, resume_command: str | None = None,
@@ -113,6 +128,7 @@ def train_multi_agent(
     if settings.reward is not None:
         raise SettingsError("reward: training reward weights apply to the centralized scheduler; with "
                             "--multi-agent set the scenario's own reward (or local_reward_weight) instead")
+    check_rollout_batch(settings, config)
     out = prepare_run_folder(out_dir, resume, overwrite)
     setup_logging(out, LOG)
     (out / "settings.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
@@ -336,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{option} applies to the centralized scheduler; --multi-agent does not support it")
     settings = load_settings(
         args.settings,
+        per_node=True,
         algo="ppo",
         total_timesteps=args.timesteps,
         seed=args.seed,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from greengossip.agents.heuristics import HEURISTICS, memoryless_rules
 from greengossip.envs.config import RewardWeights
@@ -452,10 +452,13 @@ class TrainSettings(_Frozen):
     )
 
     @model_validator(mode="after")
-    def _batch_fits(self) -> TrainSettings:
+    def _batch_fits(self, info: ValidationInfo) -> TrainSettings:
+        # the decentralized trainer's rollout is n_steps x its envs' nodes (one step per node decision): it
+        # checks the batch itself once it knows the fleet sizes (training/multi_agent.py)
+        per_node = bool((info.context or {}).get("per_node"))
         for name in ("maskable_ppo", "ppo", "recurrent_ppo"):
             ppo: PPOSettings = getattr(self, name)
-            if self.algo == name and ppo.batch_size > ppo.n_steps * self.n_envs:
+            if self.algo == name and not per_node and ppo.batch_size > ppo.n_steps * self.n_envs:
                 raise ValueError(
                     f"{name}.batch_size ({ppo.batch_size}) is larger than a rollout (n_steps {ppo.n_steps} x "
                     f"n_envs {self.n_envs}); lower batch_size or raise n_steps"
@@ -594,10 +597,11 @@ def _merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(path: str | Path | None = None, imitate: str | None = None, prior: str | None = None,
-                  **overrides: Any) -> TrainSettings:
+                  per_node: bool = False, **overrides: Any) -> TrainSettings:
     """Settings from a YAML file (None = ``configs/train/default.yaml`` if present, else the defaults),
     with top-level ``overrides`` (None values are ignored) applied on top, ``imitate`` (``--imitate``)
-    as ``imitation.heuristic`` and ``prior`` (``--prior``) as ``policy.prior``."""
+    as ``imitation.heuristic`` and ``prior`` (``--prior``) as ``policy.prior``. ``per_node``: for the
+    decentralized trainer, whose PPO steps are node decisions, not rounds (its batch is checked there)."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is None and DEFAULT_SETTINGS.is_file():
@@ -616,7 +620,7 @@ def load_settings(path: str | Path | None = None, imitate: str | None = None, pr
         if value is not None and isinstance(section, dict):
             data[section_name] = {**section, field: value}
     try:
-        return TrainSettings.model_validate(data)
+        return TrainSettings.model_validate(data, context={"per_node": per_node})
     except ValidationError as exc:
         lines = [f"invalid training settings ({source}):"]
         for item in exc.errors():
