@@ -21,6 +21,7 @@ have no exact return; they still teach the actor but are left out of the critic'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,12 +194,25 @@ def _gate_target(policy, rule: str) -> int | None:
     return rules.index(rule)
 
 
-def _gate_loss(policy, observations, target: int) -> th.Tensor:
-    """Cross-entropy of the gate's choice against the rule demonstrated: the rules often pick the same
-    actions, so the actions alone do not say which rule the gate should weigh."""
-    h = policy.extract_features(observations)
-    logits = policy.prior_gate(policy._actor_context(observations, h))
+def _gate_loss(logits: th.Tensor, target: int) -> th.Tensor:
+    """Cross-entropy of the gate's choice (its ``logits``) against the rule demonstrated: the rules often
+    pick the same actions, so the actions alone do not say which rule the gate should weigh."""
     return nn.functional.cross_entropy(logits, th.full((len(logits),), target, device=logits.device))
+
+
+@contextlib.contextmanager
+def _gate_outputs(policy):
+    """The gate's logits of each forward pass in the block (a list, newest last): the policy's own
+    evaluation computes them once, from the fleet context it has just encoded, so the gate's loss needs no
+    second pass through the encoder."""
+    outputs: list[th.Tensor] = []
+    gate = getattr(policy, "prior_gate", None)
+    hook = None if gate is None else gate.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def fit(
@@ -236,26 +250,28 @@ def fit(
     generator = th.Generator().manual_seed(seed)
     policy.set_training_mode(True)
     try:
-        for _ in range(epochs):
-            minibatches = [(index, rows) for index, batches in enumerate(groups)
-                           for rows in th.randperm(batches.size, generator=generator).split(batch_size)]
-            # one fleet's demonstrations keep their own shuffle, as when fit took only one
-            order = th.randperm(len(minibatches), generator=generator).tolist() if len(groups) > 1 \
-                else range(len(minibatches))
-            for position in order:
-                index, rows = minibatches[position]
-                observations, mask_kwargs, actions, returns, complete = groups[index](rows.to(policy.device))
-                values, log_prob, entropy = policy.evaluate_actions(observations, actions, **mask_kwargs)
-                value_loss = _squared_errors(values, returns, complete).sum() / complete.sum().clamp_min(1.0)
-                # SB3 sums log-probabilities and entropies over the nodes' categorical distributions
-                n_nodes = actions.shape[1]
-                loss = -(log_prob + entropy_coef * entropy).mean() / n_nodes + value_coef * value_loss
-                if gate_targets[index] is not None:
-                    loss = loss + _gate_loss(policy, observations, gate_targets[index])
-                optimizer.zero_grad()
-                loss.backward()
-                th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
-                optimizer.step()
+        with _gate_outputs(policy) as gate_logits:
+            for _ in range(epochs):
+                minibatches = [(index, rows) for index, batches in enumerate(groups)
+                               for rows in th.randperm(batches.size, generator=generator).split(batch_size)]
+                # one fleet's demonstrations keep their own shuffle, as when fit took only one
+                order = th.randperm(len(minibatches), generator=generator).tolist() if len(groups) > 1 \
+                    else range(len(minibatches))
+                for position in order:
+                    index, rows = minibatches[position]
+                    observations, mask_kwargs, actions, returns, complete = groups[index](rows.to(policy.device))
+                    gate_logits.clear()
+                    values, log_prob, entropy = policy.evaluate_actions(observations, actions, **mask_kwargs)
+                    value_loss = _squared_errors(values, returns, complete).sum() / complete.sum().clamp_min(1.0)
+                    # SB3 sums log-probabilities and entropies over the nodes' categorical distributions
+                    n_nodes = actions.shape[1]
+                    loss = -(log_prob + entropy_coef * entropy).mean() / n_nodes + value_coef * value_loss
+                    if gate_targets[index] is not None:
+                        loss = loss + _gate_loss(gate_logits[-1], gate_targets[index])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
+                    optimizer.step()
     finally:
         policy.set_training_mode(False)
     cross_entropy, value_loss, agreement = _measure(policy, groups, batch_size)
