@@ -10,15 +10,14 @@ Independent Learning All You Need in the StarCraft Multi-Agent Challenge?", 2020
 Surprising Effectiveness of PPO in Cooperative Multi-Agent Games", NeurIPS 2022). Where every ratio is 1
 (the first minibatch of an update) its gradient equals PPO's; only what the clip lets through differs.
 
-The per-node log-probabilities of the policy that collected the rollout are read from a copy of it taken
-when the update starts (the rollout buffer keeps only their sum). Everything else is sb3-contrib's
-``MaskablePPO.train``: advantage normalisation, value clipping, the ``ent_coef`` term, the KL early stop
-on the joint ratio, gradient clipping and the logged figures.
+The per-node log-probabilities of the policy that collected the rollout are computed once, over the whole
+rollout, before the update's first step (the rollout buffer keeps only their sum), and each minibatch
+reads its rows; the minibatches are drawn as the buffer's own ``get`` draws them. Everything else is
+sb3-contrib's ``MaskablePPO.train``: advantage normalisation, value clipping, the ``ent_coef`` term, the KL
+early stop on the joint ratio, gradient clipping and the logged figures.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch as th
@@ -35,27 +34,45 @@ class NodeRatioMaskablePPO(MaskablePPO):
     (the feed-forward node-set policies). A saved model is an
     ordinary MaskablePPO zip: ``MaskablePPO.load`` reads it."""
 
+    def _behaviour_log_prob(self, buffer, size: int) -> th.Tensor:
+        """(size, N): each node's log-probability of its rollout action under the policy that collected the
+        rollout (the current one: no step has been taken yet), in the buffer's flattened order."""
+        if not buffer.generator_ready:  # flatten the buffer as its get() does, without drawing a shuffle
+            state = np.random.get_state()
+            next(buffer.get())
+            np.random.set_state(state)
+        self.policy.set_training_mode(False)
+        with th.no_grad():  # the distribution alone: no critic, no regulariser
+            parts = []
+            for start in range(0, size, self.batch_size):
+                data = buffer._get_samples(np.arange(start, min(start + self.batch_size, size)))
+                parts.append(self.policy.get_distribution(data.observations, action_masks=data.action_masks)
+                             .node_log_prob(data.actions))
+        return th.cat(parts)
+
     def train(self) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
-        behaviour = copy.deepcopy(self.policy)  # the policy that collected the rollout
-        behaviour.set_training_mode(False)
+        buffer = self.rollout_buffer
+        size = buffer.buffer_size * buffer.n_envs
+        behaviour_log_prob = self._behaviour_log_prob(buffer, size)
+        self.policy.set_training_mode(True)
 
         entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
+            indices = np.random.permutation(size)  # the buffer's get() draws its shuffle so
+            for start in range(0, size, self.batch_size):
+                rows = indices[start:start + self.batch_size]
+                rollout_data = buffer._get_samples(rows)
                 values, log_prob, entropy = self.policy.evaluate_actions(
                     rollout_data.observations, rollout_data.actions, action_masks=rollout_data.action_masks,
                     per_node=True)
-                with th.no_grad():  # the distribution alone: no critic, no regulariser
-                    old_log_prob = behaviour.get_distribution(
-                        rollout_data.observations, action_masks=rollout_data.action_masks
-                    ).node_log_prob(rollout_data.actions)
+                old_log_prob = behaviour_log_prob[th.as_tensor(rows, device=behaviour_log_prob.device)]
                 values = values.flatten()
                 advantages = rollout_data.advantages
                 if self.normalize_advantage:

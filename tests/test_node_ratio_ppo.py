@@ -70,3 +70,18 @@ def test_per_node_ratio_is_chosen_in_the_settings_and_saves_as_maskable_ppo(tmp_
         algorithm_class("a2c", "per_node")
     with pytest.raises(ValueError, match="allowed: joint, per_node"):
         algorithm_class("maskable_ppo", "sideways")
+
+
+def test_behaviour_log_probabilities_are_the_rollout_s_own_per_node():
+    """The per-node log-probabilities computed once at the update's start sum, state by state, to the joint
+    log-probability the rollout recorded when it acted."""
+    model = _model(NodeRatioMaskablePPO, 1)
+    _, callback = model._setup_learn(16, callback=None)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    buffer = model.rollout_buffer
+    size = buffer.buffer_size * buffer.n_envs
+    per_node = model._behaviour_log_prob(buffer, size)
+    assert per_node.shape == (size, make_env().unwrapped.n_nodes)
+    th.testing.assert_close(per_node.sum(dim=1), th.as_tensor(buffer.log_probs).flatten().float(),
+                            rtol=1e-5, atol=1e-5)
