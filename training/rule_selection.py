@@ -26,7 +26,8 @@ import numpy as np
 from greengossip.training.imitation import Demonstrations, ImitationSummary, discounted_returns, warm_start
 from greengossip.training.rollout import one_torch_thread
 from greengossip.training.settings import ImitationSettings, SuiteSettings
-from greengossip.training.suite import SPLITS, draw_scenario, load_family, resized
+from greengossip.training.suite import SPLITS, load_family
+from greengossip.training.suite_envs import own_size_draw
 
 LOG = logging.getLogger("greengossip.train.imitation")
 SELECT_BY = ("scenario", "family", "oracle")
@@ -72,8 +73,7 @@ def play_rule(job: tuple) -> Trajectory:
     family, seed, rule, max_nodes, *extra_rules = job
     with one_torch_thread():
         ranges = load_family(family)[1]
-        draw = draw_scenario(family, seed, ranges)
-        config = resized(draw.config, min(draw.config.n_nodes, max_nodes), adjacency=False)
+        config = own_size_draw(family, seed, max_nodes, ranges)
         env = EdgeLearningEnv(config)
         if rule == ORACLE:
             policies = [*base_policies(ranges.oracle.rules, ranges.oracle.views),

@@ -38,6 +38,12 @@ def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None,
     return resized(config, size, adjacency=False)
 
 
+def own_size_draw(family: str, seed: int, max_nodes: int, ranges=None,
+                  reward: RewardWeights | None = None) -> EnvConfig:
+    """:func:`suite_draw` at the family's own size cut at ``max_nodes``, which needs no suite settings."""
+    return suite_draw(SuiteSettings(), family, seed, ranges, reward, max_nodes)
+
+
 class SuiteDrawer:
     """Draws (family, train seed) pairs for one env slot: a family uniformly, a seed uniformly from the train
     split; ``np.random.default_rng([seed, slot])``, so a run's sequence of scenarios is reproducible."""
