@@ -93,7 +93,7 @@ class LearnedScheduler:
 
     ``predict`` forwards to the model; ``action_masks`` (the env's ``action_masks()``) reaches
     MaskablePPO, the other algorithms ignore it. ``observation_kind`` is ``"flat"`` when the model
-    was trained on a ``Box`` observation (``GreenGossip/EdgeLearningFlat-v2``), else ``"dict"``.
+    was trained on a ``Box`` observation (``GreenGossip/EdgeLearningFlat-v3``), else ``"dict"``.
     """
 
     def __init__(self, model: Any, algorithm: str, path: str | Path | None = None, seed: int = 0):

@@ -26,7 +26,7 @@ from greengossip.envs.observation import NODE_INDEX
 
 def episode(config: dict, seed: int) -> tuple[float, float, float, float]:
     """(attackers' mean trust, honest nodes' mean trust, final honest accuracy, final harm)."""
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     env.reset(seed=seed)
     honest = env.unwrapped.scenario.honest.cpu().numpy()
     action = np.full(env.unwrapped.n_nodes, 2)

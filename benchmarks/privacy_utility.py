@@ -51,7 +51,7 @@ def privacy_at(privacy: dict, daily_epsilon: float, bit_share: float, reports_pe
 def run(config: dict, seeds: list[int], episodes: int, rule: str) -> dict[str, float]:
     carbon, reached, dropouts, per_day = [], 0, [], []
     for seed in seeds:
-        env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+        env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
         for episode in range(episodes):
             scheduler = build_heuristic(rule, seed=seed)
             obs, _ = env.reset(seed=seed if episode == 0 else None)

@@ -30,7 +30,7 @@ DEFENCES = {
 
 
 def episode(config: dict, seed: int, target: float) -> tuple[float, int | None, float]:
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     env.reset(seed=seed)
     action = np.full(env.unwrapped.n_nodes, 2)
     influence, reached = [], None

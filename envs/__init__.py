@@ -1,7 +1,7 @@
 """GreenGossip: a Gymnasium environment for green, secure, accurate decentralized learning at the edge.
 
-Importing this package registers ``GreenGossip/EdgeLearning-v2`` (and the flat-observation variant
-``GreenGossip/EdgeLearningFlat-v2``); ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v2")`` imports it
+Importing this package registers ``GreenGossip/EdgeLearning-v3`` (and the flat-observation variant
+``GreenGossip/EdgeLearningFlat-v3``); ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v3")`` imports it
 for you. Both ids have a vector entry point: ``gymnasium.make_vec(id, num_envs=B)`` steps B environments as
 one batched program (``EdgeLearningVectorEnv``).
 """
@@ -13,8 +13,8 @@ from greengossip.envs.gossip_env import EdgeLearningEnv
 
 __all__ = ["ConfigError", "EdgeLearningEnv", "EnvConfig", "load_config"]
 
-ENV_ID = "GreenGossip/EdgeLearning-v2"
-FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v2"
+ENV_ID = "GreenGossip/EdgeLearning-v3"
+FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v3"
 
 if ENV_ID not in registry:
     # The env truncates itself at config.max_rounds (with the deadline penalty); no TimeLimit on top,

@@ -1,4 +1,4 @@
-"""The Gymnasium environment ``GreenGossip/EdgeLearning-v2``."""
+"""The Gymnasium environment ``GreenGossip/EdgeLearning-v3``."""
 
 from __future__ import annotations
 
@@ -123,13 +123,16 @@ class EdgeLearningEnv(gym.Env):
     ``envs/dynamics/privacy.py``, after OpenMined's federated CPU tracker).
 
     ## Arguments
-    ``gymnasium.make("GreenGossip/EdgeLearning-v2", config="configs/tiny.yaml", render_mode="ansi")``:
+    ``gymnasium.make("GreenGossip/EdgeLearning-v3", config="configs/tiny.yaml", render_mode="ansi")``:
     ``config`` is a YAML path, a dict or an ``EnvConfig`` (None = default scenario); ``render_mode`` is
     ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round); ``check_finite=True`` raises
     ``FloatingPointError`` at the first step with a non-finite value (debugging a scenario).
     ``reset(options=...)`` takes no options: any key is an error, not silently ignored.
 
     ## Version History
+    * v3: under private telemetry the ``last_action`` and ``staleness`` columns show what the scheduler asked
+      of each node, and a node reports on the rounds it was asked to wake: no per-node column gives a
+      drop-out away. Fleets without private telemetry give the same numbers as under v2.
     * v2: the node feature ``internet_links`` (17 node features); brown-outs, the one-bit battery report read as
       a probability, the scenario suite's ``start_days``.
     * v1: world model v2: network energy under marginal or attributional accounting, the
@@ -139,7 +142,7 @@ class EdgeLearningEnv(gym.Env):
 
     ## Example
     >>> import gymnasium as gym, greengossip
-    >>> env = gym.make("GreenGossip/EdgeLearning-v2", config="tiny")
+    >>> env = gym.make("GreenGossip/EdgeLearning-v3", config="tiny")
     >>> obs, info = env.reset(seed=0)
     """
 

@@ -91,7 +91,7 @@ def local_observations(
 class EdgeLearningParallelEnv(ParallelEnv):
     """
     ## Description
-    The simulator of ``GreenGossip/EdgeLearning-v2`` (same scenarios, same dynamics, same seeds) seen
+    The simulator of ``GreenGossip/EdgeLearning-v3`` (same scenarios, same dynamics, same seeds) seen
     from the nodes: every node is an agent named ``node_<i>`` that decides for itself, from what it and
     its neighbours know, whether to sleep, train, or train and broadcast at a compression level. There
     is no central scheduler. Agents are homogeneous (identical spaces), so one shared policy (parameter
@@ -140,6 +140,8 @@ class EdgeLearningParallelEnv(ParallelEnv):
     (default 0: pure team reward).
 
     ## Version History
+    * v1: the simulator of ``GreenGossip/EdgeLearning-v3`` (under private telemetry the columns and reports
+      follow what each node was asked).
     * v0: initial release (simulator of ``GreenGossip/EdgeLearning-v2``).
 
     ## Example
@@ -151,7 +153,7 @@ class EdgeLearningParallelEnv(ParallelEnv):
     """
 
     metadata = {
-        "name": "greengossip_edge_learning_v0",
+        "name": "greengossip_edge_learning_v1",
         "render_modes": ["human", "rgb_array", "ansi"],
         "render_fps": 4,
         "is_parallelizable": True,

@@ -1,6 +1,6 @@
 """A native Gymnasium vector env: B environments x N nodes stepped as one tensor program.
 
-``gymnasium.make_vec("GreenGossip/EdgeLearning-v2", num_envs=B, vectorization_mode="vector_entry_point")``
+``gymnasium.make_vec("GreenGossip/EdgeLearning-v3", num_envs=B, vectorization_mode="vector_entry_point")``
 returns it. Every environment keeps its own numpy generator (seeded ``seed + i`` as Gymnasium's vector
 envs do) for its scenarios, and all randomness inside a round comes from counter-based streams keyed per
 episode, so environment i gives exactly the numbers of a single env reset with ``seed + i``.

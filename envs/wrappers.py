@@ -61,10 +61,10 @@ class FlattenGossipVectorObservation(VectorWrapper):
 
 def make_flat_env(config=None, **kwargs) -> gym.Env:
     """``gymnasium.make`` of the registered id with the flattening wrapper on top."""
-    return FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v2", config=config, **kwargs))
+    return FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v3", config=config, **kwargs))
 
 
 def make_flat_vector_env(num_envs: int = 1, config=None, **kwargs) -> VectorEnv:
-    """Vector entry point of the flat id: ``gymnasium.make_vec("GreenGossip/EdgeLearningFlat-v2", num_envs=B)``
+    """Vector entry point of the flat id: ``gymnasium.make_vec("GreenGossip/EdgeLearningFlat-v3", num_envs=B)``
     steps the B environments as one batched program, as the Dict id's vector env does."""
     return FlattenGossipVectorObservation(EdgeLearningVectorEnv(num_envs, config=config, **kwargs))

@@ -10,7 +10,7 @@ actions it cannot afford (``env.action_masks()``) are set to a large negative nu
 Everything is in this file on purpose: copy it and change it. The env is what a CleanRL user would
 write themselves::
 
-    env = envs.wrappers.FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v2", config=...))
+    env = envs.wrappers.FlattenGossipObservation(gym.make("GreenGossip/EdgeLearning-v3", config=...))
 
 Logs go to ``<out>/<run_name>`` for TensorBoard (``charts/``, ``losses/``, hyperparameters as text);
 with ``--save-model`` the agent's ``state_dict`` is saved there too. Seeds: python, numpy and torch are
@@ -133,7 +133,7 @@ def _field_docs() -> dict[str, str]:
 
 def make_env(config: str):
     def thunk():
-        env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+        env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
         env = FlattenGossipObservation(env)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         return env

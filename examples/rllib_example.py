@@ -5,7 +5,7 @@ virtual environment). One iteration on the local machine::
 
     python examples/rllib_example.py --config configs/tiny.yaml --iterations 1
 
-Centralized scheduler (default): the flat single-agent env ``GreenGossip/EdgeLearningFlat-v2``,
+Centralized scheduler (default): the flat single-agent env ``GreenGossip/EdgeLearningFlat-v3``,
 ``MultiDiscrete([6] * N)`` actions. ``--multi-agent``: the PettingZoo ParallelEnv of
 ``envs/multi_agent.py`` through RLlib's ``ParallelPettingZooEnv``, every node mapped to one shared policy
 (parameter sharing, as ``greengossip train --multi-agent`` does with SB3).

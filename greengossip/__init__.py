@@ -1,7 +1,7 @@
 """GreenGossip: a Gymnasium environment for green, secure and accurate decentralized learning at the edge.
 
-``import greengossip`` registers the environment ids (``GreenGossip/EdgeLearning-v2`` and the
-flat-observation ``GreenGossip/EdgeLearningFlat-v2``), so ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v2")``
+``import greengossip`` registers the environment ids (``GreenGossip/EdgeLearning-v3`` and the
+flat-observation ``GreenGossip/EdgeLearningFlat-v3``), so ``gymnasium.make("greengossip:GreenGossip/EdgeLearning-v3")``
 and RL Zoo3's ``--gym-packages greengossip`` work. The parts:
 
 * :mod:`greengossip.envs` - the simulator and its Gymnasium, vector and PettingZoo environments;

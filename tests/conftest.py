@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 TINY = CONFIG_DIR / "tiny.yaml"
 DEFAULT = CONFIG_DIR / "default.yaml"
-ENV_ID = "GreenGossip/EdgeLearning-v2"
-FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v2"
+ENV_ID = "GreenGossip/EdgeLearning-v3"
+FLAT_ENV_ID = "GreenGossip/EdgeLearningFlat-v3"
 
 # A round's tensors are small: one intra-op thread is faster, and on a shared machine whose cores are
 # busy two waiting OpenMP threads make a step 20-40x slower (see benchmarks/bench_step.py --threads).

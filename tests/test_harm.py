@@ -21,7 +21,7 @@ def _attack_env(kinds, aggregator="mean", harm_twin=True, rounds=25, fraction=0.
     config = tiny_variant(n_nodes=16, max_rounds=rounds, target_accuracy=1.0,
                           attack={"fraction": fraction, "kinds": kinds, "harm_twin": harm_twin},
                           defence={"aggregator": aggregator})
-    return gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    return gym.make("GreenGossip/EdgeLearning-v3", config=config)
 
 
 def _run(env, seed=0):

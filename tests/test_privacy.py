@@ -50,7 +50,7 @@ def private_env(**privacy):
     config["privacy"] = {"mechanism": "laplace", "epsilon_per_report": 2.0, "budget": 12.0, **privacy}
     config["max_rounds"] = 30
     config["target_accuracy"] = 1.0
-    return gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    return gym.make("GreenGossip/EdgeLearning-v3", config=config)
 
 
 def test_epsilon_spent_grows_monotonically_and_stops_at_the_budget():
@@ -91,7 +91,7 @@ def test_observation_never_shows_raw_telemetry_when_private():
 
 
 def test_privacy_off_reports_the_truth_and_spends_nothing():
-    env = gym.make("GreenGossip/EdgeLearning-v2", config="configs/tiny.yaml")
+    env = gym.make("GreenGossip/EdgeLearning-v3", config="configs/tiny.yaml")
     obs, _ = env.reset(seed=0)
     true_soc = (env.unwrapped.sim_state.battery_wh / env.unwrapped.scenario.capacity_wh).numpy()
     assert np.allclose(obs["nodes"][:, 0], true_soc, atol=1e-6)

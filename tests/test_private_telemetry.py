@@ -26,7 +26,7 @@ LAST_ACTION, STALENESS = NODE_INDEX["last_action"], NODE_INDEX["staleness"]
 def private_env(max_rounds=30, **privacy):
     config = tiny_variant(max_rounds=max_rounds, target_accuracy=1.0,
                           privacy={"mechanism": "laplace", "epsilon_per_report": 1.0, "budget": 1000.0, **privacy})
-    return gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    return gym.make("GreenGossip/EdgeLearning-v3", config=config)
 
 
 def test_a_silent_node_shows_its_last_released_values_and_the_mask_follows_them():
@@ -113,7 +113,7 @@ def test_nothing_per_node_gives_a_drop_out_away():
     def drop_out_env(**privacy):
         config = tiny_variant(max_rounds=30, target_accuracy=1.0, energy__initial_soc_low=0.15,
                               energy__initial_soc_high=0.15, privacy=privacy)
-        return gym.make("GreenGossip/EdgeLearning-v2", config=config)
+        return gym.make("GreenGossip/EdgeLearning-v3", config=config)
 
     private = drop_out_env(mechanism="laplace", epsilon_per_report=1.0, budget=1000.0, heartbeat_rounds=1000)
     public = drop_out_env()
@@ -141,7 +141,7 @@ def test_nothing_per_node_gives_a_drop_out_away():
 
 def _energy(background: float, seed: int = 0) -> tuple[float, float]:
     config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": background})
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     env.reset(seed=seed)
     compute = total = 0.0
     for _ in range(6):
@@ -159,7 +159,7 @@ def test_background_load_stretches_training_energy_and_replays():
 
 def test_background_load_is_what_the_load_column_reports():
     config = tiny_variant(max_rounds=6, target_accuracy=1.0, background_load={"mean": 0.3})
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     obs, _ = env.reset(seed=0)
     assert 0.0 < obs["nodes"][:, LOAD].mean() < 0.8
     assert obs["nodes"][:, LOAD].std() > 0

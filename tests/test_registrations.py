@@ -18,7 +18,7 @@ import yaml
 from conftest import FLAT_ENV_ID, ROOT, TINY
 
 ZOO_FILE = ROOT / "configs" / "zoo" / "ppo.yml"
-ENV_ID = "GreenGossip/EdgeLearning-v2"
+ENV_ID = "GreenGossip/EdgeLearning-v3"
 
 
 def _quiet_env() -> dict[str, str]:
@@ -78,7 +78,7 @@ def _run_zoo(tmp_path, timesteps: int, *hyperparams: str):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    models = list((tmp_path / "ppo").glob("GreenGossip-EdgeLearning-v2_*/GreenGossip-EdgeLearning-v2.zip"))
+    models = list((tmp_path / "ppo").glob("GreenGossip-EdgeLearning-v3_*/GreenGossip-EdgeLearning-v3.zip"))
     assert len(models) == 1, f"no model saved under {tmp_path}: {result.stdout[-2000:]}"
     from stable_baselines3 import PPO
 

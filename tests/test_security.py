@@ -25,7 +25,7 @@ def small_fleet(**overrides) -> dict:
 
 
 def rollout(config: dict, seed: int, action: int = 2):
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     obs, _ = env.reset(seed=seed)
     infos, observations, rewards = [], [obs], []
     for _ in range(ROUNDS):
@@ -113,7 +113,7 @@ def test_no_attackers_means_no_influence_and_full_honesty():
 def test_every_attack_kind_runs_and_keeps_observations_finite(kind):
     config = small_fleet(attack={"fraction": 0.3, "kinds": [kind]})
     config["max_rounds"] = 6
-    env = gym.make("GreenGossip/EdgeLearning-v2", config=config)
+    env = gym.make("GreenGossip/EdgeLearning-v3", config=config)
     obs, _ = env.reset(seed=3)
     for _ in range(6):
         obs, reward, *_ = env.step(np.full(20, 2))

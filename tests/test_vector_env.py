@@ -34,10 +34,10 @@ def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(co
         pytest.skip("worker processes run on the CPU only")
     n_envs, seed = 3, 5  # two workers: groups of 1 and 2 environments
     config = {**config, "device": device}
-    vector = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=n_envs, vectorization_mode="vector_entry_point",
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=n_envs, vectorization_mode="vector_entry_point",
                           workers=workers, worker_kind=kind, config=config)
     assert (vector.unwrapped.workers, vector.unwrapped.worker_kind) == (workers, kind)
-    singles = [gym.make("GreenGossip/EdgeLearning-v2", config=config) for _ in range(n_envs)]
+    singles = [gym.make("GreenGossip/EdgeLearning-v3", config=config) for _ in range(n_envs)]
     obs, _ = vector.reset(seed=seed)
     single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
     for key in obs:
@@ -66,7 +66,7 @@ def test_vector_env_equals_single_envs_with_the_same_seeds_through_autoresets(co
 
 
 def test_vector_spaces_are_batched_single_spaces():
-    vector = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=4, vectorization_mode="vector_entry_point",
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=4, vectorization_mode="vector_entry_point",
                           config="configs/tiny.yaml")
     obs, _ = vector.reset(seed=0)
     assert obs in vector.observation_space
@@ -80,9 +80,9 @@ def test_worker_threads_give_the_numbers_of_one_group():
     group do not write into another's (envs/dynamics/buffers.py). Same shapes on both sides, so shared buffers
     would collide."""
     config = {**short_tiny(), "n_nodes": 16}
-    one = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=4, vectorization_mode="vector_entry_point",
+    one = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=4, vectorization_mode="vector_entry_point",
                        config=config)
-    two = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=4, vectorization_mode="vector_entry_point",
+    two = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=4, vectorization_mode="vector_entry_point",
                        workers=2, config=config)
     assert len(two.unwrapped.fleets) == 2
     with pytest.raises(AttributeError, match="fleets"):
@@ -105,7 +105,7 @@ def test_a_forked_child_steps_a_vector_env_with_workers():
     """The child inherits the thread pool without its threads; it must start its own, not wait forever."""
     import multiprocessing
 
-    vector = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=2, vectorization_mode="vector_entry_point",
+    vector = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=2, vectorization_mode="vector_entry_point",
                           workers=2, config="configs/tiny.yaml")
     vector.reset(seed=0)
     actions = np.full((2, 8), 2)
@@ -122,18 +122,18 @@ def test_a_forked_child_steps_a_vector_env_with_workers():
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_bad_worker_counts_are_named(workers):
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
-        gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=2, vectorization_mode="vector_entry_point",
+        gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=2, vectorization_mode="vector_entry_point",
                      workers=workers, config="configs/tiny.yaml")
 
 
 def test_bad_worker_kinds_are_named():
     with pytest.raises(ValueError, match=r"worker_kind must be one of \('thread', 'process'\), got 'fork'"):
-        gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=2, vectorization_mode="vector_entry_point",
+        gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=2, vectorization_mode="vector_entry_point",
                      workers=2, worker_kind="fork", config="configs/tiny.yaml")
 
 
 def process_env(n_envs: int = 4, config="configs/tiny.yaml"):
-    return gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=n_envs, vectorization_mode="vector_entry_point",
+    return gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=n_envs, vectorization_mode="vector_entry_point",
                         workers=2, worker_kind="process", config=config)
 
 
@@ -141,7 +141,7 @@ def test_worker_processes_give_the_numbers_of_worker_threads_and_close():
     """The same groups in processes and in threads: the same bits, masks included; closing stops the
     workers, and a reset after close starts new ones."""
     config = {**short_tiny(), "n_nodes": 16}
-    threads = gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=4, vectorization_mode="vector_entry_point",
+    threads = gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=4, vectorization_mode="vector_entry_point",
                            workers=2, config=config)
     processes = process_env(config=config)
     with pytest.raises(RuntimeError, match="reset"):
@@ -224,7 +224,7 @@ def test_worker_processes_need_the_cpu(monkeypatch):
     monkeypatch.setattr(config_module, "available_devices", lambda: ["cpu", "cuda", "cuda:0"])
     config = {**short_tiny(), "device": "cuda"}
     with pytest.raises(ValueError, match="CPU only"):
-        gym.make_vec("GreenGossip/EdgeLearning-v2", num_envs=2, vectorization_mode="vector_entry_point",
+        gym.make_vec("GreenGossip/EdgeLearning-v3", num_envs=2, vectorization_mode="vector_entry_point",
                      workers=2, worker_kind="process", config=config)
 
 

@@ -79,7 +79,7 @@ def test_gym_make_finds_the_env_beside_the_user_s_own_envs_package(installed, us
         import envs
 
         assert envs.MINE, envs.__file__  # the project's own package, not GreenGossip's
-        env = gym.make("greengossip:GreenGossip/EdgeLearning-v2", config="tiny")
+        env = gym.make("greengossip:GreenGossip/EdgeLearning-v3", config="tiny")
         observation, info = env.reset(seed=0)
         import greengossip
 

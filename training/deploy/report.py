@@ -30,7 +30,7 @@ from greengossip.training.deploy.launch import Fault, NodeProcesses, Rendezvous,
 from greengossip.training.deploy.telemetry import NodesRelease
 from greengossip.training.rollout import env_for, one_torch_thread, takes_action_masks
 
-ENV_ID = "GreenGossip/EdgeLearning-v2"
+ENV_ID = "GreenGossip/EdgeLearning-v3"
 # two-hop knowledge (each target's neighbours) that one node's process does not hold
 UNSUPPORTED_ATTACKS = ("dissensus",)
 COLUMNS = ("round", "observation_gap", "actions_equal", "bytes_sim", "bytes_real", "crafted_extra_bytes_real",
