@@ -70,7 +70,10 @@ class TelemetryChannel:
         self.any_liars = bool(self.liars.any())
 
     def requested(self, action: torch.Tensor) -> None:
-        """The (B·N,) actions the scheduler asks of the nodes for the round about to be played."""
+        """The (B·N,) actions the scheduler asks of the nodes for the round about to be played (kept only
+        where drop-outs are hidden: elsewhere the columns show what the nodes carried out)."""
+        if not self.hides_dropouts():
+            return
         _, sends, _ = decode_action(action)
         self.requested_silence = torch.where(sends, 0.0, self.requested_silence + 1)
         self.requested_action = action.clone()
