@@ -157,7 +157,7 @@ def test_the_fit_plays_the_rule_with_the_largest_advantage(measure):
     ({"continuation": "best_rule"}, r"rule_switch\.rollout_labels\.continuation.*first_rule.*same_rule"),
     ({"measure": "carbon"}, r"rule_switch\.rollout_labels\.measure.*return.*carbon_to_target"),
     ({"family_max_nodes": {"large": 256}}, r"family_max_nodes.*unknown families \['large'\].*large_network"),
-    ({"family_max_nodes": {"large_network": 1}}, r"family_max_nodes.*at least 2 nodes"),
+    ({"family_max_nodes": {"large_network": 1}}, r"family_max_nodes\.large_network = 1: .*greater than or equal to 2"),
 ])
 def test_bad_rollout_label_settings_name_the_field(changes, match):
     with pytest.raises(SettingsError, match=match):

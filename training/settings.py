@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -172,7 +172,7 @@ class RolloutLabelSettings(_Frozen):
         "until it reaches the target, as the benchmark sums it (a copy that misses the target ranks below every "
         "copy that reaches it)")
     max_nodes: int = Field(64, ge=2, description="largest fleet labelled (larger draws are cut to this)")
-    family_max_nodes: dict[str, int] = Field(
+    family_max_nodes: dict[str, Annotated[int, Field(ge=2)]] = Field(
         {}, description="largest fleet labelled in each named family, in place of max_nodes: a family whose "
         "structure changes with its size (the large network's regions and gateways) is labelled at the sizes "
         "the benchmark plays")
@@ -191,9 +191,6 @@ class RolloutLabelSettings(_Frozen):
     @classmethod
     def _shipped_families(cls, sizes: dict[str, int]) -> dict[str, int]:
         check_family_names(sizes)
-        small = {name: size for name, size in sizes.items() if size < 2}
-        if small:
-            raise ValueError(f"{small}: a labelled fleet has at least 2 nodes")
         return sizes
 
 
