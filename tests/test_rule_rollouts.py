@@ -3,6 +3,8 @@ and the fit of the switch's logits."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,14 @@ from greengossip.agents.rule_switching import RuleSwitchingScheduler, check_swit
 from greengossip.envs.gossip_env import EdgeLearningEnv
 from greengossip.envs.sb3_vec_env import GossipVecEnv
 from greengossip.training.oracle import clone_env
-from greengossip.training.rule_rollouts import OUTCOMES, RolloutLabels, fit_switch, label_scenario, rule_outcomes
+from greengossip.training.rule_rollouts import (
+    OUTCOMES,
+    LabelJob,
+    RolloutLabels,
+    fit_switch,
+    label_scenario,
+    rule_outcomes,
+)
 from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
 from greengossip.training.settings import SettingsError, load_settings
 from tests.conftest import tiny_variant, train_small_suite_run
@@ -72,7 +81,8 @@ def test_with_the_same_rule_continued_each_copy_returns_that_rule_s_own_value():
 
 def test_a_labelled_scenario_has_one_summary_and_one_return_per_rule_for_each_labelled_round():
     settings = load_settings("suite_rule_switch")
-    job = (settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None, "first_rule")
+    job = LabelJob(settings.suite, "solar_sensor_field", 11, tuple(RULES), settings.reward, hold=2, every=10,
+                   max_nodes=6)
     labels = label_scenario(job)
     count = len(labels.returns)
     assert count >= 1 and labels.summaries.shape == (count, summary_size())
@@ -92,10 +102,10 @@ def test_the_base_rule_s_labels_from_the_episode_s_own_tail_equal_a_played_copy_
     venv = RuleSwitchingVecEnv(GossipVecEnv(1, config=tiny_variant(n_nodes=6, observation__adjacency=False)), RULES)
     always_first = new_switching_model(venv, first_rule_bias=50.0, net_arch=[8], seed=0, n_steps=8, batch_size=8)
     always_first.save(tmp_path / "first.zip")
-    job = [settings.suite, "solar_sensor_field", 11, RULES, settings.reward, 2, 10, 6, None, "same_rule"]
-    from_tail = label_scenario(tuple(job))
-    job[8] = str(tmp_path / "first.zip")
-    played = label_scenario(tuple(job))
+    job = LabelJob(settings.suite, "solar_sensor_field", 11, tuple(RULES), settings.reward, hold=2, every=10,
+                   max_nodes=6, continuation="same_rule")
+    from_tail = label_scenario(job)
+    played = label_scenario(dataclasses.replace(job, rollin=str(tmp_path / "first.zip")))
     np.testing.assert_array_equal(from_tail.summaries, played.summaries)
     for name in ("returns", "carbon_g", "shortfall"):
         np.testing.assert_allclose(getattr(from_tail, name), getattr(played, name), rtol=1e-9, atol=1e-12)
@@ -186,7 +196,7 @@ def test_a_family_named_in_family_max_nodes_is_labelled_at_its_own_cut(monkeypat
     cuts: dict[str, set[int]] = {}
 
     def record(job):
-        cuts.setdefault(job[1], set()).add(job[7])  # (suite, family, seed, specs, reward, hold, every, max_nodes..)
+        cuts.setdefault(job.family, set()).add(job.max_nodes)
         return RolloutLabels(*(np.zeros((0, width)) for width in (summary_size(), 3, 3, 3)),
                              np.zeros(0, dtype=object))
 

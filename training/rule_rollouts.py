@@ -125,10 +125,25 @@ def rule_outcomes(env, rules: Sequence, hold: int, continuation: Continuation = 
     return outcomes
 
 
-def label_scenario(job: tuple) -> RolloutLabels:
-    """The labelled states of one train scenario: ``job`` = (suite, family, seed, rule specs, reward weights,
-    hold, every, max_nodes, roll-in, continuation as in :func:`rule_outcomes`). The roll-in (a saved rule
-    switch, or None for the base rule, the first) plays the episode; every ``every`` rounds (from a round the
+@dataclass(frozen=True)
+class LabelJob:
+    """One train scenario to label (picklable, for the worker processes)."""
+
+    suite: SuiteSettings
+    family: str
+    seed: int
+    rules: tuple[str, ...]  # the rule specs; the first is the base rule
+    reward: RewardWeights | None  # the run's reward weights, in place of the family's
+    hold: int  # rounds each copy plays its rule before the continuation
+    every: int  # rounds between two labelled states
+    max_nodes: int  # the fleet's cut
+    rollin: str | None = None  # a saved rule switch, or None for the base rule
+    continuation: Continuation = "first_rule"  # as in rule_outcomes
+
+
+def label_scenario(job: LabelJob) -> RolloutLabels:
+    """The labelled states of one train scenario. The roll-in (a saved rule switch, or None for the base
+    rule, the first) plays the episode; every ``every`` rounds (from a round the
     seed picks, so the labelled rounds differ between scenarios) each rule's outcome is measured. Rolling in
     with the switch fitted so far labels the states that switch reaches itself, where labels from the base
     rule's states may not hold (DAgger: Ross, Gordon & Bagnell, AISTATS 2011).
@@ -139,13 +154,13 @@ def label_scenario(job: tuple) -> RolloutLabels:
     from greengossip.agents.learned import make_scheduler
     from greengossip.envs.gossip_env import EdgeLearningEnv
 
-    suite, family, seed, specs, reward, hold, every, max_nodes, rollin, continuation = job
-    rules = check_switchable(specs)
+    family, seed, hold, every = job.family, job.seed, job.hold, job.every
+    rules = check_switchable(job.rules)
     with one_torch_thread():
-        config = suite_draw(suite, family, seed, load_family(family)[1], reward, max_nodes)
+        config = suite_draw(job.suite, family, seed, load_family(family)[1], job.reward, job.max_nodes)
         env = EdgeLearningEnv(config)
-        player = rules[0] if rollin is None else make_scheduler(rollin)
-        first = 1 if rollin is None else 0
+        player = rules[0] if job.rollin is None else make_scheduler(job.rollin)
+        first = 1 if job.rollin is None else 0
         observation, _ = env.reset(seed=seed)
         offset = seed % every
         summaries, outcomes, labelled, rewards, carbon = [], [], [], [], []
@@ -153,7 +168,7 @@ def label_scenario(job: tuple) -> RolloutLabels:
         while not done:
             if played % every == offset:
                 summaries.append(fleet_summary(observation))
-                outcomes.append(rule_outcomes(env, rules, hold, continuation, first))
+                outcomes.append(rule_outcomes(env, rules, hold, job.continuation, first))
                 labelled.append(played)
             action, state = player.predict(observation, state=state, episode_start=np.array([played == 0]))
             observation, step_reward, terminated, truncated, info = env.step(action)
@@ -184,8 +199,8 @@ def collect_labels(suite: SuiteSettings, rules: Sequence[str], reward: RewardWei
     rng = np.random.default_rng(seed)
     train = SPLITS["train"]
     sizes = dict(family_max_nodes or {})
-    jobs = [(suite, family, int(draw), list(rules), reward, hold, every, sizes.get(family, max_nodes), rollin,
-             continuation)
+    jobs = [LabelJob(suite, family, int(draw), tuple(rules), reward, hold, every, sizes.get(family, max_nodes),
+                     rollin, continuation)
             for family in suite.family_names
             for draw in rng.choice(np.arange(train.start, train.stop), scenarios_per_family, replace=False)]
     if workers == 1:
