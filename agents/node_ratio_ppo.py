@@ -51,7 +51,6 @@ class NodeRatioMaskablePPO(MaskablePPO):
         return th.cat(parts)
 
     def train(self) -> None:
-        self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
         if self.clip_range_vf is not None:

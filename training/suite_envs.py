@@ -28,20 +28,26 @@ from greengossip.training.suite import SPLITS, draw_scenario, load_family, resiz
 def suite_draw(suite: SuiteSettings, family: str, seed: int, ranges=None,
                reward: RewardWeights | None = None, max_nodes: int | None = None) -> EnvConfig:
     """The scenario ``seed`` draws from ``family`` at the fleet size ``suite`` trains on
-    (``SuiteSettings.training_size``), or, with ``max_nodes``, at its own size cut at ``max_nodes``; with no
-    adjacency observed (validated again: a fleet size can make a drawn scenario invalid, and the error then
-    says so). ``reward`` (the run's ``settings.reward``), where given, replaces the family's reward weights."""
-    config = draw_scenario(family, seed, ranges).config
-    if reward is not None:
-        config = config.model_copy(update={"reward": reward})
-    size = suite.training_size(config.n_nodes) if max_nodes is None else min(config.n_nodes, max_nodes)
-    return resized(config, size, adjacency=False)
+    (``SuiteSettings.training_size``), or, with ``max_nodes``, at its own size cut at ``max_nodes``
+    (:func:`own_size_draw`); with no adjacency observed (validated again: a fleet size can make a drawn
+    scenario invalid, and the error then says so). ``reward`` (the run's ``settings.reward``), where given,
+    replaces the family's reward weights."""
+    if max_nodes is not None:
+        return own_size_draw(family, seed, max_nodes, ranges, reward)
+    config = _drawn(family, seed, ranges, reward)
+    return resized(config, suite.training_size(config.n_nodes), adjacency=False)
 
 
 def own_size_draw(family: str, seed: int, max_nodes: int, ranges=None,
                   reward: RewardWeights | None = None) -> EnvConfig:
-    """:func:`suite_draw` at the family's own size cut at ``max_nodes``, which needs no suite settings."""
-    return suite_draw(SuiteSettings(), family, seed, ranges, reward, max_nodes)
+    """:func:`suite_draw` at the family's own size cut at ``max_nodes``: no suite settings needed."""
+    config = _drawn(family, seed, ranges, reward)
+    return resized(config, min(config.n_nodes, max_nodes), adjacency=False)
+
+
+def _drawn(family: str, seed: int, ranges, reward: RewardWeights | None) -> EnvConfig:
+    config = draw_scenario(family, seed, ranges).config
+    return config if reward is None else config.model_copy(update={"reward": reward})
 
 
 class SuiteDrawer:
