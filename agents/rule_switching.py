@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from greengossip.agents.base import ObservationKind
+from greengossip.agents.base import ObservationKind, global_column
 from greengossip.agents.heuristics import memoryless_rules
 from greengossip.envs.errors import UserError
 from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES
@@ -97,11 +97,36 @@ def rule_actions(rules: Sequence, observations: dict[str, np.ndarray], choices: 
     return actions
 
 
+def guarded(choices: np.ndarray, observations: dict[str, np.ndarray], guard: float | None) -> np.ndarray:
+    """``choices`` (B,) with the first rule in place of each choice made once ``progress`` >= ``guard``
+    (the deadline guard of :class:`RuleSwitchingScheduler`; None: no guard)."""
+    if guard is None:
+        return choices
+    return np.where(global_column(observations, "progress")[:, 0] >= guard, 0, choices)
+
+
+def check_guard(guard: float | None) -> float | None:
+    """``guard`` as a float, or a clear error: a share of the rounds to the deadline, in [0, 1]."""
+    if guard is None:
+        return None
+    if isinstance(guard, bool) or not isinstance(guard, (int, float)) or not 0.0 <= guard <= 1.0:
+        raise UserError(f"a rule switch's guard is the share of the rounds to the deadline after which the first "
+                        f"rule plays, between 0 and 1 (or None for no guard), got {guard!r}")
+    return float(guard)
+
+
 class RuleSwitchingScheduler:
     """A saved rule-switching model (an SB3 model over :func:`fleet_summary` with a ``Discrete`` choice of
     ``model.switch_rules``) behind the scheduler interface: reads the ``Dict`` observation, returns node
     actions. A model saved with ``switch_hold`` k > 1 chooses at an episode's first round and every k rounds
-    after, and keeps its choice in between (carried in ``state``, reset by ``episode_start``)."""
+    after, and keeps its choice in between (carried in ``state``, reset by ``episode_start``).
+
+    A model saved with ``switch_guard`` g hands the fleet to its first rule once a share g of the rounds
+    to the deadline has passed without the target reached (``progress`` >= g: the episode ends at the
+    target). Rollout labels measure one held choice followed by the first rule, so each choice looks safe
+    on its own, but a run of thrifty choices can leave too little time to reach the target; the guard
+    bounds how long the switch may deviate (a shield in the sense of Alshiekh et al., "Safe Reinforcement
+    Learning via Shielding", AAAI 2018, with the first rule as the safe fallback)."""
 
     observation_kind: ObservationKind = "dict"
 
@@ -110,6 +135,7 @@ class RuleSwitchingScheduler:
         self.rule_specs = list(model.switch_rules)
         self.rules = check_switchable(self.rule_specs)
         self.hold = int(getattr(model, "switch_hold", 1))  # rounds each choice is kept
+        self.guard = check_guard(getattr(model, "switch_guard", None))  # progress from which the first rule plays
         self.path = None if path is None else Path(path)
         self.seed = int(seed)
         self.algorithm = type(model).__name__
@@ -138,7 +164,7 @@ class RuleSwitchingScheduler:
             age = np.where(starts, 0, age)
             choices = np.where(age % self.hold == 0, choices, held)
             state = (choices, age + 1)
-        actions = rule_actions(self.rules, batch, choices)
+        actions = rule_actions(self.rules, batch, guarded(choices, batch, self.guard))
         return (actions if batched else actions[0]), state
 
     def check_env(self, env) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from greengossip.agents.base import GLOBAL_INDEX
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.agents.learned import make_scheduler
 from greengossip.agents.rule_switching import RuleSwitchingScheduler, fleet_summary, summary_size, summary_space
@@ -96,6 +97,42 @@ def test_a_saved_switch_with_a_hold_keeps_its_choice_between_decisions(tmp_path)
     assert followed == [1, 1, 0, 2]
 
 
+def test_a_guarded_switch_plays_its_first_rule_from_the_guard_on():
+    """guard 0.5: whatever the switch sends, an env follows the first rule once half of its rounds to the
+    deadline have passed; before that, the rule it was sent."""
+    guard = 0.5
+    switch, alone = RuleSwitchingVecEnv(_vec_env(), RULES, guard=guard), _vec_env()
+    first, sent = build_heuristic(RULES[0]), build_heuristic(RULES[2])
+    switch.reset()
+    obs = alone.reset()
+    followed = set()
+    for _ in range(60):
+        late = obs["global"][:, GLOBAL_INDEX["progress"]] >= guard
+        followed.update(late.tolist())
+        expected = np.where(late[:, None], first.act_batch(obs), sent.act_batch(obs))
+        _, rewards, dones, _ = switch.step(np.full(2, 2))
+        obs, alone_rewards, alone_dones, _ = alone.step(expected)
+        np.testing.assert_allclose(rewards, alone_rewards)
+        np.testing.assert_array_equal(dones, alone_dones)
+    assert followed == {False, True}  # both sides of the guard were played
+
+
+def test_a_saved_switch_keeps_its_guard_and_hands_late_rounds_to_its_first_rule(tmp_path):
+    venv = RuleSwitchingVecEnv(_vec_env(), RULES, guard=0.4)
+    model = new_switching_model(venv, first_rule_bias=0.0, net_arch=[8], seed=0, n_steps=16, batch_size=16)
+    model.save(tmp_path / "switch.zip")
+    scheduler = make_scheduler(tmp_path / "switch.zip")
+    assert scheduler.guard == 0.4
+    scheduler.choose = lambda observation, deterministic=True: np.full(len(observation["nodes"]), 2)
+    obs = _vec_env(2, 9).reset()
+    obs["global"][:, GLOBAL_INDEX["progress"]] = [0.39, 0.4]
+    actions, _ = scheduler.predict(obs)
+    np.testing.assert_array_equal(actions[0], build_heuristic(RULES[2]).act_batch(obs)[0])
+    np.testing.assert_array_equal(actions[1], build_heuristic(RULES[0]).act_batch(obs)[1])
+    with pytest.raises(UserError, match=r"guard is the share of the rounds to the deadline.*got 1\.5"):
+        RuleSwitchingVecEnv(_vec_env(), RULES, guard=1.5)
+
+
 def test_the_switch_refuses_rules_with_memory_and_a_single_rule():
     with pytest.raises(UserError, match=r"memoryless rules.*got 'carbon_aware'"):
         RuleSwitchingVecEnv(_vec_env(), ["carbon_periodic", "carbon_aware"])
@@ -126,6 +163,7 @@ def test_a_saved_switch_loads_as_a_scheduler_that_starts_at_its_first_rule(tmp_p
     ({"rule_switch": {"rules": ["carbon_periodic"]}}, r"rule_switch\.rules.*at least 2 items"),
     ({"rule_switch": {"rules": RULES, "validation_sizes": "drawn"}},
      r"rule_switch\.validation_sizes.*'training' or 'own'"),
+    ({"rule_switch": {"rules": RULES, "guard": 1.5}}, r"rule_switch\.guard.*less than or equal to 1"),
 ])
 def test_bad_rule_switch_settings_name_the_field(changes, match):
     with pytest.raises(SettingsError, match=match):

@@ -209,6 +209,10 @@ class RuleSwitchSettings(_Frozen):
     hold: int = Field(
         1, ge=1, description="rounds each choice is kept: the switch chooses at an episode's first round and every "
         "hold rounds after")
+    guard: float | None = Field(
+        None, ge=0.0, le=1.0, description="share of the rounds to the deadline after which the first rule plays "
+        "until the target is reached, whatever the switch chooses (a deadline guard: the labels measure one "
+        "choice followed by the first rule, not a run of choices); None = no guard")
     rollout_labels: RolloutLabelSettings | None = Field(
         None, description="fit the switch to rollout labels before PPO (training/rule_rollouts.py); None = start "
         "from first_rule_bias alone")

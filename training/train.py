@@ -333,11 +333,12 @@ def suite_envs(settings: TrainSettings, monitor_file: Path, append: bool):
                          monitor_file, append)
     if settings.rule_switch is None:
         return eval_envs, training
-    rules, hold = settings.rule_switch.rules, settings.rule_switch.hold
-    LOG.info("a rule switch: every %s the model picks one of %s for the whole fleet",
-             "round" if hold == 1 else f"{hold} rounds", ", ".join(rules))
-    return ({name: RuleSwitchingVecEnv(env, rules, hold) for name, env in eval_envs.items()},
-            RuleSwitchingVecEnv(training, rules, hold))
+    rules, hold, guard = settings.rule_switch.rules, settings.rule_switch.hold, settings.rule_switch.guard
+    LOG.info("a rule switch: every %s the model picks one of %s for the whole fleet%s",
+             "round" if hold == 1 else f"{hold} rounds", ", ".join(rules),
+             "" if guard is None else f", and the first rule plays from {guard:.0%} of the rounds to the deadline on")
+    return ({name: RuleSwitchingVecEnv(env, rules, hold, guard) for name, env in eval_envs.items()},
+            RuleSwitchingVecEnv(training, rules, hold, guard))
 
 
 def save_interrupted(model, out: Path, command: str | None) -> Path:
