@@ -1,7 +1,7 @@
 """How much room the hand-written rules leave a scheduler that chooses among them, per suite family.
 
     python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--workers 2] [--size-factor 2]
-        [--schedulers pretrained runs/x/best_model.zip] [--docs docs/benchmark.md]
+        [--schedulers pretrained runs/x/best_model.zip] [--guards none 0.2 0.3] [--docs docs/benchmark.md]
 
 Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays the first ``--seeds``
 scenarios of the split in each family, at the family's own fleet size, or with ``--size-factor k`` at k
@@ -12,7 +12,12 @@ was trained on, without touching the ood seeds. Per family it prints:
 * the **per-scenario pick**: on each scenario, the rule with the least carbon-to-target among those that met
   the target, chosen in hindsight. Its saving against the best rule (total carbon-to-target, paired over the
   scenarios both met) bounds what any scheduler that follows one of the rules for a whole episode can gain;
-* each named scheduler's paired saving against the best rule, and its targets.
+* each named scheduler's paired saving against the best rule, and its targets;
+* with ``--guards``, each rule-switch model of ``--schedulers`` once more under each deadline guard named
+  (``none``, or the share of the rounds to the deadline from which its first rule plays:
+  ``agents.rule_switching.RuleSwitchingScheduler``), as ``<model>-guard-<g>``: how the guard was chosen.
+
+A last row gives each scheduler's targets over all families and its saving averaged over the families.
 
 With ``--docs`` the table replaces the "## Room above the rules" section of that Markdown file (with
 ``--size-factor k``: "## Room above the rules, at k times the fleet size").
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
-from greengossip.agents.learned import scheduler_label
+from greengossip.agents.learned import make_scheduler, scheduler_label
+from greengossip.agents.rule_switching import RuleSwitchingScheduler, check_guard
 from greengossip.training.benchmark import Job, replace_section, run_jobs
 from greengossip.training.suite import draw_scenario, family_names, load_family, resized, split_seeds
 
@@ -58,6 +66,38 @@ def play(families: list[str], seeds: list[int], schedulers: list[str], workers: 
     return [{"family": row["family"], "seed": row["seed"], "spec": job.spec, "met": bool(row["reached_target"]),
              "carbon": float(row["carbon_to_target_g"]) if row["reached_target"] else None}
             for job, row in zip(jobs, run_jobs(jobs, workers))]
+
+
+def guard_value(text: str) -> float | None:
+    """``none`` or a share of the rounds to the deadline (argparse type of ``--guards``)."""
+    if text == "none":
+        return None
+    try:
+        return check_guard(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a guard is 'none' or a share between 0 and 1, got {text!r}") from None
+
+
+def guarded_copies(schedulers: list[str], guards: list[float | None], folder: Path) -> list[str]:
+    """For each rule-switch model among ``schedulers`` and each guard, a copy of the model with that guard,
+    saved in ``folder`` as ``<stem>-guard-<g>.zip`` (``none`` for no guard); their paths."""
+    copies = []
+    for spec in schedulers:
+        scheduler = make_scheduler(spec)
+        if not isinstance(scheduler, RuleSwitchingScheduler):
+            continue
+        model, own = scheduler.model, getattr(scheduler.model, "switch_guard", None)
+        try:  # loaded models are cached: the spec itself must keep its own guard
+            for guard in guards:
+                model.switch_guard = guard
+                path = folder / f"{scheduler_label(spec)}-guard-{'none' if guard is None else f'{guard:g}'}.zip"
+                model.save(path)
+                copies.append(str(path))
+        finally:
+            model.switch_guard = own
+    if guards and not copies:
+        raise SystemExit("--guards applies to rule-switch models, and --schedulers names none")
+    return copies
 
 
 def paired_saving(results: dict, seeds: list[int], scheduler: str, reference: str) -> float:
@@ -102,6 +142,11 @@ def markdown(table: list[dict], split: str, seeds: list[int], schedulers: list[s
         cells = [f"{met}/{row['seeds']}, {100 * saving:+.1f} %" for _, met, saving in row["others"]]
         lines.append(f"| {row['family']} | `{row['best']}` {row['best_met']}/{row['seeds']}, "
                      f"{row['best_carbon']:.2f} g | " + " | ".join(cells) + " |")
+    scenarios = sum(row["seeds"] for row in table)
+    overall = [f"{sum(row['others'][i][1] for row in table)}/{scenarios}, "
+               f"{100 * sum(row['others'][i][2] for row in table) / len(table):+.1f} %" for i in range(len(names))]
+    lines.append(f"| mean over families | {sum(row['best_met'] for row in table)}/{scenarios} | "
+                 + " | ".join(overall) + " |")
     size = "its own size" if size_factor == 1 else f"{size_factor:g} times the fleet size each seed drew"
     return (f"Split `{split}`, seeds {seeds[0]}..{seeds[-1]} of each family at {size}. Each cell: targets "
             "met, and carbon-to-target saved against the best rule (total, paired over the scenarios both "
@@ -114,6 +159,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="scenarios per family (the split's first N)")
     parser.add_argument("--families", nargs="+", default=None, help="default: every family")
     parser.add_argument("--schedulers", nargs="*", default=[], help="more schedulers to place against the rules")
+    parser.add_argument("--guards", nargs="*", type=guard_value, default=[],
+                        help="play each rule-switch model of --schedulers under each of these deadline guards too "
+                        "(none, or a share of the rounds to the deadline)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--size-factor", type=float, default=1.0,
                         help="play each scenario with this many times the nodes its seed drew (default 1)")
@@ -124,15 +172,19 @@ def main() -> None:
     families = args.families or family_names()
     seeds = split_seeds(args.split, args.seeds)
     started = time.monotonic()
-    rows = play(families, seeds, args.schedulers, args.workers, args.size_factor)
-    text = markdown(family_rows(rows, args.schedulers), args.split, seeds, args.schedulers, args.size_factor)
+    with tempfile.TemporaryDirectory() as folder:
+        schedulers = [*args.schedulers, *guarded_copies(args.schedulers, args.guards, Path(folder))]
+        rows = play(families, seeds, schedulers, args.workers, args.size_factor)
+    text = markdown(family_rows(rows, schedulers), args.split, seeds, schedulers, args.size_factor)
     print(text)
     if args.docs:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
                             *([f"--size-factor {args.size_factor:g}"] if args.size_factor != 1 else []),
                             *(["--families", *args.families] if args.families else []),
-                            *(["--schedulers", *args.schedulers] if args.schedulers else []), "--docs", args.docs])
+                            *(["--schedulers", *args.schedulers] if args.schedulers else []),
+                            *(["--guards", *("none" if g is None else f"{g:g}" for g in args.guards)]
+                              if args.guards else []), "--docs", args.docs])
         heading = HEADING if args.size_factor == 1 else f"{HEADING}, at {args.size_factor:g} times the fleet size"
         replace_section(args.docs, heading, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
                                              "worker(s).", "", *text.rstrip("\n").splitlines()])

@@ -55,3 +55,31 @@ def test_a_size_factor_plays_each_draw_on_a_larger_fleet_and_says_so():
     rows = _rows({A: [10.0, 10.0, 10.0]})
     assert "at 2 times the fleet size each seed drew" in headroom.markdown(
         headroom.family_rows(rows, []), "validation", [0, 1, 2], [], 2)
+
+
+def test_the_last_row_sums_the_targets_and_averages_the_savings_over_families():
+    rows = _rows({A: [10.0, 10.0, 10.0], "model": [9.0, 8.0, None]})
+    rows += [{**row, "family": "g", "carbon": None if row["carbon"] is None else row["carbon"] * 2}
+             for row in _rows({A: [10.0, 10.0, 10.0], "model": [11.0, 10.0, 9.0]})]
+    last = headroom.markdown(headroom.family_rows(rows, ["model"]), "validation", [0, 1, 2], ["model"]).splitlines()[-1]
+    saving = (1 - 17 / 20 + 1 - 30 / 30) / 2
+    assert last == f"| mean over families | 6/6 | 6/6, +0.0 % | 5/6, {100 * saving:+.1f} % |"
+
+
+def test_guarded_copies_keep_the_model_but_its_guard(tmp_path):
+    from greengossip.agents.learned import make_scheduler
+    from greengossip.training.rule_switching import RuleSwitchingVecEnv, new_switching_model
+    from tests.test_rule_switching import RULES, _vec_env
+
+    model = new_switching_model(RuleSwitchingVecEnv(_vec_env(), RULES, guard=0.5), first_rule_bias=0.0,
+                                net_arch=[8], seed=0, n_steps=16, batch_size=16)
+    model.save(tmp_path / "switch.zip")
+    spec = str(tmp_path / "switch.zip")
+    copies = headroom.guarded_copies([spec, A], [None, 0.25], tmp_path)
+    assert [headroom.scheduler_label(path) for path in copies] == ["switch-guard-none", "switch-guard-0.25"]
+    assert [make_scheduler(path).guard for path in copies] == [None, 0.25]
+    assert make_scheduler(spec).guard == 0.5  # the model named keeps its own guard
+    with pytest.raises(SystemExit, match="rule-switch models"):
+        headroom.guarded_copies([A], [0.3], tmp_path)
+    with pytest.raises(headroom.argparse.ArgumentTypeError, match="between 0 and 1"):
+        headroom.guard_value("2")
