@@ -172,10 +172,10 @@ def main() -> None:
     families = args.families or family_names()
     seeds = split_seeds(args.split, args.seeds)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:  # the copies' labels are read off their files
         schedulers = [*args.schedulers, *guarded_copies(args.schedulers, args.guards, Path(folder))]
         rows = play(families, seeds, schedulers, args.workers, args.size_factor)
-    text = markdown(family_rows(rows, schedulers), args.split, seeds, schedulers, args.size_factor)
+        text = markdown(family_rows(rows, schedulers), args.split, seeds, schedulers, args.size_factor)
     print(text)
     if args.docs:
         minutes = (time.monotonic() - started) / 60
