@@ -27,7 +27,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-ORACLE = "oracle"
+from greengossip.agents.heuristics import HEURISTICS
 
 
 def _met(row: dict) -> bool:
@@ -65,8 +65,8 @@ class Runs:
         base = sum(float(theirs[seed]["carbon_to_target_g"]) for seed in seeds)
         return ((base - ours) / base if base > 0 else math.nan), len(seeds)
 
-    def best_heuristic(self, family: str, learned: set[str]) -> str:
-        rules = [s for s in self.schedulers if s != ORACLE and s not in learned and (family, s) in self.rows]
+    def best_heuristic(self, family: str) -> str:
+        rules = [s for s in self.schedulers if s.partition(":")[0] in HEURISTICS and (family, s) in self.rows]
         return max(rules, key=lambda s: (self.targets(family, s), self.score(family, s)))
 
 
@@ -75,7 +75,6 @@ def _percent(value: float) -> str:
 
 
 def table(runs: Runs, model: str, prior: str | None, decentralized: str | None) -> str:
-    learned = {model} | ({decentralized} if decentralized else set())
     header = ["family", "best heuristic", "targets (model / best)", "score (model / best)",
               "carbon saved vs best", "gap to oracle closed"]
     if prior:
@@ -87,7 +86,7 @@ def table(runs: Runs, model: str, prior: str | None, decentralized: str | None) 
     for family in runs.families:
         if (family, model) not in runs.rows:
             continue
-        best = runs.best_heuristic(family, learned)
+        best = runs.best_heuristic(family)
         score_model, score_best = runs.score(family, model), runs.score(family, best)
         saved, both = runs.saving(family, model, best)
         gap = (score_model - score_best) / (1 - score_best) if score_best < 1 else math.nan
