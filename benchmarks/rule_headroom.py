@@ -1,10 +1,11 @@
 """How much room the hand-written rules leave a scheduler that chooses among them, per suite family.
 
-    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--workers 2] [--size-factor 2]
+    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--skip 0] [--workers 2] [--size-factor 2]
         [--schedulers pretrained runs/x/best_model.zip] [--guards none 0.2 0.3] [--docs docs/benchmark.md]
 
-Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays the first ``--seeds``
-scenarios of the split in each family, at the family's own fleet size, or with ``--size-factor k`` at k
+Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays ``--seeds`` scenarios of the
+split in each family (its first, or those after the first ``--skip``: more draws for a choice made on
+the first ones), at the family's own fleet size, or with ``--size-factor k`` at k
 times the size each seed drew: how a model chosen on validation draws holds up on fleets larger than it
 was trained on, without touching the ood seeds. Per family it prints:
 
@@ -66,6 +67,13 @@ def play(families: list[str], seeds: list[int], schedulers: list[str], workers: 
     return [{"family": row["family"], "seed": row["seed"], "spec": job.spec, "met": bool(row["reached_target"]),
              "carbon": float(row["carbon_to_target_g"]) if row["reached_target"] else None}
             for job, row in zip(jobs, run_jobs(jobs, workers))]
+
+
+def played_seeds(split: str, count: int, skip: int = 0) -> list[int]:
+    """``count`` seeds of ``split`` after its first ``skip``."""
+    if skip < 0:
+        raise ValueError(f"--skip must be at least 0, got {skip}")
+    return split_seeds(split, skip + count)[skip:]
 
 
 def guard_value(text: str) -> float | None:
@@ -157,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="validation", choices=("validation", "test", "ood"))
     parser.add_argument("--seeds", type=int, default=10, help="scenarios per family (the split's first N)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the split's first SKIP seeds (default 0)")
     parser.add_argument("--families", nargs="+", default=None, help="default: every family")
     parser.add_argument("--schedulers", nargs="*", default=[], help="more schedulers to place against the rules")
     parser.add_argument("--guards", nargs="*", type=guard_value, default=[],
@@ -170,7 +179,10 @@ def main() -> None:
     if not 0 < args.size_factor <= 8:
         parser.error(f"--size-factor must be in (0, 8], got {args.size_factor:g}")
     families = args.families or family_names()
-    seeds = split_seeds(args.split, args.seeds)
+    try:
+        seeds = played_seeds(args.split, args.seeds, args.skip)
+    except ValueError as exc:
+        parser.error(str(exc))
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:  # the copies' labels are read off their files
         schedulers = [*args.schedulers, *guarded_copies(args.schedulers, args.guards, Path(folder))]
@@ -180,6 +192,7 @@ def main() -> None:
     if args.docs:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/rule_headroom.py", f"--split {args.split}", f"--seeds {args.seeds}",
+                            *([f"--skip {args.skip}"] if args.skip else []),
                             *([f"--size-factor {args.size_factor:g}"] if args.size_factor != 1 else []),
                             *(["--families", *args.families] if args.families else []),
                             *(["--schedulers", *args.schedulers] if args.schedulers else []),

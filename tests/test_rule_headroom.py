@@ -83,3 +83,10 @@ def test_guarded_copies_keep_the_model_but_its_guard(tmp_path):
         headroom.guarded_copies([A], [0.3], tmp_path)
     with pytest.raises(headroom.argparse.ArgumentTypeError, match="between 0 and 1"):
         headroom.guard_value("2")
+
+
+def test_skip_plays_the_seeds_after_the_first_ones():
+    assert headroom.played_seeds("validation", 3) == [10_000, 10_001, 10_002]
+    assert headroom.played_seeds("validation", 2, skip=30) == [10_030, 10_031]
+    with pytest.raises(ValueError, match="--skip must be at least 0"):
+        headroom.played_seeds("validation", 2, skip=-1)

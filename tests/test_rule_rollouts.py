@@ -204,3 +204,18 @@ def test_a_family_named_in_family_max_nodes_is_labelled_at_its_own_cut(monkeypat
     rule_rollouts.collect_labels(settings.suite, RULES, settings.reward, seed=0, scenarios_per_family=2, hold=2,
                                  every=6, max_nodes=64, family_max_nodes={"large_network": 1024})
     assert cuts == {"solar_sensor_field": {64}, "large_network": {1024}}
+
+
+def test_the_carbon_rollouts_recipe_carries_its_deadline_guard_into_the_roll_in_and_the_model(tmp_path):
+    """configs/train/suite_carbon_rollouts.yaml on a small slice: one family, six nodes, two small label
+    batches (the second rolled in with the first fit), one update."""
+    record = train_small_suite_run(
+        tmp_path, "suite_carbon_rollouts", "ppo: {n_steps: 8, batch_size: 32}\n"
+        "suite: {families: [solar_sensor_field], n_nodes: 6}\n"
+        "rule_switch: {rollout_labels: {scenarios_per_family: 1, every: 24, max_nodes: 6, epochs: 2, iterations: 2, "
+        "batches_from_first_rule: 1, family_max_nodes: {large_network: 6}}}\n")
+    guard = record["settings"]["rule_switch"]["guard"]
+    assert guard is not None
+    for name in ("rollout_labels_1.zip", "best_model.zip"):
+        assert make_scheduler(record["out"] / name).guard == guard
+    assert "the first rule plays from 30% of the rounds to the deadline on" in (record["out"] / "train.log").read_text()

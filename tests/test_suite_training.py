@@ -12,7 +12,6 @@ import pytest
 
 from greengossip.agents import learned
 from greengossip.agents.learned import PRETRAINED_DIR, make_scheduler, resolve_pretrained, scheduler_label
-from greengossip.agents.rule_switching import RuleSwitchingScheduler
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import UserError
 from greengossip.training import evaluate
@@ -179,33 +178,8 @@ def test_the_shipped_models_are_package_data():
         assert any(fnmatch(relative, pattern) for pattern in listed), relative
 
 
-def test_the_shipped_model_is_the_rule_switch_its_record_describes():
-    record = json.loads(SUITE_MODEL.with_suffix(".json").read_text())
-    switch = record["settings"]["rule_switch"]
-    scheduler = make_scheduler("pretrained")
-    assert isinstance(scheduler, RuleSwitchingScheduler)
-    assert scheduler.rule_specs == switch["rules"] and scheduler.hold == switch["hold"]
-    assert scheduler.guard == switch["guard"] is not None
-    assert record["command"] == "greengossip train --settings suite_carbon_rollouts --out runs/suite"
-    assert "--settings suite_carbon_rollouts --out runs/suite" in (ROOT / "README.md").read_text()
-
-
-def test_the_train_command_runs_the_quick_start_recipe_and_keeps_its_guard(tmp_path):
-    """The README's first command on a small slice of its recipe: one family, six nodes, two small label
-    batches (the second rolled in with the first fit), one update."""
-    record = train_small_suite_run(
-        tmp_path, "suite_carbon_rollouts", "ppo: {n_steps: 8, batch_size: 32}\n"
-        "suite: {families: [solar_sensor_field], n_nodes: 6}\n"
-        "rule_switch: {rollout_labels: {scenarios_per_family: 1, every: 24, max_nodes: 6, epochs: 2, iterations: 2, "
-        "batches_from_first_rule: 1, family_max_nodes: {large_network: 6}}}\n")
-    guard = record["settings"]["rule_switch"]["guard"]
-    assert guard is not None
-    for name in ("rollout_labels_1.zip", "best_model.zip"):  # the roll-in and the model both carry it
-        assert make_scheduler(record["out"] / name).guard == guard
-
-
 def test_the_train_command_runs_the_suite_recipe_and_records_the_run(tmp_path):
-    """The node-set recipe (``--settings suite``) on a small slice: two families, six nodes, one update."""
+    """The README's first command on a small slice of the recipe: two families, six nodes, one update."""
     record = train_small_suite_run(
         tmp_path, "suite", "suite: {families: [solar_sensor_field, private_sensor_field], n_nodes: 6}\n")
     out = record["out"]
