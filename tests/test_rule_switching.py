@@ -80,11 +80,17 @@ def test_a_held_choice_ignores_the_actions_in_between_and_restarts_with_each_epi
         RuleSwitchingVecEnv(_vec_env(), RULES, hold=0)
 
 
-def test_a_saved_switch_with_a_hold_keeps_its_choice_between_decisions(tmp_path):
-    venv = RuleSwitchingVecEnv(_vec_env(), RULES, hold=2)
+def _saved_switch(tmp_path, **wrapper) -> RuleSwitchingScheduler:
+    """A small untrained switch over ``RULES`` (``wrapper``: the training wrapper's hold and guard), saved
+    and loaded back as a scheduler."""
+    venv = RuleSwitchingVecEnv(_vec_env(), RULES, **wrapper)
     model = new_switching_model(venv, first_rule_bias=0.0, net_arch=[8], seed=0, n_steps=16, batch_size=16)
     model.save(tmp_path / "switch.zip")
-    scheduler = make_scheduler(tmp_path / "switch.zip")
+    return make_scheduler(tmp_path / "switch.zip")
+
+
+def test_a_saved_switch_with_a_hold_keeps_its_choice_between_decisions(tmp_path):
+    scheduler = _saved_switch(tmp_path, hold=2)
     assert scheduler.hold == 2
     choices = iter([[1], [2], [0], [2]])
     scheduler.choose = lambda observation, deterministic=True: np.array(next(choices))
@@ -118,10 +124,7 @@ def test_a_guarded_switch_plays_its_first_rule_from_the_guard_on():
 
 
 def test_a_saved_switch_keeps_its_guard_and_hands_late_rounds_to_its_first_rule(tmp_path):
-    venv = RuleSwitchingVecEnv(_vec_env(), RULES, guard=0.4)
-    model = new_switching_model(venv, first_rule_bias=0.0, net_arch=[8], seed=0, n_steps=16, batch_size=16)
-    model.save(tmp_path / "switch.zip")
-    scheduler = make_scheduler(tmp_path / "switch.zip")
+    scheduler = _saved_switch(tmp_path, guard=0.4)
     assert scheduler.guard == 0.4
     scheduler.choose = lambda observation, deterministic=True: np.full(len(observation["nodes"]), 2)
     obs = _vec_env(2, 9).reset()
