@@ -606,6 +606,12 @@ def _parse_parameters(spec: str, text: str) -> dict:
     return params
 
 
+def is_heuristic_spec(spec: str) -> bool:
+    """True when ``spec`` names a registered heuristic (``name`` or ``name:key=value,...``), not a saved
+    model, a model's label or the oracle."""
+    return str(spec).partition(":")[0] in HEURISTICS
+
+
 def build_heuristic(spec: str, seed: int = 0) -> HeuristicScheduler:
     """The heuristic that ``spec`` names, built: ``name`` or ``name:key=value,...`` (e.g.
     ``random_k:fraction=0.25``); the caller has checked the name. ValueError naming the spec for a

@@ -23,7 +23,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from greengossip.agents.base import ObservationKind, Scheduler
 from greengossip.agents.decentralized import DECENTRALIZED_PREFIX, load_decentralized_scheduler
-from greengossip.agents.heuristics import HEURISTICS, build_heuristic
+from greengossip.agents.heuristics import HEURISTICS, build_heuristic, is_heuristic_spec
 from greengossip.agents.rule_switching import RuleSwitchingScheduler
 from greengossip.envs.errors import UserError
 
@@ -202,7 +202,7 @@ def resolve_pretrained(spec: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------- any spec
 def is_model_spec(spec: str | Path) -> bool:
     """True when ``spec`` names a saved model rather than a heuristic."""
-    return model_path(spec) is not None and str(spec).split(":", 1)[0] not in HEURISTICS
+    return model_path(spec) is not None and not is_heuristic_spec(spec)
 
 
 def scheduler_label(spec: str | Path) -> str:
@@ -227,7 +227,7 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
         return load_decentralized_scheduler(text, env=env, seed=seed)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
-    if text.partition(":")[0] not in HEURISTICS:
+    if not is_heuristic_spec(text):
         raise UserError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
                          "saved model at that path. Use a heuristic name, 'all', a shipped model ("
                         f"{', '.join(PRETRAINED)}), or the path of an SB3 .zip")

@@ -27,7 +27,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.heuristics import is_heuristic_spec
 
 
 def _met(row: dict) -> bool:
@@ -66,7 +66,7 @@ class Runs:
         return ((base - ours) / base if base > 0 else math.nan), len(seeds)
 
     def best_heuristic(self, family: str) -> str:
-        rules = [s for s in self.schedulers if s.partition(":")[0] in HEURISTICS and (family, s) in self.rows]
+        rules = [s for s in self.schedulers if is_heuristic_spec(s) and (family, s) in self.rows]
         return max(rules, key=lambda s: (self.targets(family, s), self.score(family, s)))
 
 

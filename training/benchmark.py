@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from greengossip.agents.heuristics import HEURISTICS
+from greengossip.agents.heuristics import is_heuristic_spec
 from greengossip.agents.learned import make_scheduler, scheduler_label
 from greengossip.envs.errors import UserError
 from greengossip.training import evaluate
@@ -171,7 +171,7 @@ def build_jobs(schedulers: Sequence[str], families: Sequence[str], split: str, s
     for spec in specs:  # fail before any work on a misspelt name or a missing model
         make_scheduler(spec, seed=0)
     labels = evaluate._labels(specs, scheduler_label)
-    heuristics = [spec for spec in specs if spec.partition(":")[0] in HEURISTICS]
+    heuristics = [spec for spec in specs if is_heuristic_spec(spec)]
     known = family_names()
     jobs: list[Job] = []
     for family in families:
@@ -283,7 +283,7 @@ def oracle_margins(rows: list[dict]) -> list[dict]:
     out = []
     for family in dict.fromkeys(row["family"] for row in rows):
         heuristics = [e for e in board if e["family"] == family and e["scheduler"] != ORACLE
-                      and e["scheduler"].partition(":")[0] in HEURISTICS]
+                      and is_heuristic_spec(e["scheduler"])]
         if not heuristics:
             continue
         best = max(heuristics, key=lambda e: (e["targets_met"], np.nan_to_num(e["normalised_score"], nan=-np.inf)))
@@ -301,7 +301,7 @@ def oracle_margins(rows: list[dict]) -> list[dict]:
                 elif _carbon(oracle) == 0:  # both reached the target on harvest alone: nothing to save
                     savings.append(0.0)
             beaten += any(key(r) < key(oracle) for name, r in scenario.items()
-                          if name != ORACLE and name.partition(":")[0] in HEURISTICS)
+                          if name != ORACLE and is_heuristic_spec(name))
         saving, saving_ci, both = mean_ci(savings)
         out.append({"family": family, "best_heuristic": best["scheduler"], "saving": saving, "saving_ci": saving_ci,
                     "both_met": both, "scenarios": len(seeds), "oracle_beaten": beaten})
