@@ -16,7 +16,7 @@ from greengossip.envs.fleet_batch import FleetBatch
 from greengossip.envs.numerics import raise_if_nonfinite
 from greengossip.envs.observation import observation_space
 from greengossip.envs.render import draw_network, summary_line
-from greengossip.envs.scenario import Scenario, make_scenario
+from greengossip.envs.scenario import Scenario, make_scenario, with_luck
 from greengossip.envs.state import SimState
 
 
@@ -127,7 +127,11 @@ class EdgeLearningEnv(gym.Env):
     ``config`` is a YAML path, a dict or an ``EnvConfig`` (None = default scenario); ``render_mode`` is
     ``"rgb_array"`` (network picture) or ``"ansi"`` (one line per round); ``check_finite=True`` raises
     ``FloatingPointError`` at the first step with a non-finite value (debugging a scenario).
-    ``reset(options=...)`` takes no options: any key is an error, not silently ignored.
+    ``reset(seed=s, options={"luck": k})`` builds the same world as ``reset(seed=s)`` (fleet, graph, data,
+    weather, start hour, attackers) with its counter-based random streams re-keyed by k >= 1: another draw
+    of the initial weights, the minibatches, the attacks' rounds and noise, the background load and the
+    telemetry noise (``envs.scenario.with_luck``). Paired runs over k tell what a scheduler's result owes to
+    the world and what to chance. Any other key is an error, not silently ignored.
 
     ## Version History
     * v3: under private telemetry the ``last_action`` and ``staleness`` columns show what the scheduler asked
@@ -170,7 +174,8 @@ class EdgeLearningEnv(gym.Env):
         super().reset(seed=seed)
         # a seeded reset is a new fleet (reset(seed) stays a function of the seed); an unseeded one carries
         # the same devices, and what their privacy budgets have spent, into the next episode
-        self._fleet.reset([make_scenario(self.config, self.np_random)], new_devices=seed is not None)
+        scenario = with_luck(make_scenario(self.config, self.np_random), reset_luck(options))
+        self._fleet.reset([scenario], new_devices=seed is not None)
         self._episode_over = False
         self._last_info = {"accuracy": float(self._fleet.state.accuracy[0]), "round": 0}
         return self._observation(), dict(self._last_info)
@@ -271,19 +276,30 @@ def single_env_info(batched: dict[str, np.ndarray], index: int, done: bool) -> d
 
 
 ACTION_NAME = "action"
-RESET_OPTIONS: tuple[str, ...] = ()  # keys reset(options=...) understands; a new option is added here
+RESET_OPTIONS: tuple[str, ...] = ("luck",)  # keys reset(options=...) understands; a new option is added here
 
 
-def check_reset_options(options: Any) -> None:
-    """``reset(options=...)``: None or a dict of known keys; an unknown key is a ValueError, not ignored."""
+def check_reset_options(options: Any, allowed: tuple[str, ...] = RESET_OPTIONS) -> None:
+    """``reset(options=...)``: None or a dict of ``allowed`` keys; an unknown key is a ValueError, not ignored."""
     if options is None:
         return
     if not isinstance(options, dict):
         raise ValueError(f"reset(options=...) must be a dict or None, got {type(options).__name__}")
-    unknown = [key for key in options if key not in RESET_OPTIONS]
+    unknown = [key for key in options if key not in allowed]
     if unknown:
-        allowed = ", ".join(RESET_OPTIONS) if RESET_OPTIONS else "none (pass options=None)"
-        raise ValueError(f"reset(options=...): unknown key(s) {bounded_repr(unknown)}; allowed: {allowed}")
+        names = ", ".join(allowed) if allowed else "none (pass options=None)"
+        raise ValueError(f"reset(options=...): unknown key(s) {bounded_repr(unknown)}; allowed: {names}")
+    if "luck" in options:
+        reset_luck(options)
+
+
+def reset_luck(options: dict | None) -> int:
+    """The ``luck`` of ``reset(options=...)``: a whole number >= 0 (0 or absent: the streams as drawn)."""
+    luck = (options or {}).get("luck", 0)
+    if isinstance(luck, (bool, np.bool_)) or not isinstance(luck, (int, np.integer)) or luck < 0:
+        raise ValueError(f"reset(options=...): luck must be a whole number >= 0 (0: the random streams as "
+                         f"drawn), got {bounded_repr(luck)}")
+    return int(luck)
 
 
 

@@ -565,6 +565,20 @@ def make_scenario(config: EnvConfig, rng: np.random.Generator) -> Scenario:
     )
 
 
+def with_luck(scenario: Scenario, luck: int) -> Scenario:
+    """``scenario`` with its counter-based random streams re-keyed by ``luck`` (0: unchanged). Everything
+    drawn when the world was built stays (fleet, graph, shards, weather, start hour, attackers, the devices'
+    availability); what the rounds draw changes: minibatches, the attacks' rounds and noise, background
+    load, telemetry noise, the models' initial weights. Different lucks give unrelated streams (numpy's
+    ``SeedSequence`` mixes the pair)."""
+    if luck == 0:
+        return scenario
+    keys = [int(np.random.SeedSequence([int(key), int(luck)]).generate_state(1)[0] % (2**31 - 1))
+            for key in scenario.stream_key.tolist()]
+    return dataclasses.replace(scenario, stream_key=torch.tensor(keys, dtype=scenario.stream_key.dtype,
+                                                                 device=scenario.stream_key.device))
+
+
 def _mixing_blocks(matrix: torch.Tensor) -> torch.Tensor:
     """One environment's W as ``Scenario.neighbour_mixing`` keeps it: a (1, n, n) block, or CSR as is."""
     return matrix.unsqueeze(0) if matrix.layout == torch.strided else matrix

@@ -101,7 +101,7 @@ class EdgeLearningVectorEnv(VectorEnv):
         self._started = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
-        check_reset_options(options)
+        check_reset_options(options, allowed=())  # luck re-keys one env's streams: EdgeLearningEnv only
         if seed is None:
             seeds = [None] * self.num_envs
         elif isinstance(seed, int):

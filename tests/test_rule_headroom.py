@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 
+from greengossip.training.suite import SEED_LIMIT
 from tests.conftest import ROOT
 
 SPEC = importlib.util.spec_from_file_location("rule_headroom", ROOT / "benchmarks" / "rule_headroom.py")
@@ -54,14 +55,14 @@ def test_a_size_factor_plays_each_draw_on_a_larger_fleet_and_says_so():
     assert headroom.sized(draw, 1) is draw
     rows = _rows({A: [10.0, 10.0, 10.0]})
     assert "at 2 times the fleet size each seed drew" in headroom.markdown(
-        headroom.family_rows(rows, []), "validation", [0, 1, 2], [], 2)
+        headroom.family_rows(rows, []), "validation", [0, 1, 2], 2)
 
 
 def test_the_last_row_sums_the_targets_and_averages_the_savings_over_families():
     rows = _rows({A: [10.0, 10.0, 10.0], "model": [9.0, 8.0, None]})
     rows += [{**row, "family": "g", "carbon": None if row["carbon"] is None else row["carbon"] * 2}
              for row in _rows({A: [10.0, 10.0, 10.0], "model": [11.0, 10.0, 9.0]})]
-    last = headroom.markdown(headroom.family_rows(rows, ["model"]), "validation", [0, 1, 2], ["model"]).splitlines()[-1]
+    last = headroom.markdown(headroom.family_rows(rows, ["model"]), "validation", [0, 1, 2]).splitlines()[-1]
     saving = (1 - 17 / 20 + 1 - 30 / 30) / 2
     assert last == f"| mean over families | 6/6 | 6/6, +0.0 % | 5/6, {100 * saving:+.1f} % |"
 
@@ -90,3 +91,29 @@ def test_skip_plays_the_seeds_after_the_first_ones():
     assert headroom.played_seeds("validation", 2, skip=30) == [10_030, 10_031]
     with pytest.raises(ValueError, match="--skip must be at least 0"):
         headroom.played_seeds("validation", 2, skip=-1)
+
+
+def test_a_redraw_replays_the_first_draws_pick_against_the_best_rule_of_the_redraw():
+    first = _rows({A: [10.0, 10.0, 10.0], B: [8.0, 12.0, None]})
+    second = [{**row, "draw": 1} for row in _rows({A: [10.0, 20.0, 10.0], B: [12.0, 10.0, 5.0]})]
+    (row,) = headroom.family_rows(first + second, [])
+    assert row["best"] == A  # chosen on the first draw only
+    pick, own, replayed = row["others"]
+    assert pick == ("per-scenario pick", 3, pytest.approx(1 - (8 + 10 + 10) / 30))
+    assert own == ("per-scenario pick, redrawn", 3, pytest.approx(1 - (10 + 10 + 5) / 40))
+    # the first draw picked B, A, A: on the redraw that is 12, 20, 10 against A's 10, 20, 10
+    assert replayed == ("first pick, replayed", 3, pytest.approx(1 - 42 / 40))
+    text = headroom.markdown([row], "validation", [0, 1, 2], redraw="luck")
+    assert "under other random streams of the same world" in text and "| first pick, replayed |" in text
+
+
+def test_redrawn_jobs_keep_the_scenario_and_change_the_luck_or_the_world():
+    draw = headroom.draw_scenario("continental_grid", 10_000)
+    job = headroom.Job(0, draw, A, A)
+    lucky = headroom.redrawn(job, "luck")
+    assert lucky.luck == 1 and lucky.draw is draw
+    world = headroom.redrawn(job, "world")
+    assert world.luck == 0 and world.draw.config == draw.config
+    assert world.draw.seed == draw.seed + headroom.WORLD_SEED_OFFSET >= SEED_LIMIT  # no split's seed
+    with pytest.raises(ValueError, match="redraw must be one of luck, world"):
+        headroom.redrawn(job, "weather")

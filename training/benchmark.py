@@ -134,6 +134,7 @@ class Job:
     spec: str
     label: str
     oracle: tuple | None = None  # (base policies, every, width) for the oracle's job
+    luck: int = 0  # the env's reset option: the same world under other random streams
 
 
 def _build_oracle(holder: dict, policies, every: int, width: int, env, seed: int):
@@ -149,7 +150,8 @@ def run_job(job: Job) -> tuple[int, dict[str, Any]]:
     started = time.monotonic()
     holder: dict[str, Any] = {}
     build = None if job.oracle is None else partial(_build_oracle, holder, *job.oracle)
-    row, _ = evaluate.run_episode(job.spec, job.draw.config, job.draw.seed, job.label, job.draw.family, build=build)
+    row, _ = evaluate.run_episode(job.spec, job.draw.config, job.draw.seed, job.label, job.draw.family, build=build,
+                                  luck=job.luck)
     oracle = holder.get("oracle")
     plan = "" if oracle is None else " > ".join(f"{label}@{first}" for first, label in oracle.plan.policies)
     return job.index, {**row, "family": job.draw.family, "split": job.draw.split, "seconds": time.monotonic() - started,

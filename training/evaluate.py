@@ -153,9 +153,10 @@ class Job:
 
 
 def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
-                config_label: str | None = None, build: Callable[[Any, int], Any] | None = None
-                ) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """One episode of ``spec`` on ``config`` with env seed ``seed``: (KPI row, per-round trace).
+                config_label: str | None = None, build: Callable[[Any, int], Any] | None = None,
+                luck: int = 0) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """One episode of ``spec`` on ``config`` with env seed ``seed`` (and ``luck``, ``play_episode``):
+    (KPI row, per-round trace).
     ``build(env, seed)`` makes the scheduler instead of ``make_scheduler(spec)`` (one that reads the env,
     such as the benchmark's oracle)."""
     with one_torch_thread():
@@ -181,7 +182,7 @@ def run_episode(spec: str, config: Any, seed: int, label: str | None = None,
                     totals["harm_rounds"] += 1
             _record(trace, core, len(trace["round"]), info.get("accuracy", float("nan")), totals)
 
-        info = play_episode(scheduler, env, seed, on_step=record)
+        info = play_episode(scheduler, env, seed, on_step=record, luck=luck)
         env.close()
 
     steps = info["steps"]

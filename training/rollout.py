@@ -55,13 +55,14 @@ def env_for(policy: Any, env: gym.Env) -> gym.Env:
 
 
 def play_episode(policy: Any, env: gym.Env, seed: int, deterministic: bool = True,
-                 on_step: StepHook | None = None, max_steps: int | None = None) -> dict[str, Any]:
-    """One episode of ``policy`` on the plain env ``env`` reset with ``seed``.
+                 on_step: StepHook | None = None, max_steps: int | None = None, luck: int = 0) -> dict[str, Any]:
+    """One episode of ``policy`` on the plain env ``env`` reset with ``seed`` (and, unless 0, ``luck``:
+    the same world under other random streams, ``EdgeLearningEnv.reset``).
 
     Returns the last step's ``info`` with ``return`` (the summed reward), ``steps``, ``target_reached``
     (the episode was terminated, not truncated) and ``ended`` (False only when ``max_steps`` cut it short).
     """
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options={"luck": luck} if luck else None)
     if on_step is not None:
         on_step(info, None)
     masks = takes_action_masks(policy)
