@@ -138,11 +138,15 @@ def guarded_copies(schedulers: list[str], guards: list[float | None], folder: Pa
 
 
 def paired_saving(results: dict, seeds: list[int], scheduler: str, reference: str) -> float:
-    """1 - total carbon-to-target of ``scheduler`` / that of ``reference``, over the seeds both met."""
+    """1 - total carbon-to-target of ``scheduler`` / that of ``reference``, over the seeds both met (0 where
+    both needed no carbon, NaN where only the reference did not)."""
     both = [seed for seed in seeds if results[seed][scheduler] is not None and results[seed][reference] is not None]
     if not both:
         return float("nan")
-    return 1.0 - sum(results[seed][scheduler] for seed in both) / sum(results[seed][reference] for seed in both)
+    ours, theirs = sum(results[seed][scheduler] for seed in both), sum(results[seed][reference] for seed in both)
+    if theirs == 0:  # scenarios that needed no grid energy: nothing to save
+        return 0.0 if ours == 0 else float("nan")
+    return 1.0 - ours / theirs
 
 
 def hindsight_pick(results: dict[str, float | None]) -> str | None:

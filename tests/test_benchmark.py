@@ -182,6 +182,36 @@ def test_the_oracle_is_deterministic_and_follows_its_plan(tiny_family):
     assert results[0] == results[1]
 
 
+def test_a_replayed_plan_repeats_the_oracle_in_its_world_and_not_under_other_luck(tiny_family):
+    from greengossip.training.oracle import PlanReplay, parse_plan
+    from greengossip.training.rollout import play_episode
+
+    draw = suite.draw_scenario(str(tiny_family), FIRST_TEST_SEED + 2)
+    env = gym.make(ENV_ID, config=draw.config)
+    oracle = OracleScheduler(env, base_policies(["all_nodes", "carbon_periodic", "harvest_aware"]), every=3,
+                             width=3, seed=draw.seed)
+    taken, replayed = [], []
+    info = play_episode(oracle, env, draw.seed, on_step=lambda i, r: taken.append(i.get("carbon_g")))
+    text = " > ".join(f"{label}@{first}" for first, label in oracle.plan.policies)
+    plan = parse_plan(text)
+    assert [(first, policy.label) for first, policy in plan] == oracle.plan.policies
+    env = gym.make(ENV_ID, config=draw.config)
+    again = play_episode(PlanReplay(env, plan, seed=draw.seed), env, draw.seed,
+                         on_step=lambda i, r: replayed.append(i.get("carbon_g")))
+    assert replayed == taken and again["steps"] == info["steps"]
+    env = gym.make(ENV_ID, config=draw.config)
+    lucky = play_episode(PlanReplay(env, plan, seed=draw.seed), env, draw.seed, luck=1)
+    assert lucky["accuracy"] != info["accuracy"]  # other initial weights and minibatches
+
+
+@pytest.mark.parametrize("text", ["", "carbon_periodic@3", "carbon_periodic", "all_nodes@0 > carbon_periodic@x"])
+def test_a_malformed_plan_is_refused(text):
+    from greengossip.training.oracle import parse_plan
+
+    with pytest.raises(ValueError, match="oracle plan"):
+        parse_plan(text)
+
+
 def test_the_command_refuses_an_unknown_family_in_one_line(tmp_path, capsys):
     from greengossip.training.cli import main
 

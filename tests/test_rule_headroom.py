@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
@@ -117,3 +118,9 @@ def test_redrawn_jobs_keep_the_scenario_and_change_the_luck_or_the_world():
     assert world.draw.seed == draw.seed + headroom.WORLD_SEED_OFFSET >= SEED_LIMIT  # no split's seed
     with pytest.raises(ValueError, match="redraw must be one of luck, world"):
         headroom.redrawn(job, "weather")
+
+
+def test_a_saving_over_scenarios_that_needed_no_carbon_is_zero_not_a_crash():
+    results = {0: {"a": 0.0, "b": 0.0}, 1: {"a": 0.0, "b": None}}
+    assert headroom.paired_saving(results, [0, 1], "a", "b") == 0.0
+    assert math.isnan(headroom.paired_saving({0: {"a": 1.0, "b": 0.0}}, [0], "a", "b"))  # no scale

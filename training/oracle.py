@@ -191,3 +191,48 @@ class OracleScheduler:
         key = outcome_key(reached, info.get("carbon_to_target_g") or 0.0, info.get("final_accuracy") or 0.0,
                           info.get("episode_carbon_g") or 0.0)
         return actions, carbon, key
+
+
+def parse_plan(text: str) -> list[tuple[int, BasePolicy]]:
+    """The oracle's plan as the benchmark writes it (``label@first > label@first``, ``label`` a rule or
+    ``rule@truth``): (first round, base policy) in order."""
+    plan = []
+    for part in filter(None, (piece.strip() for piece in text.split(">"))):
+        label, sep, first = part.rpartition("@")
+        if not sep or not first.isdigit():
+            raise ValueError(f"an oracle plan step is label@round, got {part!r}")
+        rule, at, view = label.rpartition("@")
+        policy = BasePolicy(rule, "truth") if at and view == "truth" else BasePolicy(label, "observed")
+        plan.append((int(first), policy))
+    if not plan or plan[0][0] != 0:
+        raise ValueError(f"an oracle plan starts at round 0, got {text!r}")
+    return plan
+
+
+class PlanReplay:
+    """The oracle's schedule of base policies (``parse_plan``) followed in another episode: from each
+    step's first round on, that step's rule decides, as it did in the oracle's copies (a fresh rule at
+    each switch, under its view). Played in the world the oracle searched, it repeats the oracle's actions;
+    played under other random streams (the env's ``luck``), it keeps what the plan knew of the world and
+    loses what it knew of chance."""
+
+    name = "oracle_replay"
+
+    def __init__(self, env, plan: Sequence[tuple[int, BasePolicy]], seed: int = 0):
+        self.env = env
+        self.plan = list(plan)
+        self.seed = int(seed)
+        self._step, self._scheduler = -1, None
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True,
+                **_: Any) -> tuple[np.ndarray, Any]:
+        core = self.env.unwrapped
+        now = int(core.sim_state.round[0])
+        step = max(i for i, (first, _) in enumerate(self.plan) if first <= now)
+        fresh = step != self._step
+        if fresh:
+            self._step, self._scheduler = step, build_heuristic(self.plan[step][1].rule, seed=self.seed)
+        policy = self.plan[step][1]
+        seen = truth_view(observation, core) if policy.view == "truth" else observation
+        action, _ = self._scheduler.predict(seen, episode_start=np.array([fresh]), deterministic=True)
+        return np.asarray(action, dtype=np.int64).reshape(-1), state
