@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from greengossip.training import evaluate
-from greengossip.training.benchmark import Job, _oracle_policies, replace_section, run_jobs
+from greengossip.training.benchmark import Job, oracle_policies, replace_section, run_jobs
 from greengossip.training.oracle import PlanReplay, parse_plan
 from greengossip.training.suite import draw_scenario, family_names, load_family
 
@@ -62,7 +62,7 @@ def play(families: list[str], seeds: list[int], workers: int) -> tuple[list[dict
     draws, jobs = [], []
     for family in families:
         ranges = load_family(family)[1]
-        settings = (_oracle_policies(ranges, rule_headroom.RULES), ranges.oracle.every, ranges.oracle.width)
+        settings = (oracle_policies(ranges, rule_headroom.RULES), ranges.oracle.every, ranges.oracle.width)
         for seed in seeds:
             draw = draw_scenario(family, seed, ranges)
             draws.append(draw)

@@ -158,7 +158,8 @@ def run_job(job: Job) -> tuple[int, dict[str, Any]]:
                        "oracle_plan": plan, **job.draw.parameters}
 
 
-def _oracle_policies(ranges: FamilyRanges, heuristics: Sequence[str]):
+def oracle_policies(ranges: FamilyRanges, heuristics: Sequence[str]):
+    """The oracle's base policies in a family: its own rules under its views, then ``heuristics`` as observed."""
     from greengossip.training.oracle import BasePolicy, base_policies
 
     own = base_policies(ranges.oracle.rules, ranges.oracle.views)
@@ -180,7 +181,7 @@ def build_jobs(schedulers: Sequence[str], families: Sequence[str], split: str, s
         if family not in known and not Path(family).is_file():
             raise UserError(f"unknown family {family!r}; allowed: {', '.join(known)} (or a range file's path)")
         name, ranges = load_family(family)
-        settings = (_oracle_policies(ranges, heuristics), ranges.oracle.every, ranges.oracle.width)
+        settings = (oracle_policies(ranges, heuristics), ranges.oracle.every, ranges.oracle.width)
         for seed in split_seeds(split, seeds_per_family):
             draw = draw_scenario(name, seed, ranges)
             jobs.append(Job(len(jobs), draw, ORACLE, ORACLE, settings))
