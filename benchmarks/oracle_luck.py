@@ -1,6 +1,6 @@
 """What the oracle's margin over the rules owes to chance, per suite family.
 
-    python benchmarks/oracle_luck.py [--split validation] [--seeds 10] [--skip 0] [--workers 2]
+    python benchmarks/oracle_luck.py [--split validation] [--seeds 10] [--skip 0] [--workers 2] [--views observed]
         [--docs docs/benchmark.md]
 
 The oracle (``training/oracle.py``) searches copies of the env that replay the episode's own random
@@ -18,9 +18,12 @@ Per family: the best rule (most targets met, then the least mean carbon-to-targe
 saving against it, the replayed plan's saving against the best rule under the other streams, and the
 same for the per-scenario pick of the rules (``rule_headroom.py --redraw luck``). What the replayed plan
 keeps is what the oracle knew of the world; what it loses it knew of chance, which no scheduler can learn.
-A replayed plan follows rules that read the truth, so it is still clairvoyant about the world.
+A replayed plan follows rules that read the truth, so it is still clairvoyant about the world. With
+``--views observed`` the oracle's base rules see only the observation, as a scheduler does: what is left
+is the room a scheduler that switches among the rules at the right rounds could earn.
 
-With ``--docs`` the table replaces the "## What the oracle owes to chance" section of that Markdown file.
+With ``--docs`` the table replaces the "## What the oracle owes to chance" section of that Markdown file
+(with ``--views``: "..., <views> views").
 Validation seeds (the default) are the split for choosing methods; the test split is for reporting.
 """
 
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from greengossip.training import evaluate
 from greengossip.training.benchmark import Job, oracle_policies, replace_section, run_jobs
-from greengossip.training.oracle import PlanReplay, parse_plan
+from greengossip.training.oracle import VIEWS, PlanReplay, parse_plan
 from greengossip.training.suite import draw_scenario, family_names, load_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,13 +58,17 @@ def _play_replay(args: tuple) -> dict:
     return row
 
 
-def play(families: list[str], seeds: list[int], workers: int) -> tuple[list[dict], dict]:
+def play(families: list[str], seeds: list[int], workers: int, views: tuple[str, ...] | None = None
+         ) -> tuple[list[dict], dict]:
     """The rules' rows (``rule_headroom.play`` with ``redraw="luck"``), and per (family, seed) the oracle's
-    carbon-to-target as drawn and its replayed plan's under the other streams (None: target missed)."""
+    carbon-to-target as drawn and its replayed plan's under the other streams (None: target missed). The
+    oracle's base rules take ``views`` (None: the family's own ``oracle.views``)."""
     rules = rule_headroom.play(families, seeds, [], workers, redraw="luck")
     draws, jobs = [], []
     for family in families:
         ranges = load_family(family)[1]
+        if views is not None:
+            ranges = ranges.model_copy(update={"oracle": ranges.oracle.model_copy(update={"views": tuple(views)})})
         settings = (oracle_policies(ranges, rule_headroom.RULES), ranges.oracle.every, ranges.oracle.width)
         for seed in seeds:
             draw = draw_scenario(family, seed, ranges)
@@ -113,6 +120,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=0, help="leave out the split's first SKIP seeds (default 0)")
     parser.add_argument("--families", nargs="+", default=None, help="default: every family")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--views", nargs="+", choices=VIEWS, default=None,
+                        help="the views of the oracle's base rules (default: each family's own)")
     parser.add_argument("--docs", default=None, help="Markdown file whose section to replace")
     args = parser.parse_args()
     families = args.families or family_names()
@@ -121,7 +130,7 @@ def main() -> None:
     except ValueError as exc:
         parser.error(str(exc))
     started = time.monotonic()
-    rules, outcomes = play(families, seeds, args.workers)
+    rules, outcomes = play(families, seeds, args.workers, args.views)
     text = rule_headroom.markdown(table_rows(rules, outcomes), args.split, seeds, redraw="luck")
     oracle_note = (" The first two columns: the oracle as drawn, and its plan of base policies replayed under the "
                    "other streams, against the best rule there.")
@@ -131,8 +140,10 @@ def main() -> None:
         minutes = (time.monotonic() - started) / 60
         command = " ".join(["python benchmarks/oracle_luck.py", f"--split {args.split}", f"--seeds {args.seeds}",
                             *([f"--skip {args.skip}"] if args.skip else []),
-                            *(["--families", *args.families] if args.families else []), "--docs", args.docs])
-        replace_section(args.docs, HEADING, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
+                            *(["--families", *args.families] if args.families else []),
+                            *(["--views", *args.views] if args.views else []), "--docs", args.docs])
+        heading = HEADING if args.views is None else f"{HEADING}, {' and '.join(args.views)} views"
+        replace_section(args.docs, heading, [f"Written by `{command}` in {minutes:.0f} min with {args.workers} "
                                              "worker(s).", "", *text.rstrip("\n").splitlines()])
 
 
