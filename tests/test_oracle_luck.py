@@ -30,3 +30,16 @@ def test_the_oracle_is_scored_as_drawn_and_its_plan_against_the_best_rule_under_
 
 
 A, B = RULES[0], RULES[1]
+
+
+def test_views_set_the_oracle_base_policies_views(monkeypatch):
+    captured = []
+    monkeypatch.setattr(oracle_luck.rule_headroom, "play", lambda *args, **kwargs: [])
+    monkeypatch.setattr(oracle_luck, "run_jobs", lambda jobs, workers: captured.extend(jobs) or [
+        {"oracle_plan": "", "reached_target": 0, "carbon_to_target_g": None} for _ in jobs])
+    monkeypatch.setattr(oracle_luck, "_play_replay", lambda job: {"reached_target": 0, "carbon_to_target_g": None})
+    for views, expected in ((None, {"observed", "truth"}), (("observed",), {"observed"})):
+        captured.clear()
+        oracle_luck.play(["adversarial_fleet"], [10_000], 1, views)
+        (job,) = captured
+        assert {policy.view for policy in job.oracle[0]} == expected
