@@ -171,10 +171,11 @@ class EdgeLearningEnv(gym.Env):
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         check_reset_options(options)
+        luck = reset_luck(options)  # checked before anything changes: a refused reset leaves the env as it was
         super().reset(seed=seed)
         # a seeded reset is a new fleet (reset(seed) stays a function of the seed); an unseeded one carries
         # the same devices, and what their privacy budgets have spent, into the next episode
-        scenario = with_luck(make_scenario(self.config, self.np_random), reset_luck(options))
+        scenario = with_luck(make_scenario(self.config, self.np_random), luck)
         self._fleet.reset([scenario], new_devices=seed is not None)
         self._episode_over = False
         self._last_info = {"accuracy": float(self._fleet.state.accuracy[0]), "round": 0}
@@ -289,8 +290,6 @@ def check_reset_options(options: Any, allowed: tuple[str, ...] = RESET_OPTIONS) 
     if unknown:
         names = ", ".join(allowed) if allowed else "none (pass options=None)"
         raise ValueError(f"reset(options=...): unknown key(s) {bounded_repr(unknown)}; allowed: {names}")
-    if "luck" in options:
-        reset_luck(options)
 
 
 def reset_luck(options: dict | None) -> int:
