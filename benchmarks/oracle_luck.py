@@ -32,12 +32,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
-from greengossip.training import evaluate
 from greengossip.training.benchmark import Job, oracle_policies, replace_section, run_jobs
-from greengossip.training.oracle import VIEWS, PlanReplay, parse_plan
+from greengossip.training.oracle import VIEWS
 from greengossip.training.suite import draw_scenario, family_names, load_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,17 +43,6 @@ import rule_headroom  # noqa: E402  (the rules, their plays and the paired savin
 
 HEADING = "## What the oracle owes to chance"
 ORACLE, REPLAYED = "oracle", "oracle's plan, other luck"
-
-
-def _replay(plan: str, env, seed: int) -> PlanReplay:
-    return PlanReplay(env, parse_plan(plan), seed=seed)
-
-
-def _play_replay(args: tuple) -> dict:
-    draw, plan = args
-    row, _ = evaluate.run_episode("oracle_replay", draw.config, draw.seed, REPLAYED, draw.family,
-                                  build=partial(_replay, plan), luck=1)
-    return row
 
 
 def play(families: list[str], seeds: list[int], workers: int, views: tuple[str, ...] | None = None
@@ -75,17 +62,8 @@ def play(families: list[str], seeds: list[int], workers: int, views: tuple[str, 
             draws.append(draw)
             jobs.append(Job(len(jobs), draw, ORACLE, ORACLE, settings))
     oracle_rows = run_jobs(jobs, workers)
-    replays = [(draw, row["oracle_plan"]) for draw, row in zip(draws, oracle_rows)]
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context(evaluate._start_method())
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                 initializer=evaluate._worker_init) as pool:
-            replay_rows = list(pool.map(_play_replay, replays))
-    else:
-        replay_rows = [_play_replay(job) for job in replays]
+    replay_rows = run_jobs([Job(i, draw, REPLAYED, REPLAYED, luck=1, plan=row["oracle_plan"])
+                            for i, (draw, row) in enumerate(zip(draws, oracle_rows))], workers)
 
     def carbon(row: dict) -> float | None:
         return float(row["carbon_to_target_g"]) if row["reached_target"] else None

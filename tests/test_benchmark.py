@@ -202,6 +202,8 @@ def test_a_replayed_plan_repeats_the_oracle_in_its_world_and_not_under_other_luc
     env = gym.make(ENV_ID, config=draw.config)
     lucky = play_episode(PlanReplay(env, plan, seed=draw.seed), env, draw.seed, luck=1)
     assert lucky["accuracy"] != info["accuracy"]  # other initial weights and minibatches
+    _, row = benchmark.run_job(benchmark.Job(0, draw, "replay", "replay", plan=text))  # the benchmark's jobs too
+    assert row["carbon_to_target_g"] == info.get("carbon_to_target_g") and row["rounds"] == info["episode_rounds"]
 
 
 @pytest.mark.parametrize("text", ["", "carbon_periodic@3", "carbon_periodic", "all_nodes@0 > carbon_periodic@x"])

@@ -36,10 +36,10 @@ def test_views_set_the_oracle_base_policies_views(monkeypatch):
     captured = []
     monkeypatch.setattr(oracle_luck.rule_headroom, "play", lambda *args, **kwargs: [])
     monkeypatch.setattr(oracle_luck, "run_jobs", lambda jobs, workers: captured.extend(jobs) or [
-        {"oracle_plan": "", "reached_target": 0, "carbon_to_target_g": None} for _ in jobs])
-    monkeypatch.setattr(oracle_luck, "_play_replay", lambda job: {"reached_target": 0, "carbon_to_target_g": None})
+        {"oracle_plan": "all_nodes@0", "reached_target": 0, "carbon_to_target_g": None} for _ in jobs])
     for views, expected in ((None, {"observed", "truth"}), (("observed",), {"observed"})):
         captured.clear()
         oracle_luck.play(["adversarial_fleet"], [10_000], 1, views)
-        (job,) = captured
-        assert {policy.view for policy in job.oracle[0]} == expected
+        oracle, replay = captured
+        assert {policy.view for policy in oracle.oracle[0]} == expected
+        assert (replay.plan, replay.luck, replay.oracle) == ("all_nodes@0", 1, None)  # its plan, other luck

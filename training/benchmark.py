@@ -135,6 +135,7 @@ class Job:
     label: str
     oracle: tuple | None = None  # (base policies, every, width) for the oracle's job
     luck: int = 0  # the env's reset option: the same world under other random streams
+    plan: str | None = None  # an oracle plan (its ``oracle_plan``) to replay in place of ``spec``
 
 
 def _build_oracle(holder: dict, policies, every: int, width: int, env, seed: int):
@@ -144,12 +145,19 @@ def _build_oracle(holder: dict, policies, every: int, width: int, env, seed: int
     return holder["oracle"]
 
 
+def _build_replay(plan: str, env, seed: int):
+    from greengossip.training.oracle import PlanReplay, parse_plan
+
+    return PlanReplay(env, parse_plan(plan), seed=seed)
+
+
 def run_job(job: Job) -> tuple[int, dict[str, Any]]:
     """One episode: the KPI row of ``training.evaluate.run_episode`` with the family, the draw and the score
     columns."""
     started = time.monotonic()
     holder: dict[str, Any] = {}
-    build = None if job.oracle is None else partial(_build_oracle, holder, *job.oracle)
+    build = (partial(_build_oracle, holder, *job.oracle) if job.oracle is not None
+             else partial(_build_replay, job.plan) if job.plan is not None else None)
     row, _ = evaluate.run_episode(job.spec, job.draw.config, job.draw.seed, job.label, job.draw.family, build=build,
                                   luck=job.luck)
     oracle = holder.get("oracle")
