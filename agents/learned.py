@@ -24,6 +24,8 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from greengossip.agents.base import ObservationKind, Scheduler
 from greengossip.agents.decentralized import DECENTRALIZED_PREFIX, load_decentralized_scheduler
 from greengossip.agents.heuristics import HEURISTICS, build_heuristic, is_heuristic_spec
+from greengossip.agents.node_linear import SUFFIX as NODE_LINEAR_SUFFIX
+from greengossip.agents.node_linear import is_node_linear_spec, load_node_linear
 from greengossip.agents.rule_switching import RuleSwitchingScheduler
 from greengossip.envs.errors import UserError
 
@@ -212,12 +214,15 @@ def scheduler_label(spec: str | Path) -> str:
         return text
     if text.startswith(DECENTRALIZED_PREFIX):
         return "decentralized-" + Path(text.split(":", 1)[1]).name.removesuffix(".zip")
+    if is_node_linear_spec(text):
+        return Path(text).name.removesuffix(NODE_LINEAR_SUFFIX)
     return Path(spec).name.removesuffix(".zip") if is_model_spec(spec) else text
 
 
 def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
-    """A scheduler from a heuristic name (optionally ``name:key=value,...``), a saved SB3 model path, or a
-    shipped model's name (``pretrained``, ``pretrained-decentralized``; :func:`resolve_pretrained`).
+    """A scheduler from a heuristic name (optionally ``name:key=value,...``), a saved SB3 model path, a
+    node-linear scheduler's ``.npz`` (``greengossip.agents.node_linear``), or a shipped model's name
+    (``pretrained``, ``pretrained-decentralized``; :func:`resolve_pretrained`).
 
     ``seed`` seeds randomised heuristics and the model's sampling; ``env`` (optional) lets a model
     check that it can read the env's observations.
@@ -225,10 +230,12 @@ def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     text = resolve_pretrained(spec)
     if text.startswith(DECENTRALIZED_PREFIX):  # a per-node policy shared by all nodes (PettingZoo training)
         return load_decentralized_scheduler(text, env=env, seed=seed)
+    if is_node_linear_spec(text):  # per-node linear weights (evolution strategies)
+        return load_node_linear(text)
     if is_model_spec(text):
         return load_scheduler(text, env=env, seed=seed)
     if not is_heuristic_spec(text):
         raise UserError(f"unknown scheduler {text!r}: not a heuristic ({', '.join(HEURISTICS)}) and no "
                          "saved model at that path. Use a heuristic name, 'all', a shipped model ("
-                        f"{', '.join(PRETRAINED)}), or the path of an SB3 .zip")
+                        f"{', '.join(PRETRAINED)}), or the path of an SB3 .zip or a node-linear .npz")
     return build_heuristic(text, seed)

@@ -13,6 +13,7 @@ from pathlib import Path
 SCENARIOS = ""  # the configs/ folder itself: scenario configs
 TRAINING = "train"  # configs/train/: training recipes
 FAMILIES = "scenarios"  # configs/scenarios/: the scenario families, found as scenario configs too
+EVOLUTION = "evolution"  # configs/evolution/: evolution-strategies runs (greengossip.training.evolution)
 
 
 def shipped_dir(kind: str = SCENARIOS) -> Path:

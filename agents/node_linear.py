@@ -1,0 +1,126 @@
+"""A per-node linear scheduler: each node scores a few actions by a linear function of what it observes of
+itself, of the fleet and of the round, and takes the best one it can afford.
+
+Its features are the node's own columns (each divided by its upper bound, ``NODE_FEATURES``), the global
+features, the fleet's mean of every node column, and four derived numbers the rules read: the node's
+intensity now against its forecast (``carbon_timing``), its share of links over the internet
+(``network_aware``), its intensity against the fleet's mean, and the fleet's mean of the first ratio
+(``fleet_timing``); then log2 of the fleet size and a constant. One weight row per action, the same for
+every node and every fleet size, so a policy learned on small fleets runs on any.
+
+Weights are learned by evolution strategies over whole episodes (``greengossip.training.evolution``), which
+score a candidate by the carbon it needs to reach the target, the benchmark's own measure. With only the
+constant's weight on the 8-bit broadcast it is ``carbon_periodic:period=1,trust_threshold=0`` (every node
+trains and sends its 8-bit model every round), the start of that search.
+
+Saved as ``.npz`` (``weights``, the action codes and the feature names it was learned with), and named by
+that path wherever a scheduler is named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN
+from greengossip.envs.errors import UserError
+from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES, NODE_INDEX
+
+SUFFIX = ".npz"
+# the actions it chooses among: the ones the rules use (idle, train only, 8-bit) and the cheaper top-10 %
+ACTIONS = (IDLE, TRAIN, SEND_Q8, SEND_TOP10)
+DERIVED = ("carbon_now_over_forecast", "internet_share", "carbon_now_over_fleet", "fleet_carbon_now_over_forecast",
+           "log2_nodes", "constant")
+FEATURE_NAMES = (*(name for name, *_ in NODE_FEATURES), *(name for name, *_ in GLOBAL_FEATURES),
+                 *(f"fleet_{name}" for name, *_ in NODE_FEATURES), *DERIVED)
+N_FEATURES = len(FEATURE_NAMES)
+_NODE_HIGH = np.array([high for _name, _low, high, _doc in NODE_FEATURES])
+
+
+def node_features(observation: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, N_FEATURES) features of one observation, in the order of ``FEATURE_NAMES``."""
+    nodes = np.asarray(observation["nodes"], dtype=np.float64)
+    n = nodes.shape[0]
+    scaled = nodes / _NODE_HIGH
+    carbon_now = nodes[:, NODE_INDEX["carbon_now"]]
+    # ratios are offset by 1 so that a flat grid reads 0; clipped so that one odd trace cannot dominate
+    timing = np.clip(carbon_now / np.maximum(nodes[:, NODE_INDEX["carbon_forecast"]], 1e-6), 0.0, 3.0) - 1.0
+    internet = nodes[:, NODE_INDEX["internet_links"]] / np.maximum(nodes[:, NODE_INDEX["degree"]], 1e-6)
+    versus_fleet = carbon_now - carbon_now.mean()
+    columns = [scaled, np.broadcast_to(np.asarray(observation["global"], dtype=np.float64), (n, len(GLOBAL_FEATURES))),
+               np.broadcast_to(scaled.mean(0), (n, len(NODE_FEATURES))), timing[:, None], internet[:, None],
+               versus_fleet[:, None], np.full((n, 1), timing.mean()), np.full((n, 1), math.log2(n) / 10.0),
+               np.ones((n, 1))]
+    return np.concatenate(columns, axis=1)
+
+
+def start_weights(action: int = SEND_Q8) -> np.ndarray:
+    """(len(ACTIONS), N_FEATURES) weights that always prefer ``action`` (falling back to what the mask allows):
+    with the default, ``carbon_periodic:period=1,trust_threshold=0``."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+    weights = np.zeros((len(ACTIONS), N_FEATURES))
+    weights[ACTIONS.index(action), FEATURE_NAMES.index("constant")] = 1.0
+    return weights
+
+
+class NodeLinearScheduler:
+    """The scheduler of one weight matrix; see the module docstring."""
+
+    observation_kind = "dict"
+
+    def __init__(self, weights: np.ndarray, name: str = "node_linear"):
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(ACTIONS), N_FEATURES):
+            raise ValueError(f"weights must have shape {(len(ACTIONS), N_FEATURES)} (actions x features), "
+                             f"got {weights.shape}")
+        self.weights = weights
+        self.name = name
+
+    def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        allowed = np.asarray(mask, dtype=bool)[:, ACTIONS]
+        scores = np.where(allowed, node_features(observation) @ self.weights.T, -np.inf)
+        return np.where(allowed.any(1), np.asarray(ACTIONS)[np.argmax(scores, axis=1)], IDLE)
+
+    def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        mask = observation["action_mask"] if action_masks is None else action_masks
+        n = np.asarray(observation["nodes"]).shape[0]
+        return self.act(observation, np.asarray(mask).reshape(n, -1)), state
+
+    def save(self, path: str | Path, record: dict[str, Any] | None = None) -> Path:
+        path = Path(path)
+        if path.suffix != SUFFIX:
+            raise ValueError(f"a node-linear scheduler is saved as {SUFFIX}, got {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, weights=self.weights, actions=np.asarray(ACTIONS), features=np.asarray(FEATURE_NAMES),
+                 record=np.asarray(json.dumps(record or {})))
+        return path
+
+
+def is_node_linear_spec(spec: str | Path) -> bool:
+    return str(spec).endswith(SUFFIX)
+
+
+def load_node_linear(path: str | Path) -> NodeLinearScheduler:
+    """The scheduler saved at ``path``; a clear error when the file is missing or was saved with other
+    actions or features than this version reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no node-linear scheduler at {path}: name a {SUFFIX} file written by "
+                        "greengossip.training.evolution")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            weights, actions, features = data["weights"], data["actions"], data["features"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a node-linear scheduler file ({type(exc).__name__}: {exc}); it needs "
+                        "the arrays weights, actions and features") from exc
+    if tuple(int(a) for a in actions) != ACTIONS or tuple(str(f) for f in features) != FEATURE_NAMES:
+        raise UserError(f"{path} was saved with actions {tuple(int(a) for a in actions)} and "
+                        f"{len(features)} features; this version reads actions {ACTIONS} and the "
+                        f"{N_FEATURES} features of greengossip.agents.node_linear.FEATURE_NAMES")
+    return NodeLinearScheduler(weights, name=path.stem)

@@ -1,0 +1,148 @@
+"""The per-node linear scheduler and its evolution-strategies trainer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import ENV_ID
+
+from greengossip.agents.heuristics import build_heuristic
+from greengossip.agents.learned import make_scheduler, scheduler_label
+from greengossip.agents.node_linear import (
+    ACTIONS,
+    FEATURE_NAMES,
+    N_FEATURES,
+    NodeLinearScheduler,
+    load_node_linear,
+    node_features,
+    start_weights,
+)
+from greengossip.envs.errors import UserError
+from greengossip.training.evolution import (
+    MISSED,
+    EvolutionSettings,
+    centred_ranks,
+    evolve,
+    load_evolution_settings,
+    paired_score,
+)
+
+PRIOR = "carbon_periodic:period=1,trust_threshold=0"
+
+
+def _episode_actions(scheduler, seed=3, max_steps=12):
+    env = gym.make(ENV_ID, config="tiny")
+    obs, _ = env.reset(seed=seed)
+    actions = []
+    for _ in range(max_steps):
+        mask = env.unwrapped.action_masks()
+        action, _ = scheduler.predict(obs)  # both read the mask from the observation
+        assert mask[np.arange(len(action)), action].all(), "chose an action the mask forbids"
+        actions.append(np.asarray(action))
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    env.close()
+    return actions
+
+
+def test_the_start_weights_play_the_prior_rule():
+    linear = _episode_actions(NodeLinearScheduler(start_weights()))
+    rule = _episode_actions(build_heuristic(PRIOR))
+    assert len(linear) == len(rule) > 1
+    for ours, theirs in zip(linear, rule):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_random_weights_stay_within_the_mask_and_move_off_the_rule():
+    weights = np.random.default_rng(0).normal(size=(len(ACTIONS), N_FEATURES))
+    linear = _episode_actions(NodeLinearScheduler(weights))
+    rule = _episode_actions(build_heuristic(PRIOR))
+    assert any(not np.array_equal(a, b) for a, b in zip(linear, rule))
+    assert set(np.concatenate(linear)) <= set(ACTIONS)
+
+
+def test_features_have_one_column_per_name():
+    env = gym.make(ENV_ID, config="tiny")
+    obs, _ = env.reset(seed=0)
+    features = node_features(obs)
+    n = obs["nodes"].shape[0]
+    assert features.shape == (n, N_FEATURES) == (n, len(FEATURE_NAMES))
+    assert np.all(features[:, FEATURE_NAMES.index("constant")] == 1.0)
+    assert np.allclose(features[:, FEATURE_NAMES.index("log2_nodes")], math.log2(n) / 10)
+    assert np.isfinite(features).all()
+    env.close()
+
+
+def test_saved_weights_load_by_path_and_play_the_same(tmp_path):
+    weights = np.random.default_rng(1).normal(size=(len(ACTIONS), N_FEATURES))
+    path = NodeLinearScheduler(weights).save(tmp_path / "es.npz", {"generations_done": 3})
+    loaded = make_scheduler(str(path))
+    np.testing.assert_array_equal(loaded.weights, weights)
+    assert scheduler_label(str(path)) == "es"
+    for ours, theirs in zip(_episode_actions(loaded), _episode_actions(NodeLinearScheduler(weights))):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_bad_weight_files_are_refused_by_name(tmp_path):
+    with pytest.raises(UserError, match="no node-linear scheduler"):
+        load_node_linear(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a zip")
+    with pytest.raises(UserError, match="not a node-linear scheduler file"):
+        load_node_linear(junk)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros((3, 5)), actions=np.array([0, 1, 3]), features=np.array(["a"] * 5))
+    with pytest.raises(UserError, match="this version reads actions"):
+        load_node_linear(other)
+    with pytest.raises(ValueError, match="shape"):
+        NodeLinearScheduler(np.zeros((2, 2)))
+
+
+def test_the_paired_score_ranks_misses_last_and_is_clipped():
+    assert paired_score(5.0, True, 5.0, True) == 0.0
+    assert paired_score(4.0, True, 5.0, True) > 0 > paired_score(6.0, True, 5.0, True)
+    assert paired_score(1e-6, True, 100.0, True) == pytest.approx(math.log(3.0))
+    assert paired_score(100.0, True, 0.0, True) == pytest.approx(-math.log(3.0))
+    assert paired_score(0.0, False, 5.0, True) == MISSED < paired_score(1e9, True, 1.0, True)
+    assert paired_score(5.0, True, 5.0, False) == pytest.approx(math.log(3.0))
+    ranks = centred_ranks(np.array([3.0, -1.0, 2.0]))
+    np.testing.assert_allclose(ranks, [0.5, -0.5, 0.0])
+
+
+def test_bad_settings_are_refused_by_field(tmp_path):
+    with pytest.raises(UserError, match="sigma"):
+        load_evolution_settings("suite", sigma=0)
+    with pytest.raises(UserError, match="unknown families"):
+        load_evolution_settings("suite", families=["atlantis"])
+    with pytest.raises(UserError, match="reference"):
+        load_evolution_settings("suite", reference="no_such_rule")
+    with pytest.raises(UserError, match="shipped names: suite"):
+        load_evolution_settings("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generations: 2\nspeed: 3\n")
+    with pytest.raises(UserError, match="speed"):
+        load_evolution_settings(bad)
+
+
+def test_one_generation_writes_the_run_and_repeats_for_a_seed(tmp_path):
+    settings = EvolutionSettings(generations=1, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
+                                 max_nodes=16, workers=1, seed=5)
+    runs = []
+    for name in ("a", "b"):
+        path = evolve(settings, tmp_path / name, log=lambda _line: None)
+        runs.append(load_node_linear(path).weights)
+        with (tmp_path / name / "progress.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 1 and "solar_sensor_field/current" in rows[0]
+        # the current weights are the start, which plays the reference rule: a saving of exactly 0
+        assert float(rows[0]["current"]) == 0.0
+        record = json.loads((tmp_path / name / "record.json").read_text())
+        assert record["generations_done"] == 1 and record["settings"]["seed"] == 5
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], start_weights())  # one Adam step moved them
