@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN
+from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN, HeuristicScheduler
 from greengossip.envs.errors import UserError
 from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES, NODE_INDEX
 
@@ -68,29 +68,26 @@ def start_weights(action: int = SEND_Q8) -> np.ndarray:
     return weights
 
 
-class NodeLinearScheduler:
-    """The scheduler of one weight matrix; see the module docstring."""
+class NodeLinearScheduler(HeuristicScheduler):
+    """The scheduler of one weight matrix; see the module docstring. Learned, but it shares the rules'
+    plumbing (``predict`` reads the mask from the observation and holds it as a hard constraint) and, like
+    them, decides from the current observation alone."""
 
-    observation_kind = "dict"
+    name = "node_linear"
+    memoryless = True
 
-    def __init__(self, weights: np.ndarray, name: str = "node_linear"):
+    def __init__(self, weights: np.ndarray):
+        super().__init__(seed=0)
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (len(ACTIONS), N_FEATURES):
             raise ValueError(f"weights must have shape {(len(ACTIONS), N_FEATURES)} (actions x features), "
                              f"got {weights.shape}")
         self.weights = weights
-        self.name = name
 
     def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         allowed = np.asarray(mask, dtype=bool)[:, ACTIONS]
         scores = np.where(allowed, node_features(observation) @ self.weights.T, -np.inf)
         return np.where(allowed.any(1), np.asarray(ACTIONS)[np.argmax(scores, axis=1)], IDLE)
-
-    def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
-                deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
-        mask = observation["action_mask"] if action_masks is None else action_masks
-        n = np.asarray(observation["nodes"]).shape[0]
-        return self.act(observation, np.asarray(mask).reshape(n, -1)), state
 
     def save(self, path: str | Path, record: dict[str, Any] | None = None) -> Path:
         path = Path(path)
@@ -123,4 +120,4 @@ def load_node_linear(path: str | Path) -> NodeLinearScheduler:
         raise UserError(f"{path} was saved with actions {tuple(int(a) for a in actions)} and "
                         f"{len(features)} features; this version reads actions {ACTIONS} and the "
                         f"{N_FEATURES} features of greengossip.agents.node_linear.FEATURE_NAMES")
-    return NodeLinearScheduler(weights, name=path.stem)
+    return NodeLinearScheduler(weights)

@@ -136,18 +136,11 @@ def play(episode: Episode) -> tuple[float, bool]:
     from greengossip.agents.learned import make_scheduler
     from greengossip.training.rollout import one_torch_thread, play_episode
 
-    carbon = [0.0]
-
-    def count(info: dict[str, Any], reward: float | None) -> None:
-        if reward is not None:
-            carbon[0] += float(info["carbon_g"])
-
     scheduler = (make_scheduler(episode.reference) if episode.weights is None
                  else NodeLinearScheduler(episode.weights))
     with one_torch_thread():
-        info = play_episode(scheduler, _env(episode.family, episode.seed, episode.max_nodes), episode.seed,
-                            on_step=count)
-    return carbon[0], bool(info["target_reached"])
+        info = play_episode(scheduler, _env(episode.family, episode.seed, episode.max_nodes), episode.seed)
+    return float(info["episode_carbon_g"]), bool(info["target_reached"])
 
 
 def paired_score(carbon: float, reached: bool, reference_carbon: float, reference_reached: bool) -> float:
