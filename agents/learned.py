@@ -184,12 +184,14 @@ def load_scheduler(
 
 # ---------------------------------------------------------------------------------------------- shipped models
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"  # installed as package data
-# scheduler names of the shipped models: the centralized suite scheduler and the decentralized per-node policy
-PRETRAINED = {"pretrained": "suite.zip", "pretrained-decentralized": "decentralized.zip"}
+# scheduler names of the shipped models: the centralized suite scheduler, the decentralized per-node policy
+# and the per-node linear scheduler learned by evolution strategies
+PRETRAINED = {"pretrained": "suite.zip", "pretrained-decentralized": "decentralized.zip",
+              "pretrained-linear": "node_linear.npz"}
 
 
 def resolve_pretrained(spec: str | Path) -> str:
-    """``pretrained`` as the shipped centralized model's path, ``pretrained-decentralized`` as
+    """``pretrained`` and ``pretrained-linear`` as the shipped models' paths, ``pretrained-decentralized`` as
     ``decentralized:<its path>``; any other spec unchanged. UserError when the shipped file is missing."""
     text = str(spec)
     if text not in PRETRAINED:
@@ -222,7 +224,7 @@ def scheduler_label(spec: str | Path) -> str:
 def make_scheduler(spec: str | Path, env=None, seed: int = 0) -> Scheduler:
     """A scheduler from a heuristic name (optionally ``name:key=value,...``), a saved SB3 model path, a
     node-linear scheduler's ``.npz`` (``greengossip.agents.node_linear``), or a shipped model's name
-    (``pretrained``, ``pretrained-decentralized``; :func:`resolve_pretrained`).
+    (``pretrained``, ``pretrained-decentralized``, ``pretrained-linear``; :func:`resolve_pretrained`).
 
     ``seed`` seeds randomised heuristics and the model's sampling; ``env`` (optional) lets a model
     check that it can read the env's observations.

@@ -5,13 +5,20 @@ Its features are the node's own columns (each divided by its upper bound, ``NODE
 features, the fleet's mean of every node column, and four derived numbers the rules read: the node's
 intensity now against its forecast (``carbon_timing``), its share of links over the internet
 (``network_aware``), its intensity against the fleet's mean, and the fleet's mean of the first ratio
-(``fleet_timing``); then log2 of the fleet size and a constant. One weight row per action, the same for
-every node and every fleet size, so a policy learned on small fleets runs on any.
+(``fleet_timing``); then log2 of the fleet size and a constant. Last come the rules' votes: for each rule in
+``VOTERS``, 1 where that rule would make the node do something else than the prior rule does (wait for the
+sun, for a cleaner hour, for the fleet, for the battery nodes, hold a gateway's broadcast, skip a period),
+and 1 where the node's neighbours distrust it (``trust`` under 0.5, the trust rules' cut). The thresholds and
+conjunctions of the rules are what a linear score cannot draw by itself; with the votes as features one weight
+turns a rule's mechanism on, and the search can mix mechanisms node by node. One weight row per action, the
+same for every node and every fleet size, so a policy learned on small fleets runs on any.
 
 Weights are learned by evolution strategies over whole episodes (``greengossip.training.evolution``), which
 score a candidate by the carbon it needs to reach the target, the benchmark's own measure. With only the
 constant's weight on the 8-bit broadcast it is ``carbon_periodic:period=1,trust_threshold=0`` (every node
-trains and sends its 8-bit model every round), the start of that search.
+trains and sends its 8-bit model every round), the prior; ``start_weights(votes=...)`` also turns on
+voters' mechanisms, so that a search can start from any voter or a mix of them (with one vote on, it plays
+that voter exactly).
 
 Saved as ``.npz`` (``weights``, the action codes and the feature names it was learned with), and named by
 that path wherever a scheduler is named.
@@ -26,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN, HeuristicScheduler
+from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN, HeuristicScheduler, allows, first_affordable
+from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs.errors import UserError
 from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES, NODE_INDEX
 
@@ -35,15 +43,38 @@ SUFFIX = ".npz"
 ACTIONS = (IDLE, TRAIN, SEND_Q8, SEND_TOP10)
 DERIVED = ("carbon_now_over_forecast", "internet_share", "carbon_now_over_fleet", "fleet_carbon_now_over_forecast",
            "log2_nodes", "constant")
+PRIOR = "carbon_periodic:period=1,trust_threshold=0"
+# each rule's own mechanism on top of the prior (trust off: distrust is its own vote), and what it does instead
+VOTERS = {
+    "harvest_aware": ("harvest_aware:period=1,trust_threshold=0", IDLE),
+    "carbon_timing": ("carbon_timing:period=1,trust_threshold=0", IDLE),
+    "fleet_timing": ("fleet_timing:period=1,trust_threshold=0", IDLE),
+    "battery_quorum": ("battery_quorum:period=1,trust_threshold=0", IDLE),
+    "network_aware": ("network_aware:period=1,trust_threshold=0", TRAIN),
+    "carbon_periodic_2": ("carbon_periodic:period=2,trust_threshold=0", TRAIN),
+}
+DISTRUST = 0.5  # the trust rules' cut (trust_threshold, carbon_periodic's default)
+VOTES = (*(f"vote_{name}" for name in VOTERS), "vote_distrusted")
+# each vote again times (log2 N - SIZE_CENTRE), so that a vote's weight can depend on the fleet size: centred at
+# 181 nodes, about mid-way on the log scale between the suite's smallest fleets (16) and its largest (1,536),
+# so that a vote that should count only in small or only in large fleets needs weights of about 1, not the
+# large opposed pair an uncentred product would
+SIZE_CENTRE = 7.5
+SIZED_VOTES = tuple(f"{vote}_x_log2_nodes_centred" for vote in VOTES)
 FEATURE_NAMES = (*(name for name, *_ in NODE_FEATURES), *(name for name, *_ in GLOBAL_FEATURES),
-                 *(f"fleet_{name}" for name, *_ in NODE_FEATURES), *DERIVED)
+                 *(f"fleet_{name}" for name, *_ in NODE_FEATURES), *DERIVED, *VOTES, *SIZED_VOTES)
 N_FEATURES = len(FEATURE_NAMES)
 _NODE_HIGH = np.array([high for _name, _low, high, _doc in NODE_FEATURES])
 
 
-def node_features(observation: dict[str, np.ndarray]) -> np.ndarray:
-    """(N, N_FEATURES) features of one observation, in the order of ``FEATURE_NAMES``."""
+_VOTER_RULES = {name: build_heuristic(spec) for name, (spec, _instead) in VOTERS.items()}
+
+
+def node_features(observation: dict[str, np.ndarray], mask: np.ndarray | None = None) -> np.ndarray:
+    """(N, N_FEATURES) features of one observation, in the order of ``FEATURE_NAMES``; the rules vote with
+    ``mask`` (default: the observation's ``action_mask``)."""
     nodes = np.asarray(observation["nodes"], dtype=np.float64)
+    mask = np.asarray(observation["action_mask"]) > 0.5 if mask is None else np.asarray(mask, dtype=bool)
     n = nodes.shape[0]
     scaled = nodes / _NODE_HIGH
     carbon_now = nodes[:, NODE_INDEX["carbon_now"]]
@@ -51,20 +82,62 @@ def node_features(observation: dict[str, np.ndarray]) -> np.ndarray:
     timing = np.clip(carbon_now / np.maximum(nodes[:, NODE_INDEX["carbon_forecast"]], 1e-6), 0.0, 3.0) - 1.0
     internet = nodes[:, NODE_INDEX["internet_links"]] / np.maximum(nodes[:, NODE_INDEX["degree"]], 1e-6)
     versus_fleet = carbon_now - carbon_now.mean()
+    votes = rule_votes(observation, mask)
     columns = [scaled, np.broadcast_to(np.asarray(observation["global"], dtype=np.float64), (n, len(GLOBAL_FEATURES))),
                np.broadcast_to(scaled.mean(0), (n, len(NODE_FEATURES))), timing[:, None], internet[:, None],
-               versus_fleet[:, None], np.full((n, 1), timing.mean()), np.full((n, 1), math.log2(n) / 10.0),
-               np.ones((n, 1))]
+               versus_fleet[:, None], np.full((n, 1), timing.mean()), np.full((n, 1), _log2_nodes(n)),
+               np.ones((n, 1)), votes, votes * (math.log2(n) - SIZE_CENTRE)]
     return np.concatenate(columns, axis=1)
 
 
-def start_weights(action: int = SEND_Q8) -> np.ndarray:
-    """(len(ACTIONS), N_FEATURES) weights that always prefer ``action`` (falling back to what the mask allows):
-    with the default, ``carbon_periodic:period=1,trust_threshold=0``."""
+def _log2_nodes(n: int) -> float:
+    return math.log2(n) / 10.0
+
+
+def rule_votes(observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """(N, len(VOTES)) 0/1: where each voter acts otherwise than the prior, and where the node is distrusted.
+    The rules are memoryless, so a vote depends on this observation alone."""
+    prior = first_affordable(mask, SEND_Q8)
+    votes = []
+    for rule in _VOTER_RULES.values():
+        action = np.asarray(rule.act(observation, mask), dtype=np.int64)
+        action = np.where(allows(mask, action), action, IDLE)  # as the rule's predict holds the mask
+        votes.append(action != prior)
+    votes.append(np.asarray(observation["nodes"])[:, NODE_INDEX["trust"]] < DISTRUST)
+    return np.stack(votes, axis=1).astype(np.float64)
+
+
+def start_weights(action: int = SEND_Q8, votes: dict[str, float] | None = None,
+                  from_nodes: dict[str, int] | None = None) -> np.ndarray:
+    """(len(ACTIONS), N_FEATURES) weights that prefer ``action`` by a margin of 1 (falling back to what the
+    mask allows), and where a voter named in ``votes`` (a key of ``VOTERS`` or ``distrusted``) defers, prefer
+    what that rule does instead by that vote's margin (idle for ``distrusted``). A voter in ``from_nodes``
+    counts only in fleets of more than SIZE_CENTRE's 181 nodes: it then moves with log2 N, through 0 at 181
+    nodes to the full margin at ``from_nodes`` (above 181). With the defaults,
+    ``carbon_periodic:period=1,trust_threshold=0``."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
     weights = np.zeros((len(ACTIONS), N_FEATURES))
     weights[ACTIONS.index(action), FEATURE_NAMES.index("constant")] = 1.0
+    instead = {**{name: act for name, (_spec, act) in VOTERS.items()}, "distrusted": IDLE}
+    from_nodes = from_nodes or {}
+    for name in (*(votes or {}), *from_nodes):
+        if name not in instead:
+            raise ValueError(f"votes: {name!r} is not a voter; allowed: {', '.join(instead)}")
+    for name in from_nodes:
+        if name not in (votes or {}):
+            raise ValueError(f"from_nodes: {name!r} has no vote to gate; give it a margin in votes")
+    for name, margin in (votes or {}).items():
+        row, full = ACTIONS.index(instead[name]), 1.0 + float(margin)
+        if name in from_nodes:
+            size = from_nodes[name]
+            if not (isinstance(size, int) and math.log2(max(size, 1)) > SIZE_CENTRE):
+                raise ValueError(f"from_nodes: {name} must be a whole fleet size above {2 ** SIZE_CENTRE:.0f}, "
+                                 f"got {size!r}")
+            sized = FEATURE_NAMES.index(f"vote_{name}_x_log2_nodes_centred")
+            weights[row, sized] = full / (math.log2(size) - SIZE_CENTRE)
+        else:
+            weights[row, FEATURE_NAMES.index(f"vote_{name}")] = full
     return weights
 
 
@@ -86,7 +159,7 @@ class NodeLinearScheduler(HeuristicScheduler):
 
     def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         allowed = np.asarray(mask, dtype=bool)[:, ACTIONS]
-        scores = np.where(allowed, node_features(observation) @ self.weights.T, -np.inf)
+        scores = np.where(allowed, node_features(observation, mask) @ self.weights.T, -np.inf)
         return np.where(allowed.any(1), np.asarray(ACTIONS)[np.argmax(scores, axis=1)], IDLE)
 
     def save(self, path: str | Path, record: dict[str, Any] | None = None) -> Path:

@@ -17,6 +17,7 @@ from greengossip.agents.node_linear import (
     ACTIONS,
     FEATURE_NAMES,
     N_FEATURES,
+    VOTERS,
     NodeLinearScheduler,
     load_node_linear,
     node_features,
@@ -31,6 +32,7 @@ from greengossip.training.evolution import (
     load_evolution_settings,
     paired_score,
 )
+from greengossip.training.suite_envs import own_size_draw
 
 PRIOR = "carbon_periodic:period=1,trust_threshold=0"
 
@@ -57,6 +59,73 @@ def test_the_start_weights_play_the_prior_rule():
     assert len(linear) == len(rule) > 1
     for ours, theirs in zip(linear, rule):
         np.testing.assert_array_equal(ours, theirs)
+
+
+# a draw (family, seed, fleet size cut) on which the voter acts otherwise than the prior within 30 rounds
+VOTING_DRAWS = {
+    "harvest_aware": ("solar_sensor_field", 0, 16),
+    "battery_quorum": ("solar_sensor_field", 0, 16),
+    "fleet_timing": ("private_sensor_field", 0, 16),
+    "carbon_timing": ("continental_grid", 0, 16),
+    "carbon_periodic_2": ("continental_grid", 0, 16),
+}
+
+
+@pytest.mark.parametrize("voter", sorted(VOTING_DRAWS))
+def test_one_vote_on_plays_that_rule(voter):
+    family, seed, max_nodes = VOTING_DRAWS[voter]
+    env = gym.make(ENV_ID, config=own_size_draw(family, seed, max_nodes))
+    linear, rule = NodeLinearScheduler(start_weights(votes={voter: 1.0})), build_heuristic(VOTERS[voter][0])
+    obs, _ = env.reset(seed=seed)
+    votes = 0.0
+    for _ in range(30):
+        ours, _ = linear.predict(obs)
+        theirs, _ = rule.predict(obs)
+        np.testing.assert_array_equal(ours, theirs)
+        votes += node_features(obs)[:, FEATURE_NAMES.index(f"vote_{voter}")].sum()
+        obs, _, terminated, truncated, _ = env.step(ours)
+        if terminated or truncated:
+            break
+    env.close()
+    assert votes > 0, "the draw never let the voter differ from the prior: the check proved nothing"
+
+
+def test_the_distrust_vote_idles_the_distrusted():
+    env = gym.make(ENV_ID, config="attack_heavy")
+    obs, _ = env.reset(seed=0)
+    for _ in range(6):  # let the neighbours' trust in the attackers fall
+        obs, *_ = env.step(np.full(obs["nodes"].shape[0], 3))
+    distrusted = obs["nodes"][:, FEATURE_NAMES.index("trust")] < 0.5
+    assert distrusted.any()
+    action, _ = NodeLinearScheduler(start_weights(votes={"distrusted": 1.0})).predict(obs)
+    assert np.all(action[distrusted] == 0)
+    np.testing.assert_array_equal(action[~distrusted], build_heuristic(PRIOR).predict(obs)[0][~distrusted])
+    env.close()
+
+
+def test_a_sized_vote_counts_in_large_fleets_only():
+    weights = start_weights(votes={"network_aware": 1.0}, from_nodes={"network_aware": 256})
+    row, prior = weights[ACTIONS.index(1)], weights[ACTIONS.index(3)]
+    for n, holds in ((24, False), (128, False), (256, True), (1024, True)):
+        features = np.zeros(N_FEATURES)
+        features[FEATURE_NAMES.index("constant")] = 1.0
+        features[FEATURE_NAMES.index("vote_network_aware")] = 1.0
+        features[FEATURE_NAMES.index("vote_network_aware_x_log2_nodes_centred")] = math.log2(n) - 7.5
+        assert bool(features @ row > features @ prior) is holds, n
+    assert features @ row == pytest.approx(2.0 * 2.5 / 0.5)  # the margin of 2 at 256 nodes, grown with log2 N
+    with pytest.raises(ValueError, match="above 181"):
+        start_weights(votes={"network_aware": 1.0}, from_nodes={"network_aware": 128})
+    with pytest.raises(ValueError, match="no vote to gate"):
+        start_weights(from_nodes={"network_aware": 256})
+
+
+def test_unknown_voters_are_refused_by_name():
+    with pytest.raises(ValueError, match="not a voter; allowed: harvest_aware"):
+        start_weights(votes={"sunshine": 1.0})
+    with pytest.raises(UserError, match="start_votes"):
+        load_evolution_settings("suite", start_votes={"sunshine": 1.0})
+    with pytest.raises(UserError, match="start_votes"):
+        load_evolution_settings("suite", start_votes={"harvest_aware": -1.0})
 
 
 def test_random_weights_stay_within_the_mask_and_move_off_the_rule():
@@ -146,3 +215,23 @@ def test_one_generation_writes_the_run_and_repeats_for_a_seed(tmp_path):
         assert record["generations_done"] == 1 and record["settings"]["seed"] == 5
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], start_weights())  # one Adam step moved them
+
+
+def test_keep_norm_holds_the_weights_scale(tmp_path):
+    votes = {"harvest_aware": 1.0}
+    settings = EvolutionSettings(generations=2, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
+                                 max_nodes=16, workers=1, seed=5, start_votes=votes, keep_norm=True)
+    weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
+    start = start_weights(votes=votes)
+    assert not np.allclose(weights, start)
+    assert np.linalg.norm(weights) == pytest.approx(np.linalg.norm(start))
+
+
+def test_zero_generations_write_the_start(tmp_path):
+    votes, gate = {"harvest_aware": 1.0, "network_aware": 1.0}, {"network_aware": 256}
+    settings = EvolutionSettings(generations=0, families=("solar_sensor_field",), max_nodes=16, workers=1,
+                                 start_votes=votes, start_votes_from_nodes=gate)
+    path = evolve(settings, tmp_path, log=lambda _line: None)
+    np.testing.assert_array_equal(load_node_linear(path).weights, start_weights(votes=votes, from_nodes=gate))
+    assert json.loads((tmp_path / "record.json").read_text())["generations_done"] == 0
+    assert not (tmp_path / "progress.csv").exists()

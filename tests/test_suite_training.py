@@ -12,9 +12,11 @@ import pytest
 
 from greengossip.agents import learned
 from greengossip.agents.learned import PRETRAINED_DIR, make_scheduler, resolve_pretrained, scheduler_label
+from greengossip.agents.node_linear import N_FEATURES
 from greengossip.envs.config import RewardWeights
 from greengossip.envs.errors import UserError
 from greengossip.training import evaluate
+from greengossip.training.evolution import load_evolution_settings
 from greengossip.training.settings import SettingsError, SuiteSettings, load_settings
 from greengossip.training.suite import SPLITS, draw_scenario, family_names
 from greengossip.training.suite_compare import results_table
@@ -22,6 +24,7 @@ from greengossip.training.suite_envs import SuiteVecEnv, suite_draw, suite_valid
 from tests.conftest import ENV_ID, ROOT, train_small_suite_run
 
 SUITE_MODEL = PRETRAINED_DIR / "suite.zip"
+LINEAR_MODEL = PRETRAINED_DIR / "node_linear.npz"
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -138,13 +141,16 @@ def test_pretrained_names_resolve_to_the_shipped_files():
     decentralized = PRETRAINED_DIR / "decentralized.zip"
     if decentralized.is_file():
         assert resolve_pretrained("pretrained-decentralized") == f"decentralized:{decentralized}"
+    assert resolve_pretrained("pretrained-linear") == str(LINEAR_MODEL)
     assert resolve_pretrained("carbon_periodic:period=2") == "carbon_periodic:period=2"
     assert scheduler_label("pretrained") == "pretrained"
+    assert scheduler_label("pretrained-linear") == "pretrained-linear"
 
 
 def test_a_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(learned, "PRETRAINED_DIR", tmp_path)
-    for name, file in (("pretrained", "suite.zip"), ("pretrained-decentralized", "decentralized.zip")):
+    for name, file in (("pretrained", "suite.zip"), ("pretrained-decentralized", "decentralized.zip"),
+                       ("pretrained-linear", "node_linear.npz")):
         with pytest.raises(UserError, match=f"scheduler '{name}' is the shipped model .*{file}, which is missing"):
             make_scheduler(name)
 
@@ -155,6 +161,22 @@ def test_the_shipped_model_has_its_training_record():
     for key in ("settings", "seed", "timesteps", "wall_minutes", "command"):
         assert key in record, key
     assert record["settings"]["suite"] is not None and record["seed"] == record["settings"]["seed"]
+
+
+def test_the_shipped_linear_scheduler_is_the_evolution_recipe_s_run():
+    """Its record names the settings it was learned with: the shipped recipe's, all generations done."""
+    record = json.loads(LINEAR_MODEL.with_suffix(".json").read_text())
+    assert record["settings"] == load_evolution_settings("suite").model_dump(mode="json")
+    assert record["generations_done"] == record["settings"]["generations"]
+    assert record["features"] == N_FEATURES and "--settings suite" in record["command"]
+    with np.load(LINEAR_MODEL, allow_pickle=False) as data:
+        assert json.loads(str(data["record"]))["settings"] == record["settings"]
+
+
+def test_the_shipped_linear_scheduler_plays_a_family_scenario():
+    config = draw_scenario("private_sensor_field", 10_001).config  # validation seed
+    row, _ = evaluate.run_episode("pretrained-linear", config, 10_001)
+    assert row["scheduler"] == "pretrained-linear" and row["rounds"] >= 1
 
 
 def test_the_shipped_model_plays_a_family_scenario_with_or_without_the_graph_observed():

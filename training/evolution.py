@@ -9,7 +9,11 @@ pairs of Gaussian perturbations (Salimans, Ho, Chen, Sidor & Sutskever, "Evoluti
 Alternative to Reinforcement Learning", 2017), and the reference rule. A candidate's fitness is the mean over
 the scenarios of its clipped log carbon saving against the rule in the same scenario; a missed target scores
 below every reached one. Fitness ranks (centred, so that one scenario's scale cannot dominate) weight the
-perturbations into a gradient estimate, and Adam takes the step.
+perturbations into a gradient estimate, and Adam takes the step; with ``keep_norm`` the weights are then
+scaled back to their start norm (the scheduler's argmax does not depend on their scale, and a search left
+free to grow it makes every margin between actions wider, so the same perturbations change less and less).
+The start is the prior rule with the mechanisms of the voters named in ``start_votes`` turned on
+(``greengossip.agents.node_linear.start_weights``).
 
 Why this, where PPO is the default: the benchmark sums carbon-to-target, which an episode's return weighs only
 indirectly, and a residual PPO policy over this rule did not leave it (docs/benchmark.md, "The learned
@@ -37,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from greengossip.agents.heuristics import is_heuristic_spec
-from greengossip.agents.node_linear import ACTIONS, N_FEATURES, NodeLinearScheduler, start_weights
+from greengossip.agents.node_linear import ACTIONS, N_FEATURES, VOTERS, NodeLinearScheduler, start_weights
 from greengossip.envs.errors import UserError
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import EVOLUTION, find_config
@@ -56,7 +60,7 @@ class EvolutionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    generations: int = Field(50, ge=1, description="weight updates")
+    generations: int = Field(50, ge=0, description="weight updates (0: write the start weights)")
     pairs: int = Field(8, ge=1, description="antithetic perturbation pairs per generation")
     scenarios_per_family: int = Field(3, ge=1, description="train draws of each family per generation")
     families: tuple[str, ...] = Field((), description="suite families; empty: every shipped family")
@@ -65,6 +69,14 @@ class EvolutionSettings(BaseModel):
     learning_rate: float = Field(0.03, gt=0, description="Adam step size")
     reference: str = Field("carbon_periodic:period=1,trust_threshold=0",
                            description="rule each candidate's carbon is paired against")
+    start_votes: dict[str, float] = Field(
+        default_factory=dict, description="voters whose mechanism the start weights turn on, with its margin "
+        "(greengossip.agents.node_linear.start_weights); empty: the prior rule")
+    start_votes_from_nodes: dict[str, int] = Field(
+        default_factory=dict, description="voters of start_votes that count only in fleets of at least this size")
+    keep_norm: bool = Field(False, description="rescale the weights to their start norm after every step: the "
+                            "scheduler's argmax does not depend on the scale, so growth only shrinks the "
+                            "perturbations' effect")
     seed: int = Field(0, ge=0, description="draws the scenarios and the perturbations")
     workers: int = Field(2, ge=1, description="processes that play the episodes")
 
@@ -73,6 +85,25 @@ class EvolutionSettings(BaseModel):
     def _known(cls, families: tuple[str, ...]) -> tuple[str, ...]:
         check_family_names(families)
         return families
+
+    @field_validator("start_votes")
+    @classmethod
+    def _voters(cls, votes: dict[str, float]) -> dict[str, float]:
+        allowed = (*VOTERS, "distrusted")
+        unknown = sorted(set(votes) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(allowed)}")
+        if any(not math.isfinite(margin) or margin <= -1 for margin in votes.values()):
+            raise ValueError("a vote's margin is a number above -1 (at -1 the vote would not change the action)")
+        return votes
+
+    @model_validator(mode="after")
+    def _gated_votes(self) -> EvolutionSettings:
+        try:
+            start_weights(votes=self.start_votes, from_nodes=self.start_votes_from_nodes)
+        except ValueError as exc:
+            raise ValueError(f"start_votes_from_nodes: {exc}") from None
+        return self
 
     @field_validator("reference")
     @classmethod
@@ -169,10 +200,13 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
     rng = np.random.default_rng(settings.seed)
     families = settings.family_list()
     train = SPLITS["train"]
-    weights = start_weights()
+    weights = start_weights(votes=settings.start_votes, from_nodes=settings.start_votes_from_nodes)
+    norm = np.linalg.norm(weights)
     first, second = np.zeros_like(weights), np.zeros_like(weights)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    # the start first: a run cut off before its first step still leaves weights, and 0 generations writes it
+    path = NodeLinearScheduler(weights).save(out / "weights.npz", _record(settings, 0, started))
     from greengossip.training.evaluate import _start_method, _worker_init
 
     context = multiprocessing.get_context(_start_method())
@@ -199,6 +233,8 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
             second = 0.999 * second + 0.001 * gradient ** 2
             step = (first / (1 - 0.9 ** (generation + 1))) / (np.sqrt(second / (1 - 0.999 ** (generation + 1))) + 1e-8)
             weights = weights + settings.learning_rate * step
+            if settings.keep_norm:
+                weights = weights * (norm / np.linalg.norm(weights))
             row = {"generation": generation, "current": fitness[0], "best": fitness[1:].max(),
                    "mean": fitness[1:].mean(), "spread": fitness[1:].std(),
                    **{f"{family}/current": scores[0, [i for i, (f, _) in enumerate(scenarios) if f == family]].mean()
