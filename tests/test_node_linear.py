@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import ENV_ID
+from pydantic import ValidationError
 
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.agents.learned import make_scheduler, scheduler_label
@@ -235,3 +236,26 @@ def test_zero_generations_write_the_start(tmp_path):
     np.testing.assert_array_equal(load_node_linear(path).weights, start_weights(votes=votes, from_nodes=gate))
     assert json.loads((tmp_path / "record.json").read_text())["generations_done"] == 0
     assert not (tmp_path / "progress.csv").exists()
+
+
+def test_frozen_features_keep_their_start_weights(tmp_path):
+    votes, gate = {"harvest_aware": 1.0, "network_aware": 1.0}, {"network_aware": 256}
+    frozen = ("vote_network_aware_x_log2_nodes_centred", "vote_harvest_aware")
+    settings = EvolutionSettings(generations=2, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
+                                 max_nodes=16, workers=1, seed=5, start_votes=votes, start_votes_from_nodes=gate,
+                                 keep_norm=True, frozen=frozen)
+    weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
+    start = start_weights(votes=votes, from_nodes=gate)
+    columns = [FEATURE_NAMES.index(name) for name in frozen]
+    free = [i for i in range(N_FEATURES) if i not in columns]
+    np.testing.assert_array_equal(weights[:, columns], start[:, columns])
+    assert not np.allclose(weights[:, free], start[:, free])
+    # keep_norm holds the free weights' norm, not the whole matrix's
+    assert np.linalg.norm(weights[:, free]) == pytest.approx(np.linalg.norm(start[:, free]))
+
+
+def test_frozen_features_are_checked_by_name():
+    with pytest.raises(ValidationError, match="unknown features .*'speed'.*allowed"):
+        EvolutionSettings(frozen=("speed",))
+    with pytest.raises(ValidationError, match="every feature is frozen"):
+        EvolutionSettings(frozen=FEATURE_NAMES)

@@ -13,7 +13,9 @@ perturbations into a gradient estimate, and Adam takes the step; with ``keep_nor
 scaled back to their start norm (the scheduler's argmax does not depend on their scale, and a search left
 free to grow it makes every margin between actions wider, so the same perturbations change less and less).
 The start is the prior rule with the mechanisms of the voters named in ``start_votes`` turned on
-(``greengossip.agents.node_linear.start_weights``).
+(``greengossip.agents.node_linear.start_weights``); the weights of ``frozen`` features keep their start
+values (for mechanisms that act only where the training draws do not reach, such as fleets above
+``max_nodes``).
 
 Why this, where PPO is the default: the benchmark sums carbon-to-target, which an episode's return weighs only
 indirectly, and a residual PPO policy over this rule did not leave it (docs/benchmark.md, "The learned
@@ -44,7 +46,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from greengossip.agents.heuristics import is_heuristic_spec
-from greengossip.agents.node_linear import ACTIONS, N_FEATURES, VOTERS, NodeLinearScheduler, start_weights
+from greengossip.agents.node_linear import (
+    ACTIONS,
+    FEATURE_NAMES,
+    N_FEATURES,
+    VOTERS,
+    NodeLinearScheduler,
+    start_weights,
+)
 from greengossip.envs.errors import UserError
 from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import EVOLUTION, find_config
@@ -77,6 +86,9 @@ class EvolutionSettings(BaseModel):
     keep_norm: bool = Field(False, description="rescale the weights to their start norm after every step: the "
                             "scheduler's argmax does not depend on the scale, so growth only shrinks the "
                             "perturbations' effect")
+    frozen: tuple[str, ...] = Field((), description="features (greengossip.agents.node_linear.FEATURE_NAMES) "
+                                    "whose weights keep their start values: neither perturbed nor stepped, and "
+                                    "left out of keep_norm's norm")
     seed: int = Field(0, ge=0, description="draws the scenarios and the perturbations")
     workers: int = Field(2, ge=1, description="processes that play the episodes")
 
@@ -96,6 +108,18 @@ class EvolutionSettings(BaseModel):
         if any(not math.isfinite(margin) or margin <= -1 for margin in votes.values()):
             raise ValueError("a vote's margin is a number above -1 (at -1 the vote would not change the action)")
         return votes
+
+    @field_validator("frozen")
+    @classmethod
+    def _features(cls, frozen: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(frozen) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; allowed: the names of "
+                             "greengossip.agents.node_linear.FEATURE_NAMES, e.g. constant, vote_harvest_aware, "
+                             "vote_network_aware_x_log2_nodes_centred")
+        if set(frozen) == set(FEATURE_NAMES):
+            raise ValueError("every feature is frozen: leave at least one free for the search")
+        return frozen
 
     @model_validator(mode="after")
     def _gated_votes(self) -> EvolutionSettings:
@@ -201,7 +225,9 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
     families = settings.family_list()
     train = SPLITS["train"]
     weights = start_weights(votes=settings.start_votes, from_nodes=settings.start_votes_from_nodes)
-    norm = np.linalg.norm(weights)
+    free = np.ones(N_FEATURES)
+    free[[FEATURE_NAMES.index(name) for name in settings.frozen]] = 0.0
+    norm = np.linalg.norm(weights * free)
     first, second = np.zeros_like(weights), np.zeros_like(weights)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -214,7 +240,7 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
         for generation in range(settings.generations):
             scenarios = [(family, int(rng.integers(train.start, train.stop)))
                          for family in families for _ in range(settings.scenarios_per_family)]
-            noise = rng.standard_normal((settings.pairs, *weights.shape))
+            noise = rng.standard_normal((settings.pairs, *weights.shape)) * free
             candidates = [weights, *(weights + settings.sigma * e for e in noise),
                           *(weights - settings.sigma * e for e in noise), None]
             episodes = [Episode(family, seed, settings.max_nodes, candidate, settings.reference)
@@ -233,8 +259,8 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
             second = 0.999 * second + 0.001 * gradient ** 2
             step = (first / (1 - 0.9 ** (generation + 1))) / (np.sqrt(second / (1 - 0.999 ** (generation + 1))) + 1e-8)
             weights = weights + settings.learning_rate * step
-            if settings.keep_norm:
-                weights = weights * (norm / np.linalg.norm(weights))
+            if settings.keep_norm and norm > 0:  # free weights that start at 0 have no scale to keep
+                weights = weights * (1 - free) + weights * free * (norm / np.linalg.norm(weights * free))
             row = {"generation": generation, "current": fitness[0], "best": fitness[1:].max(),
                    "mean": fitness[1:].mean(), "spread": fitness[1:].std(),
                    **{f"{family}/current": scores[0, [i for i, (f, _) in enumerate(scenarios) if f == family]].mean()
