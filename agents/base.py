@@ -86,6 +86,12 @@ def allows(mask: np.ndarray, action: np.ndarray) -> np.ndarray:
     return np.take_along_axis(mask, action[..., None], axis=-1)[..., 0]
 
 
+def held_to_mask(mask: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """``action`` with the mask as a hard constraint: what a node cannot afford becomes idle."""
+    action = np.asarray(action, dtype=np.int64)
+    return np.where(allows(mask, action), action, IDLE)
+
+
 class HeuristicScheduler:
     """Base class of the hand-written schedulers: batching, episode bookkeeping, mask handling.
 
@@ -139,10 +145,8 @@ class HeuristicScheduler:
         if self._episode < 0 or np.any(episode_start) or global_feature(observation, "progress") == 0.0:
             self._start_episode()
         mask = np.asarray(observation["action_mask"]) > 0.5
-        action = np.asarray(self.act(observation, mask), dtype=np.int64)
+        action = held_to_mask(mask, self.act(observation, mask))
         self.round_index += 1
-        # The mask is a hard constraint: anything a rule picked that the node cannot afford becomes idle.
-        action = np.where(mask[np.arange(len(action)), action], action, IDLE)
         return action, state
 
     def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
@@ -163,7 +167,7 @@ class HeuristicScheduler:
                 np.asarray(self.act({key: np.asarray(value)[row] for key, value in observations.items()},
                                     masks[row]), dtype=np.int64)
                 for row in range(len(masks))])
-        return np.where(allows(masks, actions), actions, IDLE)
+        return held_to_mask(masks, actions)
 
     # ------------------------------------------------------------------ episode bookkeeping
     def _start_episode(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN, HeuristicScheduler, allows, first_affordable
+from greengossip.agents.base import IDLE, SEND_Q8, SEND_TOP10, TRAIN, HeuristicScheduler, first_affordable, held_to_mask
 from greengossip.agents.heuristics import build_heuristic
 from greengossip.envs.errors import UserError
 from greengossip.envs.observation import GLOBAL_FEATURES, NODE_FEATURES, NODE_INDEX
@@ -43,6 +43,7 @@ SUFFIX = ".npz"
 ACTIONS = (IDLE, TRAIN, SEND_Q8, SEND_TOP10)
 DERIVED = ("carbon_now_over_forecast", "internet_share", "carbon_now_over_fleet", "fleet_carbon_now_over_forecast",
            "log2_nodes", "constant")
+# the rule start_weights plays with no vote on, and the search's default reference
 PRIOR = "carbon_periodic:period=1,trust_threshold=0"
 # each rule's own mechanism on top of the prior (trust off: distrust is its own vote), and what it does instead
 VOTERS = {
@@ -54,7 +55,9 @@ VOTERS = {
     "carbon_periodic_2": ("carbon_periodic:period=2,trust_threshold=0", TRAIN),
 }
 DISTRUST = 0.5  # the trust rules' cut (trust_threshold, carbon_periodic's default)
-VOTES = (*(f"vote_{name}" for name in VOTERS), "vote_distrusted")
+# what start_weights and the evolution settings accept as a voter's name
+VOTE_NAMES = (*VOTERS, "distrusted")
+VOTES = tuple(f"vote_{name}" for name in VOTE_NAMES)
 # each vote again times (log2 N - SIZE_CENTRE), so that a vote's weight can depend on the fleet size: centred at
 # 181 nodes, about mid-way on the log scale between the suite's smallest fleets (16) and its largest (1,536),
 # so that a vote that should count only in small or only in large fleets needs weights of about 1, not the
@@ -85,13 +88,9 @@ def node_features(observation: dict[str, np.ndarray], mask: np.ndarray | None = 
     votes = rule_votes(observation, mask)
     columns = [scaled, np.broadcast_to(np.asarray(observation["global"], dtype=np.float64), (n, len(GLOBAL_FEATURES))),
                np.broadcast_to(scaled.mean(0), (n, len(NODE_FEATURES))), timing[:, None], internet[:, None],
-               versus_fleet[:, None], np.full((n, 1), timing.mean()), np.full((n, 1), _log2_nodes(n)),
+               versus_fleet[:, None], np.full((n, 1), timing.mean()), np.full((n, 1), math.log2(n) / 10.0),
                np.ones((n, 1)), votes, votes * (math.log2(n) - SIZE_CENTRE)]
     return np.concatenate(columns, axis=1)
-
-
-def _log2_nodes(n: int) -> float:
-    return math.log2(n) / 10.0
 
 
 def rule_votes(observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
@@ -100,9 +99,7 @@ def rule_votes(observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarr
     prior = first_affordable(mask, SEND_Q8)
     votes = []
     for rule in _VOTER_RULES.values():
-        action = np.asarray(rule.act(observation, mask), dtype=np.int64)
-        action = np.where(allows(mask, action), action, IDLE)  # as the rule's predict holds the mask
-        votes.append(action != prior)
+        votes.append(held_to_mask(mask, rule.act(observation, mask)) != prior)  # as the rule's predict acts
     votes.append(np.asarray(observation["nodes"])[:, NODE_INDEX["trust"]] < DISTRUST)
     return np.stack(votes, axis=1).astype(np.float64)
 

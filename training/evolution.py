@@ -50,7 +50,8 @@ from greengossip.agents.node_linear import (
     ACTIONS,
     FEATURE_NAMES,
     N_FEATURES,
-    VOTERS,
+    PRIOR,
+    VOTE_NAMES,
     NodeLinearScheduler,
     start_weights,
 )
@@ -76,8 +77,7 @@ class EvolutionSettings(BaseModel):
     max_nodes: int = Field(48, ge=4, description="draws are played at their own fleet size cut at this")
     sigma: float = Field(0.2, gt=0, description="standard deviation of a perturbation, in weight units")
     learning_rate: float = Field(0.03, gt=0, description="Adam step size")
-    reference: str = Field("carbon_periodic:period=1,trust_threshold=0",
-                           description="rule each candidate's carbon is paired against")
+    reference: str = Field(PRIOR, description="rule each candidate's carbon is paired against")
     start_votes: dict[str, float] = Field(
         default_factory=dict, description="voters whose mechanism the start weights turn on, with its margin "
         "(greengossip.agents.node_linear.start_weights); empty: the prior rule")
@@ -101,10 +101,9 @@ class EvolutionSettings(BaseModel):
     @field_validator("start_votes")
     @classmethod
     def _voters(cls, votes: dict[str, float]) -> dict[str, float]:
-        allowed = (*VOTERS, "distrusted")
-        unknown = sorted(set(votes) - set(allowed))
+        unknown = sorted(set(votes) - set(VOTE_NAMES))
         if unknown:
-            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(VOTE_NAMES)}")
         if any(not math.isfinite(margin) or margin <= -1 for margin in votes.values()):
             raise ValueError("a vote's margin is a number above -1 (at -1 the vote would not change the action)")
         return votes
