@@ -8,7 +8,10 @@ intensity now against its forecast (``carbon_timing``), its share of links over 
 (``fleet_timing``); then log2 of the fleet size and a constant. Last come the rules' votes: for each rule in
 ``VOTERS``, 1 where that rule would make the node do something else than the prior rule does (wait for the
 sun, for a cleaner hour, for the fleet, for the battery nodes, hold a gateway's broadcast, skip a period),
-and 1 where the node's neighbours distrust it (``trust`` under 0.5, the trust rules' cut). The thresholds and
+and 1 where the node's neighbours distrust it, at two cuts: ``trust`` under 0.5 (the trust rules' cut) and under
+0.2 (only nodes whose models their neighbours clip hard: on the train draws no honest node of the
+attack-free families falls that low, while the 0.5 cut also idles honest nodes whose non-IID shards put
+their models far from their neighbours'). The thresholds and
 conjunctions of the rules are what a linear score cannot draw by itself; with the votes as features one weight
 turns a rule's mechanism on, and the search can mix mechanisms node by node. One weight row per action, the
 same for every node and every fleet size, so a policy learned on small fleets runs on any.
@@ -54,9 +57,11 @@ VOTERS = {
     "network_aware": ("network_aware:period=1,trust_threshold=0", TRAIN),
     "carbon_periodic_2": ("carbon_periodic:period=2,trust_threshold=0", TRAIN),
 }
-DISTRUST = 0.5  # the trust rules' cut (trust_threshold, carbon_periodic's default)
+# the trust votes and their cuts: 1 where the node's trust is under the cut (its neighbours clip its model)
+DISTRUST = {"distrusted": 0.5,  # the trust rules' cut (trust_threshold, carbon_periodic's default)
+            "strongly_distrusted": 0.2}
 # what start_weights and the evolution settings accept as a voter's name
-VOTE_NAMES = (*VOTERS, "distrusted")
+VOTE_NAMES = (*VOTERS, *DISTRUST)
 VOTES = tuple(f"vote_{name}" for name in VOTE_NAMES)
 # each vote again times (log2 N - SIZE_CENTRE), so that a vote's weight can depend on the fleet size: centred at
 # 181 nodes, about mid-way on the log scale between the suite's smallest fleets (16) and its largest (1,536),
@@ -64,8 +69,17 @@ VOTES = tuple(f"vote_{name}" for name in VOTE_NAMES)
 # large opposed pair an uncentred product would
 SIZE_CENTRE = 7.5
 SIZED_VOTES = tuple(f"{vote}_x_log2_nodes_centred" for vote in VOTES)
-FEATURE_NAMES = (*(name for name, *_ in NODE_FEATURES), *(name for name, *_ in GLOBAL_FEATURES),
-                 *(f"fleet_{name}" for name, *_ in NODE_FEATURES), *DERIVED, *VOTES, *SIZED_VOTES)
+# the features by where they come from, so that settings can name a whole kind (evolution's ``frozen``)
+FEATURE_GROUPS = {
+    "own": tuple(name for name, *_ in NODE_FEATURES),
+    "global": tuple(name for name, *_ in GLOBAL_FEATURES),
+    "fleet": tuple(f"fleet_{name}" for name, *_ in NODE_FEATURES),
+    "derived": DERIVED[:-1],
+    "constant": DERIVED[-1:],
+    "votes": VOTES,
+    "sized_votes": SIZED_VOTES,
+}
+FEATURE_NAMES = tuple(name for group in FEATURE_GROUPS.values() for name in group)
 N_FEATURES = len(FEATURE_NAMES)
 _NODE_HIGH = np.array([high for _name, _low, high, _doc in NODE_FEATURES])
 
@@ -94,21 +108,23 @@ def node_features(observation: dict[str, np.ndarray], mask: np.ndarray | None = 
 
 
 def rule_votes(observation: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """(N, len(VOTES)) 0/1: where each voter acts otherwise than the prior, and where the node is distrusted.
+    """(N, len(VOTES)) 0/1: where each voter acts otherwise than the prior, and where the node's trust is under
+    each cut of ``DISTRUST``.
     The rules are memoryless, so a vote depends on this observation alone."""
     prior = first_affordable(mask, SEND_Q8)
     votes = []
     for rule in _VOTER_RULES.values():
         votes.append(held_to_mask(mask, rule.act(observation, mask)) != prior)  # as the rule's predict acts
-    votes.append(np.asarray(observation["nodes"])[:, NODE_INDEX["trust"]] < DISTRUST)
+    trust = np.asarray(observation["nodes"])[:, NODE_INDEX["trust"]]
+    votes += [trust < cut for cut in DISTRUST.values()]
     return np.stack(votes, axis=1).astype(np.float64)
 
 
 def start_weights(action: int = SEND_Q8, votes: dict[str, float] | None = None,
                   from_nodes: dict[str, int] | None = None) -> np.ndarray:
     """(len(ACTIONS), N_FEATURES) weights that prefer ``action`` by a margin of 1 (falling back to what the
-    mask allows), and where a voter named in ``votes`` (a key of ``VOTERS`` or ``distrusted``) defers, prefer
-    what that rule does instead by that vote's margin (idle for ``distrusted``). A voter in ``from_nodes``
+    mask allows), and where a voter named in ``votes`` (a key of ``VOTERS`` or ``DISTRUST``) defers, prefer
+    what that rule does instead by that vote's margin (idle for a trust vote). A voter in ``from_nodes``
     counts only in fleets of more than SIZE_CENTRE's 181 nodes: it then moves with log2 N, through 0 at 181
     nodes to the full margin at ``from_nodes`` (above 181). With the defaults,
     ``carbon_periodic:period=1,trust_threshold=0``."""
@@ -116,7 +132,7 @@ def start_weights(action: int = SEND_Q8, votes: dict[str, float] | None = None,
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
     weights = np.zeros((len(ACTIONS), N_FEATURES))
     weights[ACTIONS.index(action), FEATURE_NAMES.index("constant")] = 1.0
-    instead = {**{name: act for name, (_spec, act) in VOTERS.items()}, "distrusted": IDLE}
+    instead = {**{name: act for name, (_spec, act) in VOTERS.items()}, **dict.fromkeys(DISTRUST, IDLE)}
     from_nodes = from_nodes or {}
     for name in (*(votes or {}), *from_nodes):
         if name not in instead:

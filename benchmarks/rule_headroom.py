@@ -1,8 +1,8 @@
 """How much room the hand-written rules leave a scheduler that chooses among them, per suite family.
 
-    python benchmarks/rule_headroom.py [--split validation] [--seeds 10] [--skip 0] [--workers 2] [--size-factor 2]
-        [--schedulers pretrained runs/x/best_model.zip] [--guards none 0.2 0.3] [--redraw luck|world]
-        [--docs docs/benchmark.md]
+    python benchmarks/rule_headroom.py [--split train|validation|test|ood] [--seeds 10] [--skip 0] [--workers 2]
+        [--size-factor 2] [--schedulers pretrained runs/x/best_model.zip] [--guards none 0.2 0.3]
+        [--redraw luck|world] [--docs docs/benchmark.md]
 
 Every rule of ``RULES`` (and every scheduler named with ``--schedulers``) plays ``--seeds`` scenarios of the
 split in each family (its first, or those after the first ``--skip``: more draws for a choice made on
@@ -32,7 +32,8 @@ A last row gives each scheduler's targets over all families and its saving avera
 
 With ``--docs`` the table replaces the "## Room above the rules" section of that Markdown file (with
 ``--size-factor k``: "## Room above the rules, at k times the fleet size").
-Validation seeds (the default) are the split for choosing methods; the test split is for reporting.
+Train seeds are what a method may be fitted to, validation seeds (the default) the split for choosing methods;
+the test and ood splits are for reporting.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def markdown(table: list[dict], split: str, seeds: list[int], size_factor: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", default="validation", choices=("validation", "test", "ood"))
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "test", "ood"))
     parser.add_argument("--seeds", type=int, default=10, help="scenarios per family (the split's first N)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the split's first SKIP seeds (default 0)")
     parser.add_argument("--families", nargs="+", default=None, help="default: every family")

@@ -16,6 +16,8 @@ from greengossip.agents.heuristics import build_heuristic
 from greengossip.agents.learned import make_scheduler, scheduler_label
 from greengossip.agents.node_linear import (
     ACTIONS,
+    DISTRUST,
+    FEATURE_GROUPS,
     FEATURE_NAMES,
     N_FEATURES,
     VOTERS,
@@ -91,16 +93,19 @@ def test_one_vote_on_plays_that_rule(voter):
     assert votes > 0, "the draw never let the voter differ from the prior: the check proved nothing"
 
 
-def test_the_distrust_vote_idles_the_distrusted():
+@pytest.mark.parametrize("vote", sorted(DISTRUST))
+def test_a_trust_vote_plays_the_prior_with_that_trust_cut(vote):
     env = gym.make(ENV_ID, config="attack_heavy")
     obs, _ = env.reset(seed=0)
-    for _ in range(6):  # let the neighbours' trust in the attackers fall
+    for _ in range(12):  # let the neighbours' trust in the attackers fall below both cuts
         obs, *_ = env.step(np.full(obs["nodes"].shape[0], 3))
-    distrusted = obs["nodes"][:, FEATURE_NAMES.index("trust")] < 0.5
-    assert distrusted.any()
-    action, _ = NodeLinearScheduler(start_weights(votes={"distrusted": 1.0})).predict(obs)
+    cut = DISTRUST[vote]
+    distrusted = obs["nodes"][:, FEATURE_NAMES.index("trust")] < cut
+    assert distrusted.any() and not distrusted.all()
+    action, _ = NodeLinearScheduler(start_weights(votes={vote: 1.0})).predict(obs)
     assert np.all(action[distrusted] == 0)
-    np.testing.assert_array_equal(action[~distrusted], build_heuristic(PRIOR).predict(obs)[0][~distrusted])
+    rule = build_heuristic(f"carbon_periodic:period=1,trust_threshold={cut}")
+    np.testing.assert_array_equal(action, rule.predict(obs)[0])
     env.close()
 
 
@@ -240,13 +245,13 @@ def test_zero_generations_write_the_start(tmp_path):
 
 def test_frozen_features_keep_their_start_weights(tmp_path):
     votes, gate = {"harvest_aware": 1.0, "network_aware": 1.0}, {"network_aware": 256}
-    frozen = ("vote_network_aware_x_log2_nodes_centred", "vote_harvest_aware")
+    frozen = ("vote_network_aware_x_log2_nodes_centred", "vote_harvest_aware", "fleet")  # names and a group
     settings = EvolutionSettings(generations=2, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
                                  max_nodes=16, workers=1, seed=5, start_votes=votes, start_votes_from_nodes=gate,
                                  keep_norm=True, frozen=frozen)
     weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
     start = start_weights(votes=votes, from_nodes=gate)
-    columns = [FEATURE_NAMES.index(name) for name in frozen]
+    columns = [FEATURE_NAMES.index(name) for name in (*frozen[:2], *FEATURE_GROUPS["fleet"])]
     free = [i for i in range(N_FEATURES) if i not in columns]
     np.testing.assert_array_equal(weights[:, columns], start[:, columns])
     assert not np.allclose(weights[:, free], start[:, free])
@@ -257,5 +262,37 @@ def test_frozen_features_keep_their_start_weights(tmp_path):
 def test_frozen_features_are_checked_by_name():
     with pytest.raises(ValidationError, match="unknown features .*'speed'.*allowed"):
         EvolutionSettings(frozen=("speed",))
+    with pytest.raises(ValidationError, match="unknown features .*'fleets'.*allowed: the groups own, global"):
+        EvolutionSettings(frozen=("fleets",))
     with pytest.raises(ValidationError, match="every feature is frozen"):
         EvolutionSettings(frozen=FEATURE_NAMES)
+    with pytest.raises(ValidationError, match="every feature is frozen"):
+        EvolutionSettings(frozen=tuple(FEATURE_GROUPS))
+
+
+def test_selection_keeps_the_best_validated_weights(tmp_path):
+    settings = EvolutionSettings(generations=2, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
+                                 max_nodes=16, workers=1, seed=5, sigma=2.0, learning_rate=1.0, select_every=1,
+                                 select_seeds_per_family=1, select_max_nodes=16)
+    weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
+    record = json.loads((tmp_path / "record.json").read_text())
+    scores = {int(g): s for g, s in record["validation_scores"].items()}
+    assert sorted(scores) == [0, 1, 2]
+    best = max(scores.values())
+    assert record["selected_generation"] == min(g for g, s in scores.items() if s == best)
+    last = load_node_linear(tmp_path / "last_weights.npz").weights
+    assert not np.allclose(last, start_weights())
+    if record["selected_generation"] == 0:
+        np.testing.assert_array_equal(weights, start_weights())
+    elif record["selected_generation"] == 2:
+        np.testing.assert_array_equal(weights, last)
+    with (tmp_path / "progress.csv").open() as handle:
+        assert [row["validation"] != "" for row in csv.DictReader(handle)] == [True, True]
+
+
+def test_without_selection_the_last_weights_are_the_run_s(tmp_path):
+    settings = EvolutionSettings(generations=1, pairs=1, scenarios_per_family=1, families=("solar_sensor_field",),
+                                 max_nodes=16, workers=1, seed=5)
+    evolve(settings, tmp_path, log=lambda _line: None)
+    assert not (tmp_path / "last_weights.npz").exists()
+    assert "selected_generation" not in json.loads((tmp_path / "record.json").read_text())

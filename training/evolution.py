@@ -20,12 +20,21 @@ values (for mechanisms that act only where the training draws do not reach, such
 Why this, where PPO is the default: the benchmark sums carbon-to-target, which an episode's return weighs only
 indirectly, and a residual PPO policy over this rule did not leave it (docs/benchmark.md, "The learned
 scheduler"). Evolution strategies score whole episodes by the benchmark's own measure, and every candidate of a
-generation plays the same scenarios, so the comparison is paired. Validation seeds are never drawn; test and
-ood seeds neither.
+generation plays the same scenarios, so the comparison is paired. The steps never draw validation seeds (the
+selection below plays its own); test and ood seeds are never drawn.
 
-The run writes ``progress.csv`` (one row per generation: the current weights' fitness, per family, and the
-best, mean and spread of the candidates'), ``weights.npz`` (the final weights, loadable as a scheduler by
-its path) and ``record.json`` (settings, seed, wall time).
+With ``select_every`` the run selects its model on validation draws, as the PPO recipes do: at the start,
+every ``select_every`` generations and at the end, the current weights play ``select_seeds_per_family``
+validation seeds of every family (from seed 10,100 on, so that the benchmark's tables, which read the split's
+first seeds, stay out of the sample; at their own size cut at ``select_max_nodes``, so that the large network's
+fleets above the train draws' cut are in it), scored as in training against the reference rule, and the best
+are kept; a run whose steps never beat its start keeps the start.
+
+The run writes ``progress.csv`` (one row per generation: the current weights' fitness, per family, the best,
+mean and spread of the candidates', and the validation score where one was played), ``weights.npz`` (the
+selected weights, or without selection the last, loadable as a scheduler by its path), ``last_weights.npz``
+(with selection: the last weights) and ``record.json`` (settings, seed, wall time, the selected generation
+and every validation score).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from greengossip.agents.heuristics import is_heuristic_spec
 from greengossip.agents.node_linear import (
     ACTIONS,
+    FEATURE_GROUPS,
     FEATURE_NAMES,
     N_FEATURES,
     PRIOR,
@@ -63,6 +73,14 @@ from greengossip.training.settings import check_family_names
 from greengossip.training.suite import SPLITS, family_names
 
 MISSED = -math.log(3.0) - 0.5  # below the lowest score of a reached target
+# selection plays validation seeds from this one on: the benchmark's validation tables read the split's first
+# seeds, and stay out of the selection's sample
+FIRST_SELECTION_SEED = SPLITS["validation"].start + 100
+
+
+def frozen_features(frozen: tuple[str, ...]) -> set[str]:
+    """The feature names of ``frozen``, its groups (``FEATURE_GROUPS``) spelt out."""
+    return {feature for name in frozen for feature in FEATURE_GROUPS.get(name, (name,))}
 
 
 class EvolutionSettings(BaseModel):
@@ -87,8 +105,14 @@ class EvolutionSettings(BaseModel):
                             "scheduler's argmax does not depend on the scale, so growth only shrinks the "
                             "perturbations' effect")
     frozen: tuple[str, ...] = Field((), description="features (greengossip.agents.node_linear.FEATURE_NAMES) "
-                                    "whose weights keep their start values: neither perturbed nor stepped, and "
-                                    "left out of keep_norm's norm")
+                                    "or groups of them (its FEATURE_GROUPS: own, global, fleet, derived, "
+                                    "constant, votes, sized_votes) whose weights keep their start values: neither "
+                                    "perturbed nor stepped, and left out of keep_norm's norm")
+    select_every: int = Field(0, ge=0, description="every this many generations (and at the start and the end) "
+                              "play the current weights on validation draws and keep the best as weights.npz; "
+                              "0: no selection, the last weights are the run's")
+    select_seeds_per_family: int = Field(4, ge=1, description="validation draws of each family a selection plays")
+    select_max_nodes: int = Field(256, ge=4, description="selection draws are played at their own size cut at this")
     seed: int = Field(0, ge=0, description="draws the scenarios and the perturbations")
     workers: int = Field(2, ge=1, description="processes that play the episodes")
 
@@ -111,12 +135,12 @@ class EvolutionSettings(BaseModel):
     @field_validator("frozen")
     @classmethod
     def _features(cls, frozen: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(frozen) - set(FEATURE_NAMES))
+        unknown = sorted(set(frozen) - set(FEATURE_NAMES) - set(FEATURE_GROUPS))
         if unknown:
-            raise ValueError(f"unknown features {unknown}; allowed: the names of "
-                             "greengossip.agents.node_linear.FEATURE_NAMES, e.g. constant, vote_harvest_aware, "
-                             "vote_network_aware_x_log2_nodes_centred")
-        if set(frozen) == set(FEATURE_NAMES):
+            raise ValueError(f"unknown features {unknown}; allowed: the groups {', '.join(FEATURE_GROUPS)} or the "
+                             "names of greengossip.agents.node_linear.FEATURE_NAMES, e.g. constant, "
+                             "vote_harvest_aware, vote_network_aware_x_log2_nodes_centred")
+        if frozen_features(frozen) == set(FEATURE_NAMES):
             raise ValueError("every feature is frozen: leave at least one free for the search")
         return frozen
 
@@ -225,7 +249,7 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
     train = SPLITS["train"]
     weights = start_weights(votes=settings.start_votes, from_nodes=settings.start_votes_from_nodes)
     free = np.ones(N_FEATURES)
-    free[[FEATURE_NAMES.index(name) for name in settings.frozen]] = 0.0
+    free[[FEATURE_NAMES.index(name) for name in frozen_features(settings.frozen)]] = 0.0
     norm = np.linalg.norm(weights * free)
     first, second = np.zeros_like(weights), np.zeros_like(weights)
     started = time.monotonic()
@@ -236,6 +260,9 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
 
     context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=settings.workers, mp_context=context, initializer=_worker_init) as pool:
+        selection = _Selection(settings, families, pool) if settings.select_every and settings.generations else None
+        if selection is not None:
+            selection.consider(weights, 0, log)
         for generation in range(settings.generations):
             scenarios = [(family, int(rng.integers(train.start, train.stop)))
                          for family in families for _ in range(settings.scenarios_per_family)]
@@ -264,19 +291,61 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
                    "mean": fitness[1:].mean(), "spread": fitness[1:].std(),
                    **{f"{family}/current": scores[0, [i for i, (f, _) in enumerate(scenarios) if f == family]].mean()
                       for family in families},
-                   "seconds": time.monotonic() - started}
+                   "validation": "", "seconds": time.monotonic() - started}
+            done = generation + 1
+            if selection is not None and (done % settings.select_every == 0 or done == settings.generations):
+                row["validation"] = selection.consider(weights, done, log)
             rows.append(row)
             log(f"generation {generation}: current {row['current']:+.4f}, candidates best {row['best']:+.4f} "
                 f"mean {row['mean']:+.4f} ({row['seconds']:.0f} s)")
             _write_progress(out / "progress.csv", rows)
-            path = NodeLinearScheduler(weights).save(out / "weights.npz", _record(settings, generation + 1, started))
-    atomic_write_text(out / "record.json", json.dumps(_record(settings, settings.generations, started), indent=2))
+            kept = weights
+            if selection is not None:
+                NodeLinearScheduler(weights).save(out / "last_weights.npz", _record(settings, done, started))
+                kept = selection.weights
+            path = NodeLinearScheduler(kept).save(out / "weights.npz", _record(settings, done, started, selection))
+    atomic_write_text(out / "record.json",
+                      json.dumps(_record(settings, settings.generations, started, selection), indent=2))
     return path
 
 
-def _record(settings: EvolutionSettings, generations: int, started: float) -> dict[str, Any]:
-    return {"settings": settings.model_dump(mode="json"), "generations_done": generations,
-            "actions": list(ACTIONS), "features": N_FEATURES, "wall_minutes": (time.monotonic() - started) / 60}
+class _Selection:
+    """Model selection on validation draws: the current weights' mean paired score against the reference on
+    ``select_seeds_per_family`` validation seeds of every family (from ``FIRST_SELECTION_SEED``), the best
+    weights so far and the generation they are from (an earlier one wins a tie)."""
+
+    def __init__(self, settings: EvolutionSettings, families: list[str], pool):
+        seeds = range(FIRST_SELECTION_SEED, FIRST_SELECTION_SEED + settings.select_seeds_per_family)
+        self.scenarios = [(family, seed) for family in families for seed in seeds]
+        self.settings, self.pool = settings, pool
+        self.reference = self._play(None)
+        self.weights, self.generation, self.score = None, None, -math.inf
+        self.scores: dict[int, float] = {}
+
+    def _play(self, weights: np.ndarray | None) -> list[tuple[float, bool]]:
+        episodes = [Episode(family, seed, self.settings.select_max_nodes, weights, self.settings.reference)
+                    for family, seed in self.scenarios]
+        return list(self.pool.map(play, episodes, chunksize=1))
+
+    def consider(self, weights: np.ndarray, generation: int, log) -> float:
+        score = float(np.mean([paired_score(*result, *reference)
+                               for result, reference in zip(self._play(weights), self.reference)]))
+        self.scores[generation] = score
+        if score > self.score:
+            self.weights, self.generation, self.score = weights.copy(), generation, score
+        log(f"validation after {generation} generations: {score:+.4f} (kept: generation {self.generation}, "
+            f"{self.score:+.4f})")
+        return score
+
+
+def _record(settings: EvolutionSettings, generations: int, started: float,
+            selection: _Selection | None = None) -> dict[str, Any]:
+    record = {"settings": settings.model_dump(mode="json"), "generations_done": generations,
+              "actions": list(ACTIONS), "features": N_FEATURES, "wall_minutes": (time.monotonic() - started) / 60}
+    if selection is not None:
+        record["selected_generation"] = selection.generation
+        record["validation_scores"] = {str(g): score for g, score in selection.scores.items()}
+    return record
 
 
 def _write_progress(path: Path, rows: list[dict[str, Any]]) -> None:
