@@ -70,12 +70,12 @@ from greengossip.envs.safe_yaml import YAMLInputError, load_yaml_file
 from greengossip.envs.shipped import EVOLUTION, find_config
 from greengossip.training.run_files import atomic_write_text
 from greengossip.training.settings import check_family_names
-from greengossip.training.suite import SPLITS, family_names
+from greengossip.training.suite import SPLITS, family_names, split_seeds
 
 MISSED = -math.log(3.0) - 0.5  # below the lowest score of a reached target
-# selection plays validation seeds from this one on: the benchmark's validation tables read the split's first
-# seeds, and stay out of the selection's sample
-FIRST_SELECTION_SEED = SPLITS["validation"].start + 100
+# selection plays the validation seeds after the split's first SELECTION_SKIP: the benchmark's validation tables
+# read the first ones, and stay out of the selection's sample
+SELECTION_SKIP = 100
 
 
 def frozen_features(frozen: tuple[str, ...]) -> set[str]:
@@ -311,11 +311,11 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
 
 class _Selection:
     """Model selection on validation draws: the current weights' mean paired score against the reference on
-    ``select_seeds_per_family`` validation seeds of every family (from ``FIRST_SELECTION_SEED``), the best
-    weights so far and the generation they are from (an earlier one wins a tie)."""
+    ``select_seeds_per_family`` validation seeds of every family (after the split's first ``SELECTION_SKIP``),
+    the best weights so far and the generation they are from (an earlier one wins a tie)."""
 
     def __init__(self, settings: EvolutionSettings, families: list[str], pool):
-        seeds = range(FIRST_SELECTION_SEED, FIRST_SELECTION_SEED + settings.select_seeds_per_family)
+        seeds = split_seeds("validation", SELECTION_SKIP + settings.select_seeds_per_family)[SELECTION_SKIP:]
         self.scenarios = [(family, seed) for family in families for seed in seeds]
         self.settings, self.pool = settings, pool
         self.reference = self._play(None)
