@@ -239,6 +239,8 @@ def test_zero_generations_write_the_start(tmp_path):
                                  start_votes=votes, start_votes_from_nodes=gate)
     path = evolve(settings, tmp_path, log=lambda _line: None)
     np.testing.assert_array_equal(load_node_linear(path).weights, start_weights(votes=votes, from_nodes=gate))
+    np.testing.assert_array_equal(load_node_linear(tmp_path / "start_weights.npz").weights,
+                                  start_weights(votes=votes, from_nodes=gate))
     assert json.loads((tmp_path / "record.json").read_text())["generations_done"] == 0
     assert not (tmp_path / "progress.csv").exists()
 
@@ -296,3 +298,84 @@ def test_without_selection_the_last_weights_are_the_run_s(tmp_path):
     evolve(settings, tmp_path, log=lambda _line: None)
     assert not (tmp_path / "last_weights.npz").exists()
     assert "selected_generation" not in json.loads((tmp_path / "record.json").read_text())
+
+
+def _search_rows(path):
+    with path.open() as handle:
+        return [{**row, "round": int(row["round"]), **{key: float(row[key]) for key in ("score", "gain", "gain_se")}}
+                for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_the_vote_search_keeps_the_clear_toggle_that_scores_best_on_train_draws(tmp_path, confidence):
+    settings = EvolutionSettings(generations=0, families=("solar_sensor_field",), max_nodes=16, workers=1,
+                                 search_votes=("harvest_aware", "carbon_periodic_2"), search_seeds_per_family=3,
+                                 search_rounds=2, search_min_gain=0.0, search_confidence=confidence)
+    weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
+    rows = _search_rows(tmp_path / "search.csv")
+    assert rows[0]["move"] == "start" and rows[0]["score"] == 0.0  # the prior plays the reference
+    assert [row["move"] for row in rows if row["round"] == 1] == ["+harvest_aware", "+carbon_periodic_2"]
+    assert all(int(row["draws"]) == 3 for row in rows)
+    # a toggle's gain is its score's rise over the mix its round started from
+    for row in rows:
+        if row["round"] == 1:
+            assert row["gain"] == pytest.approx(row["score"] - rows[0]["score"])
+            assert row["gain_se"] >= 0
+    # replay the search's rule from its rows: of a round's toggles with a clear gain, the best is kept
+    kept = "(prior)"
+    for round_ in (1, 2):
+        clear = [row for row in rows if row["round"] == round_
+                 and row["gain"] > 0 and row["gain"] - confidence * row["gain_se"] > 0]
+        if not clear:
+            break
+        kept = max(clear, key=lambda row: row["score"])["votes"]
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert ("+".join(sorted(record["searched_votes"])) or "(prior)") == kept
+    np.testing.assert_array_equal(weights, start_weights(votes=record["searched_votes"]))
+    np.testing.assert_array_equal(load_node_linear(tmp_path / "start_weights.npz").weights, weights)
+
+
+def test_the_gain_s_standard_error_comes_from_paired_per_draw_differences():
+    from greengossip.training.evolution import VoteSearch
+
+    search = VoteSearch.__new__(VoteSearch)  # the arithmetic alone, without a pool to play in
+    search.families, search.rows = ["a", "b"], []
+    search.scenarios = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    search.reference = [(1.0, True)] * 4
+    search.settings = EvolutionSettings(search_min_gain=0.0, search_confidence=1.0)
+    results = [(1.0, True), (0.5, True), (1.0, True), (1.0, True)]
+    base = np.zeros(4)
+    row, paired = search._row(1, "+x", {"x": 1.0}, results, base)
+    np.testing.assert_allclose(paired, [0.0, math.log(2.0), 0.0, 0.0])
+    # family a gains log 2 / 2 on average, b nothing; the mean over families is log 2 / 4
+    assert row["gain"] == pytest.approx(math.log(2.0) / 4)
+    # s.e. = sqrt(var_a / 2 + var_b / 2) / 2 with var_a = (log 2)^2 / 2 (ddof 1), var_b = 0
+    assert row["gain_se"] == pytest.approx(math.sqrt(math.log(2.0) ** 2 / 4) / 2)
+    # a gain of exactly one standard error is not clear at 1, and is at 0.5
+    assert not search.clear(row)
+    search.settings = EvolutionSettings(search_min_gain=0.0, search_confidence=0.5)
+    assert search.clear(row)
+    assert not search.clear({**row, "gain": 0.0, "gain_se": 0.0})  # no gain is never clear
+    search.settings = EvolutionSettings(search_min_gain=0.2, search_confidence=0.0)
+    assert not search.clear(row)  # log 2 / 4 = 0.17: under the least gain
+
+
+def test_a_search_that_gains_too_little_keeps_the_start(tmp_path):
+    votes = {"harvest_aware": 1.0}
+    settings = EvolutionSettings(generations=0, families=("solar_sensor_field",), max_nodes=16, workers=1,
+                                 start_votes=votes, search_votes=("harvest_aware", "strongly_distrusted"),
+                                 search_seeds_per_family=1, search_min_gain=5.0)
+    weights = load_node_linear(evolve(settings, tmp_path, log=lambda _line: None)).weights
+    np.testing.assert_array_equal(weights, start_weights(votes=votes))
+    rows = _search_rows(tmp_path / "search.csv")
+    assert [row["move"] for row in rows] == ["start", "-harvest_aware", "+strongly_distrusted"]
+
+
+def test_search_votes_are_checked_by_name():
+    with pytest.raises(ValidationError, match="unknown voters .*'sunshine'.*allowed: harvest_aware"):
+        EvolutionSettings(search_votes=("sunshine",))
+    with pytest.raises(ValidationError, match="named twice"):
+        EvolutionSettings(search_votes=("harvest_aware", "harvest_aware"))
+    with pytest.raises(ValidationError, match="network_aware.*gated by the fleet size"):
+        EvolutionSettings(start_votes={"network_aware": 1.0}, start_votes_from_nodes={"network_aware": 256},
+                          search_votes=("network_aware",))

@@ -23,6 +23,12 @@ scheduler"). Evolution strategies score whole episodes by the benchmark's own me
 generation plays the same scenarios, so the comparison is paired. The steps never draw validation seeds (the
 selection below plays its own); test and ood seeds are never drawn.
 
+With ``search_votes`` the start's mix of mechanisms is itself fitted on train draws before the first
+generation (``VoteSearch``): a stepwise search turns voters on or off, one a round, where that raises the
+mix's paired score on the first ``search_seeds_per_family`` train seeds of every family by more than
+``search_min_gain`` and ``search_confidence`` standard errors (40 draws a family resolve one target in 40,
+where a generation's 2 draws a family see mostly luck); ``search.csv`` holds every mix it tried.
+
 With ``select_every`` the run selects its model on validation draws, as the PPO recipes do: at the start,
 every ``select_every`` generations and at the end, the current weights play ``select_seeds_per_family``
 validation seeds of every family (from seed 10,100 on, so that the benchmark's tables, which read the split's
@@ -32,9 +38,10 @@ are kept; a run whose steps never beat its start keeps the start.
 
 The run writes ``progress.csv`` (one row per generation: the current weights' fitness, per family, the best,
 mean and spread of the candidates', and the validation score where one was played), ``weights.npz`` (the
-selected weights, or without selection the last, loadable as a scheduler by its path), ``last_weights.npz``
-(with selection: the last weights) and ``record.json`` (settings, seed, wall time, the selected generation
-and every validation score).
+selected weights, or without selection the last, loadable as a scheduler by its path), ``start_weights.npz``
+(the start the steps took off from, after the vote search), ``search.csv`` (with a search), ``last_weights.npz``
+(with selection: the last weights) and ``record.json`` (settings, seed, wall time, the searched votes and
+the search's rows, the selected generation and every validation score).
 """
 
 from __future__ import annotations
@@ -113,6 +120,18 @@ class EvolutionSettings(BaseModel):
                               "0: no selection, the last weights are the run's")
     select_seeds_per_family: int = Field(4, ge=1, description="validation draws of each family a selection plays")
     select_max_nodes: int = Field(256, ge=4, description="selection draws are played at their own size cut at this")
+    search_votes: tuple[str, ...] = Field((), description="voters (greengossip.agents.node_linear.VOTE_NAMES) that "
+                                          "a stepwise search on train draws may turn on or off before the first "
+                                          "generation, from start_votes; empty: no search")
+    search_seeds_per_family: int = Field(40, ge=1, description="train draws of each family (its first seeds) "
+                                         "every mix of the search plays")
+    search_rounds: int = Field(3, ge=1, description="the most voters the search turns on or off")
+    search_min_gain: float = Field(0.01, ge=0, description="a toggle is kept only where it raises the mix's "
+                                   "score (the mean over families of the mean paired score) by more than this "
+                                   "(log units: 0.01 is about 1 % less carbon)")
+    search_confidence: float = Field(1.645, ge=0, description="and only where that gain exceeds this many "
+                                     "standard errors of its paired per-draw differences (1.645: 95 % one-sided "
+                                     "confidence; 1: the one-standard-error rule; 0: the mean alone)")
     seed: int = Field(0, ge=0, description="draws the scenarios and the perturbations")
     workers: int = Field(2, ge=1, description="processes that play the episodes")
 
@@ -144,12 +163,26 @@ class EvolutionSettings(BaseModel):
             raise ValueError("every feature is frozen: leave at least one free for the search")
         return frozen
 
+    @field_validator("search_votes")
+    @classmethod
+    def _searchable(cls, voters: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(voters) - set(VOTE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(VOTE_NAMES)}")
+        if len(set(voters)) != len(voters):
+            raise ValueError("a voter is named twice")
+        return voters
+
     @model_validator(mode="after")
     def _gated_votes(self) -> EvolutionSettings:
         try:
             start_weights(votes=self.start_votes, from_nodes=self.start_votes_from_nodes)
         except ValueError as exc:
             raise ValueError(f"start_votes_from_nodes: {exc}") from None
+        gated = sorted(set(self.search_votes) & set(self.start_votes_from_nodes))
+        if gated:
+            raise ValueError(f"search_votes: {gated} are gated by the fleet size (start_votes_from_nodes); the "
+                             "search turns plain votes on and off only")
         return self
 
     @field_validator("reference")
@@ -250,16 +283,23 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
     weights = start_weights(votes=settings.start_votes, from_nodes=settings.start_votes_from_nodes)
     free = np.ones(N_FEATURES)
     free[[FEATURE_NAMES.index(name) for name in frozen_features(settings.frozen)]] = 0.0
-    norm = np.linalg.norm(weights * free)
     first, second = np.zeros_like(weights), np.zeros_like(weights)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    search: VoteSearch | None = None
     # the start first: a run cut off before its first step still leaves weights, and 0 generations writes it
     path = NodeLinearScheduler(weights).save(out / "weights.npz", _record(settings, 0, started))
     from greengossip.training.evaluate import _start_method, _worker_init
 
     context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=settings.workers, mp_context=context, initializer=_worker_init) as pool:
+        if settings.search_votes:
+            search = VoteSearch(settings, families, pool)
+            weights = start_weights(votes=search.run(log), from_nodes=settings.start_votes_from_nodes)
+            search.write(out / "search.csv")
+            path = NodeLinearScheduler(weights).save(out / "weights.npz", _record(settings, 0, started, search=search))
+        NodeLinearScheduler(weights).save(out / "start_weights.npz", _record(settings, 0, started, search=search))
+        norm = np.linalg.norm(weights * free)
         selection = _Selection(settings, families, pool) if settings.select_every and settings.generations else None
         if selection is not None:
             selection.consider(weights, 0, log)
@@ -303,10 +343,101 @@ def evolve(settings: EvolutionSettings, out: str | Path, log=print) -> Path:
             if selection is not None:
                 NodeLinearScheduler(weights).save(out / "last_weights.npz", _record(settings, done, started))
                 kept = selection.weights
-            path = NodeLinearScheduler(kept).save(out / "weights.npz", _record(settings, done, started, selection))
+            path = NodeLinearScheduler(kept).save(out / "weights.npz",
+                                                  _record(settings, done, started, selection, search))
     atomic_write_text(out / "record.json",
-                      json.dumps(_record(settings, settings.generations, started, selection), indent=2))
+                      json.dumps(_record(settings, settings.generations, started, selection, search), indent=2))
     return path
+
+
+class VoteSearch:
+    """Which rules' mechanisms the start turns on, chosen on train draws: from ``start_votes``, each round tries
+    turning every voter of ``search_votes`` on (margin 1) or off, on the first ``search_seeds_per_family``
+    train seeds of every family, and keeps the best toggle whose gain is clear. A mix's score is the mean over
+    families of its mean paired score against the reference (as a generation scores a candidate), so each
+    family weighs the same whatever its draws' carbon. A toggle's gain is that score's rise over the kept mix,
+    and its standard error comes from the per-draw differences, paired in the same scenarios (families
+    weighted equally); a gain is clear when it exceeds ``search_min_gain`` and ``search_confidence`` standard
+    errors. The rules' mechanisms trade one family for another and vary from draw to draw, so a mix that gains
+    on the train draws' mean can lose on others: as in high-confidence policy improvement (Thomas, Theocharous
+    & Ghavamzadeh, "High Confidence Policy Improvement", ICML 2015), the search leaves the mix it has unless
+    a lower confidence bound on the gain is positive (1.645: 95 % one-sided, the default; 1: the
+    one-standard-error rule of model selection, Hastie, Tibshirani & Friedman, "The Elements of Statistical
+    Learning", 2009, section 7.10). Among clear toggles the highest score wins, ties going to the voter named
+    first. Every mix tried is a row of ``rows``, with its gain and standard error against the mix its round
+    started from."""
+
+    def __init__(self, settings: EvolutionSettings, families: list[str], pool):
+        self.settings, self.families, self.pool = settings, families, pool
+        seeds = split_seeds("train", settings.search_seeds_per_family)
+        self.scenarios = [(family, seed) for family in families for seed in seeds]
+        self.reference = self._play([None])[0]
+        self.votes: dict[str, float] = dict(settings.start_votes)
+        self.rows: list[dict[str, Any]] = []
+
+    def _play(self, mixes: list[dict[str, float] | None]) -> list[list[tuple[float, bool]]]:
+        """Each mix's results on every scenario (None: the reference rule). Scenario by scenario, one worker
+        plays every mix of a scenario, so that each env is built once a round."""
+        weights = [None if votes is None else start_weights(votes=votes,
+                                                            from_nodes=self.settings.start_votes_from_nodes)
+                   for votes in mixes]
+        episodes = [Episode(family, seed, self.settings.max_nodes, w, self.settings.reference)
+                    for family, seed in self.scenarios for w in weights]
+        results = list(self.pool.map(play, episodes, chunksize=len(mixes)))
+        return [results[m::len(mixes)] for m in range(len(mixes))]
+
+    def _by_family(self, values: np.ndarray) -> list[np.ndarray]:
+        return [values[[f == family for f, _ in self.scenarios]] for family in self.families]
+
+    def _row(self, round_: int, move: str, votes: dict[str, float], results: list[tuple[float, bool]],
+             base: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        paired = np.array([paired_score(*result, *reference) for result, reference in zip(results, self.reference)])
+        per_family = dict(zip(self.families, (float(v.mean()) for v in self._by_family(paired))))
+        gain = se = 0.0
+        if base is not None:
+            groups = self._by_family(paired - base)
+            gain = float(np.mean([g.mean() for g in groups]))
+            se = float(math.sqrt(sum(g.var(ddof=1) / len(g) if len(g) > 1 else 0.0 for g in groups))
+                       / len(groups))
+        row = {"round": round_, "move": move, "votes": "+".join(sorted(votes)) or "(prior)",
+               "score": float(np.mean(list(per_family.values()))), "gain": gain, "gain_se": se,
+               "targets": sum(reached for _carbon, reached in results), "draws": len(results), **per_family}
+        self.rows.append(row)
+        return row, paired
+
+    def clear(self, row: dict) -> bool:
+        """Whether a toggle's gain over its round's mix is clear enough to keep it."""
+        return (row["gain"] > self.settings.search_min_gain
+                and row["gain"] - self.settings.search_confidence * row["gain_se"] > 0)
+
+    def run(self, log=print) -> dict[str, float]:
+        """The chosen mix (voter: margin)."""
+        best, base = self._row(0, "start", self.votes, self._play([self.votes])[0], None)
+        log(f"vote search: start {best['votes']} {best['score']:+.4f}")
+        for round_ in range(1, self.settings.search_rounds + 1):
+            moves = []
+            for voter in self.settings.search_votes:
+                mix = dict(self.votes)
+                if voter in mix:
+                    del mix[voter]
+                else:
+                    mix[voter] = 1.0
+                moves.append((("-" if voter in self.votes else "+") + voter, mix))
+            played = [self._row(round_, move, mix, results, base)
+                      for (move, mix), results in zip(moves, self._play([mix for _, mix in moves]))]
+            log(f"vote search round {round_}: " + ", ".join(
+                f"{row['move']} {row['score']:+.4f} (gain {row['gain']:+.4f} ± {row['gain_se']:.4f})"
+                for row, _ in played))
+            clear = [i for i, (row, _) in enumerate(played) if self.clear(row)]
+            if not clear:
+                break
+            top = max(clear, key=lambda i: (played[i][0]["score"], -i))
+            self.votes, (best, base) = moves[top][1], played[top]
+        log(f"vote search: kept {best['votes']} {best['score']:+.4f}")
+        return dict(self.votes)
+
+    def write(self, path: Path) -> None:
+        _write_progress(path, self.rows)
 
 
 class _Selection:
@@ -339,9 +470,12 @@ class _Selection:
 
 
 def _record(settings: EvolutionSettings, generations: int, started: float,
-            selection: _Selection | None = None) -> dict[str, Any]:
+            selection: _Selection | None = None, search: VoteSearch | None = None) -> dict[str, Any]:
     record = {"settings": settings.model_dump(mode="json"), "generations_done": generations,
               "actions": list(ACTIONS), "features": N_FEATURES, "wall_minutes": (time.monotonic() - started) / 60}
+    if search is not None:
+        record["searched_votes"] = search.votes
+        record["search"] = search.rows
     if selection is not None:
         record["selected_generation"] = selection.generation
         record["validation_scores"] = {str(g): score for g, score in selection.scores.items()}
