@@ -17,6 +17,8 @@ import csv
 import json
 from pathlib import Path
 
+from greengossip.training.evolution import clear_gain
+
 FIXED = ("round", "move", "votes", "score", "gain", "gain_se", "targets", "draws")
 
 
@@ -27,7 +29,7 @@ def kept_moves(rows: list[dict], min_gain: float, confidence: float) -> set[int]
     kept = set()
     for round_ in sorted({int(row["round"]) for row in rows} - {0}):
         clear = [i for i, row in enumerate(rows) if int(row["round"]) == round_
-                 and float(row["gain"]) > min_gain and float(row["gain"]) - confidence * float(row["gain_se"]) > 0]
+                 and clear_gain(float(row["gain"]), float(row["gain_se"]), min_gain, confidence)]
         if not clear:
             break
         kept.add(max(clear, key=lambda i: (float(rows[i]["score"]), -i)))

@@ -85,6 +85,18 @@ MISSED = -math.log(3.0) - 0.5  # below the lowest score of a reached target
 SELECTION_SKIP = 100
 
 
+def _check_voters(names) -> None:
+    unknown = sorted(set(names) - set(VOTE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(VOTE_NAMES)}")
+
+
+def clear_gain(gain: float, standard_error: float, min_gain: float, confidence: float) -> bool:
+    """The vote search's rule for keeping a toggle: its gain exceeds ``min_gain`` and ``confidence`` standard
+    errors (``VoteSearch``; ``benchmarks/vote_search_table.py`` replays it from a run's rows)."""
+    return gain > min_gain and gain - confidence * standard_error > 0
+
+
 def frozen_features(frozen: tuple[str, ...]) -> set[str]:
     """The feature names of ``frozen``, its groups (``FEATURE_GROUPS``) spelt out."""
     return {feature for name in frozen for feature in FEATURE_GROUPS.get(name, (name,))}
@@ -144,9 +156,7 @@ class EvolutionSettings(BaseModel):
     @field_validator("start_votes")
     @classmethod
     def _voters(cls, votes: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(votes) - set(VOTE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(VOTE_NAMES)}")
+        _check_voters(votes)
         if any(not math.isfinite(margin) or margin <= -1 for margin in votes.values()):
             raise ValueError("a vote's margin is a number above -1 (at -1 the vote would not change the action)")
         return votes
@@ -166,9 +176,7 @@ class EvolutionSettings(BaseModel):
     @field_validator("search_votes")
     @classmethod
     def _searchable(cls, voters: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(voters) - set(VOTE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown voters {unknown}; allowed: {', '.join(VOTE_NAMES)}")
+        _check_voters(voters)
         if len(set(voters)) != len(voters):
             raise ValueError("a voter is named twice")
         return voters
@@ -407,8 +415,7 @@ class VoteSearch:
 
     def clear(self, row: dict) -> bool:
         """Whether a toggle's gain over its round's mix is clear enough to keep it."""
-        return (row["gain"] > self.settings.search_min_gain
-                and row["gain"] - self.settings.search_confidence * row["gain_se"] > 0)
+        return clear_gain(row["gain"], row["gain_se"], self.settings.search_min_gain, self.settings.search_confidence)
 
     def run(self, log=print) -> dict[str, float]:
         """The chosen mix (voter: margin)."""
